@@ -1,8 +1,8 @@
-"""Benchmark: phase detection cost (spectra/phases.py), measured side by side in one run.
+"""Benchmark: phase detection cost (spectra/phases/), measured side by side in one run.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/phases.py
 
-1. The same PELT search three ways: our vectorised loop (spectra/_phases_segment.pelt), ruptures.Pelt
+1. The same PELT search three ways: our vectorised loop (spectra/phases/segmentation.pelt), ruptures.Pelt
    with our prefix-sum cost, ruptures.Pelt with a per-segment lstsq cost: ratios, same breakpoints.
 2. detect_phases on run-shaped Datasets of growing size (captures × probes), per probe.
 """
@@ -37,7 +37,7 @@ def main() -> None:
     from ruptures import Pelt
     from ruptures.base import BaseCost
 
-    from phasescope.spectra._phases_segment import _make_cost, default_penalty, normalise, pelt
+    from phasescope.spectra.phases.segmentation import default_penalty, normalise, pelt, ruptures_cost
     from phasescope.spectra.phases import detect_phases
 
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def main() -> None:
         Z = normalise(x, np.column_stack([np.log(r), a]))
         sig = np.column_stack([x, Z])
         pen = default_penalty(len(x), 2)
-        fast = Pelt(custom_cost=_make_cost()(min_size=3), min_size=3, jump=1)
+        fast = Pelt(custom_cost=ruptures_cost()(min_size=3), min_size=3, jump=1)
         slow = Pelt(custom_cost=LstsqCost(), min_size=3, jump=1)
         bv, bf, bs = pelt(x, Z, pen, 3), fast.fit(sig).predict(pen=pen), slow.fit(sig).predict(pen=pen)
         assert bv == bf == bs, (bv, bf, bs)

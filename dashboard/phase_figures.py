@@ -5,7 +5,7 @@ per segment along dim ``segment`` — ``probe`` (a probe name, or "model" for th
 ``label`` (collapse, entropy-seeking, compression-seeking, stable, insufficient-data), ``start_step``
 (its first capture), ``end_step`` (the next segment's first capture, or its own last capture when
 ``open_end``) — and one row per label change along dim ``event``: ``event_probe``, ``event_step``,
-``event_before``, ``event_after``, ``event_confidence`` (Li et al. 2025 phases; see spectra/phases.py).
+``event_before``, ``event_after``, ``event_confidence`` (Li et al. 2025 phases; see spectra/phases/).
 
 ``figure_phase_strip`` is the per-layer phase strip: probe × step coloured by phase label, with the
 label changes marked. ``trajectory_overlays`` gives the shading (model-level segments) and event

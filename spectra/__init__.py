@@ -43,7 +43,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Lazy access to the phase-detection API (spectra/phases.py) without importing it up front."""
+    """Lazy access to the phase-detection API (spectra/phases/) without importing it up front."""
     if name in ("detect_phases", "PhaseResult"):
         from . import phases
 

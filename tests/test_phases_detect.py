@@ -1,4 +1,4 @@
-"""Phase detection on synthetic trajectories with known boundaries and labels (spectra/phases.py)."""
+"""Phase detection on synthetic trajectories with known boundaries and labels (spectra/phases/)."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phasescope.errors import PhasescopeError
-from phasescope.spectra._phases_segment import segment
+from phasescope.spectra.phases.segmentation import segment
 from phasescope.spectra.phases import (COLLAPSE, COMPRESSION, ENTROPY, INSUFFICIENT, MODEL, STABLE, PhaseResult,
                                        detect_phases, trajectory_phases)
 
@@ -140,7 +140,7 @@ def brute_force(x, Z, pen, min_size):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_pelt_matches_exhaustive_search(seed):
-    from phasescope.spectra._phases_segment import normalise
+    from phasescope.spectra.phases.segmentation import normalise
 
     rng = np.random.default_rng(100 + seed)
     steps = log_steps(14, 3000, rng)

@@ -1,10 +1,10 @@
-"""The optional Gaussian-HMM cross-check of phase detection (spectra/_phases_hmm.py)."""
+"""The optional Gaussian-HMM cross-check of phase detection (spectra/phases/hmm.py)."""
 import math
 
 import numpy as np
 import pytest
 
-from phasescope.spectra._phases_hmm import _n_params, hmm_phases
+from phasescope.spectra.phases.hmm import hmm_phases, n_params
 from phasescope.spectra.phases import COLLAPSE, COMPRESSION, ENTROPY, detect_phases
 
 pytest.importorskip("hmmlearn")
@@ -28,7 +28,7 @@ def test_hmm_agrees_with_pelt_on_three_phases():
 
 def test_hmm_parameter_count_and_short_runs():
     # start probs (K-1) + transitions K(K-1) + diagonal means and variances 2KD
-    assert _n_params(3, 2) == 2 + 6 + 12
+    assert n_params(3, 2) == 2 + 6 + 12
     short = {"rankme": np.exp(np.linspace(3, 1, 5))[:, None], "alpha": np.ones((5, 1))}
     out = hmm_phases(np.arange(5), short, ["p"])
     assert "error" in out and "8" in out["error"]

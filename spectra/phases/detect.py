@@ -1,53 +1,20 @@
-"""Phase detection: segment RankMe / α-ReQ trajectories into the phases of training and explain them.
-
-    result = detect_phases(ds)            # ds: a run as an xarray Dataset (rankme, alpha over capture_step × probe)
-    print(result.summary())               # "model: warmup collapse from step 0 to 40, entropy-seeking from 40 on."
-    result.to_records(); result.events(); result.lags(); result.to_dataset()
-
-Method (details and formulas in ``_phases_segment`` and ``_phases_label``):
-
-1. Per probe, take the captures where RankMe is finite and map steps to x = ln(1 + step) (step 0, the
-   initialisation, sits at x = 0; ln step would send it to −∞).
-2. Channels: ln RankMe (RankMe changes multiplicatively), α-ReQ, and any further metric asked for
-   (ln of positive "size" metrics such as participation_ratio, stable_rank). α may be NaN at some captures
-   (too few eigenvalues for the fit range): isolated gaps are filled by linear interpolation in x for
-   segmentation only; when α is missing at half of the captures or more, RankMe segments alone.
-3. PELT (``ruptures``) finds the piecewise-linear fit over x with a BIC penalty (2d+1)·ln n per
-   breakpoint, in units of each channel's robustly estimated noise (``penalty`` overrides it).
-4. Each segment is labelled after Li et al. 2025 — warmup collapse, entropy-seeking (RankMe ↑, α ↓),
-   compression-seeking (RankMe ↓, α ↑) or stable — and neighbours with the same label are merged.
-5. The model-level trajectory is the median over probes of ln RankMe and α at each capture, treated the
-   same way (probe name ``"model"``). Events are the steps where a label changes; lags compare when each
-   probe enters a phase and whether deeper layers go first (Spearman ρ of onset step against depth).
-
-An optional cross-check, a Gaussian HMM over the same channels with the number of states chosen by BIC
-(Hu et al. 2023, "Latent State Models of Training Dynamics"), lives in ``_phases_hmm``.
-"""
+"""detect_phases: segment and label a run's RankMe / α-ReQ trajectories (the method is described in
+the package docstring, ``phasescope.spectra.phases``); ``trajectory_phases`` does one trajectory."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-from ._phases_label import (COLLAPSE, COMPRESSION, DEFAULT_TOL, DEFAULT_Z, ENTROPY, INSUFFICIENT,  # noqa: F401
-                            LABEL_TEXT, LABELS, STABLE, Segment, insufficient, label_segments)
-from ._phases_result import Event, PhaseResult
-from ._phases_segment import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
+from phasescope.errors import PhasescopeError
 
-__all__ = ["detect_phases", "PhaseResult", "Segment", "Event", "LABELS", "LABEL_TEXT", "MODEL",
-           "COLLAPSE", "ENTROPY", "COMPRESSION", "STABLE", "INSUFFICIENT", "trajectory_phases"]
+from .hmm import hmm_phases
+from .label import DEFAULT_TOL, DEFAULT_Z, Segment, insufficient, label_segments
+from .result import MODEL, PhaseResult
+from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
 
-MODEL = "model"
 LOG_METRICS = {"rankme", "rankme_raw", "participation_ratio", "stable_rank"}
 MIN_POINTS = 3
-
-
-def _error(msg: str) -> Exception:
-    try:
-        from phasescope.errors import PhasescopeError
-    except ImportError:  # pragma: no cover - spectra used standalone
-        return ValueError(msg)
-    return PhasescopeError(msg)
 
 
 def _transform(name: str, values: np.ndarray) -> np.ndarray:
@@ -125,20 +92,20 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
     import xarray as xr
 
     if not isinstance(ds, xr.Dataset):
-        raise _error(f"detect_phases needs an xarray.Dataset (a run opened with phasescope.store.open_run), "
+        raise PhasescopeError(f"detect_phases needs an xarray.Dataset (a run opened with phasescope.store.open_run), "
                      f"got {type(ds).__name__}")
     metrics = list(metrics)
     if "rankme" not in metrics:
-        raise _error(f"metrics must include 'rankme' (got {metrics}); RankMe decides the phase direction")
+        raise PhasescopeError(f"metrics must include 'rankme' (got {metrics}); RankMe decides the phase direction")
     missing = [m for m in metrics if m not in ds.data_vars]
     if "rankme" in missing:
-        raise _error("run has no 'rankme' variable: phase detection needs spectral captures "
+        raise PhasescopeError("run has no 'rankme' variable: phase detection needs spectral captures "
                      "(record the run with probes and a capture schedule)")
     if missing:
-        raise _error(f"run has no variable(s) {missing}; available metrics: "
+        raise PhasescopeError(f"run has no variable(s) {missing}; available metrics: "
                      f"{sorted(v for v in ds.data_vars if 'capture_step' in ds[v].dims)}")
     if "capture_step" not in ds["rankme"].dims:
-        raise _error("'rankme' must be indexed by 'capture_step' (the store's layout); "
+        raise PhasescopeError("'rankme' must be indexed by 'capture_step' (the store's layout); "
                      f"it has dims {ds['rankme'].dims}")
     if "probe" not in ds["rankme"].dims:
         ds = ds.expand_dims(probe=[MODEL])
@@ -146,7 +113,7 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
     if probes is not None:
         unknown = [p for p in probes if p not in all_probes]
         if unknown:
-            raise _error(f"unknown probe(s) {unknown}; the run has {all_probes}")
+            raise PhasescopeError(f"unknown probe(s) {unknown}; the run has {all_probes}")
         all_probes = [p for p in all_probes if p in probes]
     steps = np.asarray(ds["capture_step"].values)
     loss = _loss_lookup(ds)
@@ -176,7 +143,6 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
                          n_captures=int(len(steps)),
                          last_capture_step=int(steps[fin].max()) if fin.any() else -1)
     if hmm:
-        from ._phases_hmm import hmm_phases
         pelt = [s.label for s in result.segments_for(MODEL) for _ in range(s.n_points)]
         result.hmm = hmm_phases(steps, data, all_probes, pelt_labels=pelt)
     return result

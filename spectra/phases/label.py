@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._phases_segment import linear_fit
+from .segmentation import linear_fit
 
 COLLAPSE = "collapse"
 ENTROPY = "entropy-seeking"

@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 
-from ._phases_label import label_segments
-from ._phases_segment import log_step
+from .label import label_segments
+from .segmentation import log_step
 
 MAX_STATES = 5
 SEEDS = 4
@@ -65,7 +65,8 @@ class _quiet_logs:
         self._log.setLevel(self._level)
 
 
-def _n_params(k: int, d: int) -> int:
+def n_params(k: int, d: int) -> int:
+    """Free parameters of a K-state diagonal Gaussian HMM in D dimensions: (K−1) + K(K−1) + 2KD."""
     return (k - 1) + k * (k - 1) + 2 * k * d
 
 
@@ -96,7 +97,7 @@ def hmm_phases(steps, data: dict, probes: list[str], *, max_states: int = MAX_ST
             if math.isfinite(ll) and (best is None or ll > best[0]):
                 best = (ll, m)
         if best is not None:
-            bic[k] = -2 * best[0] + _n_params(k, d) * math.log(n)
+            bic[k] = -2 * best[0] + n_params(k, d) * math.log(n)
             models[k] = best[1]
     if not bic:
         return {"error": "the HMM did not converge for any number of states"}

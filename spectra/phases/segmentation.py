@@ -1,4 +1,4 @@
-"""Change-point segmentation of metric trajectories over log-step (the numeric core of phases.py).
+"""Change-point segmentation of metric trajectories over log-step (the numeric core of phase detection).
 
 A trajectory is a set of captures at training steps t_1 < … < t_n with a metric vector y_i ∈ R^d each.
 We model it as piecewise linear in the log-step coordinate
@@ -55,8 +55,9 @@ def noise_sigma(x: np.ndarray, y: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r)))
 
 
-def _make_cost():
-    """A ruptures cost for independent per-channel linear regression on column 0 (= x)."""
+def ruptures_cost():
+    """The ruptures cost class for independent per-channel linear regression on column 0 (= x): the
+    ``engine="ruptures"`` reference of :func:`segment` (and of bench/phases.py)."""
     from ruptures.base import BaseCost
     from ruptures.costs import NotEnoughPoints
 
@@ -140,7 +141,7 @@ def segment(x: np.ndarray, Y: np.ndarray, *, penalty: float | None = None,
     if engine == "ruptures":
         from ruptures import Pelt
 
-        algo = Pelt(custom_cost=_make_cost()(min_size=min_size), min_size=min_size, jump=1)
+        algo = Pelt(custom_cost=ruptures_cost()(min_size=min_size), min_size=min_size, jump=1)
         return [int(b) for b in algo.fit(np.column_stack([x, Z])).predict(pen=penalty)]
     if engine != "numpy":
         raise ValueError(f"engine must be 'numpy' or 'ruptures', got {engine!r}")

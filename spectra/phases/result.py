@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from ._phases_label import COLLAPSE, INSUFFICIENT, LABEL_TEXT, STABLE, Segment
+from .label import COLLAPSE, INSUFFICIENT, LABEL_TEXT, STABLE, Segment
 
 MODEL = "model"
 SCHEMA = 1
