@@ -197,7 +197,7 @@ def main() -> None:
                     help="serve the baseline the run with its phases group too (for baselines that read it, e.g. HEAD)")
     args = ap.parse_args()
     from phasescope.cli_phases import phases_for_run
-    from phasescope.dashboard.synthetic import write_synthetic_run
+    from phasescope.testing.synthetic import write_synthetic_run
 
     tmp = Path(tempfile.mkdtemp(prefix="ps-bench-"))
     root = tmp / "runs"

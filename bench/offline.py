@@ -45,9 +45,9 @@ def main() -> None:
     from phasescope.corpus import load_kjv
     from phasescope.probes._offline_capture import CaptureSpec, batches, capture_model
     from phasescope.probes._offline_sources import ProbeTexts, find_checkpoints, load_model, tokenize
-    from phasescope.probes._offline_toy import kjv_tokenizer, train_checkpoints
     from phasescope.probes.checkpoints import analyze, probe_layout
     from phasescope.spectra import METRICS
+    from phasescope.testing.toy_checkpoints import kjv_tokenizer, train_checkpoints
 
     tmp = Path(tempfile.mkdtemp(prefix="phasescope-bench-"))
     steps = [0, 10, 25, 40, 50, 60, 75, 90, 100, 110, 125, 140, 150, 175, 200, 250]

@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -90,11 +91,7 @@ def build_data(cfg: DemoConfig):
     split = split_verses(load_kjv())
     tok = train_tokenizer(split.train, cfg.vocab_size)
     eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
-    stream: list[int] = []
-    for enc in tok.encode_batch(split.train):
-        stream.extend(enc.ids)
-        stream.append(eos)
-    stream_arr = np.asarray(stream, dtype=np.int64)
+    stream_arr = token_stream((enc.ids for enc in tok.encode_batch(split.train)), eos)
 
     # Li et al. 2025 keep probe sequences longer than 10 tokens and truncate them.
     probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(split.heldout) if len(e.ids) > 10]
@@ -110,6 +107,63 @@ def build_data(cfg: DemoConfig):
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     return tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad
+
+
+def token_stream(token_ids: Iterable[Sequence[int]], eos: int) -> np.ndarray:
+    """One training stream (int64): the tokenised verses in order, each followed by ``eos``."""
+    stream: list[int] = []
+    for ids in token_ids:
+        stream.extend(ids)
+        stream.append(eos)
+    return np.asarray(stream, dtype=np.int64)
+
+
+def train(model, opt, stream: np.ndarray, steps: int, *, seq_len: int, batch_size: int, rng: np.random.Generator,
+          lr_schedule: Callable[[int], float] | None = None, before_step: Callable[[int], None] | None = None,
+          on_backward: Callable | None = None) -> None:
+    """The demo's training loop: ``steps`` optimizer steps of next-token cross-entropy on random windows.
+
+    Each step: ``before_step(step)`` (the weights after ``step`` updates: where checkpoints are saved),
+    the learning rate ``lr_schedule(step)`` when given (else the optimizer's own), ``batch_size`` windows
+    of ``seq_len + 1`` tokens of ``stream`` starting at positions drawn from ``rng``, forward, backward,
+    ``on_backward(step, loss, lr)`` (gradients present, before the update: where an Observatory's
+    ``step`` goes; ``lr`` is None without a schedule), the optimizer step."""
+    import torch
+    import torch.nn.functional as F
+
+    for step in range(steps):
+        if before_step is not None:
+            before_step(step)
+        lr = None
+        if lr_schedule is not None:
+            lr = lr_schedule(step)
+            for group in opt.param_groups:
+                group["lr"] = lr
+        starts = rng.integers(0, len(stream) - seq_len - 1, batch_size)
+        batch = torch.from_numpy(np.stack([stream[s : s + seq_len + 1] for s in starts]))
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+        loss.backward()
+        if on_backward is not None:
+            on_backward(step, loss, lr)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def save_checkpoint(folder: Path, model, tokenizer, *, safe_serialization: bool = True) -> Path:
+    """Save ``model`` and its (Hugging Face) ``tokenizer`` into ``folder``, laid out as a Trainer's
+    ``checkpoint-<step>``, without transformers' progress bar (its setting is restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder, safe_serialization=safe_serialization)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -135,7 +189,6 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     kjv_path()  # a missing corpus fails here, in one line, before anything heavy is imported
 
     import torch
-    import torch.nn.functional as F
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from .probes import Observatory
@@ -163,26 +216,23 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     rng = np.random.default_rng(cfg.seed)
     saver = _checkpoint_saver(ckpt_dir, model, tok, overwrite) if ckpt_dir is not None else None
     bar = _progress(cfg.steps, progress)
+
+    def save(step: int) -> None:
+        if saver is not None and (step % cfg.save_every == 0 or step == cfg.steps - 1):
+            saver(step)
+
     with Observatory(model, store=str(out), probes="auto", schedule=schedule, probe_inputs=probe_inputs,
                      tokens="last", metadata=metadata, overwrite=overwrite, fit_range="auto") as obs:
-        for step in range(cfg.steps):
-            if saver is not None and (step % cfg.save_every == 0 or step == cfg.steps - 1):
-                saver(step)
-            lr = lr_at(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            starts = rng.integers(0, len(stream) - cfg.seq_len - 1, cfg.batch_size)
-            batch = torch.from_numpy(np.stack([stream[s : s + cfg.seq_len + 1] for s in starts]))
-            logits = model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
-            loss.backward()
+
+        def observe(step: int, loss, lr: float) -> None:
             obs.step(step, loss=loss, lr=lr)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
+
+        train(model, opt, stream, cfg.steps, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rng=rng,
+              lr_schedule=lambda step: lr_at(step, cfg), before_step=save, on_backward=observe)
     if bar is not None:
         bar.close()
     print(f"trained {cfg.steps} steps in {time.perf_counter() - t0:.0f} s")
@@ -196,8 +246,6 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
 def _checkpoint_saver(folder: Path, model, tok, overwrite: bool):
     import shutil
 
-    from transformers.utils import logging as hf_logging
-
     from .corpus import hf_tokenizer
 
     if overwrite and folder.exists():
@@ -206,10 +254,7 @@ def _checkpoint_saver(folder: Path, model, tok, overwrite: bool):
     hf_tok = hf_tokenizer(tok)
 
     def save(step: int) -> None:
-        target = folder / f"checkpoint-{step}"
-        hf_logging.disable_progress_bar()
-        model.save_pretrained(target)
-        hf_tok.save_pretrained(target)
+        save_checkpoint(folder / f"checkpoint-{step}", model, hf_tok)
 
     return save
 

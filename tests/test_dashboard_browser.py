@@ -9,8 +9,8 @@ import pytest
 
 from browser import chromium, graph_js, serve_app  # noqa: F401  (chromium is a fixture)
 from phasescope.dashboard import create_app
-from phasescope.dashboard.synthetic import write_synthetic_run
 from phasescope.store import open_run
+from phasescope.testing.synthetic import write_synthetic_run
 
 pytestmark = [pytest.mark.browser]
 TIMEOUT = 40_000  # ms: generous, the 2-core CI machine is often shared
@@ -145,7 +145,7 @@ def test_live_run_refreshes_keeps_zoom_and_stops_polling_when_finished(page, chr
         n0 = graph(page, "heatmap", "gd._fullData[0].z[0].length")
         assert "live" in page.locator("#status").inner_text()
         zoom = user_zooms(page, "heatmap")
-        code = ("from phasescope.dashboard.synthetic import write_synthetic_run as w; "
+        code = ("from phasescope.testing.synthetic import write_synthetic_run as w; "
                 f"w({str(path)!r}, resume=True, delay=0.03, n_steps={kw['n_steps']}, n_probes=4, rank=64, n_layers=1)")
         writer = subprocess.Popen([sys.executable, "-c", code])
         try:

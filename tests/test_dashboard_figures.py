@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from phasescope.dashboard import figures as F
-from phasescope.dashboard.synthetic import alpha_grid, capture_schedule, rankme_of, synthetic_dataset
+from phasescope.testing.synthetic import alpha_grid, capture_schedule, rankme_of, synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from browser import serve_app
 from phasescope.dashboard import create_app, serve
 from phasescope.dashboard.data import PathRefused, RunSource
 from phasescope.dashboard.figures import _decode
-from phasescope.dashboard.synthetic import write_synthetic_run
 from phasescope.errors import PhasescopeError
 from phasescope.store import open_run
+from phasescope.testing.synthetic import write_synthetic_run
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 
 from phasescope.dashboard import figures as F
 from phasescope.dashboard.data import RunSource
-from phasescope.dashboard.synthetic import write_synthetic_run
 from phasescope.spectra.phases import PhaseResult
 from phasescope.store import open_group, open_run
+from phasescope.testing.synthetic import write_synthetic_run
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from phasescope.probes._offline_toy import train_checkpoints, write_probe_file
 from phasescope.probes.checkpoints import analyze
 from phasescope.store import open_run
+from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
 
 STEPS = [0, 2, 4, 8, 16, 32, 48, 64]
 FIT = (3, 29)  # zero-based half-open index range of the α fit (d = 32)
@@ -213,8 +213,8 @@ def test_live_and_offline_metrics_agree(sweep, tmp_path):
     checkpoints gives the same metrics at the same steps."""
     from phasescope.probes import Observatory
     from phasescope.probes._offline_sources import ProbeTexts, tokenize
-    from phasescope.probes._offline_toy import kjv_tokenizer
     from phasescope.probes.schedules import explicit
+    from phasescope.testing.toy_checkpoints import kjv_tokenizer
 
     root, _, texts = sweep
     tok, _ = kjv_tokenizer()

@@ -47,7 +47,7 @@ def test_revision_without_step(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def small_sweep(tmp_path_factory):
-    from phasescope.probes._offline_toy import train_checkpoints, write_probe_file
+    from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
 
     root = tmp_path_factory.mktemp("cli")
     train_checkpoints(root / "ck", [0, 4, 8], n_layer=1, n_embd=16, n_head=2, seq_len=16)

@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CARD = ("probes", "spectra", "gradients", "dashboard", "store")
 
 
+def checkout_packages() -> list[str]:
+    """Dotted names of the checkout's packages: folders with an ``__init__.py`` under ``phasescope/`` and
+    under the card folders (which install as ``phasescope.<folder>``)."""
+    out = []
+    for top, prefix in [("phasescope", "phasescope")] + [(f, f"phasescope.{f}") for f in CARD]:
+        for init in sorted((ROOT / top).rglob("__init__.py")):
+            rel = init.parent.relative_to(ROOT / top).parts
+            if "__pycache__" not in rel:
+                out.append(".".join((prefix, *rel)))
+    return out
+
+
 def test_editable_import_maps_card_folders():
     import phasescope.spectra
     import phasescope.store
@@ -30,6 +42,9 @@ def test_wheel_file_list_and_import(tmp_path):
     assert tops == {"phasescope", f"phasescope-{wheel.name.split('-')[1]}.dist-info"}, tops
     for folder in CARD:
         assert f"phasescope/{folder}/__init__.py" in names, folder
+    # every sub-package of the checkout ships (a package missing from pyproject's `packages` list would not)
+    missing = [pkg for pkg in checkout_packages() if f"{pkg.replace('.', '/')}/__init__.py" not in names]
+    assert not missing, f"not in the wheel (add them to [tool.setuptools] packages): {missing}"
     assert not any(n.startswith("phasescope/tests") or "/tests/" in n for n in names)
     assert "phasescope/cli.py" in names
     entry_points = zipfile.ZipFile(wheel).read(
@@ -42,7 +57,8 @@ def test_wheel_file_list_and_import(tmp_path):
                     "--target", str(target), str(wheel)], check=True)
     installed = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert installed == ["phasescope"], installed
-    code = "import phasescope.spectra, phasescope.store, phasescope.dashboard; print(phasescope.spectra.__file__)"
+    code = ("import phasescope.spectra, phasescope.store, phasescope.dashboard, phasescope.spectra.phases, "
+            "phasescope.testing.synthetic; print(phasescope.spectra.__file__)")
     env = {**os.environ, "PYTHONPATH": str(target)}
     res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
                          check=True, capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -8,9 +8,12 @@ height grows with depth, so heatmaps and trajectories have visible structure.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
+
+from phasescope.store import RunWriter, open_run
 
 
 def capture_schedule(n_steps: int) -> np.ndarray:
@@ -100,10 +103,6 @@ def write_synthetic_run(path: str | Path, n_steps: int = 200, n_probes: int = 6,
     """Write the same synthetic run to a real store with ``phasescope.store.RunWriter``.
     ``upto`` stops after that many steps and leaves the run live (unclosed); ``resume`` continues it;
     ``delay`` sleeps that many seconds after each step (a slow live writer)."""
-    import time
-
-    from phasescope.store import RunWriter
-
     ds = synthetic_dataset(n_steps, n_probes, rank, n_layers=n_layers, tokens_per_step=tokens_per_step,
                            capture_every_step=capture_every_step)
     params = [str(p) for p in ds["param"].values]
@@ -117,8 +116,6 @@ def write_synthetic_run(path: str | Path, n_steps: int = 200, n_probes: int = 6,
                   attrs=attrs, overwrite=not resume, resume=resume)
     start = 0
     if resume:
-        from phasescope.store import open_run
-
         done = open_run(path)
         start = int(done["step"].values[-1]) + 1 if done.sizes.get("step", 0) else 0
     stop = n_steps if upto is None else min(n_steps, upto)
