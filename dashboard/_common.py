@@ -98,3 +98,10 @@ def probe_colours(n: int) -> list[str]:
 
 def to_list(strings) -> list[str]:
     return [str(s) for s in np.atleast_1d(strings)]
+
+
+def as_runs(data) -> dict:
+    """Accept one Dataset or a mapping name → Dataset; return an ordered dict."""
+    if hasattr(data, "data_vars"):  # a Dataset is itself a Mapping: test it first
+        return {str(data.attrs.get("name", "run")): data}
+    return dict(data)

@@ -13,6 +13,7 @@ below what a colour or a pixel shows.
 """
 from __future__ import annotations
 
+import base64
 from functools import lru_cache
 
 import numpy as np
@@ -103,3 +104,15 @@ def grid(rows: int, cols: int, *, hspace: float = 0.2, vspace: float = 0.3, titl
     if notes:
         layout["annotations"] = notes
     return layout, ks
+
+
+def decode_array(v):
+    """Plotly 6+ may serialise arrays as {'dtype','bdata','shape'}; turn them back into numpy."""
+    if isinstance(v, dict) and "bdata" in v:
+        arr = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        if shape:
+            shp = [int(s) for s in str(shape).split(",")] if isinstance(shape, str) else list(shape)
+            arr = arr.reshape(shp)
+        return arr
+    return v

@@ -16,7 +16,7 @@ def ds():
 
 
 def arr(v):
-    return np.asarray(F._decode(v))
+    return np.asarray(F.decode_array(v))
 
 
 def test_synthetic_run_has_the_known_spectra(ds):

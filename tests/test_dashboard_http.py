@@ -8,7 +8,7 @@ import pytest
 from browser import serve_app
 from phasescope.dashboard import create_app, serve
 from phasescope.dashboard.data import PathRefused, RunSource
-from phasescope.dashboard.figures import _decode
+from phasescope.dashboard.figures import decode_array
 from phasescope.errors import PhasescopeError
 from phasescope.store import open_run
 from phasescope.testing.synthetic import write_synthetic_run
@@ -58,8 +58,8 @@ def test_overview_callback_serves_the_stored_rankme_and_alpha(server, runs):
     fig = resp["overview"]["figure"]
     ds = open_run(runs / "alpha.zarr")
     assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
-    assert np.allclose(_decode(fig["data"][0]["z"]), ds["rankme"].values.T)
-    assert np.allclose(_decode(fig["data"][1]["z"]), ds["alpha"].values.T)
+    assert np.allclose(decode_array(fig["data"][0]["z"]), ds["rankme"].values.T)
+    assert np.allclose(decode_array(fig["data"][1]["z"]), ds["alpha"].values.T)
     assert fig["layout"]["xaxis"]["type"] == "log"
 
 
@@ -131,7 +131,7 @@ def test_first_page_comes_rendered_for_the_runs_its_url_asks_for(server, runs):
     ds = open_run(runs / "alpha.zarr")
     assert find(page, "runs")["value"] == ["alpha.zarr"]
     fig = find(page, "overview")["figure"]
-    assert np.allclose(_decode(fig["data"][0]["z"]), ds["rankme"].values.T)
+    assert np.allclose(decode_array(fig["data"][0]["z"]), ds["rankme"].values.T)
     assert find(page, "heatmap-metric")["value"] == "rankme"
     spec = find(page, "spectrum")["figure"]["layout"]["meta"]
     assert spec["step"] == int(ds["capture_step"].values[-1]) and spec["probe"] == "layer.03"

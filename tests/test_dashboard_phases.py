@@ -63,7 +63,7 @@ def test_phase_strip_colours_every_probe_and_capture_by_its_label(run):
     meta = fig.layout.meta
     assert meta["rows"] == ["model"] + [str(p) for p in ds["probe"].values]
     heat = fig.data[0]
-    z, edges = np.asarray(F._decode(heat.z), float), np.asarray(meta["edges"])
+    z, edges = np.asarray(F.decode_array(heat.z), float), np.asarray(meta["edges"])
     labels = meta["labels"]
     for r, probe in enumerate(meta["rows"]):
         for step in ds["capture_step"].values[:-1]:
