@@ -34,7 +34,7 @@ PRESET_KEYWORDS = ("auto", "blocks", "residual", "attn", "mlp", "final_norm", "a
 
 
 @dataclass(frozen=True)
-class Layout:
+class ModuleLayout:
     """Module names of one architecture's probe points (``None`` where absent)."""
 
     blocks: tuple[str, ...]
@@ -48,7 +48,7 @@ class Layout:
         return self.blocks[0].rsplit(".", 1)[0] if self.blocks else ""
 
 
-def find_layout(model) -> Layout:
+def find_layout(model) -> ModuleLayout:
     """Locate the decoder/encoder block list, attention, MLP and final norm of ``model``."""
     import torch.nn as nn
 
@@ -85,7 +85,7 @@ def find_layout(model) -> Layout:
         if cand in named:
             final = cand
             break
-    return Layout(blocks, attn, mlp, final)
+    return ModuleLayout(blocks, attn, mlp, final)
 
 
 def preset_probes(model, keyword: str) -> dict[str, str]:
@@ -111,7 +111,7 @@ def preset_probes(model, keyword: str) -> dict[str, str]:
     return out
 
 
-def short_name(module_name: str, layout: Layout | None) -> str:
+def short_name(module_name: str, layout: ModuleLayout | None) -> str:
     """``transformer.h.3.mlp.c_fc`` -> ``block.3.mlp.c_fc``; other names are kept as they are."""
     if layout is not None and layout.block_prefix:
         m = re.fullmatch(re.escape(layout.block_prefix) + r"\.(\d+)(\..+)?", module_name)

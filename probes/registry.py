@@ -22,7 +22,7 @@ from typing import Any, Callable, Union
 
 from phasescope.errors import PhasescopeError
 
-from .presets import PRESET_KEYWORDS, Layout, find_layout, preset_probes, short_name
+from .presets import PRESET_KEYWORDS, ModuleLayout, find_layout, preset_probes, short_name
 
 Selector = Union[str, Callable[[str, Any], bool]]
 ProbesSpec = Union[Selector, list, tuple, dict, None]
@@ -66,7 +66,7 @@ def resolve_probes(model, probes: ProbesSpec = "auto") -> list[Probe]:
     """Resolve ``probes`` to an ordered, de-duplicated list of :class:`Probe` (done once, at attach time)."""
     named = dict(model.named_modules())
     try:
-        layout: Layout | None = find_layout(model)
+        layout: ModuleLayout | None = find_layout(model)
     except PhasescopeError:
         layout = None
     pairs: list[tuple[str, str]] = []  # (probe name, module name)
