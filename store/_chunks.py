@@ -16,13 +16,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import zarr_compat
+from .zarr_compat import codec_names
+
 ZSTD = ("bytes", "zstd", "crc32c")
 RAW = ("bytes", "crc32c")
 CODECS = (ZSTD, RAW)
-
-
-def codec_names(arr) -> tuple[str, ...]:
-    return tuple(c["name"] for c in arr.metadata.to_dict()["codecs"])
 
 
 class Encoder:
@@ -70,7 +69,7 @@ class RowChunks:
             n = min(cr - lo, k - i)
             self.buf[lo : lo + n] = block[i : i + n]
             i += n
-            key = self.prefix + self.arr.metadata.encode_chunk_key((c,) + (0,) * (len(self.chunks) - 1))
+            key = self.prefix + zarr_compat.chunk_key(self.arr, (c,) + (0,) * (len(self.chunks) - 1))
             out.append((key, encoder.encode(self.buf, self.compress)))
         return out
 
@@ -125,16 +124,8 @@ def make_putter(store) -> Callable[[list[tuple[str, bytes]]], None]:
 
         return put_local
 
-    import asyncio
-
-    from zarr.core.buffer import cpu
-    from zarr.core.sync import sync
-
     def put_remote(items: list[tuple[str, bytes]]) -> None:
-        async def go():
-            await asyncio.gather(*(store.set(k, cpu.Buffer.from_bytes(d)) for k, d in items))
-
-        sync(go())
+        zarr_compat.set_many(store, items)
 
     return put_remote
 

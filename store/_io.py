@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import zarr_compat
 from .errors import NotARunError, StoreError
-
 
 
 def is_url(path: Any) -> bool:
@@ -38,11 +38,14 @@ def display(path: Any) -> str:
 
 
 def make_store(path: Any, *, read_only: bool):
-    """A zarr Store for ``path`` (a path, a URL, or a zarr Store passed through)."""
-    import zarr.storage
+    """A zarr Store for ``path`` (a path, a URL, or a zarr Store passed through).
 
+    Every zarr use of the store starts here, so this is where an unsupported zarr is refused.
+    """
+    import zarr.storage
     from zarr.abc.store import Store
 
+    zarr_compat.check_installed()
     if isinstance(path, Store):
         return path
     lp = local_path(path)
@@ -77,12 +80,8 @@ def read_root_json(path: Any) -> dict | None:
                 return json.loads(f.read())
         except (FileNotFoundError, NotADirectoryError):
             return None
-    store = make_store(path, read_only=True)
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    buf = sync(store.get("zarr.json", prototype=default_buffer_prototype()))
-    return None if buf is None else json.loads(buf.to_bytes())
+    blob = zarr_compat.get_bytes(make_store(path, read_only=True), "zarr.json")
+    return None if blob is None else json.loads(blob)
 
 
 def list_keys(store, prefix: str) -> set[str]:
@@ -94,9 +93,4 @@ def list_keys(store, prefix: str) -> set[str]:
             return set(os.listdir(Path(store.root) / prefix))
         except FileNotFoundError:
             return set()
-    from zarr.core.sync import sync
-
-    async def collect():
-        return {k async for k in store.list_dir(prefix)}
-
-    return sync(collect())
+    return zarr_compat.list_dir(store, prefix)

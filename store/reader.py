@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _io
+from . import _io, zarr_compat
+from ._chunks import LocalArray
 from .errors import CorruptRunError, NotARunError, SchemaVersionError
 from .schema import CAPTURE, COMMIT_ATTR, LAYOUT_ATTR, SCHEMA_VERSION, STEP, ArraySpec, Layout
 
@@ -113,10 +114,8 @@ def open_run(path: Any, *, lazy: bool = True, verify: bool = True):
 
     data_specs = [s for s in specs if s.name not in (STEP, CAPTURE)]
     if lp is None and not lazy:
-        from zarr.core.sync import sync
-
-        got = sync(_read_all({k: a.arr._async_array for k, a in arrays.items()},
-                             {s.name: n[s.rows] for s in specs}, name))
+        got = zarr_compat.sync(_read_all({k: zarr_compat.async_array(a.arr) for k, a in arrays.items()},
+                                         {s.name: n[s.rows] for s in specs}, name))
     else:
         got = {d: _Checked(arrays[d], d, name, None, n[d])[: n[d]] for d in (STEP, CAPTURE)}
     row_steps = {STEP: np.asarray(got[STEP]), CAPTURE: np.asarray(got[CAPTURE])}
@@ -149,8 +148,6 @@ def open_run(path: Any, *, lazy: bool = True, verify: bool = True):
 
 
 def _open_local(root, specs: list[ArraySpec], run: str) -> dict:
-    from ._chunks import LocalArray
-
     out = {}
     for s in specs:
         try:
@@ -166,32 +163,22 @@ class _ZarrRows:
     """The sync zarr array behind a remote run's variable, with its chunk-key naming."""
 
     def __init__(self, async_array) -> None:
-        import zarr
-
-        self.arr = zarr.Array(async_array)
+        self.arr = zarr_compat.sync_array(async_array)
         self.shape, self.chunks, self.ndim = self.arr.shape, self.arr.chunks, self.arr.ndim
         self.dtype = np.dtype(self.arr.dtype)
         self.name = self.arr.path
 
     def key(self, c: int) -> str:
-        return self.arr.metadata.encode_chunk_key((c,) + (0,) * (self.ndim - 1))
+        return zarr_compat.chunk_key(self.arr, (c,) + (0,) * (self.ndim - 1))
 
     def __getitem__(self, key):
         return self.arr[key]
 
 
 def _open_zarr(path: Any, specs: list[ArraySpec], run: str):
-    from zarr.core.sync import sync
-
     store = _io.make_store(path, read_only=True)
-    raw = sync(_open_arrays(store, [s.name for s in specs], run))
+    raw = zarr_compat.sync(_open_arrays(store, [s.name for s in specs], run))
     return {k: _ZarrRows(v) for k, v in raw.items()}, store
-
-
-def zarr_sync_array(async_array):
-    import zarr
-
-    return zarr.Array(async_array)
 
 
 async def _open_arrays(store, names: list[str], run: str) -> dict:
@@ -220,7 +207,7 @@ async def _read_all(arrays: dict, want: dict[str, int | None], run: str) -> dict
         try:
             return np.asarray(await a.getitem((sel,) + (slice(None),) * (a.ndim - 1)))
         except Exception as e:  # noqa: BLE001 - any decode failure means a damaged chunk
-            dim = "capture_step" if a.metadata.dimension_names[0] == CAPTURE else STEP
+            dim = "capture_step" if zarr_compat.dimension_names(a)[0] == CAPTURE else STEP
             raise CorruptRunError(
                 f"array {nm!r} of run {run} is damaged within its first {rows} rows of {dim}: "
                 f"{type(e).__name__}: {e}") from e
@@ -233,10 +220,10 @@ async def _read_all(arrays: dict, want: dict[str, int | None], run: str) -> dict
         # Say which steps: re-read the damaged array chunk by chunk through the checking wrapper.
         for nm, v in out.items():
             if isinstance(v, CorruptRunError) and nm not in (STEP, CAPTURE) and isinstance(out.get(STEP), np.ndarray):
-                spec_dim = arrays[nm].metadata.dimension_names[0]
+                spec_dim = zarr_compat.dimension_names(arrays[nm])[0]
                 rs = out[STEP] if spec_dim == STEP else out.get(CAPTURE)
                 if isinstance(rs, np.ndarray):
-                    _locate(zarr_sync_array(arrays[nm]), nm, run, rs)
+                    _locate(zarr_compat.sync_array(arrays[nm]), nm, run, rs)
         raise errors[0]
     return out
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import _io
+from . import _io, zarr_compat
 from ._chunks import CODECS, Encoder, RowChunks, codec_names, make_putter
 from .errors import (
     LayoutMismatchError,
@@ -488,11 +488,8 @@ class RunWriter:
 
     def _update_attrs(self, new: dict) -> None:
         """Rewrite the root zarr.json (one atomic key) with the updated attributes."""
-        from zarr.core.buffer import default_buffer_prototype
-
         self.attrs.update(new)
-        self.group.metadata.attributes.update(new)
-        blob = self.group.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+        blob = zarr_compat.group_json(self.group, new)
         self._put([("zarr.json", blob)])
 
     # ------------------------------------------------------------------ attrs / lifetime
