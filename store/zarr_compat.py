@@ -169,3 +169,9 @@ def group_json(group, new_attrs: dict[str, Any]) -> bytes:
 
     group.metadata.attributes.update(new_attrs)
     return group.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
+
+
+def drop_group_attrs(group, keys: Iterable[str]) -> None:
+    """Remove ``keys`` from the group's in-memory attributes (the next :func:`group_json` omits them)."""
+    for k in keys:
+        group.metadata.attributes.pop(k, None)

@@ -7,11 +7,13 @@ range, and the pip command that fixes it.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+import zarr.storage
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -90,6 +92,8 @@ def _internal_uses(tree: ast.AST) -> list[str]:
                 found.append(f".{node.attr}")
             elif node.attr == "core" and isinstance(node.value, ast.Name) and node.value.id == "zarr":
                 found.append("zarr.core")
+            elif node.attr == "attributes" and isinstance(node.value, ast.Attribute) and node.value.attr == "metadata":
+                found.append(".metadata.attributes (use zarr_compat.group_json / drop_group_attrs)")
     return found
 
 
@@ -105,3 +109,12 @@ def test_zarr_internals_are_used_only_in_the_compat_module():
     assert not offenders, f"zarr internals outside store/zarr_compat.py: {offenders}"
     compat = ast.parse((ROOT / "store" / "zarr_compat.py").read_text())
     assert _internal_uses(compat), "the detector no longer sees the compat module's own uses"
+
+
+def test_group_json_merges_and_drops_attributes():
+    store = zarr.storage.MemoryStore()
+    group = zarr.open_group(store, mode="w", zarr_format=3, attributes={"a": 1, "error": "old"})
+    blob = zarr_compat.group_json(group, {"b": 2})
+    assert json.loads(blob)["attributes"] == {"a": 1, "error": "old", "b": 2}
+    zarr_compat.drop_group_attrs(group, ["error", "absent"])
+    assert json.loads(zarr_compat.group_json(group, {}))["attributes"] == {"a": 1, "b": 2}
