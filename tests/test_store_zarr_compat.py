@@ -92,8 +92,6 @@ def _internal_uses(tree: ast.AST) -> list[str]:
                 found.append(f".{node.attr}")
             elif node.attr == "core" and isinstance(node.value, ast.Name) and node.value.id == "zarr":
                 found.append("zarr.core")
-            elif node.attr == "attributes" and isinstance(node.value, ast.Attribute) and node.value.attr == "metadata":
-                found.append(".metadata.attributes (use zarr_compat.group_json / drop_group_attrs)")
     return found
 
 
