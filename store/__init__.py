@@ -8,10 +8,15 @@ from typing import Any
 
 _EXPORTS = {
     "RunWriter": ".writer",
+    "StepRow": ".writer",
+    "CaptureRow": ".writer",
     "AsyncRunWriter": ".async_writer",
     "open_run": ".reader",
     "list_runs": ".catalog",
+    "run_info": ".catalog",
     "RunInfo": ".catalog",
+    "status_for": ".lifecycle",
+    "error_for": ".lifecycle",
     "write_group": ".groups",
     "open_group": ".groups",
     "list_groups": ".groups",

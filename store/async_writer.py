@@ -23,6 +23,7 @@ from collections import deque
 from typing import Any, Mapping
 
 from .errors import StoreError
+from .lifecycle import CLOSE_STATUSES, FINISHED, error_for, status_for
 from .schema import CAPTURE, STEP
 from .writer import CaptureRow, RunWriter, StepRow
 
@@ -117,10 +118,13 @@ class AsyncRunWriter:
             self._flushing = False
         self._check()
 
-    def close(self, *, status: str = "finished", error: str | None = None) -> None:
-        """Write everything queued, stop the thread, mark the run finished (or failed)."""
+    def close(self, *, status: str = FINISHED, error: str | None = None) -> None:
+        """Write everything queued, stop the thread, trim the arrays and record ``status``
+        ("finished", "interrupted" or "failed"; "failed" whatever was asked if the writer thread failed)."""
         if self._closed:
             return
+        if status not in CLOSE_STATUSES:
+            raise StoreError(f"close(status={status!r}): the status must be one of {CLOSE_STATUSES}")
         self._closed = True
         with self._cond:
             self._stopping = True
@@ -146,11 +150,12 @@ class AsyncRunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """KeyboardInterrupt closes the run "interrupted", another exception "failed" (see status_for)."""
         if exc_type is None:
             self.close()
         else:
             try:
-                self.close(status="failed", error=f"{exc_type.__name__}: {exc}")
+                self.close(status=status_for(exc_type), error=error_for(exc))
             except StoreError:
                 pass  # the training error is the one to see
 

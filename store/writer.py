@@ -15,11 +15,9 @@ StepOrderError.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -47,30 +45,10 @@ from .schema import (
     Layout,
     check_json,
 )
+from .lifecycle import CLOSE_STATUSES, FINISHED, RUNNING, error_for, status_for
+from .rows import CaptureRow, StepRow, capture_blocks, prepare_capture, prepare_step, step_blocks
 
 _PROTECTED = {"phasescope_schema", "phasescope_version", COMMIT_ATTR, LAYOUT_ATTR, "created", "host"}
-
-
-@dataclass
-class StepRow:
-    """One validated training-step row, ready to be written."""
-
-    step: int
-    scalars: np.ndarray  # (n_scalars,) float64
-    params: dict[str, np.ndarray]  # stat -> (n_params,) float32
-    flags: np.ndarray  # (n_flags,) uint8
-
-
-@dataclass
-class CaptureRow:
-    """One validated capture row, ready to be written."""
-
-    step: int
-    metrics: np.ndarray  # (n_metrics, n_probes) float64
-    eigenvalues: np.ndarray | None  # (n_probes, max_rank)
-    n_samples: np.ndarray  # (n_probes,) int64
-    matrices: dict[str, np.ndarray]  # stat -> (n_matrices,)
-    sketch: np.ndarray | None  # (n_probes, rows, width)
 
 
 def _now() -> float:
@@ -179,7 +157,7 @@ class RunWriter:
             phasescope_schema=SCHEMA_VERSION, phasescope_version=__version__, created=_iso(t),
             host=socket.gethostname(), finished=False,
         )
-        attrs.setdefault("status", "running")
+        attrs.setdefault("status", RUNNING)
         attrs[LAYOUT_ATTR] = self.layout.to_json()
         attrs[COMMIT_ATTR] = self._commit_dict(0, 0, None, None, t)
         # Write the group (and its attrs) only after every array exists, so a run whose
@@ -293,77 +271,22 @@ class RunWriter:
         resumed = list(self.attrs.get("resumed", []))
         resumed.append({"time": _iso(_now()), "n_steps": self.n[STEP], "last_step": self.last[STEP]})
         new = dict(user_attrs)
-        new.update(resumed=resumed, finished=False, status="running")
+        new.update(resumed=resumed, finished=False, status=RUNNING)
+        if "error" not in new:  # the error of the close before this resume no longer describes the run
+            self.attrs.pop("error", None)
+            self.group.metadata.attributes.pop("error", None)
         self._update_attrs(new)
 
     # ------------------------------------------------------------------ validation
     def prepare_step(self, step: int, scalars: Mapping[str, float], params: Mapping[str, Any] | None = None,
                      flags: Mapping[str, int] | None = None) -> StepRow:
         """Validate one step's values and return the row (no I/O)."""
-        L = self.layout
-        step = _as_step(step)
-        unknown = set(scalars) - set(L.scalars)
-        if unknown:
-            raise StoreError(f"unknown scalars {sorted(unknown)}; this run logs {L.scalars} (declare them in scalars=)")
-        sv = np.array([_as_float(scalars.get(k, math.nan), k) for k in L.scalars], dtype=np.float64)
-        pv: dict[str, np.ndarray] = {}
-        nonfinite = not np.isfinite(sv[[i for i, k in enumerate(L.scalars) if k in scalars]]).all()
-        for stat, arr in (params or {}).items():
-            if stat not in L.param_stats:
-                raise StoreError(f"unknown param stat {stat!r}; this run logs {L.param_stats} (declare it in param_stats=)")
-            a = np.asarray(arr, dtype=np.float32).reshape(-1)
-            if a.shape != (len(L.params),):
-                raise StoreError(f"params[{stat!r}] has {a.size} values, expected one per param ({len(L.params)})")
-            nonfinite = nonfinite or not np.isfinite(a).all()
-            pv[stat] = a
-        fv = np.zeros(len(L.flags), dtype=np.uint8)
-        for k, v in (flags or {}).items():
-            if k not in L.flags:
-                raise StoreError(f"unknown flag {k!r}; this run has flags {L.flags} (declare it in flags=)")
-            fv[L.flags.index(k)] = min(max(int(v), 0), 255)
-        if nonfinite and "nonfinite" in L.flags and "nonfinite" not in (flags or {}):
-            fv[L.flags.index("nonfinite")] = 1
-        return StepRow(step, sv, pv, fv)
+        return prepare_step(self.layout, step, scalars, params, flags)
 
     def prepare_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
                         matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> CaptureRow:
         """Validate one capture's values and return the row (no I/O)."""
-        L = self.layout
-        step = _as_step(step)
-        P = len(L.probes)
-        if not P:
-            raise StoreError("this run has no probes; pass probes=[...] to RunWriter to store captures")
-        unknown = set(metrics) - set(L.metrics)
-        if unknown:
-            raise StoreError(f"unknown metrics {sorted(unknown)}; this run stores {L.metrics} (declare them in metrics=)")
-        mv = np.full((len(L.metrics), P), np.nan)
-        for i, k in enumerate(L.metrics):
-            if k in metrics:
-                mv[i] = _vector(metrics[k], P, f"metrics[{k!r}]", np.float64)
-        eig = None
-        if L.max_rank:
-            e = np.asarray(eigenvalues, dtype=np.float64)
-            if e.ndim != 2 or e.shape[0] != P or e.shape[1] > L.max_rank:
-                raise StoreError(f"eigenvalues has shape {e.shape}, expected ({P}, <= {L.max_rank}) "
-                                 "(probes x max_rank, NaN-padded)")
-            eig = np.full((P, L.max_rank), np.nan, dtype=L.eigen_dtype)
-            eig[:, : e.shape[1]] = e
-        ns = _vector(n_samples, P, "n_samples", np.int64)
-        mats: dict[str, np.ndarray] = {}
-        for stat, v in (matrices or {}).items():
-            if stat not in L.matrix_stats:
-                raise StoreError(f"unknown matrix stat {stat!r}; this run stores {L.matrix_stats} (declare it in matrix_stats=)")
-            mats[stat] = _vector(v, len(L.matrices), f"matrices[{stat!r}]", np.float32)
-        sk = None
-        if sketch is not None:
-            if not L.sketch:
-                raise StoreError("a sketch was given but the run has none; pass sketch={'rows': r, 'width': w} to RunWriter")
-            shape = (P, int(L.sketch["rows"]), int(L.sketch["width"]))
-            s = np.asarray(sketch)
-            if s.shape != shape:
-                raise StoreError(f"sketch has shape {s.shape}, expected {shape} (probe, rows, width)")
-            sk = s.astype(L.sketch.get("dtype", "float16"))
-        return CaptureRow(step, mv, eig, ns, mats, sk)
+        return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch)
 
     def _accept(self, dim: str, step: int, last_seen: int | None) -> bool:
         """True to write ``step``; False to skip it (resume replay); raise if out of order."""
@@ -417,6 +340,7 @@ class RunWriter:
         cap = self.capacity[dim]
         if needed <= cap:
             return
+        cap = max(cap, self._initial_capacity[dim])  # a trimmed run (closed, resumed) may hold 0 rows
         while cap < needed:
             cap *= 2
         for s in self.layout.arrays():
@@ -426,55 +350,34 @@ class RunWriter:
         self.capacity[dim] = cap
 
     def _write_steps(self, rows: Sequence[StepRow]) -> None:
-        L = self.layout
-        i0, k = self.n[STEP], len(rows)
-        self._ensure_capacity(STEP, i0 + k)
-        sc = np.stack([r.scalars for r in rows]) if L.scalars else None
-        fl = np.stack([r.flags for r in rows]) if L.flags else None
-        if self._pending_dropped and "dropped" in L.flags:
-            j = L.flags.index("dropped")
-            fl[-1, j] = min(255, int(fl[-1, j]) + self._pending_dropped)
-            self._pending_dropped = 0
-        out: list[tuple[str, bytes]] = []
-        put = self._queue_rows
-        for j, name in enumerate(L.scalars):
-            put(out, name, i0, sc[:, j])
-        for j, name in enumerate(L.flags):
-            put(out, f"flag_{name}", i0, fl[:, j])
-        if L.params:
-            for stat in L.param_stats:
-                put(out, f"param_{stat}", i0, _stat_block([r.params for r in rows], stat, len(L.params)))
-        put(out, STEP, i0, np.array([r.step for r in rows], dtype=np.int64))
-        self._put(out)
-        self.n[STEP] = i0 + k
-        self.last[STEP] = rows[-1].step
+        dropped = self._pending_dropped if "dropped" in self.layout.flags else 0
+        self._write_blocks(STEP, step_blocks(self.layout, rows, dropped), rows[-1].step)
+        self._pending_dropped -= dropped
 
     def _write_captures(self, rows: Sequence[CaptureRow]) -> None:
-        L = self.layout
-        i0, k = self.n[CAPTURE], len(rows)
-        self._ensure_capacity(CAPTURE, i0 + k)
-        out: list[tuple[str, bytes]] = []
-        put = self._queue_rows
-        mv = np.stack([r.metrics for r in rows])  # (k, n_metrics, P)
-        for j, name in enumerate(L.metrics):
-            put(out, name, i0, mv[:, j])
-        put(out, "n_samples", i0, np.stack([r.n_samples for r in rows]))
-        if L.max_rank:
-            put(out, "eigenvalues", i0, np.stack([r.eigenvalues for r in rows]))
-        if L.sketch:
-            shape = (len(L.probes), int(L.sketch["rows"]), int(L.sketch["width"]))
-            blank = np.full(shape, np.nan, dtype=L.sketch.get("dtype", "float16"))
-            put(out, "sketch", i0, np.stack([r.sketch if r.sketch is not None else blank for r in rows]))
-        if L.matrices:
-            for stat in L.matrix_stats:
-                put(out, f"matrix_{stat}", i0, _stat_block([r.matrices for r in rows], stat, len(L.matrices)))
-        put(out, CAPTURE, i0, np.array([r.step for r in rows], dtype=np.int64))
-        self._put(out)
-        self.n[CAPTURE] = i0 + k
-        self.last[CAPTURE] = rows[-1].step
+        self._write_blocks(CAPTURE, capture_blocks(self.layout, rows), rows[-1].step)
 
-    def _queue_rows(self, out: list, name: str, i0: int, block: np.ndarray) -> None:
-        out.extend(self._rows[name].write(i0, block, self._enc))
+    def _write_blocks(self, dim: str, blocks: list[tuple[str, np.ndarray]], last_step: int) -> None:
+        """Write equal-length row blocks after the committed rows of ``dim`` (no commit)."""
+        i0, k = self.n[dim], len(blocks[-1][1])
+        self._ensure_capacity(dim, i0 + k)
+        out: list[tuple[str, bytes]] = []
+        for name, block in blocks:
+            out.extend(self._rows[name].write(i0, block, self._enc))
+        self._put(out)
+        self.n[dim] = i0 + k
+        self.last[dim] = last_step
+
+    def _trim(self) -> None:
+        """Shrink every row-dimensioned array to exactly its committed rows (on close), so plain
+        ``xarray.open_zarr`` shows the run's steps and captures without padding. Chunks wholly past
+        the commit are deleted; a resume grows the arrays again."""
+        for s in self.layout.arrays():
+            if s.rows is not None:
+                a = self.arrays[s.name]
+                if a.shape[0] != self.n[s.rows]:
+                    a.resize((self.n[s.rows], *a.shape[1:]))
+        self.capacity = dict(self.n)
 
     @staticmethod
     def _commit_dict(n_steps: int, n_caps: int, last_step, last_cap, t: float) -> dict:
@@ -517,12 +420,20 @@ class RunWriter:
         if self._closed:
             raise StoreError(f"the writer of {self._name} is closed; open a new RunWriter(resume=True)")
 
-    def close(self, *, status: str = "finished", error: str | None = None) -> None:
-        """Mark the run finished (or failed) and commit; idempotent."""
+    def close(self, *, status: str = FINISHED, error: str | None = None) -> None:
+        """Trim the arrays to the committed rows, then record ``status`` ("finished", "interrupted"
+        or "failed", with ``error``) and commit; idempotent. A failed trim still records the status."""
         if self._closed:
             return
+        if status not in CLOSE_STATUSES:
+            raise StoreError(f"close(status={status!r}): the status must be one of {CLOSE_STATUSES}")
         self._closed = True
-        new: dict[str, Any] = {"finished": status == "finished", "status": status}
+        try:
+            self._trim()
+        except Exception as e:  # noqa: BLE001 - untrimmed, the run still reads right (readers slice to the commit)
+            warnings.warn(f"closing {self._name}: its arrays could not be trimmed to the committed rows "
+                          f"({type(e).__name__}: {e}); plain xarray shows padding rows", stacklevel=2)
+        new: dict[str, Any] = {"finished": status == FINISHED, "status": status}
         if error:
             new["error"] = error[:2000]
         if self._pending_dropped:
@@ -534,38 +445,6 @@ class RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.close(status="failed", error=f"{exc_type.__name__}: {exc}")
+        """KeyboardInterrupt closes the run "interrupted", another exception "failed" (see status_for)."""
+        self.close(status=status_for(exc_type), error=error_for(exc))
 
-
-def _as_step(step: Any) -> int:
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)):
-        raise StoreError(f"step must be an integer, got {step!r}")
-    if step < 0:
-        raise StoreError(f"step must be >= 0, got {step}")
-    return int(step)
-
-
-def _as_float(v: Any, name: str) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        raise StoreError(f"scalar {name!r} must be a number, got {v!r}") from None
-
-
-def _vector(v: Any, n: int, what: str, dtype) -> np.ndarray:
-    a = np.asarray(v, dtype=dtype).reshape(-1)
-    if a.shape != (n,):
-        raise StoreError(f"{what} has {a.size} values, expected {n}")
-    return a
-
-
-def _stat_block(per_row: Sequence[Mapping[str, np.ndarray]], stat: str, width: int) -> np.ndarray:
-    """(rows, width) float32 block of one statistic; NaN in rows that did not record it."""
-    block = np.full((len(per_row), width), np.nan, dtype=np.float32)
-    for i, values in enumerate(per_row):
-        if stat in values:
-            block[i] = values[stat]
-    return block

@@ -114,12 +114,14 @@ def test_capacity_growth_past_initial_allocation(tmp_path):
             if s % 20 == 0:
                 v = vals(s)
                 w.append_capture(s, v["metrics"], v["eig"], v["n_samples"])
+        raw = xr.open_zarr(path, consolidated=False)
+        assert raw.sizes["step"] == 512 and raw.sizes["capture_step"] == 16  # grown by doubling while open
     ds = open_run(path)
     np.testing.assert_array_equal(ds.loss.values, np.arange(300.0))
     assert ds.sizes["capture_step"] == 15 and ds.capture_step.values[-1] == 280
     np.testing.assert_array_equal(ds.rankme.values[:, 0], np.arange(0, 300, 20) * 0.25)
     raw = xr.open_zarr(path, consolidated=False)
-    assert raw.sizes["step"] == 512 and raw.sizes["capture_step"] == 16  # grown by doubling
+    assert raw.sizes["step"] == 300 and raw.sizes["capture_step"] == 15  # trimmed on close
 
 
 def test_step_order_errors_and_missing_values(tmp_path):
