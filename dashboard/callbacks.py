@@ -1,8 +1,8 @@
 """Dash callbacks: routing only. Each callback reads the selection, asks ``RunSource`` for datasets
 and a ``figures`` builder for the figure. Live refresh: ``poll`` ticks every refresh_ms; the
 ``version`` store changes only when a selected run's token changes, so figures re-render only on new
-data, and ``uirevision`` in every figure keeps the user's zoom. Polling stops when every selected run
-is finished (attrs["finished"]).
+data, and ``uirevision`` in every figure keeps the user's zoom. Polling stops when no selected run is
+live: finished, interrupted, failed, or stale (running but silent past the store catalog's window).
 
 The first page is rendered on the server: ``Views.initial`` computes every panel for the selection the
 page's URL asks for (the same functions the callbacks call), and ``app.layout`` serves the page with
@@ -28,10 +28,11 @@ NO_RUN = "no run selected: tick a run in the run picker"
 
 
 def _run_label(r) -> html.Span:
-    state = "live" if r.live else "finished"
+    detail = r.detail or r.state
+    short = detail if len(detail) <= 80 else detail[:79] + "…"
     return html.Span(className="run-label", children=[
         html.B(r.name), f" · {r.model} · {r.n_steps} steps · updated {r.updated} · ",
-        html.Span(state, className=f"badge {state}"),
+        html.Span(short, className=f"badge {r.state}", title=detail),
     ])
 
 
@@ -73,19 +74,24 @@ class Views:
         return chosen, notes or None
 
     def version(self, selected):
-        """(version data, polling done, status text) of the selected runs."""
-        tokens, finished = [], []
+        """(version data, polling done, status text) of the selected runs; polling is done when none
+        of them is live."""
+        tokens, rows = [], []
         for k in selected or []:
             try:
-                t, f = self.src.token(k)
+                t, r = self.src.token(k)
             except (PathRefused, OSError):
                 continue
             tokens.append([k, ":".join(map(str, t))])  # a string: ns mtimes exceed JS's 2^53 integers
-            finished.append(f)
+            rows.append(r)
         new = {"runs": [k for k, _ in tokens], "tokens": tokens}
-        done = bool(finished) and all(finished)
-        status = ("finished · live refresh off" if done else
-                  f"live · refreshing every {self.refresh_ms / 1000:g} s") if finished else "no run selected"
+        done = bool(rows) and not any(r.live for r in rows)
+        if not rows:
+            status = "no run selected"
+        elif done:
+            status = " · ".join(dict.fromkeys(r.detail or r.state for r in rows)) + " · live refresh off"
+        else:
+            status = f"live · refreshing every {self.refresh_ms / 1000:g} s"
         return new, done, status
 
     def overview(self, version, align):
@@ -122,8 +128,17 @@ class Views:
         return F.empty_figure(NO_RUN) if ds is None else F.figure_gradients(ds, align=align)
 
     def table_rows(self, version):
+        """(metadata rows, data-quality rows) of the first selected run; the metadata starts with
+        the run's state ("interrupted", "failed: <error>", "stale: no commit for 12 min", …)."""
         ds = self.first(version)
-        return ([], []) if ds is None else (F.metadata_rows(ds), F.quality_rows(ds))
+        if ds is None:
+            return [], []
+        key = (version or {}).get("runs", [])[0]
+        try:
+            state = [{"key": "state", "value": self.src.run(key).detail}]
+        except (PathRefused, OSError):
+            state = []
+        return state + F.metadata_rows(ds), F.quality_rows(ds)
 
     def spectrum(self, version, sel, *, trig=None, click_o=None, click_h=None, slider=None, hm_metric=None):
         """(figure, slider value, slider max, slider marks, selection, anim disabled, play label)."""
@@ -314,7 +329,7 @@ def register(app, src: RunSource) -> Views:
         import pandas as pd
 
         rows = [{"key": r.key, "name": r.name, "model": r.model, "steps": r.n_steps, "last_step": r.last_step,
-                 "updated": r.updated, "state": "live" if r.live else "finished"} for r in src.catalog()]
+                 "updated": r.updated, "state": r.state, "detail": r.detail} for r in src.catalog()]
         return dcc.send_data_frame(pd.DataFrame(rows).to_csv, "runs.csv", index=False)
 
     return V

@@ -7,7 +7,9 @@ itself a run). ``RunSource.resolve`` is the only way from a key to a path; it re
 catalog, with a ``PathRefused`` error whose message the page shows.
 
 A run's version token is the (mtime, size) of its root ``zarr.json``: the store rewrites that file when
-it commits rows (``phasescope_commit``) or attributes (``finished``), so a token change means new data.
+it commits rows (``phasescope_commit``) or attributes (``status``), so a token change means new data.
+A run's state (live, stale, finished, interrupted, failed) is ``phasescope.store.catalog``'s, the one
+place that derives it; pages live-poll only while a selected run is live.
 Open datasets are cached per key and reopened only when the token changes, one opening at a time per
 run (a page load fires ~7 callbacks at once: without the lock each opened the run itself). On opening,
 every variable smaller than ``EAGER_BYTES`` is read into memory once, so callbacks index numpy arrays
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from phasescope.errors import PhasescopeError
+from phasescope.store.catalog import LIVE_WINDOW_S, run_info
 
 
 EAGER_BYTES = 64 * 2**20  # variables up to this size are read into memory when a run is opened
@@ -44,8 +47,14 @@ class Run:
     n_steps: int
     last_step: int | None
     updated: str
-    live: bool
+    state: str  # live / stale / finished / interrupted / failed (phasescope.store.catalog)
+    detail: str = ""  # the state in words: "failed: <error>", "stale: no commit for 12 min", …
     mtime_ns: int = 0  # of the root zarr.json: orders runs by their last commit (``updated`` is to the second)
+
+    @property
+    def live(self) -> bool:
+        """True while the run's writer is committing (only live runs are polled)."""
+        return self.state == "live"
 
 
 def _root_json(path: Path) -> dict | None:
@@ -76,7 +85,8 @@ class RunSource:
     """The runs under one root, with a cache of opened datasets (thread-safe: Dash serves callbacks
     from several threads)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, live_window: float = LIVE_WINDOW_S):
+        """``live_window``: seconds without a commit after which a running run is "stale"."""
         root = Path(root).expanduser()
         if not root.exists():
             raise PhasescopeError(f"no runs directory at {root}: the path does not exist; pass a runs "
@@ -84,6 +94,7 @@ class RunSource:
         if not root.is_dir():
             raise PhasescopeError(f"{root} is a file; pass a runs directory or a run store")
         self.root = root.resolve()
+        self.live_window = float(live_window)
         self.single = is_run(self.root)
         self._lock = threading.Lock()
         self._opening: dict[str, threading.Lock] = {}
@@ -110,22 +121,24 @@ class RunSource:
         return rel if rel else "."
 
     def catalog(self) -> list[Run]:
-        """One row per run: name, model, steps, last update, live/finished."""
-        out = []
-        for p in self.run_paths():
-            attrs = run_attrs(p)
-            commit = attrs.get("phasescope_commit") or {}  # the store's commit record: rows readers see
-            n = int(commit.get("n_steps", 0) or 0)
-            last = commit.get("last_step")
-            try:
-                mtime_ns = os.stat(p / "zarr.json").st_mtime_ns
-                updated = _dt.datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
-            except OSError:
-                mtime_ns, updated = 0, "?"
-            name = p.name if p != self.root or self.single else "."
-            out.append(Run(self.key_of(p), p, name.removesuffix(".zarr"), str(attrs.get("model", "?")),
-                           n, last, updated, not bool(attrs.get("finished", False)), mtime_ns))
-        return out
+        """One row per run: name, model, steps, last update, state."""
+        return [self._run(p) for p in self.run_paths()]
+
+    def run(self, key: str) -> Run:
+        """The catalog row of run ``key`` (PathRefused as ``resolve``)."""
+        return self._run(self.resolve(key))
+
+    def _run(self, p: Path) -> Run:
+        attrs = run_attrs(p)
+        info = run_info(p.name, str(p), attrs, live_window=self.live_window)  # the store's commit record
+        try:
+            mtime_ns = os.stat(p / "zarr.json").st_mtime_ns
+            updated = _dt.datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+        except OSError:
+            mtime_ns, updated = 0, "?"
+        name = p.name if p != self.root or self.single else "."
+        return Run(self.key_of(p), p, name.removesuffix(".zarr"), str(attrs.get("model", "?")), info.n_steps,
+                   info.last_step, updated, info.state, info.describe(), mtime_ns)
 
     # -- requests ---------------------------------------------------------------------------------
     def resolve(self, key: str) -> Path:
@@ -167,15 +180,16 @@ class RunSource:
                 self._cache[key] = (token, ds)
         return ds
 
-    def token(self, key: str) -> tuple[tuple[int, ...], bool]:
-        """(version token, finished) of run ``key``, cheaply (no zarr import): the run's token and the
-        mtime of its phases group (0 when absent), so computing phases also refreshes a live page."""
+    def token(self, key: str) -> tuple[tuple[int, ...], Run]:
+        """(version token, catalog row) of run ``key``, cheaply (no zarr import): the token is the run's
+        token and the mtime of its phases group (0 when absent), so computing phases also refreshes a
+        live page; the row's ``state`` says whether to keep polling (only while "live")."""
         path = self.resolve(key)
         try:
             ph = os.stat(path / "phases" / "zarr.json").st_mtime_ns
         except OSError:
             ph = 0
-        return (*run_token(path), ph), bool(run_attrs(path).get("finished", False))
+        return (*run_token(path), ph), self._run(path)
 
     def phases(self, key: str):
         """The run's ``phases`` group as an in-memory Dataset, or None when phases are not computed
