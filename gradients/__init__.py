@@ -9,8 +9,8 @@
 
 from .amp import current_scale, scaler_enabled
 from .matrices import MATRIX_STATS, gradient_matrix_stats, matrix_group
-from .norms import global_norm, grad_norms, nonfinite
-from .updates import UpdateTracker
+from .norms import array_norms, global_norm, grad_norms, nonfinite
+from .updates import UpdateTracker, update_ratios
 
-__all__ = ["grad_norms", "global_norm", "nonfinite", "gradient_matrix_stats", "matrix_group", "MATRIX_STATS",
+__all__ = ["array_norms", "update_ratios", "grad_norms", "global_norm", "nonfinite", "gradient_matrix_stats", "matrix_group", "MATRIX_STATS",
            "UpdateTracker", "current_scale", "scaler_enabled"]

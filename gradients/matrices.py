@@ -67,40 +67,60 @@ def matrix_group(param_name: str) -> dict:
 
 
 def gradient_matrix_stats(grads: Sequence, scale=None) -> dict:
-    """Per-matrix statistics of 2-D gradients, each a (M,) float32 tensor on the gradients' device.
+    """Per-matrix statistics of 2-D gradients, each a (M,) float32 array on the gradients' device and
+    backend (torch, numpy, jax, …; one batched ``svdvals`` per shape).
 
-    ``grads``: list of 2-D tensors (None entries give NaN rows). ``scale``: a number or 0-d tensor the
+    ``grads``: list of 2-D arrays (None entries give NaN rows). ``scale``: a number or 0-d array the
     gradients are multiplied by (GradScaler's scale); norms are divided by it.
     """
-    import torch
+    import array_api_compat
+    import numpy as np
 
     m = len(grads)
     present = [g for g in grads if g is not None]
-    device = present[0].device if present else torch.device("cpu")
-    out = {k: torch.full((m,), float("nan"), dtype=torch.float32, device=device) for k in MATRIX_STATS}
+    if not present:
+        return {k: np.full(m, np.nan, dtype=np.float32) for k in MATRIX_STATS}
+    xp = array_api_compat.array_namespace(*present)
+    device = array_api_compat.device(present[0])
+    torch_like = array_api_compat.is_torch_namespace(xp)
     by_shape: dict[tuple, list[int]] = {}
     for i, g in enumerate(grads):
         if g is not None:
-            by_shape.setdefault((tuple(g.shape), g.device), []).append(i)
-    for (_, dev), idx in by_shape.items():
-        stack = torch.stack([grads[i].detach() for i in idx]).float()
-        finite = torch.isfinite(stack).flatten(1).all(1)
+            by_shape.setdefault((tuple(g.shape), str(array_api_compat.device(g))), []).append(i)
+    order: list[int] = []
+    parts: dict[str, list] = {k: [] for k in MATRIX_STATS}
+    for idx in by_shape.values():
+        stack = xp.astype(xp.stack([_detached(grads[i]) for i in idx]), xp.float32)
+        dev = array_api_compat.device(stack)
+        finite = xp.all(xp.reshape(xp.isfinite(stack), (len(idx), -1)), axis=1)
         # svdvals fails on non-finite input: zero those matrices (no host sync) and report NaN for them.
-        stack = torch.where(finite[:, None, None], stack, torch.zeros((), device=stack.device))
-        s = torch.linalg.svdvals(stack)                       # (B, r), descending
-        nuc = s.sum(1)
+        stack = xp.where(finite[:, None, None], stack, xp.zeros((), dtype=stack.dtype, device=dev))
+        s = xp.linalg.svdvals(stack)                       # (B, r), descending
+        nuc = xp.sum(s, axis=1)
         top = s[:, 0]
-        fro2 = (s * s).sum(1)
+        fro2 = xp.sum(s * s, axis=1)
         stats = {
-            "grad_nuclear": nuc, "grad_spectral": top, "grad_frobenius": fro2.sqrt(),
+            "grad_nuclear": nuc, "grad_spectral": top, "grad_frobenius": xp.sqrt(fro2),
             "grad_stable_rank": fro2 / (top * top), "grad_top_ratio": top / nuc, "grad_sigma_min": s[:, -1],
         }
         if scale is not None:
-            inv = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=stack.device)
+            inv = 1.0 / xp.asarray(scale, dtype=xp.float32, device=dev)
             for k in ("grad_nuclear", "grad_spectral", "grad_frobenius", "grad_sigma_min"):
                 stats[k] = stats[k] * inv
-        nan = torch.tensor(float("nan"), device=stack.device)
-        ix = torch.tensor(idx, device=device)
+        nan = xp.asarray(float("nan"), dtype=xp.float32, device=dev)
         for k, v in stats.items():
-            out[k][ix] = torch.where(finite, v, nan).to(device)
-    return out
+            parts[k].append(xp.where(finite, v, nan))
+        order.extend(idx)
+    missing = [i for i in range(m) if grads[i] is None]
+    # Rows in input order: concatenate the shape groups (and NaN rows for absent gradients), then
+    # gather with the inverse permutation.
+    inverse = [0] * m
+    for pos, i in enumerate(order + missing):
+        inverse[i] = pos
+    take = xp.asarray(inverse, device=device)
+    fill = xp.full((len(missing),), float("nan"), dtype=xp.float32, device=device)
+    return {k: xp.take(xp.concat([*v, fill]), take) for k, v in parts.items()}
+
+
+def _detached(g):
+    return g.detach() if hasattr(g, "detach") else g

@@ -14,32 +14,58 @@ from typing import Sequence
 
 
 def grad_norms(params: Sequence):
-    """``(norms, present)``: (P,) float32 tensor of ‖grad‖₂ on the parameters' device, and a list of
-    bools saying which parameters had a gradient (NaN in ``norms`` where they had none)."""
+    """``(norms, present)`` for the ``.grad`` of torch parameters (see :func:`array_norms`)."""
+    return array_norms([p.grad for p in params])
+
+
+def array_norms(grads: Sequence):
+    """``(norms, present)``: (P,) float32 vector of ‖g_i‖₂ on the gradients' device and backend, and a
+    list of bools saying which entries were given (NaN in ``norms`` where ``grads[i]`` is None).
+
+    torch tensors: one ``torch._foreach_norm`` per (device, dtype) group (clip_grad_norm_'s kernel);
+    numpy/jax/other array-API arrays: ``linalg.vector_norm`` of each in float32, stacked.
+    """
+    present = [g is not None for g in grads]
+    given = [g for g in grads if g is not None]
+    if given and all(type(g).__module__.startswith("torch") for g in given):
+        return _torch_norms(grads), present
+    import array_api_compat
+    import numpy as np
+
+    if not given:
+        return np.full(len(grads), np.nan, dtype=np.float32), present
+    xp = array_api_compat.array_namespace(*given)
+    vals = [xp.linalg.vector_norm(xp.astype(xp.reshape(g, (-1,)), xp.float32)) for g in given]
+    if len(given) == len(grads):
+        return xp.stack(vals), present
+    out = np.full(len(grads), np.nan, dtype=np.float32)   # absent entries: one host vector
+    out[np.flatnonzero(present)] = [float(v) for v in vals]
+    return out, present
+
+
+def _torch_norms(grads: Sequence):
     import torch
 
-    present = [p.grad is not None for p in params]
-    if not params:
-        return torch.zeros(0), present
+    present = [g is not None for g in grads]
     groups: dict[tuple, tuple[list[int], list]] = {}
-    for i, p in enumerate(params):
-        g = p.grad
+    device = None
+    for i, g in enumerate(grads):
         if g is None:
             continue
         if g.is_sparse:
             g = g.coalesce()._values()
+        device = device or g.device
         idx, ts = groups.setdefault((g.device, g.dtype), ([], []))
         idx.append(i)
         ts.append(g)
-    device = params[0].device
     if len(groups) == 1 and all(present):
         (_, ts), = groups.values()
-        return torch.stack(torch._foreach_norm(ts)).float(), present
-    out = torch.full((len(params),), float("nan"), dtype=torch.float32, device=device)
+        return torch.stack(torch._foreach_norm(ts)).float()
+    out = torch.full((len(grads),), float("nan"), dtype=torch.float32, device=device)
     for idx, ts in groups.values():
         vals = torch.stack([n.float() for n in torch._foreach_norm(ts)]).to(device)
         out[torch.tensor(idx, device=device)] = vals
-    return out, present
+    return out
 
 
 def global_norm(norms, present=None) -> float:

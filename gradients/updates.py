@@ -35,13 +35,19 @@ class UpdateTracker:
         if self._snap is None:
             return None
         snap, self._snap = self._snap, None
-        with torch.no_grad():
-            now = [p.detach() for p in self.params]
-            diff = torch._foreach_sub(now, snap)
-            num = torch.stack([n.float() for n in torch._foreach_norm(diff)])
-            den = torch.stack([n.float() for n in torch._foreach_norm(snap)])
-        # A zero weight (e.g. a bias at init) has no relative update: NaN rather than Inf.
-        return torch.where(den > 0, num / den, torch.full_like(num, float("nan")))
+        return update_ratios(snap, [p.detach() for p in self.params])
 
     def clear(self) -> None:
         self._snap = None
+
+
+def update_ratios(before: Sequence, after: Sequence):
+    """(P,) float32 ‖after_i − before_i‖₂ / ‖before_i‖₂ per parameter, fused ``_foreach`` ops; NaN for a
+    zero weight (e.g. a bias at init has no relative update)."""
+    import torch
+
+    with torch.no_grad():
+        diff = torch._foreach_sub(list(after), list(before))
+        num = torch.stack([n.float() for n in torch._foreach_norm(diff)])
+        den = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
+    return torch.where(den > 0, num / den, torch.full_like(num, float("nan")))

@@ -6,6 +6,7 @@ torch (CPU/CUDA) and jax arrays and compute on the input's device; importing thi
 neither torch nor jax (backends are detected lazily via array-api-compat).
 """
 
+from ._backend import to_numpy
 from .accumulator import CovarianceAccumulator, Spectrum
 from .metrics import (
     DEFAULT_FIT_RANGE,
@@ -39,6 +40,7 @@ __all__ = [
     "rankme_raw",
     "spectrum_metrics",
     "stable_rank",
+    "to_numpy",
 ]
 
 

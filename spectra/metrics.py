@@ -160,7 +160,7 @@ def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_R
             raise PhasescopeError(f"fit_range must be (start, stop) or 'auto', got {fit_range!r}")
         fit_range = auto_fit_range(v)
     lo, hi = int(fit_range[0]), int(fit_range[1])
-    if lo < 0 or hi <= lo:
+    if (lo < 0 or hi <= lo) and not auto:
         raise PhasescopeError(f"fit_range must satisfy 0 <= start < stop, got {fit_range!r}")
     n = int(v.shape[0])
 

@@ -179,3 +179,22 @@ def weight_spectra(weights: Any, *, min_tail: int = 10, select: Any = None) -> d
 
 def _ordered(weights: Any, out: Mapping[str, WeightSpectrum]) -> list[tuple[str, WeightSpectrum]]:
     return [(n, out[n]) for n, _ in _named_matrices(weights) if n in out]
+
+
+WEIGHT_STATS = ("weight_alpha", "weight_ks_distance", "weight_stable_rank", "weight_spectral", "weight_nuclear")
+
+
+def weight_matrix_stats(names: list[str], weights: list) -> dict[str, np.ndarray]:
+    """(M,) float32 per statistic of WEIGHT_STATS for the 2-D weights W (see module docstring): the ESD
+    power-law tail α and its KS distance, stable rank Σλ/λ₁, spectral norm σ₁, nuclear norm Σσ."""
+    spectra = weight_spectra({n: (w.detach() if hasattr(w, "detach") else w) for n, w in zip(names, weights)})
+    out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in WEIGHT_STATS}
+    for i, n in enumerate(names):
+        ws = spectra[n]
+        lam = B.to_numpy(ws.eigenvalues)
+        out["weight_alpha"][i] = ws.alpha
+        out["weight_ks_distance"][i] = ws.ks_distance
+        out["weight_stable_rank"][i] = ws.stable_rank
+        out["weight_spectral"][i] = ws.spectral_norm
+        out["weight_nuclear"][i] = float(np.sqrt(np.clip(lam, 0, None)).sum())
+    return out
