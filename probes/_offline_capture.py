@@ -22,14 +22,21 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ._offline_sources import Checkpoint, ProbeData, load_model
+from phasescope.gradients import gradient_matrix_stats
+from phasescope.spectra import CovarianceAccumulator, Spectrum, to_numpy
+from phasescope.spectra.similarity import CKA_SAMPLES, centered_gram
+from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
 
-WEIGHT_STATS = ("weight_alpha", "weight_ks_distance", "weight_stable_rank", "weight_spectral", "weight_nuclear")
+from ._offline_sources import Checkpoint, ProbeData, load_model
+from .capture import accepts, first_tensor
+from .result import CaptureResult
+from .tokens import TokenSelection, select
+
 
 
 @dataclass(frozen=True)
@@ -52,17 +59,16 @@ class CaptureSpec:
     device: str = "cpu"
     dtype: str | None = None
     trust_remote_code: bool = False
+    cka_samples: int = CKA_SAMPLES           # first probe samples whose Gram is kept for linear CKA
 
 
 @dataclass
 class CheckpointResult:
-    """Everything measured on one checkpoint (numpy), or the error that stopped it."""
+    """One checkpoint: its capture (spectra, CKA Grams, matrix statistics; numpy, reduced later by the
+    one reducer) and timings, or the error that stopped it."""
 
     step: int
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)   # metric -> (P,)
-    eigenvalues: np.ndarray | None = None                          # (P, max_rank)
-    n_samples: np.ndarray | None = None                            # (P,)
-    matrices: dict[str, np.ndarray] = field(default_factory=dict)  # stat -> (M,)
+    capture: CaptureResult | None = None
     loss: float = float("nan")
     load_seconds: float = float("nan")
     capture_seconds: float = float("nan")
@@ -121,11 +127,6 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     import torch
     from nnsight import NNsight
 
-    from phasescope.spectra import CovarianceAccumulator, spectrum_metrics
-
-    from .capture import _accepts, first_tensor
-    from .tokens import TokenSelection, select
-
     t0 = time.perf_counter()
     device = torch.device(spec.device)
     model.eval()
@@ -133,6 +134,8 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     sel = TokenSelection(spec.tokens, None, spec.seed)
     plan_all = all_tokens_plan(data, spec.max_tokens, spec.seed) if spec.tokens == "all" else None
     accs = [CovarianceAccumulator(d) for d in spec.dims]
+    kept: list[list] = [[] for _ in spec.dims]           # the first cka_samples rows per probe (fixed order)
+    counts = [0] * len(spec.dims)
     params = dict(model.named_parameters())
     mats = [params[n] for n in spec.matrices]
     grads = spec.gradients and bool(mats)
@@ -146,7 +149,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
         for p in model.parameters():
             p.grad = None
     module_names = [m for _, m in spec.probes]
-    extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+    extra = {"use_cache": False} if accepts(model, "use_cache") else {}
     for idx in batches(data, spec.batch_size):
         width = int(data.lengths[idx].max())
         ids = torch.from_numpy(data.input_ids[idx, :width]).to(device)
@@ -169,8 +172,11 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
         hidden = saved.pop() if grads else None
         if len(saved) != len(accs):
             raise RuntimeError(f"the trace returned {len(saved)} of {len(accs)} probe outputs")
-        for acc, x in zip(accs, saved):
+        for i, (acc, x) in enumerate(zip(accs, saved)):
             acc.update(x)
+            if counts[i] < spec.cka_samples:
+                kept[i].append(x[: spec.cka_samples - counts[i]])
+                counts[i] += int(kept[i][-1].shape[0])
         del saved
         if grads:
             # Next-token loss at the counted positions only: position t predicts token t+1.
@@ -182,53 +188,25 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             loss_sum += float(batch_loss.detach())
             del hidden, logits, batch_loss
 
-    res = CheckpointResult(step, n_tokens=data.n_tokens)
-    P = len(spec.probes)
-    res.metrics = {k: np.full(P, np.nan) for k in spec.metrics}
-    res.eigenvalues = np.full((P, spec.max_rank), np.nan)
-    res.n_samples = np.zeros(P, dtype=np.int64)
-    for i, acc in enumerate(accs):
-        s = acc.compute()
-        ev = s.eigenvalues.detach().cpu().numpy() if hasattr(s.eigenvalues, "detach") else np.asarray(s.eigenvalues)
-        k = min(spec.max_rank, s.n_components)
-        res.eigenvalues[i, :k] = ev[:k]
-        res.n_samples[i] = s.n
-        if s.n >= 2:
-            # Over the first min(n, d, max_rank) eigenvalues, as the live Recorder does.
-            for name, v in spectrum_metrics(s, fit_range=spec.fit_range, max_components=spec.max_rank).items():
-                if name in res.metrics:
-                    res.metrics[name][i] = v
+    spectra = [_host_spectrum(acc.compute()) for acc in accs]
+    grams = [to_numpy(centered_gram(torch.cat(k))) if counts[i] >= 2 else None for i, k in enumerate(kept)]
+    cap = CaptureResult(step, spectra=spectra, grams=grams, capture=True)
+    res = CheckpointResult(step, capture=cap, n_tokens=data.n_tokens)
     if grads:
-        from phasescope.gradients import gradient_matrix_stats
-
         stats = gradient_matrix_stats([p.grad for p in mats])
-        res.matrices.update({k: v.detach().cpu().numpy() for k, v in stats.items() if k in spec.grad_stats})
+        cap.matrices.update({k: to_numpy(v) for k, v in stats.items() if k in spec.grad_stats})
         res.loss = loss_sum
         for p in model.parameters():
             p.grad = None
     if spec.weights and mats:
         with torch.no_grad():
-            res.matrices.update(weight_matrix_stats(list(spec.matrices), mats))
+            cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats))
     res.capture_seconds = time.perf_counter() - t0
     return res
 
 
-def weight_matrix_stats(names: list[str], weights: list) -> dict[str, np.ndarray]:
-    """Spectra of the weights W themselves via :func:`phasescope.spectra.weights.weight_spectra`
-    (eigenvalues λ_i = σ_i² of WᵀW, batched per shape on the weights' device): the ESD power-law
-    tail exponent α and its KS distance (Martin & Mahoney 2021; Clauset et al. 2009 fit), stable rank
-    Σλ/λ₁, spectral norm σ₁ and nuclear norm Σσ."""
-    from phasescope.spectra.weights import weight_spectra
-
-    spectra = weight_spectra({n: w.detach() for n, w in zip(names, weights)})
-    out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in WEIGHT_STATS}
-    for i, n in enumerate(names):
-        ws = spectra[n]
-        lam = ws.eigenvalues
-        lam = lam.detach().cpu().numpy() if hasattr(lam, "detach") else np.asarray(lam)
-        out["weight_alpha"][i] = ws.alpha
-        out["weight_ks_distance"][i] = ws.ks_distance
-        out["weight_stable_rank"][i] = ws.stable_rank
-        out["weight_spectral"][i] = ws.spectral_norm
-        out["weight_nuclear"][i] = float(np.sqrt(np.clip(lam, 0, None)).sum())
-    return out
+def _host_spectrum(s: Spectrum) -> Spectrum:
+    """A numpy copy of a spectrum, small enough to travel back from a Dask worker."""
+    sv = s.singular_values
+    return replace(s, eigenvalues=to_numpy(s.eigenvalues), mean=None,
+                   singular_values=None if sv is None else to_numpy(sv))

@@ -19,6 +19,8 @@ import inspect
 from typing import Any, Callable, Sequence
 
 from phasescope.errors import PhasescopeError
+from phasescope.spectra import CovarianceAccumulator
+from phasescope.spectra.similarity import centered_gram
 
 from .registry import Probe
 from .tokens import TokenSelection, plan_all, select
@@ -84,7 +86,7 @@ class _EvalMode:
             m.training = mode
 
 
-def _accepts(model, name: str) -> bool:
+def accepts(model, name: str) -> bool:
     try:
         sig = inspect.signature(model.forward)
     except (TypeError, ValueError):
@@ -93,8 +95,6 @@ def _accepts(model, name: str) -> bool:
 
 
 def _make_acc(dim: int):
-    from phasescope.spectra import CovarianceAccumulator
-
     return CovarianceAccumulator(dim)
 
 
@@ -110,7 +110,7 @@ class ProbeSet:
         mask = inputs.get("attention_mask")
         n = ids.shape[0]
         self.n_sequences = n
-        self.extra = {"use_cache": False} if _accepts(model, "use_cache") else {}
+        self.extra = {"use_cache": False} if accepts(model, "use_cache") else {}
         # Right-padded sets: sort by length and cut each batch at its longest sequence. Pad positions
         # past the end never influence real tokens (causal attention, or masked keys), and the
         # covariance does not depend on sample order, so results are unchanged and padding is skipped.
@@ -191,28 +191,57 @@ class ProbeSet:
         self.dims = dims
         return dims
 
-    def capture(self) -> list:
-        """One capture: a fresh accumulator per probe fed with every batch; returns the accumulators."""
+    def capture(self, gram_samples: int = 0) -> tuple[list, list]:
+        """One capture: a fresh accumulator per probe fed with every batch, and (``gram_samples`` > 0)
+        the centred Gram of each probe's first ``gram_samples`` selected rows — the same samples at
+        every capture, in the fixed batch order — for linear CKA. Returns (accumulators, grams)."""
         accs = [_make_acc(self.dims[p.name]) for p in self.probes]
+        kept: list[list] = [[] for _ in self.probes]
+        counts = [0] * len(self.probes)
 
         def on_rows(i, rows):
             accs[i].update(rows)
+            if counts[i] < gram_samples:
+                take = rows[: gram_samples - counts[i]]
+                kept[i].append(take)
+                counts[i] += int(take.shape[0])
 
         self._run(self.batches, on_rows, self.plans)
-        return accs
+        grams = [None] * len(self.probes)
+        if gram_samples:
+            import torch
+
+            grams = [centered_gram(torch.cat(k)) if counts[i] >= 2 else None for i, k in enumerate(kept)]
+        return accs, grams
+
+    def padding_forward(self, batch: dict) -> None:
+        """One discarded probe forward of ``batch`` (FSDP2: every rank must run as many forwards)."""
+        plan = None
+        if self.plans is not None:
+            import torch
+
+            zero = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
+            plan = [(zero, zero)]
+        self._run([batch], lambda i, rows: None, plan)
 
 
 class InFlight:
-    """Accumulate probe states from training forward passes while armed (see module docstring)."""
+    """Accumulate probe states from training forward passes while armed (see module docstring).
 
-    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection):
+    Hook bodies run inside the user's training forward: a failure in one is recorded in ``failures``
+    (a :class:`phasescope.failures.FailureLog`; raised only when strict) and that capture counts as
+    lost (``lost``), the forward goes on."""
+
+    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None):
         self.model, self.probes, self.selection = model, list(probes), selection
+        self.failures = failures
         self.hooks = HookSet()
         self.accs: list | None = None
         self.dims: dict[str, int] = {}
         self._mask = None
         self._gen = None
         self.forwards = 0
+        self.lost = 0
 
     @property
     def armed(self) -> bool:
@@ -225,6 +254,7 @@ class InFlight:
         self.accs = [None] * len(self.probes)
         self._gen = torch.Generator().manual_seed(self.selection.seed * 1_000_003 + step)
         self.forwards = 0
+        self.lost = 0
 
         def pre(module, args, kwargs):
             if module.training:
@@ -233,18 +263,27 @@ class InFlight:
 
         self.hooks.add(self.model.register_forward_pre_hook(pre, with_kwargs=True))
 
+        def body(i: int, output) -> None:
+            h = first_tensor(output).detach()
+            self.dims[self.probes[i].name] = int(h.shape[-1])
+            if dims_only:
+                return
+            rows = select(h, self._mask, self.selection, generator=self._gen)
+            if self.accs[i] is None:
+                self.accs[i] = _make_acc(int(h.shape[-1]))
+            self.accs[i].update(rows)
+
         def make_hook(i: int):
             def hook(module, args, output):
                 if not self.model.training:
                     return
-                h = first_tensor(output).detach()
-                self.dims[self.probes[i].name] = int(h.shape[-1])
-                if dims_only:
-                    return
-                rows = select(h, self._mask, self.selection, generator=self._gen)
-                if self.accs[i] is None:
-                    self.accs[i] = _make_acc(int(h.shape[-1]))
-                self.accs[i].update(rows)
+                if self.failures is None:
+                    return body(i, output)
+                try:
+                    body(i, output)
+                except Exception as exc:  # noqa: BLE001 - never break the user's forward
+                    self.lost = 1
+                    self.failures.record("hook", exc, what=f"probe {self.probes[i].name!r}")
             return hook
 
         for i, p in enumerate(self.probes):

@@ -29,9 +29,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from phasescope.errors import PhasescopeError
+from tqdm import tqdm
 
-from ._offline_capture import WEIGHT_STATS, CaptureSpec, CheckpointResult
+from phasescope.errors import PhasescopeError
+from phasescope.gradients import MATRIX_STATS, matrix_group
+from phasescope.spectra.weights import WEIGHT_STATS
+from phasescope.statistics import names as stat_names
+from phasescope.store import RunWriter, open_run
+
+from ._offline_capture import CaptureSpec, CheckpointResult
+from ._offline_dask import auto_workers, run_dask, run_serial
+from .capture import first_tensor
+from .reduce import Reducer, RunSpec
+from .registry import resolve_probes
+from .result import CaptureResult
 from ._offline_sources import (
     Checkpoint,
     ProbeData,
@@ -123,9 +134,6 @@ def probe_layout(meta_model, probes: Any) -> tuple[list[tuple[str, str]], list[i
     forward pass (nnsight reads outputs in execution order); widths come from the same pass."""
     import torch
 
-    from .capture import first_tensor
-    from .registry import resolve_probes
-
     resolved = resolve_probes(meta_model, probes)
     seen: dict[str, int] = {}
     order: list[str] = []
@@ -160,8 +168,6 @@ def probe_layout(meta_model, probes: Any) -> tuple[list[tuple[str, str]], list[i
 def select_matrices(meta_model, which: str) -> list[str]:
     """Names of the 2-D weights summarised: "blocks" = inside transformer blocks, embeddings excluded
     (the live Observatory's default), "all" = every 2-D parameter."""
-    from phasescope.gradients import matrix_group
-
     if which not in ("blocks", "all"):
         raise PhasescopeError(f"matrices must be 'blocks' or 'all', got {which!r}")
     out = []
@@ -176,8 +182,6 @@ def select_matrices(meta_model, which: str) -> list[str]:
 
 def _stored_steps(out: Path) -> tuple[list[int], dict]:
     """Capture steps committed in an existing run and its attributes; refuses non-offline runs."""
-    from phasescope.store import open_run
-
     ds = open_run(out)
     if ds.attrs.get("mode") != MODE:
         raise PhasescopeError(f"{out} is a run store not written by `phasescope analyze`; pass --overwrite "
@@ -209,9 +213,6 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     matrices = select_matrices(meta, opts.matrices) if (opts.gradients or opts.weights) else []
     del meta
 
-    from phasescope.gradients import MATRIX_STATS
-    from phasescope.spectra import METRICS
-
     n_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     max_length = min(opts.max_length, int(n_pos)) if n_pos else opts.max_length
     tok_src = opts.tokenizer or ckpts[0].location
@@ -226,7 +227,8 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         max_rank = min(max_rank, int(opts.max_rank))
     matrix_stats = ([*MATRIX_STATS] if opts.gradients else []) + ([*WEIGHT_STATS] if opts.weights else [])
     spec = CaptureSpec(
-        probes=tuple(probes), dims=tuple(dims), metrics=tuple(METRICS), max_rank=max_rank, tokens=opts.tokens,
+        probes=tuple(probes), dims=tuple(dims), metrics=stat_names("metric", where="offline"), max_rank=max_rank,
+        tokens=opts.tokens,
         max_tokens=opts.max_tokens, seed=opts.seed, batch_size=opts.batch_size, fit_range=fit_range,
         gradients=opts.gradients, weights=opts.weights, matrices=tuple(matrices),
         grad_stats=tuple(MATRIX_STATS) if opts.gradients else (), device=opts.device, dtype=opts.dtype,
@@ -236,9 +238,12 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     resume = out.exists() and not opts.overwrite
     stored: list[int] = []
     errors: dict[str, str] = {}
+    metrics = spec.metrics
     if resume:
         stored, old_attrs = _stored_steps(out)
         errors = dict(old_attrs.get("checkpoint_errors") or {})
+        # A run written before a statistic was registered keeps its own metric list.
+        metrics = tuple((old_attrs.get("phasescope_layout") or {}).get("metrics") or metrics)
     last = max(stored) if stored else -1
     todo = [c for c in ckpts if c.step > last]
     skipped = [c.step for c in ckpts if c.step in set(stored)]
@@ -247,8 +252,6 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         warnings.warn(f"{len(unreachable)} checkpoint(s) (steps {unreachable[:5]}…) come before the last stored "
                       f"step {last} and cannot be appended; pass --overwrite to analyse every checkpoint",
                       stacklevel=2)
-
-    from phasescope.store import RunWriter
 
     attrs = {
         "mode": MODE, "model": type_name(config), "model_config": _json_config(config),
@@ -260,19 +263,20 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         "analyze_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
         "seed": opts.seed,
     }
-    writer = RunWriter(out, probes=[p for p, _ in probes], params=[], metrics=list(METRICS), max_rank=max_rank,
+    writer = RunWriter(out, probes=[p for p, _ in probes], params=[], metrics=list(metrics), max_rank=max_rank,
                        scalars=SCALARS, param_stats=(), matrices=matrices, matrix_stats=matrix_stats,
                        flags=FLAGS, attrs=attrs, overwrite=opts.overwrite, resume=resume)
     report = AnalyzeReport(str(out), skipped=skipped)
     workers = opts.workers
     if workers is None:
-        from ._offline_dask import auto_workers
-
         workers = auto_workers(todo, opts.device) if len(todo) > 1 else 0
         workers = 0 if workers == 1 and not opts.scheduler else workers
     report.workers = workers if (workers or opts.scheduler) else 0
     try:
-        _sweep(todo, data, spec, writer, report, errors, workers, opts)
+        # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
+        reducer = Reducer(RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics,
+                                  flags=FLAGS), fresh=not stored)
+        _sweep(todo, data, spec, writer, reducer, report, errors, workers, opts)
     except BaseException as exc:
         writer.close(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -281,11 +285,9 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     return report
 
 
-def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, report: AnalyzeReport,
+def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, reducer: Reducer, report: AnalyzeReport,
            errors: dict[str, str], workers: int, opts: AnalyzeOptions) -> None:
     """Run the tasks and write their results in step order as soon as each prefix is complete."""
-    from ._offline_dask import run_dask, run_serial
-
     if not todo:
         return
     if workers == 0 and not opts.scheduler:
@@ -295,8 +297,6 @@ def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, r
                            threads_per_worker=opts.threads_per_worker, scheduler=opts.scheduler)
     bar = None
     if opts.progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc="analyze", unit="ckpt", mininterval=0.5)
     pending: dict[int, CheckpointResult] = {}
     order = [c.step for c in todo]
@@ -312,27 +312,27 @@ def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, r
                 else:
                     bar.set_postfix(step=res.step, failed=True)
             while nxt < len(order) and order[nxt] in pending:
-                _write(writer, pending.pop(order[nxt]), spec, report, errors)
+                _write(writer, reducer, pending.pop(order[nxt]), report, errors)
                 nxt += 1
     finally:
         if bar is not None:
             bar.close()
 
 
-def _write(writer, res: CheckpointResult, spec: CaptureSpec, report: AnalyzeReport, errors: dict[str, str]) -> None:
+def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeReport, errors: dict[str, str]) -> None:
+    """One checkpoint through the one reducer (the live path's), then into the store."""
     report.results.append(res)
     tps = res.n_tokens / res.capture_seconds if res.ok and res.capture_seconds > 0 else float("nan")
-    scalars = {"loss": res.loss, "load_seconds": res.load_seconds, "capture_seconds": res.capture_seconds,
-               "tokens_per_second": tps}
-    writer.append_step(res.step, scalars, flags={"failed": 0 if res.ok else 1})
-    P = len(spec.probes)
+    cap = res.capture if res.ok else CaptureResult(res.step, capture=True)   # a failed checkpoint: a NaN row
+    cap.scalars.update(loss=res.loss, load_seconds=res.load_seconds, capture_seconds=res.capture_seconds,
+                       tokens_per_second=tps)
+    cap.flags["failed"] = 0 if res.ok else 1
+    step, row = reducer.reduce(cap)
+    writer.append_step(step.step, step.scalars, step.params, step.flags)
+    writer.append_capture(row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices)
     if res.ok:
-        writer.append_capture(res.step, res.metrics, res.eigenvalues, res.n_samples, res.matrices)
         report.analyzed.append(res.step)
     else:
-        nan = np.full(P, np.nan)
-        writer.append_capture(res.step, {m: nan for m in spec.metrics}, np.full((P, spec.max_rank), np.nan),
-                              np.zeros(P, dtype=np.int64), {})
         report.failed[res.step] = res.error or "unknown error"
         errors[str(res.step)] = res.error or "unknown error"
         writer.set_attrs(checkpoint_errors=errors)

@@ -7,165 +7,92 @@
                    grads={"dense.kernel": g, ...}, loss=loss, lr=lr)
     rec.close()
 
-Per step: the L2 norm of every gradient ‖g_i‖₂ = (Σ_j g_ij²)^½ (computed with the array's own
-backend, on its device; one host copy), the global norm ‖g‖₂ = (Σ_i ‖g_i‖₂²)^½, loss and lr. When
-activations are given: the covariance eigenvalues of each probe's samples
-(:class:`~phasescope.spectra.CovarianceAccumulator`, on the array's device) and the metrics of
-:func:`~phasescope.spectra.spectrum_metrics` (RankMe of Li et al. 2025, α-ReQ of Agrawal et al. 2022,
-…) over the first min(n, d, max_rank) eigenvalues — the rule of ``spectrum_metrics(Spectrum)`` and of
-the offline checkpoint path, so live and offline numbers agree when samples n < width d. For the 2-D gradients named in ``matrices``: nuclear/spectral/Frobenius norms, stable rank (see
-:mod:`phasescope.gradients.matrices`). A value in ``activations`` may also be a filled
-``CovarianceAccumulator`` (e.g. one that was all-reduced across ranks).
+Per step the Recorder fills one :class:`~phasescope.probes.result.CaptureResult` — gradient L2 norms
+‖g_i‖₂ computed by the arrays' own backend on their device (:func:`phasescope.gradients.array_norms`),
+the covariance spectrum of each probe's samples (:class:`~phasescope.spectra.CovarianceAccumulator`,
+on the device), the centred Gram of the first samples (linear CKA), and for the 2-D gradients named in
+``matrices`` their singular-value statistics — and submits it to the run's one background writer
+(:class:`phasescope.store.AsyncRunWriter`), whose thread runs the one reducer
+(:class:`phasescope.probes.reduce.Reducer`: every registered metric, once) and writes the rows. The
+:class:`~phasescope.probes.Observatory`, the JAX observer and the HF/Lightning callbacks record
+through this class; ``phasescope analyze`` reduces with the same Reducer.
 
 The layout (probe names and widths, parameter names and shapes) is fixed by the constructor or by the
 first :meth:`Recorder.record`; a later step with an unknown name or another width/shape is a misuse
-and raises :class:`~phasescope.errors.PhasescopeError` before anything of that step is stored, so
-the store keeps every step committed before it. Rows are written by one background thread
-(:class:`~phasescope.probes.writer.AsyncWriter`), in the same run schema as
-:class:`~phasescope.probes.Observatory`, which records through this class too.
+and raises :class:`~phasescope.errors.PhasescopeError` before anything of that step is stored. Any
+other failure inside phasescope goes through the run's :class:`~phasescope.failures.FailureLog`:
+warned once, counted in the store (``failures`` attribute, ``flag_lost``), never raised unless
+``strict``. CUDA values are copied to the host without blocking; the writer waits on a CUDA event
+recorded after the copies before it reads them.
 """
 
 from __future__ import annotations
 
 import atexit
-import math
+import sys
+import threading
 import weakref
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
-
 from phasescope.errors import PhasescopeError
+from phasescope.failures import FailureLog
+from phasescope.gradients import MATRIX_STATS, array_norms, gradient_matrix_stats
+from phasescope.spectra import CovarianceAccumulator
+from phasescope.spectra.similarity import CKA_SAMPLES, centered_gram
+from phasescope.statistics import names as stat_names
+from phasescope.store import AsyncRunWriter, status_for
+from phasescope.store.lifecycle import error_for
 
-NONFINITE_GRAD, NONFINITE_ACT, NONFINITE_LOSS = 1, 2, 4
+from .reduce import FLAG_BITS, FLAGS, Reducer, RunSpec
+from .result import CaptureResult
+
 PARAM_STATS = ("grad_norm", "update_ratio")
 SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
-FLAGS = ("nonfinite", "skipped", "dropped")
-_OPEN: "weakref.WeakSet" = weakref.WeakSet()   # Observatories and Recorders to flush at exit
+OPEN: "weakref.WeakSet" = weakref.WeakSet()   # Observatories and Recorders to close at interpreter exit
 
 
-@dataclass
-class _Record:
-    """Everything measured at one step, as device/host arrays; turned into store rows off-thread."""
-
-    step: int
-    loss: Any = None
-    lr: float | None = None
-    norms: Any = None
-    present: list | None = None
-    scale: Any = None
-    matrices: dict | None = None
-    updates: Any = None
-    eig: Any = None                 # (P, max_rank) float64 host/pending, or a list of per-probe arrays
-    n_samples: list | None = None
-    n_nonfinite: list | None = None
-    dims: list | None = None
-    event: Any = None
-    capture: bool = False
-    extra_flags: dict = field(default_factory=dict)
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
-def _to_host(x):
+def to_host(x):
     """Start a non-blocking device→host copy of a torch tensor (no-op on CPU and for other arrays)."""
-    if _is_torch(x):
+    if type(x).__module__.startswith("torch"):
         return x.detach().to("cpu", non_blocking=True) if x.device.type != "cpu" else x.detach()
     return x
 
 
-def _np(x) -> np.ndarray:
-    if _is_torch(x):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+def cuda_event(*values) -> Any:
+    """A CUDA event recorded now when any of ``values`` (tensors, lists, dicts of them) is on a GPU:
+    the writer synchronises on it before reading host copies made with ``non_blocking=True``."""
+    if "torch" not in sys.modules:
+        return None
+    import torch
+
+    def on_cuda(v) -> bool:
+        if isinstance(v, torch.Tensor):
+            return v.device.type == "cuda"
+        if isinstance(v, dict):
+            return any(on_cuda(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return any(on_cuda(x) for x in v)
+        return hasattr(v, "eigenvalues") and on_cuda(v.eigenvalues)
+
+    if not any(on_cuda(v) for v in values):
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
 
 
-def _xp(x):
-    import array_api_compat
-
-    return array_api_compat.array_namespace(x)
-
-
-def _shape(x) -> tuple:
-    return tuple(int(s) for s in x.shape)
+def spectrum_of(value, dim: int):
+    """The covariance spectrum of (samples, …, dim) rows or of a filled accumulator."""
+    acc = value if isinstance(value, CovarianceAccumulator) else CovarianceAccumulator(dim).update(value)
+    return acc.compute()
 
 
-def _generic_norms(grads: list) -> tuple[Any, list]:
-    """(P,) float32 L2 norms computed by each array's own backend (NaN where None), and the present mask."""
-    present = [g is not None for g in grads]
-    vals = []
-    for g in grads:
-        if g is None:
-            vals.append(math.nan)
-            continue
-        xp = _xp(g)
-        vals.append(xp.linalg.vector_norm(xp.astype(xp.reshape(g, (-1,)), xp.float32)))
-    try:  # one stacked vector → one host copy
-        arrays = [v for v in vals if not isinstance(v, float)]
-        if arrays and len(arrays) == len(vals):
-            xp = _xp(arrays[0])
-            return xp.stack(arrays), present
-    except Exception:  # noqa: BLE001 - mixed backends/devices: copy one by one
-        pass
-    return np.array([float(_np(v)) if not isinstance(v, float) else v for v in vals], dtype=np.float32), present
-
-
-def _generic_matrix_stats(grads: list) -> dict:
-    """Singular-value statistics of 2-D gradients (see phasescope.gradients.matrices), any backend."""
-    from phasescope.gradients import MATRIX_STATS
-
-    if grads and all(g is None or _is_torch(g) for g in grads) and any(g is not None for g in grads):
-        from phasescope.gradients import gradient_matrix_stats
-
-        return gradient_matrix_stats(grads)
-    out = {k: np.full(len(grads), np.nan, dtype=np.float32) for k in MATRIX_STATS}
-    for i, g in enumerate(grads):
-        if g is None:
-            continue
-        xp = _xp(g)
-        s = _np(xp.linalg.svdvals(xp.astype(g, xp.float32))).astype(np.float64)
-        if not np.isfinite(s).all() or s.size == 0:
-            continue
-        nuc, top, fro2 = s.sum(), s[0], (s * s).sum()
-        vals = {"grad_nuclear": nuc, "grad_spectral": top, "grad_frobenius": math.sqrt(fro2),
-                "grad_stable_rank": fro2 / (top * top) if top > 0 else math.nan,
-                "grad_top_ratio": top / nuc if nuc > 0 else math.nan, "grad_sigma_min": s[-1]}
-        for k, v in vals.items():
-            out[k][i] = v
-    return out
-
-
-def _register_exit_hook() -> None:
-    """Run :func:`_close_forgotten` at exit *before* thread pools shut down (zarr writes through one).
-
-    ``threading._register_atexit`` callbacks run in reverse registration order before the
-    interpreter joins threads, so registering after zarr/asyncio are imported runs ours first.
-    """
-    global _EXIT_HOOK
-    if _EXIT_HOOK:
-        return
-    _EXIT_HOOK = True
-    import threading
-
-    reg = getattr(threading, "_register_atexit", None)
-    try:
-        reg(_close_forgotten) if reg is not None else atexit.register(_close_forgotten)
-    except RuntimeError:  # already shutting down
-        pass
-
-
-_EXIT_HOOK = False
-
-
-def _close_forgotten() -> None:
-    """At interpreter exit, write what unclosed Observatories still hold (marked not finished)."""
-    for obs in list(_OPEN):
-        try:
-            obs.close(error=RuntimeError("the process exited without Observatory.close()"))
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
+def gram_of(value, max_samples: int = CKA_SAMPLES):
+    """Centred Gram of the first ``max_samples`` rows of a (samples, dim) array (None for accumulators)."""
+    if isinstance(value, CovarianceAccumulator) or value is None:
+        return None
+    rows = value.reshape(-1, value.shape[-1]) if len(value.shape) > 2 else value
+    return centered_gram(rows[:max_samples]) if rows.shape[0] >= 2 else None
 
 
 class Recorder:
@@ -177,36 +104,40 @@ class Recorder:
     when that gradient is given together with activations (a capture step), or ``"all"`` for every
     2-D gradient seen in the first step. ``writer=False`` validates but writes nothing (ranks other
     than 0); ``None`` means "rank 0 of torch.distributed if it is initialised, else True".
+    ``cka_samples``: the samples (first rows) kept per capture for linear CKA; pass 0 when the
+    activations are not the same samples at every step. Queue bounds: ``queue_size`` entries and
+    ``queue_captures`` captures wait at most; ``put_timeout`` seconds of waiting before the oldest
+    entry is dropped (:class:`phasescope.store.AsyncRunWriter`'s drop policy).
     """
 
     def __init__(self, store, probes: list[str] | None = None, params: list[str] | None = None, *,
                  dims: Mapping[str, int] | None = None, matrices: list[str] | str = (),
                  metadata: dict | None = None, overwrite: bool = False, fit_range="auto",
-                 max_rank: int | None = None, queue_size: int = 256, put_timeout: float = 1.0,
-                 write_interval: float = 0.5, writer: bool | None = None,
-                 matrix_stats: tuple[str, ...] | None = None, flush_at_exit: bool = True):
+                 max_rank: int | None = None, queue_size: int = 256, queue_captures: int = 32,
+                 put_timeout: float = 1.0, write_interval: float = 0.5, writer: bool | None = None,
+                 matrix_stats: tuple[str, ...] | None = None, flush_at_exit: bool = True,
+                 cka_samples: int = CKA_SAMPLES, strict: bool = False, failures: FailureLog | None = None):
         self._store_path, self._overwrite = store, overwrite
         self._flush_at_exit = flush_at_exit
         self.probe_names = list(probes) if probes is not None else None
         self.param_names = list(params) if params is not None else None
         self._dims_given = dict(dims or {})
         self._matrices = matrices
-        self._matrix_stats = matrix_stats
+        self.matrix_stats = tuple(matrix_stats) if matrix_stats is not None else MATRIX_STATS
         self.fit_range = fit_range
         self.max_rank_cap = max_rank
-        self._queue_size, self.put_timeout = queue_size, float(put_timeout)
-        self._write_interval = float(write_interval)
+        self.cka_samples = int(cka_samples)
+        self._queue = dict(max_pending_steps=int(queue_size), max_pending_captures=int(queue_captures),
+                           block_timeout_s=float(put_timeout), interval_s=float(write_interval))
         self.attrs = dict(metadata or {})
-        if writer is None:
-            writer = _rank() == 0
-        self.is_writer = bool(writer)
-        self.writer = None
-        self._async = None
+        self.failures = failures if failures is not None else FailureLog(strict=strict)
+        self.is_writer = bool(rank() == 0 if writer is None else writer)
+        self.async_writer: AsyncRunWriter | None = None
+        self.reducer: Reducer | None = None
         self._ready = False
         self._closed = False
         self._last_step: int | None = None
         self._grad_shapes: dict[str, tuple] = {}
-        self.errors = 0
         self.n_captures = 0
         self.dims: list[int] = []
         self.max_rank = 0
@@ -218,14 +149,11 @@ class Recorder:
     # ------------------------------------------------------------------ layout
     def _open(self, dims: Mapping[str, int]) -> None:
         """Fix the layout and (on the writing process) create the store."""
-        from phasescope.spectra import METRICS
-
         self.dims = [int(dims.get(p, 0)) for p in self.probe_names]
         max_rank = max(self.dims) if self.dims else 0
         if self.max_rank_cap is not None:
             max_rank = min(max_rank, int(self.max_rank_cap))
         self.max_rank = max_rank
-        self.metrics = list(METRICS)
         if isinstance(self._matrices, str):
             self.matrix_names = [n for n, s in self._grad_shapes.items() if len(s) == 2] if self._matrices == "all" else []
         else:
@@ -234,34 +162,37 @@ class Recorder:
         if unknown:
             raise PhasescopeError(f"matrices {unknown} are not among the params {self.param_names[:6]}…; "
                                   "name gradients that are recorded")
-        if self._matrix_stats is None:
-            from phasescope.gradients import MATRIX_STATS
-
-            self._matrix_stats = MATRIX_STATS
+        spec = RunSpec(tuple(self.probe_names), tuple(self.dims), max_rank, self.fit_range,
+                       stat_names("metric", where="live"))
+        self.reducer = Reducer(spec, self.failures)
         self._ready = True
         if not self.is_writer:
             return
-        from phasescope.store import RunWriter
-
-        from .writer import AsyncWriter
-
         self.attrs.setdefault("finished", False)
-        self.attrs.setdefault("flag_bits", {"nonfinite": {"gradient": NONFINITE_GRAD, "activation": NONFINITE_ACT,
-                                                          "loss": NONFINITE_LOSS}})
-        self.writer = RunWriter(
-            self._store_path, probes=list(self.probe_names), params=list(self.param_names),
-            metrics=self.metrics, max_rank=max_rank, scalars=SCALARS, param_stats=PARAM_STATS,
-            matrices=self.matrix_names, matrix_stats=list(self._matrix_stats) if self.matrix_names else [],
-            flags=FLAGS, attrs=self.attrs, overwrite=self._overwrite)
+        self.attrs.setdefault("flag_bits", FLAG_BITS)
+        self.async_writer = AsyncRunWriter(
+            self._store_path, reduce=self._rows, failures=self.failures, raise_errors=False, **self._queue,
+            probes=list(self.probe_names), params=list(self.param_names), metrics=list(spec.metrics),
+            max_rank=max_rank, scalars=SCALARS, param_stats=PARAM_STATS, matrices=self.matrix_names,
+            matrix_stats=list(self.matrix_stats) if self.matrix_names else [], flags=FLAGS, attrs=self.attrs,
+            overwrite=self._overwrite)
         _register_exit_hook()  # after zarr is imported
         if self._flush_at_exit:
-            _OPEN.add(self)
-        self._dropped_flagged = 0
-        self._async = AsyncWriter(self._write, maxsize=self._queue_size, min_interval=self._write_interval)
+            OPEN.add(self)
+
+    def _rows(self, res: CaptureResult) -> tuple[dict, dict | None]:
+        """Writer thread: the reducer's values as the writer's row arguments."""
+        step, cap = self.reducer.reduce(res)
+        return vars(step), (vars(cap) if cap is not None else None)
 
     @property
     def ready(self) -> bool:
         return self._ready
+
+    @property
+    def writer(self):
+        """The store's RunWriter (None before the layout is known and on ranks other than 0)."""
+        return self.async_writer.writer if self.async_writer is not None else None
 
     def _first_layout(self, step: int, activations: Mapping, grads: Mapping) -> None:
         if self.probe_names is None:
@@ -324,158 +255,72 @@ class Recorder:
         self._last_step = step
         if not self.is_writer:
             return
-        rec = _Record(step=step, lr=None if lr is None else float(lr))
-        if loss is not None:
-            rec.loss = _to_host(loss.detach().float()) if _is_torch(loss) else loss
-        if grads:
-            ordered = [grads.get(n) for n in self.param_names]
-            rec.norms, rec.present = _generic_norms(ordered)
-            rec.norms = _to_host(rec.norms)
+        res = CaptureResult(step, scalars={"loss": _detached(loss), "lr": lr}, flags=dict(flags or {}))
+        with self.failures.guard("step", f"step {step}"):
+            if grads:
+                norms, res.present = array_norms([grads.get(n) for n in self.param_names])
+                res.grad_norms = to_host(norms)
         if activations:
-            self.spectra(rec, [activations.get(p) for p in self.probe_names])
+            self.capture_arrays(res, [activations.get(p) for p in self.probe_names])
             if self.matrix_names and grads:
-                stats = _generic_matrix_stats([grads.get(n) for n in self.matrix_names])
-                rec.matrices = {k: _to_host(v) for k, v in stats.items()}
-        if flags:
-            rec.extra_flags = dict(flags)
-        self.submit(rec)
+                with self.failures.guard("capture", "matrix statistics"):
+                    stats = gradient_matrix_stats([grads.get(n) for n in self.matrix_names])
+                    res.matrices = {k: to_host(v) for k, v in stats.items() if k in self.matrix_stats}
+                    res.capture = True
+        res.scalars["loss"] = to_host(res.scalars["loss"])
+        res.event = cuda_event(res.grad_norms, res.matrices, res.spectra, res.scalars["loss"])
+        self.submit(res)
 
-    def spectra(self, rec: _Record, values: list) -> None:
-        """Covariance spectra of each probe's samples (arrays or filled accumulators) into ``rec``."""
-        from phasescope.spectra import CovarianceAccumulator
-
-        eig, n_samples, n_nonfinite = [], [], []
+    def capture_arrays(self, res: CaptureResult, values: list) -> None:
+        """Spectra (and CKA Grams) of each probe's samples — arrays or filled accumulators — into ``res``;
+        a probe whose reduction fails is counted as lost (``flag_lost``) and left empty."""
+        spectra, grams = [None] * len(values), [None] * len(values)
         for i, v in enumerate(values):
             if v is None:
-                eig.append(None)
-                n_samples.append(0)
-                n_nonfinite.append(0)
                 continue
-            acc = v if isinstance(v, CovarianceAccumulator) else CovarianceAccumulator(self.dims[i]).update(v)
-            spec = acc.compute()
-            eig.append(spec.eigenvalues)
-            n_samples.append(int(spec.n))
-            n_nonfinite.append(int(spec.n_nonfinite))
-        rec.eig, rec.n_samples, rec.n_nonfinite = eig, n_samples, n_nonfinite
-        rec.capture = True
+            with self.failures.guard("capture", f"probe {self.probe_names[i]!r}"):
+                spectra[i] = spectrum_of(v, self.dims[i])
+                if self.cka_samples:
+                    grams[i] = gram_of(v, self.cka_samples)
+                continue
+            res.lost += 1
+        self.add_spectra(res, spectra, grams)
+
+    def add_spectra(self, res: CaptureResult, spectra: list, grams: list | None = None) -> None:
+        """Attach per-probe spectra (and Grams) to ``res`` as this step's capture."""
+        res.spectra, res.grams = spectra, grams
+        res.capture = True
         self.n_captures += 1
 
-    def submit(self, rec: _Record) -> None:
-        """Queue a finished record for the writer thread (a full queue drops it; counted in flag_dropped)."""
-        if self._async is None:
+    def submit(self, res: CaptureResult) -> None:
+        """Queue a finished result for the writer thread (its drop policy applies; never raises)."""
+        if self.async_writer is None:
             return
-        if rec.capture and rec.eig is None:
-            rec.eig = np.full((len(self.probe_names), self.max_rank), np.nan)
-            rec.n_samples = [0] * len(self.probe_names)
-        timeout = self.put_timeout * (5 if rec.capture else 1)
-        self._async.submit(rec, timeout=timeout)
-
-    # ------------------------------------------------------------------ writer thread
-    def _write(self, records: list) -> None:
-        """Writer thread: turn a batch of records into store rows and commit them at once."""
-        steps, caps = [], []
-        for rec in records:
-            try:
-                self._rows(rec, steps, caps)
-            except Exception as exc:  # noqa: BLE001 - one bad record must not lose the batch
-                self._async.errors += 1
-                if self._async.first_error is None:
-                    self._async.first_error = exc
-        if steps or caps:
-            self.writer.write_rows(steps, caps)
-
-    def _eig_matrix(self, eig) -> np.ndarray:
-        P, R = len(self.probe_names), self.max_rank
-        if not isinstance(eig, list):
-            return _np(eig)
-        out = np.full((P, R), np.nan)
-        for i, ev in enumerate(eig):
-            if ev is not None:
-                a = np.asarray(_np(ev), dtype=np.float64)
-                k = min(R, a.shape[0])
-                out[i, :k] = a[:k]
-        return out
-
-    def _rows(self, rec: _Record, steps: list, caps: list) -> None:
-        if rec.event is not None:
-            rec.event.synchronize()
-        P = len(self.probe_names)
-        nonfinite = 0
-        scalars: dict[str, float] = {}
-        params: dict[str, np.ndarray] = {}
-        if rec.loss is not None:
-            scalars["loss"] = float(_np(rec.loss))
-            if not math.isfinite(scalars["loss"]):
-                nonfinite |= NONFINITE_LOSS
-        if rec.lr is not None:
-            scalars["lr"] = rec.lr
-        if rec.scale is not None:
-            scalars["loss_scale"] = float(_np(rec.scale))
-        from phasescope.gradients import global_norm, nonfinite as grads_nonfinite
-
-        skipped = 0
-        if rec.norms is not None:
-            norms = _np(rec.norms).astype(np.float32)
-            params["grad_norm"] = norms
-            scalars["grad_norm"] = global_norm(norms, rec.present)
-            if grads_nonfinite(norms, rec.present):
-                nonfinite |= NONFINITE_GRAD
-                if rec.scale is not None:
-                    skipped = 1
-        if rec.updates is not None:
-            params["update_ratio"] = _np(rec.updates).astype(np.float32)
-        if rec.n_nonfinite and any(rec.n_nonfinite):
-            nonfinite |= NONFINITE_ACT
-        dropped = self._async.dropped - self._dropped_flagged
-        self._dropped_flagged += dropped
-        flags = {"nonfinite": nonfinite, "skipped": skipped, "dropped": min(dropped, 255)}
-        for k, v in rec.extra_flags.items():
-            flags[k] = int(v) | (flags.get(k, 0) if k == "nonfinite" else 0)
-        w = self.writer
-        steps.append(w.prepare_step(rec.step, scalars, params, flags))
-        if rec.capture:
-            eig = self._eig_matrix(rec.eig)
-            metrics = {k: np.full(P, np.nan) for k in self.metrics}
-            if rec.n_nonfinite is not None:
-                from phasescope.spectra import spectrum_metrics
-
-                for i in range(P):
-                    # The first min(n, d) eigenvalues, as spectrum_metrics(Spectrum) uses (the offline
-                    # path): the trailing exact zeros when n < d would each add ε·log(1/ε) to RankMe.
-                    n_i = int(rec.n_samples[i])
-                    ev = eig[i, : min(n_i, self.dims[i]) if self.dims[i] else n_i]
-                    if n_i >= 2 and np.isfinite(ev).all():
-                        for k, v in spectrum_metrics(ev, fit_range=self.fit_range).items():
-                            if k in metrics:
-                                metrics[k][i] = v
-            mats = {k: _np(v) for k, v in rec.matrices.items()} if rec.matrices else {}
-            caps.append(w.prepare_capture(rec.step, metrics, eig, np.asarray(rec.n_samples), mats))
+        with self.failures.guard("write", f"step {res.step}"):
+            self.async_writer.submit(res)
 
     # ------------------------------------------------------------------ lifetime
     def set_attrs(self, **kv: Any) -> None:
         """Add run attributes (before or after the store exists)."""
         self.attrs.update(kv)
-        if self.writer is not None:
-            self.writer.set_attrs(**kv)
+        if self.async_writer is not None:
+            with self.failures.guard("write", "attributes"):
+                self.async_writer.set_attrs(**kv)
 
-    def close(self, *, error: BaseException | None = None, errors: int = 0) -> None:
-        """Write what is queued and mark the run finished (or failed, given ``error``); idempotent."""
+    def close(self, *, error: BaseException | None = None) -> None:
+        """Write what is queued, trim the run and mark it finished (interrupted on KeyboardInterrupt,
+        failed on another ``error``); idempotent."""
         if self._closed:
             return
         self._closed = True
-        _OPEN.discard(self)
-        if self.writer is None:
+        OPEN.discard(self)
+        w = self.async_writer
+        if w is None:
             return
-        self._async.close()
-        attrs = {"errors": self.errors + errors + self._async.errors, "dropped_steps": self._async.dropped,
-                 "n_captures_taken": self.n_captures}
-        if self._async.first_error is not None:
-            attrs["first_write_error"] = repr(self._async.first_error)[:500]
-        self.writer.set_attrs(**attrs)
-        if error is None:
-            self.writer.close()
-        else:
-            self.writer.close(status="failed", error=f"{type(error).__name__}: {error}")
+        attrs = {"n_captures_taken": self.n_captures}
+        if w.alive:
+            w.set_attrs(**attrs)
+        w.close(status=status_for(error), error=error_for(error))
 
     @property
     def closed(self) -> bool:
@@ -488,9 +333,15 @@ class Recorder:
         self.close(error=exc)
 
 
-def _width(a) -> int:
-    from phasescope.spectra import CovarianceAccumulator
+def _detached(x):
+    return x.detach().float() if type(x).__module__.startswith("torch") else x
 
+
+def _shape(x) -> tuple:
+    return tuple(int(s) for s in x.shape)
+
+
+def _width(a) -> int:
     if isinstance(a, CovarianceAccumulator):
         return a.dim
     if len(a.shape) < 2:
@@ -498,12 +349,39 @@ def _width(a) -> int:
     return int(a.shape[-1])
 
 
-def _rank() -> int:
+def rank() -> int:
     """This process's torch.distributed rank (0 when torch is not imported or not initialised)."""
-    import sys
-
     if "torch" not in sys.modules:
         return 0
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+_EXIT_HOOK = False
+
+
+def _register_exit_hook() -> None:
+    """Run :func:`_close_forgotten` at exit *before* thread pools shut down (zarr writes through one).
+
+    ``threading._register_atexit`` callbacks run in reverse registration order before the
+    interpreter joins threads, so registering after zarr/asyncio are imported runs ours first.
+    """
+    global _EXIT_HOOK
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK = True
+    reg = getattr(threading, "_register_atexit", None)
+    try:
+        reg(_close_forgotten) if reg is not None else atexit.register(_close_forgotten)
+    except RuntimeError:  # already shutting down
+        pass
+
+
+def _close_forgotten() -> None:
+    """At interpreter exit, write what unclosed Observatories/Recorders still hold (marked failed)."""
+    for obs in list(OPEN):
+        try:
+            obs.close(error=RuntimeError("the process exited without Observatory.close()"))
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass

@@ -1,53 +1,74 @@
-"""AsyncRunWriter: the RunWriter's interface, with the I/O on a background thread.
+"""AsyncRunWriter: the one background writer of phasescope runs (live capture writes through it).
 
-The training thread only validates a row and puts it on a bounded queue (tens of microseconds); a
-writer thread wakes every ``interval_s`` (default 20 ms), drains everything queued, writes it as
-one batch and commits once (so throughput grows with load: a batch of k steps costs about one
-step's file writes). A live reader therefore lags the training loop by about ``interval_s`` plus
-one write. Bounds:
+The training thread only queues; a writer thread wakes every ``interval_s`` (default 20 ms), drains
+everything queued, turns it into rows, writes them as one batch and commits once (a batch of k steps
+costs about one step's file writes). A live reader lags the training loop by about ``interval_s`` plus
+one write. Two kinds of entries:
 
-- captures (large: eigenvalues) beyond ``max_pending_captures`` drop the *oldest* queued capture;
-  each drop is counted into ``flag_dropped`` of the next step written (and ``n_dropped`` attr);
-- steps (small: scalars) beyond ``max_pending_steps`` wait up to ``block_timeout_s`` for room,
-  then drop the oldest queued step (counted in the ``n_dropped_steps`` attr) — training is never
-  blocked indefinitely, and scalars are dropped only after every capture has been given up.
+- rows given through :meth:`append_step` / :meth:`append_capture` (validated on the caller's thread);
+- results given through :meth:`submit`, turned into rows on the writer thread by the ``reduce``
+  callable passed to the constructor (``reduce(item) -> (step_kwargs, capture_kwargs or None)``, the
+  keyword arguments of ``RunWriter.prepare_step`` / ``prepare_capture``). A submitted item has a
+  ``capture`` attribute (True when it carries a capture) and a ``release_capture()`` method.
 
-An error on the writer thread is re-raised on the training thread at the next call.
+The drop policy (one for everything; training never waits on a stalled disk for long):
+
+- at most ``max_pending_captures`` captures wait: beyond that the **oldest** queued capture is
+  dropped — a capture row is removed, a submitted item keeps its step row and frees its capture
+  payload. Each drop is counted in ``flag_dropped`` (of the step row of the dropped capture for
+  submitted items, of the next step row written for capture rows) and in the ``n_dropped`` attribute;
+- at most ``max_pending_steps`` entries wait: beyond that the caller waits up to ``block_timeout_s``
+  for room, then the **oldest** queued entry is dropped whole (counted in ``n_dropped_steps``);
+- every drop and every failure on the writer thread (a row that cannot be built, a write that fails)
+  is counted in the run's ``failures`` attribute by stage ("reduce", "write", "queue") and warned about
+  once (then at most once a minute; :class:`phasescope.failures.FailureLog`). A failed write stops
+  the thread: the error is raised on the caller's next call (``strict``) or, with ``raise_errors=False``
+  (what live capture uses), only counted — the run keeps what was committed.
 """
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from phasescope.failures import FailureLog
 
 from .errors import StoreError
-from .lifecycle import CLOSE_STATUSES, FINISHED, error_for, status_for
+from .lifecycle import CLOSE_STATUSES, FAILED, FINISHED, error_for, status_for
 from .schema import CAPTURE, STEP
 from .writer import CaptureRow, RunWriter, StepRow
 
 
-class AsyncRunWriter:
-    """Same arguments as RunWriter, plus queue bounds; see the module docstring for the drop policy."""
+class _Drop(Exception):
+    """Not raised: the message of a drop recorded in the failure log."""
 
-    def __init__(self, path: Any, *, max_pending_captures: int = 16, max_pending_steps: int = 10_000,
-                 block_timeout_s: float = 1.0, interval_s: float = 0.02, **writer_kwargs: Any) -> None:
+
+class AsyncRunWriter:
+    """Same arguments as RunWriter, plus queue bounds and ``reduce``; see the module docstring."""
+
+    def __init__(self, path: Any, *, reduce: Callable[[Any], tuple] | None = None,
+                 max_pending_captures: int = 16, max_pending_steps: int = 10_000, block_timeout_s: float = 1.0,
+                 interval_s: float = 0.02, failures: FailureLog | None = None, raise_errors: bool = True,
+                 **writer_kwargs: Any) -> None:
         if max_pending_captures < 1 or max_pending_steps < 1:
             raise StoreError("max_pending_captures and max_pending_steps must be >= 1")
         self.writer = RunWriter(path, **writer_kwargs)  # errors (exists, bad names) surface here
         self.layout = self.writer.layout
+        self._reduce = reduce
+        self.failures = failures if failures is not None else FailureLog()
+        self.raise_errors = bool(raise_errors)
         self.max_pending_captures = int(max_pending_captures)
         self.max_pending_steps = int(max_pending_steps)
         self.block_timeout_s = float(block_timeout_s)
         self.interval_s = float(interval_s)
-        self._steps: deque[StepRow] = deque()
-        self._caps: deque[CaptureRow] = deque()
+        self._queue: deque = deque()      # ("step", StepRow) | ("capture", CaptureRow) | ("item", item)
+        self._n_caps = 0                  # queued entries that carry a capture
         self._cond = threading.Condition()
         self._io = threading.Lock()
         self._last = dict(self.writer.last)
-        self._dropped_caps = 0  # not yet flagged
-        self.n_dropped = 0  # captures, in total
+        self._dropped_caps = 0            # dropped capture rows not yet flagged on a step row
+        self.n_dropped = 0                # captures, in total
         self.n_dropped_steps = 0
         self._inflight = False
         self._flushing = False
@@ -55,6 +76,7 @@ class AsyncRunWriter:
         self._closed = False
         self._error: BaseException | None = None
         self.batches = 0
+        self.cpu_seconds = 0.0            # CPU time of the writer thread (time.thread_time)
         self._thread = threading.Thread(target=self._run, name="phasescope-store-writer", daemon=True)
         self._thread.start()
 
@@ -63,41 +85,63 @@ class AsyncRunWriter:
                     flags: Mapping[str, int] | None = None) -> None:
         self._check()
         row = self.writer.prepare_step(step, scalars, params, flags)
-        if not self.writer._accept(STEP, row.step, self._last[STEP]):
-            return
-        self._last[STEP] = row.step
-        with self._cond:
-            if len(self._steps) >= self.max_pending_steps:
-                deadline = time.monotonic() + self.block_timeout_s
-                while len(self._steps) >= self.max_pending_steps and self._error is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self._steps.popleft()
-                        self.n_dropped_steps += 1
-                        if self.n_dropped_steps == 1:
-                            warnings.warn("phasescope store writer is behind: dropping the oldest queued "
-                                          "steps (counted in the run's n_dropped_steps attribute)", stacklevel=2)
-                        break
-                    self._cond.wait(left)
-            self._steps.append(row)
-            if len(self._steps) >= self.max_pending_steps // 2:
-                self._cond.notify_all()
+        if self.writer.accept(STEP, row.step, self._last[STEP]):
+            self._last[STEP] = row.step
+            self._put("step", row)
 
     def append_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
                        matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> None:
         self._check()
         row = self.writer.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
-        if not self.writer._accept(CAPTURE, row.step, self._last[CAPTURE]):
-            return
-        self._last[CAPTURE] = row.step
+        if self.writer.accept(CAPTURE, row.step, self._last[CAPTURE]):
+            self._last[CAPTURE] = row.step
+            self._put("capture", row)
+
+    def submit(self, item: Any) -> None:
+        """Queue a result for ``reduce`` on the writer thread (the caller orders steps)."""
+        if self._reduce is None:
+            raise StoreError("submit() needs AsyncRunWriter(..., reduce=fn); use append_step/append_capture for rows")
+        self._check()
+        self._put("item", item)
+
+    def _carries_capture(self, kind: str, payload: Any) -> bool:
+        return kind == "capture" or (kind == "item" and bool(getattr(payload, "capture", False)))
+
+    def _put(self, kind: str, payload: Any) -> None:
         with self._cond:
-            if len(self._caps) >= self.max_pending_captures:
-                self._caps.popleft()
-                self._dropped_caps += 1
-                self.n_dropped += 1
-            self._caps.append(row)
-            if len(self._caps) >= max(1, self.max_pending_captures // 2):
+            if len(self._queue) >= self.max_pending_steps:
+                deadline = time.monotonic() + self.block_timeout_s
+                while len(self._queue) >= self.max_pending_steps and self._error is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        old_kind, old = self._queue.popleft()
+                        self._n_caps -= self._carries_capture(old_kind, old)
+                        self.n_dropped_steps += 1
+                        self.failures.record("queue", _Drop(
+                            "the store writer is behind: dropping the oldest queued steps (n_dropped_steps)"))
+                        break
+                    self._cond.wait(left)
+            cap = self._carries_capture(kind, payload)
+            if cap and self._n_caps >= self.max_pending_captures:
+                self._drop_oldest_capture()
+            self._queue.append((kind, payload))
+            self._n_caps += cap
+            if (self.interval_s == 0 or len(self._queue) >= self.max_pending_steps // 2
+                    or self._n_caps >= max(1, self.max_pending_captures // 2)):
                 self._cond.notify_all()
+
+    def _drop_oldest_capture(self) -> None:
+        for j, (kind, payload) in enumerate(self._queue):
+            if kind == "capture":
+                del self._queue[j]
+                self._dropped_caps += 1
+            elif kind == "item" and getattr(payload, "capture", False):
+                payload.release_capture()   # its step row stays, with flag_dropped
+            else:
+                continue
+            self._n_caps -= 1
+            self.n_dropped += 1
+            return
 
     def set_attrs(self, **kv: Any) -> None:
         self._check()
@@ -110,7 +154,7 @@ class AsyncRunWriter:
         with self._cond:
             self._flushing = True
             self._cond.notify_all()
-            while (self._steps or self._caps or self._inflight) and self._error is None:
+            while (self._queue or self._inflight) and self._error is None:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     raise StoreError(f"store writer did not drain within {timeout} s; the disk may be stalled")
@@ -133,17 +177,15 @@ class AsyncRunWriter:
         try:
             with self._io:
                 if self._error is not None:
-                    status, error = "failed", error or f"store writer: {self._error!r}"
-                if self.n_dropped or self.n_dropped_steps:
-                    self.writer.attrs.update(n_dropped=self.n_dropped, n_dropped_steps=self.n_dropped_steps)
-                    self.writer.group.metadata.attributes.update(
-                        n_dropped=self.n_dropped, n_dropped_steps=self.n_dropped_steps)
+                    status, error = FAILED, error or f"store writer: {self._error!r}"
+                self.writer.set_attrs(n_dropped=self.n_dropped, n_dropped_steps=self.n_dropped_steps,
+                                      **self.failures.attrs())
                 self.writer.add_dropped(self._dropped_caps)
-                self.writer.close(status=status, error=error)  # one write of the root attrs
+                self.writer.close(status=status, error=error)  # trims the arrays, one write of the root attrs
         except Exception as e:  # noqa: BLE001
             if self._error is None:
                 raise StoreError(f"closing the run failed: {e}; committed steps are kept") from e
-        if self._error is not None:
+        if self._error is not None and self.raise_errors:
             raise StoreError(f"the background store writer failed: {self._error}") from self._error
 
     def __enter__(self) -> "AsyncRunWriter":
@@ -172,14 +214,37 @@ class AsyncRunWriter:
         """The last step accepted (queued or written)."""
         return self._last[STEP]
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
     def _check(self) -> None:
-        if self._error is not None:
+        if self._error is not None and self.raise_errors:
             raise StoreError(f"the background store writer failed: {self._error}; the run is committed up to "
                              f"step {self.writer.last_step}") from self._error
         if self._closed:
             raise StoreError("this AsyncRunWriter is closed; open a new one with resume=True")
 
     # ------------------------------------------------------------------ writer thread
+    def _rows(self, entries: list) -> tuple[list[StepRow], list[CaptureRow]]:
+        steps, caps = [], []
+        for kind, payload in entries:
+            if kind == "step":
+                steps.append(payload)
+            elif kind == "capture":
+                caps.append(payload)
+            else:
+                with self.failures.guard("reduce", f"step {getattr(payload, 'step', '?')}"):
+                    step_kw, cap_kw = self._reduce(payload)
+                    srow = self.writer.prepare_step(**step_kw)
+                    crow = self.writer.prepare_capture(**cap_kw) if cap_kw is not None else None
+                    if self.writer.accept(STEP, srow.step, steps[-1].step if steps else self.writer.last[STEP]):
+                        steps.append(srow)
+                    if crow is not None and self.writer.accept(
+                            CAPTURE, crow.step, caps[-1].step if caps else self.writer.last[CAPTURE]):
+                        caps.append(crow)
+        return steps, caps
+
     def _run(self) -> None:
         # The writer wakes every interval_s (or at once when a queue is half full, or on flush and
         # close) rather than on every append: waking per append made it take the GIL right when
@@ -188,28 +253,35 @@ class AsyncRunWriter:
             with self._cond:
                 if not (self._stopping or self._flushing):
                     self._cond.wait(self.interval_s)
-                while not (self._steps or self._caps or self._stopping):
-                    self._cond.wait(self.interval_s)
-                if not (self._steps or self._caps):
+                while not (self._queue or self._stopping):
+                    # An idle writer sleeps (never spins: wait(0) would hold the GIL the training and
+                    # zarr threads need); appends notify it when interval_s is 0 or a queue is half full.
+                    self._cond.wait(max(self.interval_s, 0.05))
+                if not self._queue:
                     return
-            with self._cond:
-                steps, caps = list(self._steps), list(self._caps)
-                self._steps.clear()
-                self._caps.clear()
+                entries = list(self._queue)
+                self._queue.clear()
+                self._n_caps = 0
                 dropped, self._dropped_caps = self._dropped_caps, 0
                 self._inflight = True
                 self._cond.notify_all()
+            c0 = time.thread_time()
             try:
+                steps, caps = self._rows(entries)
                 with self._io:
                     self.writer.add_dropped(dropped)
                     self.writer.write_rows(steps, caps)
                     self.batches += 1
             except BaseException as e:  # noqa: BLE001 - handed to the training thread
+                if not self.failures.strict:
+                    self.failures.record("write", e)
                 with self._cond:
                     self._error = e
                     self._inflight = False
                     self._cond.notify_all()
                 return
+            finally:
+                self.cpu_seconds += time.thread_time() - c0
             with self._cond:
                 self._inflight = False
                 self._cond.notify_all()

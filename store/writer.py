@@ -274,7 +274,7 @@ class RunWriter:
         new.update(resumed=resumed, finished=False, status=RUNNING)
         if "error" not in new:  # the error of the close before this resume no longer describes the run
             self.attrs.pop("error", None)
-            self.group.metadata.attributes.pop("error", None)
+            zarr_compat.drop_group_attrs(self.group, ["error"])
         self._update_attrs(new)
 
     # ------------------------------------------------------------------ validation
@@ -288,7 +288,7 @@ class RunWriter:
         """Validate one capture's values and return the row (no I/O)."""
         return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch)
 
-    def _accept(self, dim: str, step: int, last_seen: int | None) -> bool:
+    def accept(self, dim: str, step: int, last_seen: int | None) -> bool:
         """True to write ``step``; False to skip it (resume replay); raise if out of order."""
         rl = self._resume_last[dim]
         if rl is not None and step <= rl:
@@ -311,7 +311,7 @@ class RunWriter:
         """Write one training step (scalars, per-param stats, flags) and commit it."""
         self._check_open()
         row = self.prepare_step(step, scalars, params, flags)
-        if self._accept(STEP, row.step, self.last[STEP]):
+        if self.accept(STEP, row.step, self.last[STEP]):
             self.write_rows([row], [])
 
     def append_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
@@ -319,7 +319,7 @@ class RunWriter:
         """Write one spectral capture (metrics and eigenvalues per probe) and commit it."""
         self._check_open()
         row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
-        if self._accept(CAPTURE, row.step, self.last[CAPTURE]):
+        if self.accept(CAPTURE, row.step, self.last[CAPTURE]):
             self.write_rows([], [row])
 
     def add_dropped(self, n: int) -> None:

@@ -47,3 +47,11 @@ def ref_last_token_eigs(model, ids, mask, layer: int = -1) -> np.ndarray:
     last = mask.sum(1) - 1
     x = hs[torch.arange(len(last)), last].double().numpy()
     return np.sort(np.linalg.eigvalsh(np.cov(x.T, ddof=1)))[::-1]
+
+
+def assert_stored_eigs(got: np.ndarray, ref: np.ndarray, n: int, rtol: float = 1e-4) -> None:
+    """Stored eigenvalues are the first min(n, d) of the reference (what a PCA of the n × d data returns),
+    NaN past them (the one reducer's rule, live and offline)."""
+    k = min(int(n), len(ref))
+    assert np.isfinite(got[:k]).all() and np.isnan(got[k:]).all(), f"expected {k} stored eigenvalues, got {got}"
+    np.testing.assert_allclose(got[:k], ref[:k], rtol=rtol, atol=1e-6 * ref[0])

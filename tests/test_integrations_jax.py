@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+
+from integrations_data import assert_stored_eigs
 import pytest
 
 jax = pytest.importorskip("jax")
@@ -76,8 +78,8 @@ def test_flax_optax_loop_matches_references(tmp_path):
     # Step-0 capture against a numpy forward of the initial weights (pre-activation, post-ReLU sow).
     pre = xp.astype(np.float64) @ init["Dense_0"]["kernel"] + init["Dense_0"]["bias"]
     for probe, ref in (("Dense_0", _ref_eigs(pre)), ("hidden", _ref_eigs(np.maximum(pre, 0)))):
-        got = ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H]
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * ref[0])
+        assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H], ref,
+                           int(ds.n_samples.sel(capture_step=0, probe=probe)))
         p = ref / ref.sum() + 1e-7
         np.testing.assert_allclose(float(ds.rankme.sel(capture_step=0, probe=probe)),
                                    np.exp(-(p * np.log(p)).sum()), rtol=1e-4)

@@ -10,7 +10,7 @@ import torch
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from integrations_data import corpus_blocks, ref_last_token_eigs, tiny_gpt2  # noqa: E402
+from integrations_data import assert_stored_eigs, corpus_blocks, ref_last_token_eigs, tiny_gpt2  # noqa: E402
 from phasescope.probes import schedules as S  # noqa: E402
 from phasescope.probes.integrations.lightning import NoOptimizerStepError, PhasescopeCallback  # noqa: E402
 from phasescope.store import open_run  # noqa: E402
@@ -81,8 +81,8 @@ def test_lightning_callback_matches_plain_loop_with_accumulation(tmp_path):
     np.testing.assert_allclose(ds.lr.values, LR)
     ref = ref_last_token_eigs(init, pids, pmask)
     probe = ds.probe.values[-1]
-    got = ds.eigenvalues.sel(capture_step=0, probe=probe).values[: len(ref)]
-    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * ref[0])
+    assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values, ref,
+                       int(ds.n_samples.sel(capture_step=0, probe=probe)))
 
 
 def test_manual_optimisation_without_step_fails_clearly(tmp_path):

@@ -103,7 +103,7 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
     assert list(ds.probe.values) == ["block.0", "block.1", "final_norm"]
     assert list(ds.capture_step.values) == [0, 3, 11] and list(ds.step.values) == list(range(steps))
     np.testing.assert_allclose(ds.loss.values, bare_losses, rtol=1e-6)
-    assert ds.attrs["finished"] is True and ds.attrs["seed"] == 0 and ds.attrs["dropped_steps"] == 0
+    assert ds.attrs["finished"] is True and ds.attrs["seed"] == 0 and ds.attrs["n_dropped_steps"] == 0 and ds.attrs["n_dropped"] == 0
     assert S.from_description(ds.attrs["schedule"]).steps(steps) == [0, 3, 11]
     for step in range(steps):
         np.testing.assert_allclose(ds.param_grad_norm.sel(step=step).values, ref_norms[step], rtol=1e-5)
@@ -112,7 +112,9 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
     for step, per_probe in ref_eigs.items():
         for name, ev in per_probe.items():
             got = ds.eigenvalues.sel(capture_step=step, probe=name).values
-            np.testing.assert_allclose(got, ev, rtol=2e-4, atol=1e-6 * ev[0])
+            k = min(24, len(ev))   # the first min(n, d) eigenvalues are stored, NaN past them
+            np.testing.assert_allclose(got[:k], ev[:k], rtol=2e-4, atol=1e-6 * ev[0])
+            assert np.isnan(got[k:]).all()
             assert int(ds.n_samples.sel(capture_step=step, probe=name)) == 24
             assert math.isclose(float(ds.rankme.sel(capture_step=step, probe=name)), _ref_rankme(ev), rel_tol=1e-4)
 
@@ -213,8 +215,9 @@ def test_in_flight_capture_reads_training_forward(tmp_path):
     assert list(ds.capture_step.values) == [1, 3]
     assert ds.attrs["capture_mode"] == "in_flight"
     for step in (1, 3):
-        np.testing.assert_allclose(ds.eigenvalues.sel(capture_step=step, probe="final_norm").values,
-                                   _ref_eigs(ref[step]), rtol=2e-4, atol=1e-6)
+        got = ds.eigenvalues.sel(capture_step=step, probe="final_norm").values
+        np.testing.assert_allclose(got[:8], _ref_eigs(ref[step])[:8], rtol=2e-4, atol=1e-6)   # n = 8 samples
+        assert np.isnan(got[8:]).all()
         assert int(ds.n_samples.sel(capture_step=step, probe="final_norm")) == 8
 
 
@@ -279,23 +282,27 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
 
 
 def test_full_queue_drops_are_counted_not_silent(tmp_path):
-    import time
+    import threading
 
     model = _gpt2()
-    obs = phasescope.Observatory(model, store=str(tmp_path / "q.zarr"), preset="norms", queue_size=1, write_interval=0,
+    obs = phasescope.Observatory(model, store=str(tmp_path / "q.zarr"), preset="norms", queue_size=2, write_interval=0,
                                  put_timeout=0.001, probe_inputs=_probe_inputs())
-    real = obs._async._handler
-    obs._async._handler = lambda rec: (time.sleep(0.05), real(rec))
+    gate = threading.Event()
+    w = obs.async_writer.writer
+    real = w._put
+    w._put = lambda items: (gate.wait(), real(items))          # a stalled disk: the queue fills
     x = _batch(0)
     model(input_ids=x, labels=x).loss.backward()
-    for step in range(12):
-        obs.step(step, loss=1.0)
+    with pytest.warns(RuntimeWarning, match="queue failed"):
+        for step in range(12):
+            obs.step(step, loss=1.0)
+    gate.set()
     obs.close()
     ds = open_run(tmp_path / "q.zarr")
-    dropped = ds.attrs["dropped_steps"]
+    dropped = ds.attrs["n_dropped_steps"]
     assert dropped > 0 and ds.sizes["step"] == 12 - dropped
-    assert int(ds.flag_dropped.sum()) + ds.attrs.get("n_dropped_unflagged", 0) <= dropped
-    assert int(ds.flag_dropped.sum()) >= 1
+    assert ds.attrs["failures"]["queue"] == dropped                # counted where the dashboard reads it
+    assert ds.step.values[-1] == 11                                # the oldest rows went, the newest stayed
 
 
 def test_lazy_facade_does_not_import_torch():

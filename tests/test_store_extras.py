@@ -81,7 +81,7 @@ def test_async_writer_step_queue_bound_never_blocks_forever(tmp_path):
     gate = threading.Event()
     w.writer._put = SlowPut(w.writer._put, gate)
     t0 = time.perf_counter()
-    with pytest.warns(UserWarning, match="dropping the oldest queued steps"):
+    with pytest.warns(RuntimeWarning, match="dropping the oldest queued steps"):
         for s in range(12):
             w.append_step(s, {"loss": float(s)})
     assert time.perf_counter() - t0 < 2.0

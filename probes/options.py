@@ -1,0 +1,61 @@
+"""ObservatoryOptions: every option of :class:`phasescope.probes.Observatory` beyond the first few, with
+its default and what it does (``help(ObservatoryOptions)`` shows this list).
+
+    obs = Observatory(model, store, probe_inputs=batch, preset="business", max_rank=2048)
+    obs = Observatory(model, store, probe_inputs=batch, options=ObservatoryOptions(strict=True))
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from phasescope.errors import PhasescopeError
+from phasescope.spectra.similarity import CKA_SAMPLES
+
+
+@dataclass
+class ObservatoryOptions:
+    # -- what runs when (probes/schedules.py) --
+    preset: str = "economy"            # cost preset: economy | business | full | norms (sets the default schedules)
+    matrix_schedule: Any = None        # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
+    update_schedule: Any = None        # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
+    grad_norms: bool = True            # per-parameter gradient L2 norms every step
+    matrices: Any = "blocks"           # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
+    # -- how probes are captured (probes/capture.py, probes/tokens.py) --
+    capture: str | None = None         # "probe_set" (default when probe_inputs is given) or "in_flight" (the training forward)
+    probe_batch_size: int = 64         # sequences per probe forward
+    max_tokens: int | None = 8192      # tokens="all": seeded subsample of at most this many token states
+    seed: int = 0                      # seed of that subsample (and of in-flight subsampling)
+    max_rank: int | None = None        # cap on stored eigenvalues and metric components (Li et al. keep 2048)
+    cka_samples: int = CKA_SAMPLES     # probe samples whose Gram is kept for linear CKA (0: no CKA)
+    # -- mixed precision (gradients/amp.py) --
+    optimizer: Any = None              # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
+    grad_scaler: Any = None            # torch GradScaler: statistics of unscaled gradients, skipped steps flagged
+    # -- the background writer (store/async_writer.py) --
+    queue_size: int = 256              # entries waiting at most; then wait put_timeout, then drop the oldest
+    queue_captures: int = 32           # captures waiting at most; beyond, the oldest capture is dropped (flag_dropped)
+    put_timeout: float = 1.0           # seconds the training thread may wait for room in a full queue
+    write_interval: float = 0.5        # seconds between store commits (rows are batched)
+    strict: bool = False               # raise phasescope's own failures instead of warning and counting them
+    # -- torch.distributed (probes/distributed.py) --
+    distributed: bool | None = None    # None: auto (a process group of > 1 rank); False: this process alone
+    process_group: Any = None          # the group to reduce over (default: the world)
+    sync_loss: bool = True             # store the loss averaged over ranks (else rank 0's)
+
+    @classmethod
+    def build(cls, options: "ObservatoryOptions | None", overrides: dict) -> "ObservatoryOptions":
+        """``options`` (or the defaults) with keyword overrides; an unknown keyword names the closest."""
+        known = [f.name for f in fields(cls)]
+        bad = [k for k in overrides if k not in known]
+        if bad:
+            close = difflib.get_close_matches(bad[0], known, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"options are {', '.join(known)}"
+            raise PhasescopeError(f"unknown Observatory option {bad[0]!r}; {hint}")
+        opts = replace(options or cls(), **overrides)
+        if opts.probe_batch_size < 1:
+            raise PhasescopeError(f"probe_batch_size must be a positive integer, got {opts.probe_batch_size}")
+        if opts.capture not in (None, "probe_set", "in_flight"):
+            raise PhasescopeError(f"capture must be 'probe_set' or 'in_flight', got {opts.capture!r}")
+        return opts

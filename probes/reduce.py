@@ -1,0 +1,158 @@
+"""The one reducer: a :class:`~phasescope.probes.result.CaptureResult` in, the store rows out.
+
+Live capture (Observatory, Recorder, JAX, HF/Lightning callbacks) and offline analysis
+(``phasescope analyze``) both call :meth:`Reducer.reduce`, so their numbers agree by construction:
+
+- per-probe metrics: every registered statistic that reads a ``spectrum`` or a ``gram``
+  (:mod:`phasescope.statistics`: RankMe, α-ReQ, …, linear CKA) computed once, on the host, in float64,
+  from the first min(n, d, max_rank) covariance eigenvalues;
+- stored eigenvalues: the first min(n, d, max_rank), NaN past them (what a PCA of the data returns);
+- step row: loss/lr/scale and any extra scalars, per-parameter norms and the global norm, update
+  ratios, and flags: ``nonfinite`` bits (1 gradient, 2 activation, 4 loss), ``skipped`` (a GradScaler
+  step with non-finite gradients), ``dropped`` (this step's capture dropped by the writer), ``lost``
+  (captures or rows of this step lost to a phasescope failure).
+
+The only state is the CKA history (each probe's Gram at the first and at the previous stored capture),
+so results must be reduced in step order — the writer thread does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from phasescope.failures import FailureLog
+from phasescope.gradients import global_norm, nonfinite
+from phasescope.spectra import Spectrum, to_numpy
+from phasescope.statistics import cka, spectral
+from phasescope.statistics import names as stat_names
+
+from .result import CaptureResult
+
+NONFINITE_GRAD, NONFINITE_ACT, NONFINITE_LOSS = 1, 2, 4
+FLAG_BITS = {"nonfinite": {"gradient": NONFINITE_GRAD, "activation": NONFINITE_ACT, "loss": NONFINITE_LOSS}}
+FLAGS = ("nonfinite", "skipped", "dropped", "lost")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """The run's fixed layout, as the reducer needs it."""
+
+    probes: tuple[str, ...]
+    dims: tuple[int, ...]
+    max_rank: int
+    fit_range: Any = "auto"
+    metrics: tuple[str, ...] = field(default_factory=lambda: stat_names("metric"))
+    flags: tuple[str, ...] = FLAGS          # the run's flag columns; other flag values are not stored
+
+
+@dataclass
+class StepValues:
+    step: int
+    scalars: dict[str, float]
+    params: dict[str, np.ndarray]
+    flags: dict[str, int]
+
+
+@dataclass
+class CaptureValues:
+    step: int
+    metrics: dict[str, np.ndarray]
+    eigenvalues: np.ndarray
+    n_samples: np.ndarray
+    matrices: dict[str, np.ndarray]
+
+
+class Reducer:
+    """``reduce(result)`` → (step values, capture values or None). A probe whose metrics fail gets NaN
+    and counts as lost in its step's ``flag_lost``; the failure goes to ``failures`` (stage "metric")."""
+
+    def __init__(self, spec: RunSpec, failures: FailureLog | None = None, *, fresh: bool = True):
+        self.spec = spec
+        self.failures = failures if failures is not None else FailureLog(strict=True)
+        P = len(spec.probes)
+        self._first: list = [None] * P
+        self._previous: list = [None] * P
+        self._fresh = fresh   # False: the run's first capture was reduced by another process (a resume)
+
+    def reduce(self, res: CaptureResult) -> tuple[StepValues, CaptureValues | None]:
+        """The step row (always) and the capture row (when ``res.capture``) of one result."""
+        if res.event is not None:
+            res.event.synchronize()
+        cap = self._capture_values(res) if res.capture else None   # may add to res.lost
+        if cap is not None and res.spectra is not None and any(s is not None and s.n_nonfinite for s in res.spectra):
+            res.flags["nonfinite"] = res.flags.get("nonfinite", 0) | NONFINITE_ACT
+        return self._step_values(res), cap
+
+    def _step_values(self, res: CaptureResult) -> StepValues:
+        scalars: dict[str, float] = {}
+        params: dict[str, np.ndarray] = {}
+        bits = 0
+        for k, v in res.scalars.items():
+            if v is not None:
+                scalars[k] = float(to_numpy(v)) if not isinstance(v, (int, float)) else float(v)
+        if "loss" in scalars and not math.isfinite(scalars["loss"]):
+            bits |= NONFINITE_LOSS
+        skipped = 0
+        if res.grad_norms is not None:
+            norms = np.asarray(to_numpy(res.grad_norms), dtype=np.float32)
+            params["grad_norm"] = norms
+            scalars["grad_norm"] = global_norm(norms, res.present)
+            if nonfinite(norms, res.present):
+                bits |= NONFINITE_GRAD
+                skipped = int("loss_scale" in scalars)
+        if res.update_ratios is not None:
+            params["update_ratio"] = np.asarray(to_numpy(res.update_ratios), dtype=np.float32)
+        flags = {"nonfinite": bits, "skipped": skipped, "lost": int(res.lost)}
+        for k, v in res.flags.items():
+            flags[k] = int(v) | (flags.get(k, 0) if k == "nonfinite" else 0)
+        flags = {k: v for k, v in flags.items() if k in self.spec.flags}
+        return StepValues(res.step, scalars, params, flags)
+
+    def _capture_values(self, res: CaptureResult) -> CaptureValues:
+        sp = self.spec
+        P, R = len(sp.probes), sp.max_rank
+        metrics = {k: np.full(P, np.nan) for k in sp.metrics}
+        eig = np.full((P, R), np.nan)
+        n_samples = np.zeros(P, dtype=np.int64)
+        spectra = res.spectra or [None] * P
+        grams = res.grams or [None] * P
+        for i in range(P):
+            s = _host(spectra[i])
+            if s is not None:
+                k = min(R, s.n_components)
+                eig[i, :k] = s.eigenvalues[:k]
+                n_samples[i] = s.n
+            values: dict[str, float] = {}
+            with self.failures.guard("metric", f"probe {sp.probes[i]!r} at step {res.step}"):
+                if res.spectra:
+                    values.update(spectral.spectral_metrics(s, fit_range=sp.fit_range, max_rank=R))
+                if grams[i] is not None:
+                    g = np.asarray(to_numpy(grams[i]), dtype=np.float64)
+                    is_first = self._fresh and self._first[i] is None
+                    values.update(cka.cka_to_history(g, self._first[i], self._previous[i], is_first=is_first))
+                    if is_first:
+                        self._first[i] = g
+                    self._previous[i] = g
+                values["ok"] = 1.0
+            if not values.pop("ok", 0.0):
+                res.lost += 1
+                values = {}
+            for name, v in values.items():
+                if name in metrics:
+                    metrics[name][i] = v
+        mats = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in res.matrices.items()}
+        return CaptureValues(res.step, metrics, eig, n_samples, mats)
+
+
+def _host(s: Spectrum | None) -> Spectrum | None:
+    """The spectrum with float64 numpy eigenvalues (one host copy; metrics then run in numpy)."""
+    if s is None:
+        return None
+    sv = s.singular_values
+    return replace(s, eigenvalues=np.asarray(to_numpy(s.eigenvalues), dtype=np.float64),
+                   singular_values=None if sv is None else np.asarray(to_numpy(sv), dtype=np.float64),
+                   mean=None)
