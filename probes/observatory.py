@@ -122,11 +122,12 @@ class Observatory:
         self.fsdp_roots = D.fsdp_roots(model)  # FSDP2 on one rank too: its root keeps an unsharded copy
         self.is_writer = self.rank == 0
         pre = S.preset(o.preset)
-        self.capture_schedule = S.as_schedule(schedule) if schedule is not None else pre.capture
+        self.preset = pre
+        self.capture_schedule = S.as_schedule(schedule) if schedule is not None else pre.schedule_for("spectral_geometry")
         # A user-given capture schedule also sets when the (costly) gradient SVD and update ratios run,
         # so capture_step rows are exactly the scheduled steps; pass matrix_schedule/update_schedule to differ.
-        default_m = self.capture_schedule if schedule is not None else pre.matrices
-        default_u = self.capture_schedule if schedule is not None else pre.updates
+        default_m = self.capture_schedule if schedule is not None else pre.schedule_for("matrix_svd")
+        default_u = self.capture_schedule if schedule is not None else pre.schedule_for("update_ratio")
         self.matrix_schedule = S.as_schedule(o.matrix_schedule) if o.matrix_schedule is not None else default_m
         self.update_schedule = S.as_schedule(o.update_schedule) if o.update_schedule is not None else default_u
         self.grad_norms_on = bool(o.grad_norms and pre.grad_norms)
@@ -203,7 +204,8 @@ class Observatory:
         attrs = dict(
             model=type(model).__name__, probes_spec=describe_probes(self.probes),
             schedule=self.capture_schedule.describe(), matrix_schedule=self.matrix_schedule.describe(),
-            update_schedule=self.update_schedule.describe(), preset=self.options.preset, capture_mode=self.mode,
+            update_schedule=self.update_schedule.describe(), preset=self.options.preset,
+            preset_statistics=self.preset.statistics(), capture_mode=self.mode,
             tokens=self.selection.describe(),
             fit_range=list(fit_range) if isinstance(fit_range, (tuple, list)) else fit_range,
             probe_set_size=self.probe_set.n_sequences if self.probe_set else None,

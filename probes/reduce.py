@@ -3,17 +3,17 @@
 Live capture (Observatory, Recorder, JAX, HF/Lightning callbacks) and offline analysis
 (``phasescope analyze``) both call :meth:`Reducer.reduce`, so their numbers agree by construction:
 
-- per-probe metrics: every registered statistic that reads a ``spectrum`` or a ``gram``
-  (:mod:`phasescope.statistics`: RankMe, α-ReQ, …, linear CKA) computed once, on the host, in float64,
-  from the first min(n, d, max_rank) covariance eigenvalues;
+- per-probe metrics: every registered statistic with a ``per_probe`` rule whose variables the run
+  stores (:mod:`phasescope.statistics`: RankMe, α-ReQ, …, linear CKA), computed once, on the host, in
+  float64, from the first min(n, d, max_rank) covariance eigenvalues and the probe-sample Gram;
 - stored eigenvalues: the first min(n, d, max_rank), NaN past them (what a PCA of the data returns);
 - step row: loss/lr/scale and any extra scalars, per-parameter norms and the global norm, update
   ratios, and flags: ``nonfinite`` bits (1 gradient, 2 activation, 4 loss), ``skipped`` (a GradScaler
   step with non-finite gradients), ``dropped`` (this step's capture dropped by the writer), ``lost``
   (captures or rows of this step lost to a phasescope failure).
 
-The only state is the CKA history (each probe's Gram at the first and at the previous stored capture),
-so results must be reduced in step order — the writer thread does.
+The only state is each statistic's per-probe dict (CKA keeps the Gram of the first and of the previous
+stored capture), so results must be reduced in step order — the writer thread does.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from phasescope.failures import FailureLog
 from phasescope.gradients import global_norm, nonfinite
 from phasescope.spectra import Spectrum, to_numpy
-from phasescope.statistics import cka, spectral
+from phasescope.statistics import ProbeInputs, statistics
 from phasescope.statistics import names as stat_names
 
 from .result import CaptureResult
@@ -73,9 +73,10 @@ class Reducer:
     def __init__(self, spec: RunSpec, failures: FailureLog | None = None, *, fresh: bool = True):
         self.spec = spec
         self.failures = failures if failures is not None else FailureLog(strict=True)
-        P = len(spec.probes)
-        self._first: list = [None] * P
-        self._previous: list = [None] * P
+        # Every registered per-probe statistic whose variables this run stores, in registration order.
+        self._stats = [s for s in statistics(kind="metric") if s.per_probe is not None
+                       and any(v.name in spec.metrics for v in s.variables)]
+        self._state = {s.name: [{} for _ in spec.probes] for s in self._stats}
         self._fresh = fresh   # False: the run's first capture was reduced by another process (a resume)
 
     def reduce(self, res: CaptureResult) -> tuple[StepValues, CaptureValues | None]:
@@ -126,21 +127,17 @@ class Reducer:
                 k = min(R, s.n_components)
                 eig[i, :k] = s.eigenvalues[:k]
                 n_samples[i] = s.n
+            g = None if grams[i] is None else np.asarray(to_numpy(grams[i]), dtype=np.float64)
+            inputs = ProbeInputs(s, g, sp.fit_range, R, resumed=not self._fresh)
             values: dict[str, float] = {}
-            with self.failures.guard("metric", f"probe {sp.probes[i]!r} at step {res.step}"):
-                if res.spectra:
-                    values.update(spectral.spectral_metrics(s, fit_range=sp.fit_range, max_rank=R))
-                if grams[i] is not None:
-                    g = np.asarray(to_numpy(grams[i]), dtype=np.float64)
-                    is_first = self._fresh and self._first[i] is None
-                    values.update(cka.cka_to_history(g, self._first[i], self._previous[i], is_first=is_first))
-                    if is_first:
-                        self._first[i] = g
-                    self._previous[i] = g
-                values["ok"] = 1.0
-            if not values.pop("ok", 0.0):
-                res.lost += 1
-                values = {}
+            lost = False
+            for stat in self._stats:
+                ok = False
+                with self.failures.guard("metric", f"{stat.name} of probe {sp.probes[i]!r} at step {res.step}"):
+                    values.update(stat.per_probe(inputs, self._state[stat.name][i]))
+                    ok = True
+                lost = lost or not ok
+            res.lost += lost
             for name, v in values.items():
                 if name in metrics:
                     metrics[name][i] = v

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Union
 
 from phasescope.errors import PhasescopeError
+from phasescope.statistics import Statistic
+from phasescope.statistics import get as get_statistic
+from phasescope.statistics import statistics as registered
 
 __all__ = [
     "Schedule", "every", "log_spaced", "explicit", "union", "never", "always", "preset",
@@ -254,17 +257,32 @@ def from_description(d: dict[str, Any]) -> Schedule:
 
 @dataclass(frozen=True)
 class Preset:
-    """What runs when: probe-set capture, gradient SVD statistics, update/weight ratios."""
+    """What runs when: probe-set capture, gradient SVD statistics, update/weight ratios.
+
+    Each registered statistic (:mod:`phasescope.statistics`) names the schedule that decides its steps
+    (``Statistic.schedule``): :meth:`schedule_for` gives it, :meth:`statistics` lists what this preset
+    runs, and :meth:`describe` (stored with every run) records both."""
 
     name: str
-    capture: Schedule          # probe forward + covariance spectra
+    capture: Schedule          # probe forward + covariance spectra (and everything read from them)
     matrices: Schedule         # batched SVD of every 2-D weight gradient
     updates: Schedule          # ‖Δw‖/‖w‖ per parameter (needs one weight snapshot on those steps)
     grad_norms: bool = True    # per-parameter L2 gradient norm every step
 
+    def schedule_for(self, stat: "Statistic | str") -> Schedule:
+        """The schedule of a registered statistic (by object or name) under this preset."""
+        stat = get_statistic(stat) if isinstance(stat, str) else stat
+        if stat.schedule == "step":
+            return always() if self.grad_norms else never()
+        return {"capture": self.capture, "matrices": self.matrices, "updates": self.updates}[stat.schedule]
+
+    def statistics(self, where: str = "live") -> list[str]:
+        """Names of the registered statistics this preset runs (a schedule that is not ``never``)."""
+        return [s.name for s in registered(where=where) if self.schedule_for(s).describe() != never().describe()]
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "capture": self.capture.describe(), "matrices": self.matrices.describe(),
-                "updates": self.updates.describe(), "grad_norms": self.grad_norms}
+                "updates": self.updates.describe(), "grad_norms": self.grad_norms, "statistics": self.statistics()}
 
 
 def _dense_early() -> Schedule:

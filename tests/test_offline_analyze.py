@@ -266,3 +266,34 @@ def test_all_tokens_match_reference(sweep, tmp_path):
     assert float(row["rankme"]) == pytest.approx(rankme, rel=1e-5)
     assert float(row["alpha"]) == pytest.approx(alpha, rel=1e-5)
 
+
+
+def _reference_cka(x, y):
+    """Linear CKA in feature space (Kornblith et al. 2019, eq. 5): no Gram matrices, any sample order."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def test_offline_cka_equals_reference_and_resume_does_not_invent_a_first(sweep, serial_run, tmp_path):
+    root, folders, texts = sweep
+    _, ds = serial_run
+    states = [_reference_states(f, texts, -1) for f in folders]
+    got_first = ds["cka_first"].sel(probe="final_norm").values
+    got_prev = ds["cka_previous"].sel(probe="final_norm").values
+    np.testing.assert_allclose(got_first, [_reference_cka(s, states[0]) for s in states], rtol=1e-5)
+    assert np.isnan(got_prev[0])
+    np.testing.assert_allclose(got_prev[1:], [_reference_cka(b, a) for a, b in zip(states, states[1:])], rtol=1e-5)
+    assert got_first[-1] < 0.99   # training moved the representation away from the initial one
+    # A resumed sweep has no Gram of the first checkpoint: cka_first is NaN, not 1 at the resume point.
+    src = tmp_path / "ck"
+    src.mkdir()
+    for f in folders[:3]:
+        shutil.copytree(f, src / f.name)
+    out = tmp_path / "resumed.zarr"
+    analyze(src, str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False)
+    for f in folders[3:5]:
+        shutil.copytree(f, src / f.name)
+    analyze(src, str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False)
+    res = open_run(out)["cka_first"].sel(probe="final_norm").values
+    np.testing.assert_allclose(res[:3], got_first[:3], rtol=1e-9)
+    assert np.isnan(res[3:]).all()

@@ -102,3 +102,17 @@ def test_presets_order_by_cost():
         counts[name] = sum(len(sch.steps(10_000)) for sch in (p.capture, p.matrices, p.updates))
     assert counts["norms"] == 0 < counts["economy"] < counts["business"] < counts["full"]
     assert S.as_schedule("economy").steps(10_000) == S.preset("economy").capture.steps(10_000)
+
+
+def test_presets_read_the_statistic_registry():
+    """Every registered statistic gets its steps from the schedule it names; a preset lists what it runs."""
+    from phasescope.statistics import REGISTRY
+
+    eco, norms = S.preset("economy"), S.preset("norms")
+    for stat in REGISTRY.values():
+        want = {"step": S.always(), "capture": eco.capture, "matrices": eco.matrices, "updates": eco.updates}[stat.schedule]
+        assert eco.schedule_for(stat).steps(2000) == want.steps(2000), stat.name
+    assert {"spectral_geometry", "cka", "grad_norm", "matrix_svd", "update_ratio"} <= set(eco.statistics())
+    assert "weight_spectra" not in eco.statistics()            # offline only
+    assert norms.statistics() == ["grad_norm"]                  # the cheapest preset: norms every step
+    assert eco.describe()["statistics"] == eco.statistics()

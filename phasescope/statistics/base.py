@@ -15,6 +15,9 @@ how it is computed and where it is drawn (after Cockpit's one quantity per file,
 - ``variables``: what it writes; a variable's ``kind`` fixes its store dims and dtype (KINDS), so the
   run layout follows the registry (``layout_names``).
 - ``compute``: a pure function of arrays (numpy, torch or jax), shared by live, offline and JAX capture.
+- ``per_probe`` (per-probe metrics only): how the one reducer calls ``compute`` at a capture,
+  ``per_probe(inputs: ProbeInputs, state: dict) -> {variable: value}``; ``state`` is this statistic's
+  dict for that probe, kept across the captures of a run (e.g. CKA's first and previous Gram).
 - ``panels``: the dashboard panels that draw its variables (``panels_for``).
 
 Adding a statistic is one new module in this package that calls :func:`register`, plus its test.
@@ -56,6 +59,17 @@ class Variable:
 
 
 @dataclass(frozen=True)
+class ProbeInputs:
+    """What a per-probe statistic may read at one capture (host numpy values)."""
+
+    spectrum: Any            # phasescope.spectra.Spectrum (float64 numpy eigenvalues) or None
+    gram: Any                # centred Gram of the fixed probe samples (numpy) or None
+    fit_range: Any = "auto"  # α-ReQ fit range of the run
+    max_rank: int | None = None
+    resumed: bool = False    # the run's first capture was reduced by another process
+
+
+@dataclass(frozen=True)
 class Statistic:
     name: str
     cost: str
@@ -65,6 +79,7 @@ class Statistic:
     compute: Callable[..., Any]
     panels: tuple[str, ...] = ()
     doc: str = ""
+    per_probe: Callable[[ProbeInputs, dict], dict] | None = None
     live: bool = True          # computed by live capture (Observatory/Recorder)
     offline: bool = True       # computed by `phasescope analyze`
     options: dict = field(default_factory=dict)

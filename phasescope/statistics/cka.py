@@ -13,7 +13,7 @@ from typing import Any
 
 from phasescope.spectra.similarity import linear_cka
 
-from .base import Statistic, Variable, register
+from .base import ProbeInputs, Statistic, Variable, register
 
 NAN = float("nan")
 
@@ -27,8 +27,21 @@ def cka_to_history(gram: Any, first: Any, previous: Any, *, is_first: bool = Fal
             "cka_previous": linear_cka(gram, previous) if previous is not None else NAN}
 
 
+def _per_probe(inputs: ProbeInputs, state: dict) -> dict[str, float]:
+    """State: the probe's Gram at the first capture (unknown after a resume) and at the previous one."""
+    gram = inputs.gram
+    if gram is None:
+        return {}
+    is_first = "previous" not in state and not inputs.resumed
+    out = cka_to_history(gram, state.get("first"), state.get("previous"), is_first=is_first)
+    if is_first:
+        state["first"] = gram
+    state["previous"] = gram
+    return out
+
+
 CKA = register(Statistic(
     name="cka", cost="capture", schedule="capture", needs=("gram",),
     variables=(Variable("cka_first", "metric", "linear CKA to the first capture (Kornblith et al. 2019)"),
                Variable("cka_previous", "metric", "linear CKA to the previous capture (Kornblith et al. 2019)")),
-    compute=cka_to_history, panels=("similarity", "trajectory"), doc=__doc__ or ""))
+    compute=cka_to_history, per_probe=_per_probe, panels=("similarity", "trajectory"), doc=__doc__ or ""))

@@ -12,7 +12,7 @@ from typing import Any
 
 from phasescope.spectra import METRIC_INFO, Spectrum, spectrum_metrics
 
-from .base import Statistic, Variable, register
+from .base import ProbeInputs, Statistic, Variable, register
 
 NAN = float("nan")
 
@@ -24,8 +24,14 @@ def spectral_metrics(spectrum: Spectrum | None, *, fit_range: Any = "auto", max_
     return spectrum_metrics(spectrum, fit_range=fit_range, max_components=max_rank)
 
 
+def _per_probe(inputs: ProbeInputs, state: dict) -> dict[str, float]:
+    if inputs.spectrum is None:
+        return {}
+    return spectral_metrics(inputs.spectrum, fit_range=inputs.fit_range, max_rank=inputs.max_rank)
+
+
 SPECTRAL = register(Statistic(
     name="spectral_geometry", cost="capture", schedule="capture", needs=("spectrum",),
     variables=tuple(Variable(k, "metric", v) for k, v in METRIC_INFO.items()),
-    compute=spectral_metrics, panels=("overview", "heatmap", "trajectory", "layers"),
+    compute=spectral_metrics, per_probe=_per_probe, panels=("overview", "heatmap", "trajectory", "layers"),
     doc=__doc__ or ""))
