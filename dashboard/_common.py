@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from phasescope.statistics import info as registry_info
+
 from ._plotly import figure
 
 LABELS = {
@@ -22,7 +24,7 @@ def label(metric: str) -> str:
     """Human label of a metric or variable name."""
     if metric in LABELS:
         return LABELS[metric]
-    return metric.replace("_", " ")
+    return registry_info(metric) or metric.replace("_", " ")
 
 
 def title(text: str | None) -> dict:
