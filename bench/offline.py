@@ -43,9 +43,9 @@ def best_of(fn, repeats):
 def main() -> None:
     quick = "--quick" in sys.argv
     from phasescope.corpus import load_kjv
-    from phasescope.probes._offline_capture import CaptureSpec, batches, capture_model
-    from phasescope.probes._offline_sources import ProbeTexts, find_checkpoints, load_model, tokenize
-    from phasescope.probes.checkpoints import analyze, probe_layout
+    from phasescope.probes.offline.analyze import analyze, probe_layout
+    from phasescope.probes.offline.capture import CaptureSpec, batches, capture_model
+    from phasescope.probes.offline.sources import ProbeTexts, find_checkpoints, load_model, tokenize
     from phasescope.spectra import METRICS
     from phasescope.testing.toy_checkpoints import kjv_tokenizer, train_checkpoints
 
@@ -62,7 +62,7 @@ def main() -> None:
     t = time.perf_counter()
     model = load_model(ck)
     load_s = time.perf_counter() - t
-    from phasescope.probes._offline_sources import build_meta_model, load_config
+    from phasescope.probes.offline.sources import build_meta_model, load_config
 
     probes, dims = probe_layout(build_meta_model(load_config(ck)), "auto")
     bs = 64
@@ -125,7 +125,7 @@ def main() -> None:
     # checkpoint, where start-up vanishes; here a checkpoint takes about a second.
     from distributed import Client
 
-    from phasescope.probes._offline_dask import _local_cluster
+    from phasescope.probes.offline.dask import local_cluster
 
     n_ck = len(steps)
     t = time.perf_counter()
@@ -136,7 +136,7 @@ def main() -> None:
     walls = {}
     for w in (1, 2):
         t = time.perf_counter()
-        with _local_cluster(w, 1) as cluster, Client(cluster) as client:
+        with local_cluster(w, 1) as cluster, Client(cluster) as client:
             addr = cluster.scheduler_address
             analyze(tmp / "ck", str(tmp / "probes.txt"), tmp / f"warm{w}.zarr", workers=w, scheduler=addr,
                     overwrite=True, progress=False, max_length=128)

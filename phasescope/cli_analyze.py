@@ -1,4 +1,4 @@
-"""`phasescope analyze`: sweep saved checkpoints offline into a run store (see probes/checkpoints.py).
+"""`phasescope analyze`: sweep saved checkpoints offline into a run store (see phasescope.probes.offline).
 
     phasescope analyze out/ --text probes.txt --out runs/sweep.zarr
     phasescope analyze EleutherAI/pythia-70m --revisions step0,step1000,step2000 --text kjv --out runs/p.zarr
@@ -72,7 +72,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PhasescopeError(f"--out {out} is a file; choose a folder path for the run store")
-    from phasescope.probes.checkpoints import AnalyzeOptions, analyze
+    from phasescope.probes.offline import AnalyzeOptions, analyze
 
     probes = args.probes[0] if len(args.probes) == 1 else list(args.probes)
     opts = AnalyzeOptions(

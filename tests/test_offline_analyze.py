@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from phasescope.probes.checkpoints import analyze
+from phasescope.probes.offline import analyze
 from phasescope.store import open_run
 from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
 
@@ -212,7 +212,7 @@ def test_live_and_offline_metrics_agree(sweep, tmp_path):
     """The same training run observed live (Observatory, fixed probe set) and analysed from its
     checkpoints gives the same metrics at the same steps."""
     from phasescope.probes import Observatory
-    from phasescope.probes._offline_sources import ProbeTexts, tokenize
+    from phasescope.probes.offline.sources import ProbeTexts, tokenize
     from phasescope.probes.schedules import explicit
     from phasescope.testing.toy_checkpoints import kjv_tokenizer
 

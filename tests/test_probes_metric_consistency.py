@@ -102,8 +102,8 @@ def test_recorder_live_equals_spectrum_metrics(reference, tmp_path):
 
 def test_offline_capture_equals_live(reference):
     pytest.importorskip("nnsight")
-    from phasescope.probes._offline_capture import CaptureSpec, capture_model
-    from phasescope.probes._offline_sources import ProbeData
+    from phasescope.probes.offline.capture import CaptureSpec, capture_model
+    from phasescope.probes.offline.sources import ProbeData
 
     model, ids, mask, _, _, want = reference
     data = ProbeData(ids.numpy(), mask.numpy(), np.zeros_like(mask.numpy()))
@@ -117,8 +117,8 @@ def test_offline_capture_equals_live(reference):
 def test_max_rank_cap_is_the_same_rule_live_and_offline(reference, tmp_path):
     """With max_rank = 8 (Li et al.'s cap, scaled down) both paths use the first min(n, d, 8) eigenvalues."""
     pytest.importorskip("nnsight")
-    from phasescope.probes._offline_capture import CaptureSpec, capture_model
-    from phasescope.probes._offline_sources import ProbeData
+    from phasescope.probes.offline.capture import CaptureSpec, capture_model
+    from phasescope.probes.offline.sources import ProbeData
 
     model, ids, mask, _, spec, full = reference
     want = spectrum_metrics(spec, fit_range="auto", max_components=8)

@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 
 from phasescope.errors import PhasescopeError
 
-from ._offline_capture import CaptureSpec, CheckpointResult, analyze_checkpoint
-from ._offline_sources import Checkpoint, ProbeData, checkpoint_bytes
+from .capture import CaptureSpec, CheckpointResult, analyze_checkpoint
+from .sources import Checkpoint, ProbeData, checkpoint_bytes
 
 
 def auto_workers(ckpts: Sequence[Checkpoint], device: str = "cpu") -> int:
@@ -41,7 +41,7 @@ def run_serial(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec) 
         yield analyze_checkpoint(c, data, spec)
 
 
-def _local_cluster(workers: int, threads_per_worker: int):
+def local_cluster(workers: int, threads_per_worker: int):
     """A LocalCluster of worker processes, without Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` worker default.
 
     That default makes glibc return freed memory to the OS eagerly, so torch's large temporaries are
@@ -76,7 +76,7 @@ def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *,
                 raise PhasescopeError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); "
                                       "check the address or omit --scheduler for a local cluster") from None
         else:
-            cluster = _local_cluster(workers, threads_per_worker)
+            cluster = local_cluster(workers, threads_per_worker)
             client = Client(cluster)
         try:
             shared = client.scatter(data, broadcast=True)

@@ -32,10 +32,10 @@ from phasescope.spectra import CovarianceAccumulator, Spectrum, to_numpy
 from phasescope.spectra.similarity import CKA_SAMPLES, centered_gram
 from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
 
-from ._offline_sources import Checkpoint, ProbeData, load_model
-from .capture import accepts, first_tensor
-from .result import CaptureResult
-from .tokens import TokenSelection, select
+from ..capture import accepts, first_tensor
+from ..result import CaptureResult
+from ..tokens import TokenSelection, select
+from .sources import Checkpoint, ProbeData, load_model
 
 
 

@@ -1,12 +1,12 @@
 """Offline analysis of saved checkpoints: the same run store as live capture, one checkpoint per task.
 
-    from phasescope.probes.checkpoints import analyze
+    from phasescope.probes.offline import analyze
     report = analyze("out/", "probes.txt", "runs/offline.zarr", tokens="last", workers=2)
 
 ``source`` is a folder of Hugging Face checkpoints (``checkpoint-<step>`` or any sub-folder whose name
 holds its step) or a hub model id with ``revisions=["step1000", …]`` (needs a local cache or network).
 For every checkpoint the probe set is traced with nnsight (batched, right-padded, attention-masked;
-:mod:`._offline_capture`), reduced on the device to covariance spectra and summarised with
+:mod:`.capture`), reduced on the device to covariance spectra and summarised with
 ``phasescope.spectra.spectrum_metrics`` — the formulas of live capture (RankMe, α-ReQ, … as in Li et
 al. 2025, "Tracing the representation geometry of language models"). The run store gets one row per
 checkpoint: ``capture_step`` = the checkpoint's training step, so the dashboard and phase detection
@@ -16,7 +16,7 @@ Resumable and safe: an existing store at ``out`` is continued (checkpoints alrea
 ``overwrite=True`` starts afresh); a checkpoint that fails is written as a NaN row with
 ``flag_failed = 1`` and its error in the ``checkpoint_errors`` attribute, and the sweep goes on;
 ``trust_remote_code`` is off unless asked; ``.bin`` weights load with ``weights_only=True``.
-Checkpoints run as independent Dask tasks (:mod:`._offline_dask`); one writer stores them in step order.
+Checkpoints run as independent Dask tasks (:mod:`.dask`); one writer stores them in step order.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
 
-from ._offline_capture import CaptureSpec, CheckpointResult
-from ._offline_dask import auto_workers, run_dask, run_serial
-from .capture import first_tensor
-from .reduce import Reducer, RunSpec
-from .registry import resolve_probes
-from .result import CaptureResult
-from ._offline_sources import (
+from ..capture import first_tensor
+from ..reduce import Reducer, RunSpec
+from ..registry import resolve_probes
+from ..result import CaptureResult
+from .capture import CaptureSpec, CheckpointResult
+from .dask import auto_workers, run_dask, run_serial
+from .sources import (
     Checkpoint,
     ProbeData,
     build_meta_model,
@@ -58,7 +58,7 @@ SCALARS = ("loss", "load_seconds", "capture_seconds", "tokens_per_second")
 FLAGS = ("failed",)
 MODE = "offline-checkpoints"
 
-__all__ = ["AnalyzeOptions", "AnalyzeReport", "analyze", "find_checkpoints", "Checkpoint", "CheckpointResult"]
+__all__ = ["AnalyzeOptions", "AnalyzeReport", "analyze", "probe_layout"]
 
 
 @dataclass
