@@ -31,14 +31,15 @@ import numpy as np
 
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
-from phasescope.gradients import UpdateTracker, current_scale, gradient_matrix_stats, grad_norms, matrix_group
+from phasescope.gradients import (UpdateTracker, current_scale, gradient_matrix_stats, grad_norms, matrix_group,
+                                  select_matrices)
 
 from . import distributed as D
 from . import schedules as S
 from .capture import InFlight, ProbeSet
 from .options import ObservatoryOptions
 from .reduce import NONFINITE_ACT
-from .recorder import OPEN, Recorder, cuda_event, to_host
+from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
 from .result import CaptureResult
 from .tokens import as_selection
@@ -71,27 +72,6 @@ def _normalise_inputs(probe_inputs, device) -> dict:
         if k not in out and k not in ("input_ids", "attention_mask"):
             out[k] = v
     return out
-
-
-def _select_matrices(named_params: list, matrices) -> list[int]:
-    idx = []
-    for i, (name, p) in enumerate(named_params):
-        if p.dim() != 2:
-            continue
-        if matrices in (None, "none", False):
-            continue
-        if matrices == "all":
-            ok = True
-        elif matrices == "blocks":
-            g = matrix_group(name)
-            ok = g["block"] is not None and g["kind"] != "embedding"
-        elif callable(matrices):
-            ok = bool(matrices(name, p))
-        else:
-            raise PhasescopeError(f"matrices must be 'blocks', 'all', 'none' or a predicate (name, param) -> bool, got {matrices!r}")
-        if ok:
-            idx.append(i)
-    return idx
 
 
 class Observatory:
@@ -139,7 +119,7 @@ class Observatory:
             raise PhasescopeError("the model has no parameters to observe") from None
         self.named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named_params]
-        self.matrix_idx = _select_matrices(self.named_params, o.matrices)
+        self.matrix_idx = select_matrices(self.named_params, o.matrices)
         mode = o.capture or ("probe_set" if probe_inputs is not None else "in_flight")
         if mode == "probe_set" and probe_inputs is None:
             raise PhasescopeError("capture='probe_set' needs probe_inputs={'input_ids': ..., 'attention_mask': ...}")
@@ -284,11 +264,12 @@ class Observatory:
     def _step(self, step: int, loss, lr) -> None:
         self._flush_pending()
         res = CaptureResult(step, scalars={"lr": None if lr is None else float(lr)})
+        copy = HostCopier()
         if loss is not None:
             if self.world > 1 and self.options.sync_loss:
                 loss = D.collective(step, "loss", self.rank, self.world,
                                     lambda: D.mean_over_ranks(loss, self.device, self.group))
-            res.scalars["loss"] = to_host(loss.detach().float()) if hasattr(loss, "detach") else float(loss)
+            res.scalars["loss"] = copy(loss.detach().float()) if hasattr(loss, "detach") else float(loss)
         self._capture(step, res)   # in-flight: also discovers dims and opens the store
         if self.recorder is None:  # in-flight run whose first forward has not been seen: nothing to write yet
             return
@@ -298,28 +279,28 @@ class Observatory:
                                               lambda: D.sharded_norms(self.params))
         self._last_step = step
         if self.is_writer:
-            self._gradients(step, res, norms)
+            self._gradients(step, res, norms, copy)
         self._arm_next(step)
 
-    def _gradients(self, step: int, res: CaptureResult, norms) -> None:
+    def _gradients(self, step: int, res: CaptureResult, norms, copy: HostCopier) -> None:
         import torch
 
         scale = current_scale(self.options.grad_scaler, self.options.optimizer)
         if scale is not None:
-            res.scalars["loss_scale"] = to_host(scale)
+            res.scalars["loss_scale"] = copy(scale)
         with self.failures.guard("step", "gradient norms"):
             if self.grad_norms_on:
                 if norms is None:
                     norms, res.present = grad_norms(self.params)
-                res.grad_norms = to_host(norms / scale if scale is not None else norms)
+                res.grad_norms = copy(norms / scale if scale is not None else norms)
         if self.matrix_idx and self.matrix_schedule(step):
             with self.failures.guard("capture", "gradient matrix statistics"), torch.no_grad():
                 stats = gradient_matrix_stats([self.params[i].grad for i in self.matrix_idx], scale=scale)
-                res.matrices = {k: to_host(v) for k, v in stats.items()}
+                res.matrices = {k: copy(v) for k, v in stats.items()}
                 res.capture = True
         if self.update_schedule(step) and self.updates.params:
             self.updates.snapshot()
-        res.event = cuda_event(res.grad_norms, res.matrices, res.spectra, res.scalars.get("loss"))
+        res.event = copy.event()
         self._pending = res
         if not self.updates.pending:
             self._flush_pending()
@@ -379,8 +360,9 @@ class Observatory:
             return
         if self.updates.pending:
             with self.failures.guard("step", "update ratios"):
-                res.update_ratios = to_host(self.updates.ratios())
-                res.event = cuda_event(res.update_ratios) or res.event
+                copy = HostCopier()
+                res.update_ratios = copy(self.updates.ratios())
+                res.event = copy.event(res.event)
         self.recorder.submit(res)
 
     # ------------------------------------------------------------------ lifetime

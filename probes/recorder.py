@@ -51,34 +51,30 @@ SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
 OPEN: "weakref.WeakSet" = weakref.WeakSet()   # Observatories and Recorders to close at interpreter exit
 
 
-def to_host(x):
-    """Start a non-blocking device→host copy of a torch tensor (no-op on CPU and for other arrays)."""
-    if type(x).__module__.startswith("torch"):
-        return x.detach().to("cpu", non_blocking=True) if x.device.type != "cpu" else x.detach()
-    return x
+class HostCopier:
+    """The device→host copies of one step: ``copy(x)`` starts a non-blocking copy of a CUDA tensor (a
+    no-op for CPU tensors and other arrays); ``event()`` then records the CUDA event that completes
+    them all (None when nothing came from a GPU). The writer synchronises on it before reading."""
 
+    def __init__(self) -> None:
+        self.from_cuda = False
 
-def cuda_event(*values) -> Any:
-    """A CUDA event recorded now when any of ``values`` (tensors, lists, dicts of them) is on a GPU:
-    the writer synchronises on it before reading host copies made with ``non_blocking=True``."""
-    if "torch" not in sys.modules:
-        return None
-    import torch
+    def __call__(self, x):
+        if type(x).__module__.startswith("torch"):
+            if x.device.type == "cuda":
+                self.from_cuda = True
+                return x.detach().to("cpu", non_blocking=True)
+            return x.detach()
+        return x
 
-    def on_cuda(v) -> bool:
-        if isinstance(v, torch.Tensor):
-            return v.device.type == "cuda"
-        if isinstance(v, dict):
-            return any(on_cuda(x) for x in v.values())
-        if isinstance(v, (list, tuple)):
-            return any(on_cuda(x) for x in v)
-        return hasattr(v, "eigenvalues") and on_cuda(v.eigenvalues)
+    def event(self, previous: Any = None) -> Any:
+        if not self.from_cuda:
+            return previous
+        import torch
 
-    if not any(on_cuda(v) for v in values):
-        return None
-    event = torch.cuda.Event()
-    event.record()
-    return event
+        event = torch.cuda.Event()
+        event.record()
+        return event
 
 
 def spectrum_of(value, dim: int):
@@ -255,20 +251,20 @@ class Recorder:
         self._last_step = step
         if not self.is_writer:
             return
-        res = CaptureResult(step, scalars={"loss": _detached(loss), "lr": lr}, flags=dict(flags or {}))
+        copy = HostCopier()
+        res = CaptureResult(step, scalars={"loss": copy(_detached(loss)), "lr": lr}, flags=dict(flags or {}))
         with self.failures.guard("step", f"step {step}"):
             if grads:
                 norms, res.present = array_norms([grads.get(n) for n in self.param_names])
-                res.grad_norms = to_host(norms)
+                res.grad_norms = copy(norms)
         if activations:
             self.capture_arrays(res, [activations.get(p) for p in self.probe_names])
             if self.matrix_names and grads:
                 with self.failures.guard("capture", "matrix statistics"):
                     stats = gradient_matrix_stats([grads.get(n) for n in self.matrix_names])
-                    res.matrices = {k: to_host(v) for k, v in stats.items() if k in self.matrix_stats}
+                    res.matrices = {k: copy(v) for k, v in stats.items() if k in self.matrix_stats}
                     res.capture = True
-        res.scalars["loss"] = to_host(res.scalars["loss"])
-        res.event = cuda_event(res.grad_norms, res.matrices, res.spectra, res.scalars["loss"])
+        res.event = copy.event()
         self.submit(res)
 
     def capture_arrays(self, res: CaptureResult, values: list) -> None:
