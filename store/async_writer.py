@@ -76,6 +76,7 @@ class AsyncRunWriter:
         self._closed = False
         self._error: BaseException | None = None
         self.batches = 0
+        self._failures_written = 0
         self.cpu_seconds = 0.0            # CPU time of the writer thread (time.thread_time)
         self._thread = threading.Thread(target=self._run, name="phasescope-store-writer", daemon=True)
         self._thread.start()
@@ -272,6 +273,9 @@ class AsyncRunWriter:
                     self.writer.add_dropped(dropped)
                     self.writer.write_rows(steps, caps)
                     self.batches += 1
+                    if self.failures.total != self._failures_written:   # a live reader sees them now
+                        self._failures_written = self.failures.total
+                        self.writer.set_attrs(**self.failures.attrs())
             except BaseException as e:  # noqa: BLE001 - handed to the training thread
                 if not self.failures.strict:
                     self.failures.record("write", e)

@@ -208,3 +208,28 @@ def test_sketch_size_estimate_and_projection_preserves_gram_in_expectation(tmp_p
     with RunWriter(tmp_path / "n.zarr", **KW) as w:
         with pytest.raises(PhasescopeError, match="run has none"):
             w.append_capture(0, {}, np.ones((2, 4)), [1, 1], sketch=np.ones((2, 16, 8)))
+
+
+def test_async_writer_reduce_failures_are_counted_while_the_run_is_live(tmp_path):
+    """A result that cannot be reduced loses its row, warns once, and is counted in the store at once."""
+    def reduce(item):
+        if item.step == 2:
+            raise ValueError("bad item")
+        return {"step": item.step, "scalars": {"loss": float(item.step)}}, None
+
+    class Item:
+        capture = False
+
+        def __init__(self, step):
+            self.step = step
+
+    w = AsyncRunWriter(tmp_path / "r.zarr", reduce=reduce, raise_errors=False, interval_s=0.0, **KW)
+    with pytest.warns(RuntimeWarning, match="reduce failed"):
+        for s in range(5):
+            w.submit(Item(s))
+        w.flush()
+    live = open_run(tmp_path / "r.zarr")
+    assert live.step.values.tolist() == [0, 1, 3, 4] and live.attrs["failures"] == {"reduce": 1}
+    assert live.attrs["status"] == "running"
+    w.close()
+    assert open_run(tmp_path / "r.zarr").attrs["errors"] == 1
