@@ -5,22 +5,21 @@ store layout; parameter names are grouped into transformer blocks and weight mat
 types by name (GPT-2, Llama/GPT-NeoX and BERT naming)."""
 from __future__ import annotations
 
-import re
 import warnings
 
 import numpy as np
 
+from phasescope.gradients import block_index
+
 from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
 
-_BLOCK = re.compile(r"(?:^|\.)(h|layers?|blocks?|encoder\.layer|decoder\.layers?)\.(\d+)(?:\.|$)")
-
-
 def param_block(name: str) -> str:
-    """Block a parameter belongs to: 'block N' for transformer layers, else its first name part."""
-    m = _BLOCK.search(name)
-    if m:
-        return f"block {int(m.group(2))}"
+    """Block a parameter belongs to: 'block N' for transformer layers (``phasescope.gradients.block_index``,
+    the rule that groups matrix statistics too), else its first name part."""
+    block = block_index(name)
+    if block is not None:
+        return f"block {block}"
     parts = [p for p in name.split(".") if p not in ("transformer", "model", "gpt_neox", "module")]
     return parts[0] if parts else name
 

@@ -20,7 +20,9 @@ per distinct shape. All statistics except the scale-free ones (stable rank, top 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
+
+from phasescope.errors import PhasescopeError
 
 MATRIX_STATS = ("grad_nuclear", "grad_spectral", "grad_frobenius", "grad_stable_rank", "grad_top_ratio",
                 "grad_sigma_min")
@@ -37,19 +39,34 @@ _KIND_BY_LEAF = {
 _ATTN_PARENTS = ("attn", "attention", "self_attn", "self_attention")
 
 
+def _module_parts(param_name: str) -> list[str]:
+    """The dotted name's parts, without a trailing ``weight``/``bias``."""
+    parts = param_name.split(".")
+    return parts[:-1] if parts and parts[-1] in ("weight", "bias") else parts
+
+
+def block_index(param_name: str) -> int | None:
+    """The transformer block a parameter (or module) name lies in, or None outside the blocks.
+
+    The block is the first integer part after the first part and before the leaf module
+    (``transformer.h.3.attn.c_attn.weight`` → 3, ``model.layers.5.mlp.up_proj.weight`` → 5,
+    ``encoder.layer.1.output.dense.weight`` → 1); embeddings, the final norm and the LM head give None.
+    The one parser of block numbers: gradient grouping, matrix selection and the dashboard use it.
+    """
+    parts = _module_parts(param_name)
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit() and i > 0:
+            return int(p)
+    return None
+
+
 def matrix_group(param_name: str) -> dict:
     """``{"block": i or None, "kind": projection kind}`` for a weight name (grouping per block and type).
 
     Kinds: q, k, v, o, qkv, gate, up, down, gate_up, mlp_in, mlp_out, embedding, other.
     """
-    parts = param_name.split(".")
-    if parts and parts[-1] in ("weight", "bias"):
-        parts = parts[:-1]
-    block = None
-    for i, p in enumerate(parts[:-1]):
-        if p.isdigit() and i > 0:
-            block = int(p)
-            break
+    parts = _module_parts(param_name)
+    block = block_index(param_name)
     leaf = parts[-1] if parts else ""
     parent = parts[-2] if len(parts) > 1 else ""
     kind = _KIND_BY_LEAF.get(leaf)
@@ -64,6 +81,32 @@ def matrix_group(param_name: str) -> dict:
         elif re.search(r"(wte|wpe|embed|embedding)", leaf):
             kind = "embedding"
     return {"block": block, "kind": kind or "other"}
+
+
+def select_matrices(named_params: Sequence[tuple[str, Any]], which: str | Callable | None = "blocks") -> list[int]:
+    """Indices into ``named_params`` ((name, array) pairs; any array with ``ndim``) of the 2-D weights
+    that get singular-value statistics: ``"blocks"`` = inside transformer blocks, embeddings excluded
+    (the default, live and offline), ``"all"`` = every 2-D parameter, ``"none"`` (or None/False) = none,
+    or a predicate ``fn(name, param) -> bool`` asked about each 2-D parameter."""
+    if which in (None, "none", False):
+        return []
+    if not (which in ("blocks", "all") or callable(which)):
+        raise PhasescopeError(f"matrices must be 'blocks', 'all', 'none' or a predicate (name, param) -> bool, "
+                              f"got {which!r}")
+    out = []
+    for i, (name, p) in enumerate(named_params):
+        if p.ndim != 2:
+            continue
+        if which == "all":
+            ok = True
+        elif which == "blocks":
+            g = matrix_group(name)
+            ok = g["block"] is not None and g["kind"] != "embedding"
+        else:
+            ok = bool(which(name, p))
+        if ok:
+            out.append(i)
+    return out
 
 
 def gradient_matrix_stats(grads: Sequence, scale=None) -> dict:

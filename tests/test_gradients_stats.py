@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from phasescope.gradients import (MATRIX_STATS, UpdateTracker, current_scale, global_norm, grad_norms,
-                                  gradient_matrix_stats, matrix_group, nonfinite)
+from phasescope.errors import PhasescopeError
+from phasescope.gradients import (MATRIX_STATS, UpdateTracker, block_index, current_scale, global_norm, grad_norms,
+                                  gradient_matrix_stats, matrix_group, nonfinite, select_matrices)
 
 
 def _gpt2_with_grads(seed=0):
@@ -115,6 +116,20 @@ def test_matrix_stats_known_answer_and_nonfinite_isolated():
 ])
 def test_matrix_group(name, block, kind):
     assert matrix_group(name) == {"block": block, "kind": kind}
+    assert block_index(name) == block
+
+
+def test_select_matrices_on_names_and_ndim_only():
+    """One rule live and offline: numpy arrays (or meta tensors) are enough, nothing is computed."""
+    named = [("transformer.wte.weight", np.zeros((8, 4))), ("transformer.h.0.ln_1.weight", np.zeros(4)),
+             ("transformer.h.0.attn.c_attn.weight", np.zeros((4, 12))), ("transformer.h.1.mlp.c_fc.weight", np.zeros((4, 16))),
+             ("lm_head.weight", np.zeros((8, 4)))]
+    assert select_matrices(named, "blocks") == [2, 3]
+    assert select_matrices(named, "all") == [0, 2, 3, 4]
+    assert select_matrices(named, "none") == select_matrices(named, None) == []
+    assert select_matrices(named, lambda name, p: "mlp" in name) == [3]
+    with pytest.raises(PhasescopeError, match="'blocks', 'all', 'none' or a predicate"):
+        select_matrices(named, "some")
 
 
 def test_update_tracker_equals_direct_ratio():

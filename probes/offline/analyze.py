@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from phasescope.errors import PhasescopeError
-from phasescope.gradients import MATRIX_STATS, matrix_group
+from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
@@ -75,7 +75,7 @@ class AnalyzeOptions:
     fit_range: Any = "auto"              # α-ReQ fit range: "auto" or (start, stop)
     gradients: bool = False              # per-matrix gradient statistics of the probe-set loss
     weights: bool = False                # per-matrix weight singular-value statistics
-    matrices: str = "blocks"             # which 2-D weights: "blocks" (as live capture) or "all"
+    matrices: Any = "blocks"             # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
     max_rank: int | None = None          # cap stored eigenvalues (Li et al. keep 2048)
     revisions: Sequence[str] | None = None
     tokenizer: str | None = None
@@ -165,21 +165,6 @@ def probe_layout(meta_model, probes: Any) -> tuple[list[tuple[str, str]], list[i
     return [(n, by_name[n]) for n in order], [seen[n] for n in order]
 
 
-def select_matrices(meta_model, which: str) -> list[str]:
-    """Names of the 2-D weights summarised: "blocks" = inside transformer blocks, embeddings excluded
-    (the live Observatory's default), "all" = every 2-D parameter."""
-    if which not in ("blocks", "all"):
-        raise PhasescopeError(f"matrices must be 'blocks' or 'all', got {which!r}")
-    out = []
-    for name, p in meta_model.named_parameters():
-        if p.dim() != 2:
-            continue
-        g = matrix_group(name)
-        if which == "all" or (g["block"] is not None and g["kind"] != "embedding"):
-            out.append(name)
-    return out
-
-
 def _stored_steps(out: Path) -> tuple[list[int], dict]:
     """Capture steps committed in an existing run and its attributes; refuses non-offline runs."""
     ds = open_run(out)
@@ -210,8 +195,9 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     config = load_config(ckpts[0], opts.trust_remote_code)
     meta = build_meta_model(config, opts.trust_remote_code)
     probes, dims = probe_layout(meta, opts.probes)
-    matrices = select_matrices(meta, opts.matrices) if (opts.gradients or opts.weights) else []
-    del meta
+    named = list(meta.named_parameters()) if (opts.gradients or opts.weights) else []
+    matrices = [named[i][0] for i in select_matrices(named, opts.matrices)]
+    del meta, named
 
     n_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     max_length = min(opts.max_length, int(n_pos)) if n_pos else opts.max_length
