@@ -355,10 +355,12 @@ def rank() -> int:
 
 
 _EXIT_HOOK = False
+_UNCAUGHT: list = []   # the exception that is ending the process, seen by sys.excepthook before atexit
 
 
 def _register_exit_hook() -> None:
-    """Run :func:`_close_forgotten` at exit *before* thread pools shut down (zarr writes through one).
+    """Run :func:`_close_forgotten` at exit *before* thread pools shut down (zarr writes through one),
+    and note an uncaught exception on its way out (``sys.excepthook`` runs before the exit hooks).
 
     ``threading._register_atexit`` callbacks run in reverse registration order before the
     interpreter joins threads, so registering after zarr/asyncio are imported runs ours first.
@@ -367,6 +369,13 @@ def _register_exit_hook() -> None:
     if _EXIT_HOOK:
         return
     _EXIT_HOOK = True
+    previous = sys.excepthook
+
+    def note_uncaught(kind, value, tb):
+        _UNCAUGHT.append(value)
+        previous(kind, value, tb)
+
+    sys.excepthook = note_uncaught
     reg = getattr(threading, "_register_atexit", None)
     try:
         reg(_close_forgotten) if reg is not None else atexit.register(_close_forgotten)
@@ -375,9 +384,11 @@ def _register_exit_hook() -> None:
 
 
 def _close_forgotten() -> None:
-    """At interpreter exit, write what unclosed Observatories/Recorders still hold (marked failed)."""
+    """At interpreter exit, write what unclosed Observatories/Recorders still hold: "interrupted" when
+    Ctrl-C ended the process, "failed" with the uncaught error, else failed for the missing close()."""
+    error = _UNCAUGHT[-1] if _UNCAUGHT else RuntimeError("the process exited without Observatory.close()")
     for obs in list(OPEN):
         try:
-            obs.close(error=RuntimeError("the process exited without Observatory.close()"))
+            obs.close(error=error)
         except Exception:  # noqa: BLE001 - best effort at exit
             pass

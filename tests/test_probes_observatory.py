@@ -338,3 +338,32 @@ def test_unclosed_observatory_is_flushed_at_exit(tmp_path):
     ds = open_run(tmp_path / "exit.zarr")
     assert ds.sizes["step"] == 5 and ds.attrs["finished"] is False
     assert "without Observatory.close()" in ds.attrs["error"]
+
+
+@pytest.mark.parametrize("ending, status, error", [("raise KeyboardInterrupt", "interrupted", None),
+                                                   ("raise ValueError('diverged')", "failed", "ValueError: diverged")])
+def test_a_run_ended_by_an_uncaught_exception_says_how(tmp_path, ending, status, error):
+    """A training script killed by Ctrl-C or an error, its Observatory never closed (as when a Trainer
+    raises past its callbacks): the run is closed at exit as interrupted or failed with the error."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+        import phasescope
+        torch.set_num_threads(1)
+        m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16,
+                                       bos_token_id=0, eos_token_id=0))
+        obs = phasescope.Observatory(m, store={str(tmp_path / 'end.zarr')!r}, capture="in_flight")
+        x = torch.randint(0, 64, (2, 8))
+        for s in range(3):
+            m(input_ids=x, labels=x).loss.backward()
+            obs.step(s, loss=1.0)
+        {ending}
+        """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert out.returncode != 0
+    ds = open_run(tmp_path / "end.zarr")
+    assert ds.sizes["step"] == 3 and ds.attrs["status"] == status and ds.attrs.get("error") == error
