@@ -10,11 +10,17 @@ sample matrix whose covariance spectrum is measured:
   replacement. For a fixed probe set the chosen positions are fixed once, so captures at different
   steps see the same tokens.
 - ``"mean"``: the mask-weighted mean over non-pad positions, one row per sequence.
+
+One rule for every backend: :func:`select` is written on the array API (torch hooks, nnsight traces
+and the jitted JAX forward all call it), so "last" means the last non-pad token everywhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
+from array_api_compat import array_namespace, is_torch_array
 
 from phasescope.errors import PhasescopeError
 
@@ -45,27 +51,34 @@ def as_selection(tokens, max_tokens: int | None = 8192, seed: int = 0) -> TokenS
     return TokenSelection(tokens, max_tokens, seed)
 
 
-def _full_mask(h):
-    import torch
-
-    return torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+def _host_index(n: int, k: int, generator) -> "np.ndarray":
+    """``k`` of ``range(n)`` without replacement, sorted (numpy arrays, jax): seeded by ``generator``
+    (a numpy Generator or a seed)."""
+    rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+    return np.sort(rng.permutation(n)[:k])
 
 
 def last_positions(mask):
-    """Index of the last position with mask 1 in each row (0 for an all-pad row)."""
-    import torch
+    """Index of the last position with mask 1 in each row (0 for an all-pad row); any array backend."""
+    xp = array_namespace(mask)
+    pos = xp.arange(mask.shape[1], device=mask.device if is_torch_array(mask) else None)
+    return xp.max(xp.where(xp.astype(mask, xp.bool), pos[None, :], xp.zeros_like(pos)[None, :]), axis=1)
 
-    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), pos, torch.zeros_like(pos)).amax(dim=1)
 
+def plan_all(mask, max_tokens: int | None, generator=None) -> "tuple":
+    """(row, col) indices of the non-pad positions, subsampled to ``max_tokens`` without replacement
+    (torch: ``torch.randperm`` with the torch ``generator``; other backends: numpy with a numpy
+    generator or seed). Not traceable under ``jax.jit``: make the plan outside, from the concrete mask."""
+    xp = array_namespace(mask)
+    rows, cols = xp.nonzero(xp.astype(mask, xp.bool))
+    n = int(rows.shape[0])
+    if max_tokens is not None and n > max_tokens:
+        if is_torch_array(mask):
+            import torch
 
-def plan_all(mask, max_tokens: int | None, generator) -> "tuple":
-    """(row, col) indices of the non-pad positions, subsampled to ``max_tokens`` without replacement."""
-    import torch
-
-    rows, cols = torch.nonzero(mask.bool(), as_tuple=True)
-    if max_tokens is not None and rows.numel() > max_tokens:
-        keep = torch.randperm(rows.numel(), generator=generator)[:max_tokens].sort().values.to(rows.device)
+            keep = torch.randperm(n, generator=generator)[:max_tokens].sort().values.to(rows.device)
+        else:
+            keep = xp.asarray(_host_index(n, max_tokens, generator))
         rows, cols = rows[keep], cols[keep]
     return rows, cols
 
@@ -73,25 +86,40 @@ def plan_all(mask, max_tokens: int | None, generator) -> "tuple":
 def select(h, mask, sel: TokenSelection, plan=None, generator=None):
     """Rows of ``h`` (batch, seq, dim) chosen by ``sel``; ``plan`` = precomputed (rows, cols) for ``all``.
 
-    2-D outputs (batch, dim), e.g. a pooled head, are returned as they are.
+    Any array backend (torch, numpy, jax; jit-traceable for "last" and "mean", and for "all" with a
+    ``plan``). 2-D outputs (batch, dim), e.g. a pooled head, are returned as they are; (batch, …, dim)
+    outputs are flattened to (batch, seq, dim).
     """
-    import torch
-
-    if h.dim() == 2:
+    if h.ndim == 2:
         return h
-    if h.dim() != 3:
-        h = h.reshape(h.shape[0], -1, h.shape[-1])
+    if h.ndim < 2:
+        raise PhasescopeError(f"probe output of shape {tuple(h.shape)} has no (samples, dim) structure")
+    xp = array_namespace(h)
+    if h.ndim != 3:
+        h = xp.reshape(h, (h.shape[0], -1, h.shape[-1]))
     if mask is None:
-        mask = _full_mask(h)
-    elif mask.shape != h.shape[:2]:
+        n = h.shape[0] * h.shape[1]
+        if sel.mode == "last":
+            return h[:, -1]
+        if sel.mode == "mean":
+            return xp.sum(h, axis=1) / h.shape[1]
+        if plan is None and (sel.max_tokens is None or n <= sel.max_tokens):
+            return xp.reshape(h, (n, h.shape[-1]))
+        mask = xp.ones(h.shape[:2], dtype=xp.bool, device=h.device if is_torch_array(h) else None)
+    elif tuple(mask.shape) != tuple(h.shape[:2]):
         raise PhasescopeError(f"attention_mask shape {tuple(mask.shape)} does not match the probe output "
                               f"{tuple(h.shape[:2])}; pass the mask that goes with input_ids")
-    mask = mask.to(h.device)
+    if is_torch_array(h):
+        mask = mask.to(h.device) if is_torch_array(mask) else xp.asarray(mask, device=h.device)
+    else:
+        mask = xp.asarray(mask)
     if sel.mode == "last":
-        idx = last_positions(mask)
-        return h[torch.arange(h.shape[0], device=h.device), idx]
+        return h[xp.arange(h.shape[0], device=h.device if is_torch_array(h) else None), last_positions(mask)]
     if sel.mode == "mean":
-        w = mask.to(h.dtype).unsqueeze(-1)
-        return (h * w).sum(1) / w.sum(1).clamp_min(1)
+        w = xp.astype(mask, h.dtype)[..., None]
+        total = xp.sum(w, axis=1)
+        return xp.sum(h * w, axis=1) / xp.maximum(total, xp.ones_like(total))
     rows, cols = plan if plan is not None else plan_all(mask, sel.max_tokens, generator)
-    return h[rows.to(h.device), cols.to(h.device)]
+    if is_torch_array(h):
+        rows, cols = rows.to(h.device), cols.to(h.device)
+    return h[rows, cols]

@@ -15,7 +15,8 @@ import jax.numpy as jnp  # noqa: E402
 from phasescope.errors import PhasescopeError  # noqa: E402
 from phasescope.probes import Recorder  # noqa: E402
 from phasescope.probes import schedules as S  # noqa: E402
-from phasescope.probes.integrations.jax import FlaxObserver, flatten_tree  # noqa: E402
+from phasescope.probes.integrations.jax import FlaxObserver, flatten_tree, select_tokens  # noqa: E402
+from phasescope.probes.tokens import TokenSelection, select  # noqa: E402
 from phasescope.store import open_run  # noqa: E402
 
 D_IN, H, C = 12, 24, 4
@@ -112,3 +113,60 @@ def test_recorder_rejects_changed_shapes_and_keeps_committed_steps(tmp_path):
     np.testing.assert_allclose(ds.param_grad_norm.values[:, 0], [np.sqrt(12)] * 2, rtol=1e-6)
     np.testing.assert_allclose(ds.eigenvalues.sel(capture_step=0, probe="a").values,
                                _ref_eigs(np.asarray(acts["a"])), rtol=1e-5)
+
+
+class TokenMLP(nn.Module):
+    """Per-token layers over (batch, seq, D_IN): the (batch, seq, dim) outputs a language model has."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(H)(x))
+        self.sow("intermediates", "hidden", x)
+        return nn.Dense(C)(x)
+
+
+def _padded_batch(n=40, length=7, seed=3):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, length + 1, n)
+    lengths[0] = length
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    x = rng.standard_normal((n, length, D_IN)).astype(np.float32)
+    x[mask == 0] = 5.0      # pad positions hold one constant vector, nothing like a real token
+    return x, mask, lengths
+
+
+def test_padded_batch_takes_the_last_non_pad_token(tmp_path):
+    """With an attention mask, "last" is the last non-pad token (the torch path's rule), not position -1."""
+    x, mask, lengths = _padded_batch()
+    n = x.shape[0]
+    model = TokenMLP()
+    params = model.init(jax.random.key(0), jnp.ones((1,) + x.shape[1:]))["params"]
+    init = jax.tree_util.tree_map(np.asarray, params)
+    store = tmp_path / "padded.zarr"
+    with FlaxObserver(model, str(store), params, jnp.asarray(x), attention_mask=mask,
+                      schedule=S.explicit([0])) as obs:
+        assert obs.probes == ["Dense_0", "Dense_1", "hidden"]   # every captured output but the model's own
+        obs.step(0, params)
+    ds = open_run(store)
+    pre = x.astype(np.float64) @ init["Dense_0"]["kernel"] + init["Dense_0"]["bias"]     # (n, seq, H)
+    last = pre[np.arange(n), lengths - 1]
+    for probe, ref in (("Dense_0", _ref_eigs(last)), ("hidden", _ref_eigs(np.maximum(last, 0)))):
+        assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H], ref,
+                           int(ds.n_samples.sel(capture_step=0, probe=probe)))
+    assert int(ds.n_samples.sel(capture_step=0, probe="Dense_0")) == n
+    assert not np.allclose(_ref_eigs(pre[:, -1]), _ref_eigs(last), rtol=1e-2)   # position -1 is often padding
+    assert ds.attrs["tokens"]["mode"] == "last" and ds.attrs["tokens"]["attention_mask"] is True
+
+
+def test_jax_token_selection_is_the_torch_rule_under_jit():
+    """"last", "mean" and "all" on jax arrays (jitted, with a plan for "all") equal the torch path's select."""
+    torch = pytest.importorskip("torch")
+    x, mask, _ = _padded_batch(n=6, length=5, seed=4)
+    h = x[..., :4]
+    for mode in ("last", "mean", "all"):
+        want = select(torch.from_numpy(h), torch.from_numpy(mask), TokenSelection(mode, max_tokens=None)).numpy()
+        plan = np.nonzero(mask) if mode == "all" else None
+        got = jax.jit(lambda a, mode=mode, plan=plan: select_tokens(a, mode, mask, plan))(jnp.asarray(h))
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(PhasescopeError, match="attention_mask shape"):
+        select_tokens(jnp.asarray(h), "last", mask[:, :3])

@@ -15,21 +15,25 @@ or values stored with ``self.sow("intermediates", name, value)`` — go into cov
 jax arrays, so the spectra (RankMe, α-ReQ, …) are computed on the device too (in float64 via
 ``jax.enable_x64`` inside phasescope.spectra). Parameter and probe names are the pytree paths joined
 by dots (``Dense_0.kernel``; a leading ``params`` collection is dropped). The probe forward is jitted
-once. Token selection for (batch, seq, dim) outputs: ``"last"`` position, ``"mean"`` over positions,
-or ``"all"`` positions; (batch, dim) outputs are used as they are.
+once. Token selection for (batch, seq, dim) outputs is the torch path's rule
+(:func:`phasescope.probes.tokens.select`): with ``attention_mask`` (batch, seq) for a padded probe
+batch, ``"last"`` is the last non-pad token, ``"mean"`` the mean over non-pad tokens, ``"all"`` every
+non-pad token; without one every position counts. (batch, dim) outputs are used as they are.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from phasescope.errors import PhasescopeError
 
 from .. import schedules as S
 from ..recorder import Recorder
+from ..tokens import as_selection, plan_all, select
 
 __all__ = ["FlaxObserver", "flatten_tree", "linen_intermediates", "select_tokens"]
 
@@ -73,20 +77,21 @@ def linen_intermediates(module, variables: dict, *args, filter: Callable | bool 
     return out, _intermediate_names(state.get("intermediates", {}))
 
 
-def select_tokens(h, tokens: str = "last"):
-    """Samples × dim rows of an activation: (batch, dim) as is; (batch, …, dim) by ``tokens``."""
-    if h.ndim == 2:
-        return h
-    if h.ndim < 2:
-        raise PhasescopeError(f"probe output of shape {h.shape} has no (samples, dim) structure")
-    h = h.reshape(h.shape[0], -1, h.shape[-1])
-    if tokens == "last":
-        return h[:, -1]
-    if tokens == "mean":
-        return h.mean(axis=1)
-    if tokens == "all":
-        return h.reshape(-1, h.shape[-1])
-    raise PhasescopeError(f"tokens must be 'last', 'mean' or 'all', got {tokens!r}")
+def select_tokens(h, tokens: str = "last", mask=None, plan=None):
+    """Samples × dim rows of an activation: (batch, dim) as is; (batch, …, dim) by ``tokens`` with the
+    one rule of :func:`phasescope.probes.tokens.select` (``mask``: the (batch, seq) attention mask of a
+    padded batch; ``plan``: the (rows, cols) of ``"all"`` under ``jax.jit``, from :func:`plan_all`)."""
+    return select(h, mask, as_selection(tokens, max_tokens=None), plan=plan)
+
+
+def _masked_by(shape: tuple, mask: np.ndarray) -> bool:
+    """Whether an output of ``shape`` is per token of the masked batch (or per sequence: (batch, dim))."""
+    if len(shape) == 2:
+        return shape[0] == mask.shape[0]
+    if len(shape) < 2:
+        return False
+    seq = int(np.prod(shape[1:-1]))
+    return (shape[0], seq) == tuple(mask.shape)
 
 
 class FlaxObserver:
@@ -95,36 +100,46 @@ class FlaxObserver:
     ``params``: the initial parameters (names, shapes and probe widths are read from them);
     ``probe_inputs``: a fixed probe batch (array or tuple of positional arguments); ``probes``: names
     of intermediates to keep (default: every captured submodule output except the model's own
-    ``output``); ``matrices``: 2-D gradient names for singular-value statistics on capture steps
-    (``"all"`` or a list; default none). Remaining keyword arguments go to :class:`Recorder`.
+    ``output``; with ``attention_mask``, those whose leading (batch, seq) axes match it); ``tokens`` and
+    ``attention_mask``: token selection of (batch, seq, dim) outputs (module docstring); ``matrices``:
+    2-D gradient names for singular-value statistics on capture steps (``"all"`` or a list; default
+    none). Remaining keyword arguments go to :class:`Recorder`.
     """
 
     def __init__(self, module, store, params, probe_inputs, *, probes: list[str] | None = None, schedule=None,
-                 tokens: str = "last", apply_kwargs: dict | None = None, matrices=(), metadata: dict | None = None,
-                 **recorder_kwargs: Any):
+                 tokens: str = "last", attention_mask=None, apply_kwargs: dict | None = None, matrices=(),
+                 metadata: dict | None = None, **recorder_kwargs: Any):
         self.module, self.tokens = module, tokens
+        selection = as_selection(tokens, max_tokens=None)
         self.schedule = S.as_schedule(schedule) if schedule is not None else S.preset("economy").capture
         self.inputs = probe_inputs if isinstance(probe_inputs, tuple) else (probe_inputs,)
         kw = dict(apply_kwargs or {})
+        mask = None if attention_mask is None else np.asarray(attention_mask)
+        # "all" under jit needs fixed indices: the probe batch is fixed, so its non-pad positions are too.
+        plan = plan_all(mask, None) if mask is not None and selection.mode == "all" else None
 
-        def forward(p):
-            _, inter = linen_intermediates(module, {"params": p}, *self.inputs, **kw)
-            return {k: select_tokens(v, tokens) for k, v in inter.items()}
+        def intermediates(p):
+            return linen_intermediates(module, {"params": p}, *self.inputs, **kw)[1]
 
-        self._forward = jax.jit(forward)
-        acts = self._forward(params)
+        def forward(p, names):
+            inter = intermediates(p)
+            return {k: select_tokens(inter[k], tokens, mask, plan) for k in names}
+
+        shapes = jax.eval_shape(intermediates, params)
         if probes is None:
-            probes = [k for k in acts if k != "output"]
-        missing = [p for p in probes if p not in acts]
+            probes = [k for k, v in shapes.items() if k != "output" and (mask is None or _masked_by(v.shape, mask))]
+        missing = [p for p in probes if p not in shapes]
         if missing:
-            raise PhasescopeError(f"probe(s) {missing} are not among the captured intermediates {sorted(acts)}; "
+            raise PhasescopeError(f"probe(s) {missing} are not among the captured intermediates {sorted(shapes)}; "
                                   "name submodules (or sown values) the model's forward produces")
         self.probes = list(probes)
+        self._forward = jax.jit(partial(forward, names=tuple(self.probes)))
+        acts = self._forward(params)
         names = flatten_tree(params)
         if matrices == "all":
             matrices = [n for n, a in names.items() if a.ndim == 2]
         meta = {"integration": "flax.linen", "model": type(module).__name__, "schedule": self.schedule.describe(),
-                "tokens": {"mode": tokens}, "probes_spec": {p: p for p in self.probes}, "capture_mode": "probe_set",
+                "tokens": {**selection.describe(), "attention_mask": mask is not None}, "probes_spec": {p: p for p in self.probes}, "capture_mode": "probe_set",
                 "probe_set_size": int(jax.tree_util.tree_leaves(self.inputs)[0].shape[0])}
         meta.update(metadata or {})
         self.recorder = Recorder(store, probes=self.probes, params=list(names),
