@@ -75,7 +75,7 @@ class Views:
 
     def version(self, selected):
         """(version data, polling done, status text) of the selected runs; polling is done when none
-        of them is live."""
+        of them is live. The text is a red span (class ``bad``) when one is interrupted, failed or stale."""
         tokens, rows = [], []
         for k in selected or []:
             try:
@@ -89,7 +89,9 @@ class Views:
         if not rows:
             status = "no run selected"
         elif done:
-            status = " · ".join(dict.fromkeys(r.detail or r.state for r in rows)) + " · live refresh off"
+            text = " · ".join(dict.fromkeys(r.detail or r.state for r in rows)) + " · live refresh off"
+            bad = any(r.state in F.RED_STATES for r in rows)  # interrupted, failed, stale: red, not green
+            status = html.Span(text, className="bad") if bad else text
         else:
             status = f"live · refreshing every {self.refresh_ms / 1000:g} s"
         return new, done, status
@@ -135,10 +137,11 @@ class Views:
             return [], []
         key = (version or {}).get("runs", [])[0]
         try:
-            state = [{"key": "state", "value": self.src.run(key).detail}]
+            run = self.src.run(key)
         except (PathRefused, OSError):
-            state = []
-        return state + F.metadata_rows(ds), F.quality_rows(ds)
+            return F.metadata_rows(ds), F.quality_rows(ds)
+        return ([{"key": "state", "value": run.detail}] + F.metadata_rows(ds),
+                F.quality_rows(ds, state=run.state, detail=run.detail))
 
     def spectrum(self, version, sel, *, trig=None, click_o=None, click_h=None, slider=None, hm_metric=None):
         """(figure, slider value, slider max, slider marks, selection, anim disabled, play label)."""
@@ -216,7 +219,7 @@ class Views:
             meta, quality = self.table_rows(version)
         except Exception as exc:  # noqa: BLE001
             meta, quality = [], [{"check": "run could not be read", "value": f"{type(exc).__name__}: {exc}",
-                                  "status": "warn"}]
+                                  "status": F.ERROR}]
         out[("meta-table", "children")] = table(TABLES["meta-table"], meta)
         out[("quality-table", "children")] = table(TABLES["quality-table"], quality)
         spec = panel("spectrum", lambda: self.spectrum(version, None))

@@ -29,6 +29,9 @@ import re
 
 import numpy as np
 
+from phasescope.store.catalog import run_info
+from phasescope.store.lifecycle import FAILED, INTERRUPTED, STALE
+
 from ._common import (LABELS, RUN_DASHES, aligned_x, display_steps, empty_figure, label,  # noqa: F401
                       probe_colours, shade, shade_log_x, title, tokens_per_step)
 from ._plotly import decode_array
@@ -92,28 +95,65 @@ def metadata_rows(ds) -> list[dict]:
     return rows
 
 
-def quality_rows(ds) -> list[dict]:
-    """Data-quality checks as rows {check, value, status} with status 'ok' or 'warn': flag counts
-    (non-finite, skipped, dropped steps), non-finite losses and metrics, missing eigenvalues."""
-    rows = []
-    for name in sorted(v for v in ds.data_vars if v.startswith("flag_")):
-        vals = np.asarray(ds[name].values)
-        n = int(np.count_nonzero(vals)) if vals.size else 0
-        rows.append({"check": f"steps flagged {name.removeprefix('flag_')}", "value": str(n),
-                     "status": "warn" if n else "ok"})
+#: Data-quality statuses: "ok"; "warn" — the data holds NaN cells or flagged steps, look at them; "error"
+#: (shown red) — phasescope lost captures or rows (``failures``, ``flag_lost``, ``flag_dropped``,
+#: ``n_dropped_steps``) or the run did not end cleanly (interrupted, failed, stale).
+OK, WARN, ERROR = "ok", "warn", "error"
+RED_STATES = (INTERRUPTED, FAILED, STALE)
+LOSS_FLAGS = {"lost": "captures or rows lost to a phasescope failure",
+              "dropped": "captures dropped by the store writer's queue"}
+STAGES = ("hook", "capture", "metric", "reduce", "write", "queue", "step", "close")  # phasescope.failures
+
+
+def _row(check: str, value, status: str) -> dict:
+    return {"check": check, "value": str(value), "status": status}
+
+
+def quality_rows(ds, state: str | None = None, detail: str | None = None) -> list[dict]:
+    """Data-quality checks as rows {check, value, status}, status 'ok', 'warn' or 'error' (see ``ERROR``):
+    the run's state (``state``/``detail`` as the catalog gives them; derived from ``ds.attrs`` by
+    ``phasescope.store.catalog.run_info`` when not given), phasescope's failures per stage with the first
+    message, steps with captures lost or dropped, step rows the writer dropped, then the flags of the
+    training itself (non-finite, skipped), non-finite losses and metrics, and missing samples."""
+    attrs = dict(ds.attrs)
+    if state is None:
+        info = run_info("", "", attrs)
+        state, detail = info.state, info.describe()
+    rows = [_row("run state", detail or state, ERROR if state in RED_STATES else OK)]
+    failures = attrs.get("failures")
+    if isinstance(failures, dict):
+        first = attrs.get("first_failures") or {}
+        bad = sorted(((s, int(n)) for s, n in failures.items() if n), key=lambda sn: (
+            STAGES.index(sn[0]) if sn[0] in STAGES else len(STAGES), sn[0]))
+        for stage, n in bad:
+            msg = first.get(stage)
+            rows.append(_row(f"phasescope failures: {stage}", f"{n}" + (f" (first: {msg})" if msg else ""), ERROR))
+        if not bad:
+            rows.append(_row("phasescope failures", "none", OK))
+    flags = sorted(v.removeprefix("flag_") for v in ds.data_vars if v.startswith("flag_"))
+    for flag in [f for f in flags if f in LOSS_FLAGS]:   # phasescope's losses first: red
+        vals = np.asarray(ds[f"flag_{flag}"].values).astype(np.int64)
+        n, total = int(np.count_nonzero(vals)), int(vals.sum())
+        value = f"{n} step{'s' * (n != 1)}, {total} {LOSS_FLAGS[flag]}" if n else "0"
+        rows.append(_row(f"steps flagged {flag}", value, ERROR if n else OK))
+    if "n_dropped_steps" in attrs:
+        n = int(attrs["n_dropped_steps"] or 0)
+        rows.append(_row("step rows dropped by the store writer (n_dropped_steps)", n, ERROR if n else OK))
+    for flag in [f for f in flags if f not in LOSS_FLAGS]:   # the training's own: non-finite, skipped
+        n = int(np.count_nonzero(np.asarray(ds[f"flag_{flag}"].values)))
+        rows.append(_row(f"steps flagged {flag}", n, WARN if n else OK))
     if "loss" in ds.data_vars:
         n = int((~np.isfinite(np.asarray(ds["loss"].values, float))).sum())
-        rows.append({"check": "non-finite loss values", "value": str(n), "status": "warn" if n else "ok"})
+        rows.append(_row("non-finite loss values", n, WARN if n else OK))
     for m in capture_metrics(ds):
         vals = np.asarray(ds[m].values, float)
         n = int((~np.isfinite(vals)).sum())
-        rows.append({"check": f"NaN cells in {m}", "value": f"{n} / {vals.size}", "status": "warn" if n else "ok"})
+        rows.append(_row(f"NaN cells in {m}", f"{n} / {vals.size}", WARN if n else OK))
     if "n_samples" in ds.data_vars and ds["n_samples"].size:
         ns = np.asarray(ds["n_samples"].values, float)
-        rows.append({"check": "samples per capture (min)", "value": f"{np.nanmin(ns):.0f}",
-                     "status": "warn" if np.nanmin(ns) < 2 else "ok"})
-    if not rows:
-        rows.append({"check": "data-quality information", "value": "none recorded", "status": "warn"})
+        rows.append(_row("samples per capture (min)", f"{np.nanmin(ns):.0f}", WARN if np.nanmin(ns) < 2 else OK))
+    if len(rows) == 1:
+        rows.append(_row("data-quality information", "none recorded", WARN))
     return rows
 
 

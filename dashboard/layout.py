@@ -12,6 +12,7 @@ from dash import dcc, html
 GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", "phases", "gradients")
 TABLES = {"meta-table": ("key", "value"), "quality-table": ("check", "value", "status")}
 IMAGE_FORMATS = ("png", "svg")
+ROW_CLASSES = ("warn", "error")  # table rows styled by their status
 
 
 def graph_config(fmt: str = "png", name: str = "phasescope") -> dict:
@@ -38,11 +39,11 @@ def panel(title: str, gid: str, controls: list | None = None, *, extra: list | N
 
 
 def table(columns, rows: list[dict]) -> html.Table:
-    """A plain HTML table of ``rows`` (dicts keyed by ``columns``); rows whose ``status`` is "warn" get
-    the class ``warn`` (highlighted by the stylesheet)."""
+    """A plain HTML table of ``rows`` (dicts keyed by ``columns``); rows whose ``status`` is "warn" or
+    "error" get that class (amber and red in the stylesheet, see ``figures.quality_rows``)."""
     head = html.Thead(html.Tr([html.Th(c) for c in columns]))
     body = html.Tbody([html.Tr([html.Td(str(r.get(c, ""))) for c in columns],
-                               className="warn" if r.get("status") == "warn" else None) for r in rows])
+                               className=r.get("status") if r.get("status") in ROW_CLASSES else None) for r in rows])
     return html.Table([head, body], className="data-table")
 
 

@@ -206,6 +206,40 @@ def test_export_buttons_download_the_figures_data_and_a_working_html_page(page, 
     assert len(shown) == len(quality) and shown[0].split("\t")[0] == quality["check"][0]
 
 
+def test_a_lossy_failed_run_shows_red_in_data_quality_and_the_run_picker(page, tmp_path):
+    """What a user sees of lost data: the data-quality rows of phasescope's losses and of the failed run
+    are drawn red (computed style, not just a class), the failed run's badge too, a clean run's are not."""
+    from test_dashboard_http import write_lossy_run
+
+    root = tmp_path / "runs"
+    write_lossy_run(root / "lossy.zarr")
+    write_synthetic_run(root / "clean.zarr", n_steps=12, n_probes=2, rank=16, n_layers=1)
+    with serve_app(create_app(root, refresh_ms=1000)) as srv:
+        page.goto(srv.url + "/?run=lossy.zarr")
+        page.locator("#quality-table tr.error").first.wait_for(timeout=TIMEOUT)
+        rows = page.evaluate("""Array.from(document.querySelectorAll('#quality-table tbody tr')).map(tr => ({
+            cls: tr.className, text: tr.innerText, bg: getComputedStyle(tr.cells[0]).backgroundColor}))""")
+        red = [r for r in rows if r["cls"] == "error"]
+        assert [r["text"].split("\t")[0] for r in red] == [
+            "run state", "phasescope failures: hook", "phasescope failures: write", "steps flagged dropped",
+            "steps flagged lost", "step rows dropped by the store writer (n_dropped_steps)"]
+        assert {r["bg"] for r in red} == {"rgb(248, 201, 201)"}  # style.css: tr.error td
+        assert all(r["bg"] != "rgb(248, 201, 201)" for r in rows if r["cls"] != "error")
+        badge = page.locator("#runs .badge.failed")
+        assert "failed: store writer" in badge.inner_text()
+        assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(248, 201, 201)"
+        assert page.locator("#runs .badge.finished").evaluate("e => getComputedStyle(e).backgroundColor") \
+            == "rgb(229, 231, 235)"
+        assert page.locator("#status .bad").evaluate("e => getComputedStyle(e).color") == "rgb(204, 0, 0)"
+        page.locator("#quality-table").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "quality.png"), full_page=True)
+        page.goto(srv.url + "/?run=clean.zarr")
+        page.wait_for_function("document.querySelector('#quality-table tbody tr') && "
+                               "document.querySelector('#quality-table').innerText.includes('finished')",
+                               timeout=TIMEOUT)
+        assert page.locator("#quality-table tr.error").count() == 0
+
+
 @pytest.fixture(scope="module")
 def phase_server(tmp_path_factory):
     """A run with its phases group stored by the real detector, and a tiny run (6 captures) to play."""

@@ -1,6 +1,7 @@
 """Figure builders of the observatory, without a browser: Datasets in the pinned store layout in,
 plotly figures out; values checked against the data and an independent α-ReQ fit."""
 import math
+import time
 
 import numpy as np
 import pytest
@@ -200,6 +201,47 @@ def test_metadata_and_quality_tables(ds):
     assert q["non-finite loss values"]["value"] == "1"
     assert q["NaN cells in rankme"]["value"].startswith("1 /")
     assert all(r["status"] == "ok" for r in F.quality_rows(ds))
+
+
+def test_quality_table_shows_phasescope_losses_and_unclean_ends_red(ds):
+    """Red ('error') is for data phasescope lost and for runs that did not end cleanly; the training's own
+    flags and NaN cells stay 'warn'; a clean run says so in 'ok' rows."""
+    clean = {r["check"]: r for r in F.quality_rows(ds)}
+    assert clean["run state"] == {"check": "run state", "value": "finished", "status": "ok"}
+    lossy = ds.copy(deep=True)
+    n = lossy.sizes["step"]
+    lossy["flag_lost"] = ("step", np.zeros(n, np.uint8))
+    lossy["flag_lost"].values[[4, 5, 6]] = [1, 2, 1]
+    lossy["flag_dropped"] = ("step", np.zeros(n, np.uint8))
+    lossy["flag_dropped"].values[9] = 1
+    lossy["flag_nonfinite"].values[3] = 1
+    lossy.attrs.update(failures={"write": 1, "hook": 3, "metric": 0},
+                       first_failures={"hook": "PhasescopeError: attention_mask shape (8, 6) does not match",
+                                       "write": "OSError: [Errno 28] No space left on device"},
+                       n_dropped_steps=2, status="failed", error="store writer: OSError(28)")
+    rows = F.quality_rows(lossy)
+    q = {r["check"]: r for r in rows}
+    red = [r["check"] for r in rows if r["status"] == "error"]
+    assert red == ["run state", "phasescope failures: hook", "phasescope failures: write", "steps flagged dropped",
+                   "steps flagged lost", "step rows dropped by the store writer (n_dropped_steps)"]
+    assert q["run state"]["value"] == "failed: store writer: OSError(28)"
+    assert q["phasescope failures: hook"]["value"].startswith("3 (first: PhasescopeError: attention_mask shape")
+    assert q["steps flagged lost"]["value"].startswith("3 steps, 4 ")
+    assert q["steps flagged dropped"]["value"].startswith("1 step, 1 ")
+    assert q["step rows dropped by the store writer (n_dropped_steps)"]["value"] == "2"
+    assert q["steps flagged nonfinite"]["status"] == "warn"  # the training's own trouble: not red
+    # no failures recorded: one 'ok' row says so; the catalog's state wins over the attributes
+    quiet = ds.copy()
+    quiet.attrs = {**ds.attrs, "failures": {}, "n_dropped_steps": 0}
+    q = {r["check"]: r for r in F.quality_rows(quiet, state="stale", detail="stale: no commit for 12 min")}
+    assert q["phasescope failures"]["status"] == "ok" and q["phasescope failures"]["value"] == "none"
+    assert q["step rows dropped by the store writer (n_dropped_steps)"]["status"] == "ok"
+    assert q["run state"] == {"check": "run state", "value": "stale: no commit for 12 min", "status": "error"}
+    for state in ("interrupted", "failed", "stale"):
+        quiet.attrs = {**ds.attrs, "status": state}
+        assert F.quality_rows(quiet)[0]["status"] == "error", state
+    quiet.attrs = {**ds.attrs, "status": "running", "phasescope_commit": {"updated": time.time()}}
+    assert F.quality_rows(quiet)[0] == {"check": "run state", "value": "live", "status": "ok"}
 
 
 def test_csv_export_table_matches_the_figure(ds):

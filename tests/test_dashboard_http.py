@@ -191,6 +191,66 @@ def test_a_damaged_run_still_gets_a_page_that_says_what_is_wrong(tmp_path):
         assert msg.startswith("could not draw this panel") and "rankme" in msg, (gid, msg)
 
 
+def write_lossy_run(path, n_steps=20):
+    """A real run whose writer lost data: failures of two stages, steps with lost and dropped captures,
+    dropped step rows, closed "failed" (as the store writer closes a run after a failed write)."""
+    from phasescope.store import RunWriter
+
+    w = RunWriter(path, probes=["layer.00", "layer.01"], params=["w"], metrics=["rankme", "alpha"], max_rank=8,
+                  flags=["nonfinite", "skipped", "dropped", "lost"], attrs={"model": "lossy"})
+    for s in range(n_steps):
+        w.append_step(s, {"loss": 1.0 / (s + 1), "lr": 1e-3, "grad_norm": 1.0}, params={"grad_norm": np.ones(1)},
+                      flags={"lost": int(s in (4, 5, 6)), "dropped": int(s == 9)})
+        if s % 2 == 0 and s not in (4, 6):
+            w.append_capture(s, {"rankme": np.full(2, 3.0), "alpha": np.full(2, 1.0)},
+                             eigenvalues=np.tile(1.0 / np.arange(1, 9), (2, 1)), n_samples=np.full(2, 32))
+    w.set_attrs(failures={"hook": 3, "write": 1}, errors=4, n_dropped=1, n_dropped_steps=2,
+                first_failures={"hook": "PhasescopeError: attention_mask shape (8, 6) does not match the probe output",
+                                "write": "OSError: [Errno 28] No space left on device"})
+    w.close(status="failed", error="store writer: OSError(28, 'No space left on device')")
+    return path
+
+
+def classes(node, cls):
+    """Every component of a /_dash-layout tree whose className has ``cls``, as {className, text}."""
+    out, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, dict):
+            props = n.get("props", {})
+            if cls in str(props.get("className", "")).split():
+                out.append({"className": props["className"], "text": str(props.get("children"))})
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    return out
+
+
+def test_first_page_shows_a_lossy_failed_run_red(tmp_path):
+    """The server-rendered first page: every loss the run recorded is a red ('error') data-quality row,
+    and the run picker's badge says 'failed'."""
+    import json
+
+    write_lossy_run(tmp_path / "runs" / "lossy.zarr")
+    write_synthetic_run(tmp_path / "runs" / "clean.zarr", n_steps=12, n_probes=2, rank=16, n_layers=1)
+    app = create_app(tmp_path / "runs")
+    client = app.server.test_client()
+    page = json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=lossy.zarr"}).data)
+    red = classes(find(page, "quality-table"), "error")
+    text = " | ".join(r["text"] for r in red)
+    for want in ("run state", "failed: store writer: OSError", "phasescope failures: hook", "3 (first: PhasescopeError",
+                 "phasescope failures: write", "No space left on device", "steps flagged lost", "3 steps, 3 ",
+                 "steps flagged dropped", "n_dropped_steps"):
+        assert want in text, (want, text)
+    assert len(red) == 6, text
+    badges = {b["text"]: b["className"] for b in classes(find(page, "runs"), "badge")}
+    assert badges["failed: store writer: OSError(28, 'No space left on device')"] == "badge failed"
+    assert badges["finished"] == "badge finished"
+    assert "bad" in str(find(page, "status")["children"])  # the header's state text is red too
+    clean = json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=clean.zarr"}).data)
+    assert classes(find(clean, "quality-table"), "error") == []
+
+
 def test_plotly_js_is_a_page_script_served_by_dash(server):
     import urllib.request
 
