@@ -29,6 +29,8 @@ from pathlib import Path, PurePosixPath
 
 from phasescope.errors import PhasescopeError
 from phasescope.store.catalog import LIVE_WINDOW_S, run_info
+from phasescope.store.groups import open_group
+from phasescope.store.reader import open_run
 
 
 EAGER_BYTES = 64 * 2**20  # variables up to this size are read into memory when a run is opened
@@ -171,8 +173,6 @@ class RunSource:
                 hit = self._cache.get(key)
                 if hit is not None and hit[0] == token:
                     return hit[1]
-            from phasescope.store import open_run
-
             ds = open_run(path)
             small = [k for k, v in ds.data_vars.items() if v.nbytes <= EAGER_BYTES]
             ds = ds.assign({k: ds[k].load() for k in small}) if small else ds
@@ -205,8 +205,6 @@ class RunSource:
             if hit is not None and hit[0] == stamp:
                 return hit[1]
         try:
-            from phasescope.store import open_group
-
             ph = open_group(path, "phases").load()
         except Exception:  # noqa: BLE001 - a damaged or foreign group: the panel says "not computed"
             ph = None
