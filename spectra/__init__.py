@@ -1,13 +1,14 @@
 """phasescope.spectra: streaming covariance accumulators and pure spectral metrics.
 
 RankMe (Garrido et al. 2023; Li et al. 2025), α-ReQ (Agrawal et al. 2022), participation ratio,
-stable rank, numerical rank, explained variance, and weight-matrix spectra. Functions accept numpy,
+stable rank, numerical rank, explained variance, weight-matrix spectra, and the phases of a metric
+trajectory (:func:`detect_phases`, spectra/phases/). Functions accept numpy,
 torch (CPU/CUDA) and jax arrays and compute on the input's device; importing this package imports
 neither torch nor jax (backends are detected lazily via array-api-compat).
 """
 
 from ._backend import to_numpy
-from .accumulator import CovarianceAccumulator, Spectrum
+from .accumulator import CovarianceAccumulator
 from .metrics import (
     DEFAULT_FIT_RANGE,
     AlphaFit,
@@ -21,7 +22,8 @@ from .metrics import (
     rankme_raw,
     stable_rank,
 )
-from .summary import METRIC_INFO, METRICS, spectrum_metrics
+from .phases import PhaseResult, detect_phases
+from .summary import METRIC_INFO, METRICS, Spectrum, spectrum_metrics
 
 __all__ = [
     "DEFAULT_FIT_RANGE",
@@ -29,9 +31,11 @@ __all__ = [
     "METRIC_INFO",
     "AlphaFit",
     "CovarianceAccumulator",
+    "PhaseResult",
     "Spectrum",
     "alpha_req",
     "auto_fit_range",
+    "detect_phases",
     "explained_variance",
     "numerical_rank",
     "participation_ratio",
@@ -43,11 +47,3 @@ __all__ = [
     "to_numpy",
 ]
 
-
-def __getattr__(name: str):
-    """Lazy access to the phase-detection API (spectra/phases/) without importing it up front."""
-    if name in ("detect_phases", "PhaseResult"):
-        from . import phases
-
-        return getattr(phases, name)
-    raise AttributeError(f"module 'phasescope.spectra' has no attribute {name!r}")

@@ -23,46 +23,12 @@ of XcXcᵀ, at O(N²d + N³) instead of O(Nd² + d³).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from phasescope.errors import PhasescopeError
 
 from . import _backend as B
-
-
-@dataclass
-class Spectrum:
-    """Result of `CovarianceAccumulator.compute()`.
-
-    eigenvalues: descending covariance eigenvalues λ = eig(XcᵀXc)/(n − 1) (ddof=1), length `dim`,
-        backend of the data, round-off negatives clipped to 0 (NaN when n < 2).
-    singular_values: descending singular values of the raw (uncentred) n × d matrix, length `dim`
-        (zeros past min(n, d)), or None unless `raw_singular_values=True`.
-    n: samples used; n_nonfinite: rows dropped because they held NaN/Inf; mean: (dim,) mean.
-    route: "covariance" (d × d eigenproblem) or "gram" (N × N, when n < dim).
-
-    jax results are float64 arrays made under `jax.enable_x64`; use them under x64 too.
-    """
-
-    eigenvalues: Any
-    singular_values: Any
-    n: int
-    mean: Any
-    n_nonfinite: int
-    dim: int
-    route: str = "covariance"
-
-    @property
-    def n_components(self) -> int:
-        """min(n, dim): the number of components an SVD/PCA of the data matrix returns."""
-        return min(self.n, self.dim)
-
-    def metrics(self, **kwargs: Any) -> dict[str, float]:
-        """`spectrum_metrics(self, **kwargs)`."""
-        from .summary import spectrum_metrics
-
-        return spectrum_metrics(self, **kwargs)
+from .summary import Spectrum
 
 
 class CovarianceAccumulator:

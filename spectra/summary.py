@@ -1,7 +1,9 @@
-"""`spectrum_metrics`: every scalar metric of one spectrum, as python floats, in display order."""
+"""One spectrum and its scalar metrics: the `Spectrum` an accumulator computes, and `spectrum_metrics`,
+every scalar metric of it as python floats, in display order."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import _backend as B
@@ -31,6 +33,38 @@ METRIC_INFO: dict[str, str] = {
 METRICS: tuple[str, ...] = tuple(METRIC_INFO)
 
 
+@dataclass
+class Spectrum:
+    """Result of `CovarianceAccumulator.compute()`.
+
+    eigenvalues: descending covariance eigenvalues λ = eig(XcᵀXc)/(n − 1) (ddof=1), length `dim`,
+        backend of the data, round-off negatives clipped to 0 (NaN when n < 2).
+    singular_values: descending singular values of the raw (uncentred) n × d matrix, length `dim`
+        (zeros past min(n, d)), or None unless `raw_singular_values=True`.
+    n: samples used; n_nonfinite: rows dropped because they held NaN/Inf; mean: (dim,) mean.
+    route: "covariance" (d × d eigenproblem) or "gram" (N × N, when n < dim).
+
+    jax results are float64 arrays made under `jax.enable_x64`; use them under x64 too.
+    """
+
+    eigenvalues: Any
+    singular_values: Any
+    n: int
+    mean: Any
+    n_nonfinite: int
+    dim: int
+    route: str = "covariance"
+
+    @property
+    def n_components(self) -> int:
+        """min(n, dim): the number of components an SVD/PCA of the data matrix returns."""
+        return min(self.n, self.dim)
+
+    def metrics(self, **kwargs: Any) -> dict[str, float]:
+        """`spectrum_metrics(self, **kwargs)`."""
+        return spectrum_metrics(self, **kwargs)
+
+
 def spectrum_metrics(
     spec_or_eigenvalues: Any,
     *,
@@ -50,8 +84,6 @@ def spectrum_metrics(
     the numerical rank r ≥ 110 and otherwise fits indices round(r/10) … round(10r/11), e.g. (6, 58)
     for a d = 64 model (`auto_fit_range`). Trailing NaNs (store padding) are ignored.
     """
-    from .accumulator import Spectrum
-
     if isinstance(spec_or_eigenvalues, Spectrum):
         spec = spec_or_eigenvalues
         k = spec.n_components
