@@ -10,16 +10,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
-from .argtypes import port as _port
+from . import __version__, cli_analyze, cli_phases
 from .argtypes import non_negative_int as _non_negative_int
+from .argtypes import port as _port
 from .argtypes import positive_int as _positive_int
+from .dashboard import serve
+from .demo import DemoConfig, run_demo
 from .errors import PhasescopeError
 
 
 def _add_demo(sub) -> None:
-    from .demo import DemoConfig
-
     d = DemoConfig()
     p = sub.add_parser(
         "demo",
@@ -52,14 +52,10 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import DemoConfig, run_demo
-
     fields = DemoConfig.__dataclass_fields__
     cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
     out = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.serve:
-        from .dashboard import serve
-
         serve(out.parent, host="127.0.0.1", port=args.port)
     return 0
 
@@ -79,8 +75,6 @@ def _add_dashboard(sub) -> None:
 def _run_dashboard(args) -> int:
     if not args.runs.exists():
         raise PhasescopeError(f"{args.runs} does not exist; pass a folder of runs or a run store (e.g. runs/)")
-    from .dashboard import serve
-
     serve(args.runs, host=args.host, port=args.port)
     return 0
 
@@ -102,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_demo(sub)
     _add_dashboard(sub)
-    from . import cli_analyze, cli_phases
-
     cli_phases.add_parser(sub)
     cli_analyze.add_parser(sub)
     return parser

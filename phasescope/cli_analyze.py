@@ -3,7 +3,7 @@
     phasescope analyze out/ --text probes.txt --out runs/sweep.zarr
     phasescope analyze EleutherAI/pythia-70m --revisions step0,step1000,step2000 --text kjv --out runs/p.zarr
 
-Heavy imports (torch, transformers, nnsight, dask) happen inside `run`, so `--help` stays instant.
+Heavy imports (torch, transformers, nnsight, dask) happen only once a checkpoint is loaded, so `--help` stays instant.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .argtypes import csv_list, non_negative_int, positive_int
 from .errors import PhasescopeError
+from .probes.offline import AnalyzeOptions, analyze
 
 
 _csv = csv_list()
@@ -72,8 +73,6 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise PhasescopeError(f"--out {out} is a file; choose a folder path for the run store")
-    from phasescope.probes.offline import AnalyzeOptions, analyze
-
     probes = args.probes[0] if len(args.probes) == 1 else list(args.probes)
     opts = AnalyzeOptions(
         probes=probes, tokens=args.tokens, max_tokens=args.max_tokens, max_length=args.max_length,

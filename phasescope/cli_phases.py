@@ -18,6 +18,8 @@ from typing import Any
 
 from .argtypes import csv_list, positive_number
 from .errors import PhasescopeError
+from .spectra.phases import PhaseResult, detect_phases
+from .store import open_group, open_run, write_group
 
 GROUP = "phases"
 
@@ -28,9 +30,6 @@ def _settings(penalty: float | None, metrics: tuple[str, ...], hmm: bool) -> dic
 
 def _stored(path: Any, n_captures: int, settings: dict):
     """The stored PhaseResult if it is fresh (same capture count and settings), else None."""
-    from .spectra.phases import PhaseResult
-    from .store import open_group
-
     try:
         g = open_group(path, GROUP)
     except Exception:  # noqa: BLE001 - absent or unreadable group: recompute
@@ -53,9 +52,6 @@ def phases_for_run(path: Any, *, penalty: float | None = None, metrics: tuple[st
     ``"computed, not saved: <reason>"``. Raises PhasescopeError for a path that is not a run or a run
     without RankMe captures.
     """
-    from .spectra.phases import detect_phases
-    from .store import open_run
-
     ds = open_run(path)
     n = int(ds.sizes.get("capture_step", 0))
     settings = _settings(penalty, metrics, hmm)
@@ -69,8 +65,6 @@ def phases_for_run(path: Any, *, penalty: float | None = None, metrics: tuple[st
     out = result.to_dataset()
     out.attrs["settings"] = json.dumps(settings, sort_keys=True)
     try:
-        from .store import write_group
-
         write_group(path, GROUP, out)
     except PhasescopeError as exc:
         return result, f"computed, not saved: {exc}"

@@ -11,6 +11,8 @@ and the byte-level BPE tokenizer is trained on the training split and cached.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +20,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .corpus import EOS, PAD, hf_tokenizer, kjv_path, load_kjv, split_verses, train_tokenizer
 from .errors import PhasescopeError
+from .probes.observatory import Observatory
+from .probes.schedules import every, log_spaced, union
+from .store import open_run
 
 
 @dataclass
@@ -72,8 +78,6 @@ def check_output(out: Path, overwrite: bool) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise PhasescopeError(f"cannot write {out}: {probe} is a file, not a directory")
-    import os
-
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PhasescopeError(f"cannot write {out}: {probe} is not writable; choose another --out")
     try:
@@ -85,8 +89,6 @@ def check_output(out: Path, overwrite: bool) -> None:
 def build_data(cfg: DemoConfig):
     """Token stream of the training split and a padded probe batch from the held-out split."""
     import torch
-
-    from .corpus import EOS, PAD, load_kjv, split_verses, train_tokenizer
 
     split = split_verses(load_kjv())
     tok = train_tokenizer(split.train, cfg.vocab_size)
@@ -184,15 +186,10 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     ckpt_dir = checkpoint_dir(out) if cfg.save_every else None
     if ckpt_dir is not None:
         check_output(ckpt_dir, overwrite)
-    from .corpus import kjv_path
-
     kjv_path()  # a missing corpus fails here, in one line, before anything heavy is imported
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from .probes import Observatory
-    from .probes.schedules import every, log_spaced, union
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -244,10 +241,6 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
 
 
 def _checkpoint_saver(folder: Path, model, tok, overwrite: bool):
-    import shutil
-
-    from .corpus import hf_tokenizer
-
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -269,8 +262,6 @@ def _progress(total: int, enabled: bool):
 
 def summarize(path: Path) -> str:
     """Per layer: RankMe and α-ReQ at the first, minimum-RankMe and last captured steps."""
-    from .store import open_run
-
     ds = open_run(path)
     steps = ds["capture_step"].values
     lines = ["RankMe / alpha-ReQ per probe at the first, the lowest-RankMe and the last capture:",

@@ -22,6 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from phasescope import __version__
+
 from . import _io, zarr_compat
 from ._chunks import CODECS, Encoder, RowChunks, codec_names, make_putter
 from .errors import (
@@ -148,8 +150,6 @@ class RunWriter:
 
     def _create(self, user_attrs: dict) -> None:
         import zarr
-
-        from phasescope import __version__
 
         t = _now()
         attrs = dict(user_attrs)

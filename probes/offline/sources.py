@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from phasescope.corpus import load_kjv, split_verses
 from phasescope.errors import PhasescopeError
 
 _STEP = re.compile(r"(\d+)")
@@ -155,8 +156,6 @@ def load_texts(spec: str) -> ProbeTexts:
     """Read ``--text``: a corpus name (``kjv``), a JSONL file (``text`` or ``prompt``+``response``
     fields) or a plain-text file with one sequence per line (blank lines skipped)."""
     if spec in CORPORA and not Path(spec).exists():
-        from phasescope.corpus import load_kjv, split_verses
-
         return ProbeTexts(split_verses(load_kjv()).heldout, source="kjv held-out verses (every 25th)")
     path = Path(spec)
     if not path.is_file():
