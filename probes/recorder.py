@@ -167,7 +167,8 @@ class Recorder:
         self.attrs.setdefault("finished", False)
         self.attrs.setdefault("flag_bits", FLAG_BITS)
         self.async_writer = AsyncRunWriter(
-            self._store_path, reduce=self._rows, failures=self.failures, raise_errors=False, **self._queue,
+            self._store_path, reduce=self._rows, failures=self.failures, raise_errors=self.failures.strict,
+            **self._queue,
             probes=list(self.probe_names), params=list(self.param_names), metrics=list(spec.metrics),
             max_rank=max_rank, scalars=SCALARS, param_stats=PARAM_STATS, matrices=self.matrix_names,
             matrix_stats=list(self.matrix_stats) if self.matrix_names else [], flags=FLAGS, attrs=self.attrs,

@@ -21,9 +21,10 @@ The drop policy (one for everything; training never waits on a stalled disk for 
   for room, then the **oldest** queued entry is dropped whole (counted in ``n_dropped_steps``);
 - every drop and every failure on the writer thread (a row that cannot be built, a write that fails)
   is counted in the run's ``failures`` attribute by stage ("reduce", "write", "queue") and warned about
-  once (then at most once a minute; :class:`phasescope.failures.FailureLog`). A failed write stops
-  the thread: the error is raised on the caller's next call (``strict``) or, with ``raise_errors=False``
-  (what live capture uses), only counted — the run keeps what was committed.
+  once (then at most once a minute; :class:`phasescope.failures.FailureLog`). With ``raise_errors``
+  (the default, and live capture under ``strict``) a failed write stops the thread and is raised on
+  the caller's next call; without (live capture) the batch's rows are lost — counted in ``failures``
+  and ``n_lost_rows`` — and the writer goes on with the next batch.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class AsyncRunWriter:
         self._dropped_caps = 0            # dropped capture rows not yet flagged on a step row
         self.n_dropped = 0                # captures, in total
         self.n_dropped_steps = 0
+        self.n_lost_rows = 0              # rows of batches whose write failed (raise_errors=False)
         self._inflight = False
         self._flushing = False
         self._stopping = False
@@ -180,7 +182,7 @@ class AsyncRunWriter:
                 if self._error is not None:
                     status, error = FAILED, error or f"store writer: {self._error!r}"
                 self.writer.set_attrs(n_dropped=self.n_dropped, n_dropped_steps=self.n_dropped_steps,
-                                      **self.failures.attrs())
+                                      n_lost_rows=self.n_lost_rows, **self.failures.attrs())
                 self.writer.add_dropped(self._dropped_caps)
                 self.writer.close(status=status, error=error)  # trims the arrays, one write of the root attrs
         except Exception as e:  # noqa: BLE001
@@ -276,14 +278,18 @@ class AsyncRunWriter:
                     if self.failures.total != self._failures_written:   # a live reader sees them now
                         self._failures_written = self.failures.total
                         self.writer.set_attrs(**self.failures.attrs())
-            except BaseException as e:  # noqa: BLE001 - handed to the training thread
-                if not self.failures.strict:
-                    self.failures.record("write", e)
-                with self._cond:
-                    self._error = e
-                    self._inflight = False
-                    self._cond.notify_all()
-                return
+            except Exception as e:  # noqa: BLE001 - never into the training loop unless asked
+                if self.raise_errors:   # handed to the caller's next call; the thread stops
+                    with self._cond:
+                        self._error = e
+                        self._inflight = False
+                        self._cond.notify_all()
+                    return
+                # Live capture: this batch's rows are lost (counted, warned), the next batch is tried
+                # (a full disk may get room again). The commit protocol makes a retry safe: nothing
+                # past the last commit is visible, and the next write starts at the committed row.
+                self.n_lost_rows += len(steps) + len(caps)
+                self.failures.record("write", e, what=f"{len(steps)} step and {len(caps)} capture row(s)")
             finally:
                 self.cpu_seconds += time.thread_time() - c0
             with self._cond:

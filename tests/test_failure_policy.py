@@ -321,12 +321,13 @@ def test_store_write_failure_is_warned_counted_and_shown_red(tmp_path):
     assert len(warned) == 1 and "No space left on device" in warned[0], warned
     ds = open_run(tmp_path / "write.zarr")
     assert ds.sizes["step"] >= 2 and list(ds["step"].values[:2]) == [0, 1]   # what was committed stays
-    assert ds.attrs["failures"] == {"write": 1}
+    n_failed = ds.attrs["failures"]["write"]        # one per batch that could not be written
+    assert set(ds.attrs["failures"]) == {"write"} and n_failed >= 1 and ds.attrs["n_lost_rows"] >= n_failed
     assert "No space left on device" in ds.attrs["first_failures"]["write"]
-    assert ds.attrs["status"] == "failed" and "No space left on device" in ds.attrs["error"]
+    assert ds.attrs["status"] == "finished"          # the writer went on once the disk had room
+    assert set(range(6, STEPS)) <= set(ds["step"].values.tolist())
     shown = red(ds)
-    assert shown["run state"].startswith("failed: store writer: OSError(28")
-    assert shown["phasescope failures: write"].startswith("1 (first: OSError: [Errno 28] No space left on device")
+    assert shown["phasescope failures: write"].startswith(f"{n_failed} (first: OSError: [Errno 28] No space left")
 
 
 def test_steps_after_a_failed_write_are_recorded_once_the_disk_has_room(tmp_path):
@@ -418,6 +419,8 @@ def test_cnn_probe_with_one_feature_is_captured_and_its_nan_metrics_are_flagged(
     assert q["NaN cells in alpha"] == {"check": "NaN cells in alpha", "value": "6 / 6", "status": "warn"}
 
 
+@pytest.mark.xfail(strict=True, reason="issue 13: one named reduction per activation shape ((N, C, H, W) -> C features "
+                   "by spatial mean); today any output is read as (N, -1, last dim)")
 def test_cnn_pooled_probe_is_read_with_its_channels_as_features(tmp_path):
     """The pool's output is (batch, 8 channels, 1, 1): a probe of it has 8 features. Today the token
     selection reshapes any output to (batch, -1, last dim), so it reads 8 "tokens" of 1 feature and keeps
