@@ -20,7 +20,7 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures as F
 from .data import PathRefused, RunSource
-from .layout import GRAPHS, TABLES, graph_config, table
+from .layout import GRAPHS, STAT_PANELS, TABLES, graph_config, table
 
 MAX_OVERVIEW_RUNS = 4
 PLAY, PAUSE = "▶ play", "❚❚ pause"
@@ -119,6 +119,11 @@ class Views:
         names = [str(p) for p in first["probe"].values] if first is not None and "probe" in first.coords else []
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric, names
 
+    def stat_panel(self, version, name, align):
+        """A panel the statistic registry declares (see panel_figures)."""
+        runs = self.datasets(version)
+        return F.figure_panel(runs, name, align=align) if runs else F.empty_figure(NO_RUN)
+
     def phases(self, version, align):
         keys = (version or {}).get("runs", [])
         if not keys:
@@ -215,6 +220,8 @@ class Views:
             out.update({("traj-metric", "options"): tm_opts, ("traj-metric", "value"): tm_val,
                         ("traj-probes", "options"): names})
         out[("trajectories", "figure")] = tr
+        for p in STAT_PANELS:
+            out[(f"stat-{p}", "figure")] = panel(f"stat-{p}", lambda p=p: self.stat_panel(version, p, "step"))
         try:
             meta, quality = self.table_rows(version)
         except Exception as exc:  # noqa: BLE001
@@ -280,6 +287,9 @@ def register(app, src: RunSource) -> Views:
         fig, opts, value, names = V.trajectories(version, metric, probes, align)
         return view(fig, relayout), opts, value, names
 
+    for p in STAT_PANELS:
+        _register_stat_panel(app, V, p, view, later)
+
     @app.callback(Output("phases", "figure"), Input("version", "data"), Input("align", "value"),
                   State("phases", "relayoutData"), **later)
     def phases(version, align, relayout):
@@ -336,6 +346,13 @@ def register(app, src: RunSource) -> Views:
         return dcc.send_data_frame(pd.DataFrame(rows).to_csv, "runs.csv", index=False)
 
     return V
+
+
+def _register_stat_panel(app, V: Views, name: str, view, later: dict) -> None:
+    @app.callback(Output(f"stat-{name}", "figure"), Input("version", "data"), Input("align", "value"),
+                  State(f"stat-{name}", "relayoutData"), **later)
+    def stat_panel(version, align, relayout):
+        return view(V.stat_panel(version, name, align), relayout)
 
 
 def _register_table_csv(app, tid: str, which: int, table_rows) -> None:

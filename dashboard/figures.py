@@ -38,6 +38,7 @@ from ._plotly import decode_array
 from .gradient_figures import figure_gradients, param_block, projection_type  # noqa: F401
 from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, figure_heatmap,  # noqa: F401
                               figure_overview, heatmap_metrics, heatmap_trace)
+from .panel_figures import figure_panel, registry_panels  # noqa: F401
 from .phase_figures import (NOT_COMPUTED, event_text, figure_phase_strip, model_segments, phase_events,  # noqa: F401
                             phase_segments, phase_text, probe_events, trajectory_overlays)
 from .spectrum_figures import MAX_MARKERS, figure_spectrum, run_fit_range  # noqa: F401

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", "phases", "gradients")
+from .panel_figures import PANEL_TITLES, registry_panels
+
+# Panels the statistic registry declares (e.g. "similarity" for linear CKA) get graphs "stat-<panel>".
+STAT_PANELS = registry_panels()
+GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", *(f"stat-{p}" for p in STAT_PANELS), "phases",
+          "gradients")
 TABLES = {"meta-table": ("key", "value"), "quality-table": ("check", "value", "status")}
 IMAGE_FORMATS = ("png", "svg")
 ROW_CLASSES = ("warn", "error")  # table rows styled by their status
@@ -106,6 +111,7 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
             dcc.Dropdown(id="traj-probes", options=[], value=[], multi=True, placeholder="layers (default: spread)",
                          className="dropdown wide"),
         ]),
+        *(panel(PANEL_TITLES.get(p, p), f"stat-{p}") for p in STAT_PANELS),
         panel("Phases per layer", "phases"),
         panel("Gradients", "gradients"),
         html.Div(className="row", children=[

@@ -12,13 +12,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from phasescope.statistics import panels_for
+from phasescope.statistics import REGISTRY, panels_for
 
 from ._common import RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, label, probe_colours, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
 from .trajectory_figures import default_probes
 
 PANEL_TITLES = {"similarity": "Representational similarity · linear CKA (Kornblith et al. 2019)"}
+#: panels the page draws with builders of their own; every other panel a statistic names gets a
+#: figure_panel of its own on the page (REGISTRY_PANELS)
+BUILTIN_PANELS = ("overview", "heatmap", "trajectory", "layers", "gradients", "scalars")
+
+
+def registry_panels() -> tuple[str, ...]:
+    """Panel names declared by registered statistics that the page draws with :func:`figure_panel`."""
+    return tuple(dict.fromkeys(p for s in REGISTRY.values() for p in s.panels if p not in BUILTIN_PANELS))
 
 
 def panel_variables(panel: str) -> list[str]:

@@ -40,3 +40,34 @@ def test_panel_says_what_is_missing(tmp_path):
     fig = figure_panel({"old": open_run(tmp_path / "old.zarr")}, "similarity")
     assert "cka_first, cka_previous not recorded" in fig.layout.meta["empty"]
     assert "no run selected" in figure_panel({}, "similarity").layout.meta["empty"]
+
+
+def test_the_page_has_a_panel_per_registry_panel_and_renders_the_cka(tmp_path):
+    """The served first page holds a "stat-similarity" graph drawn from the run's stored CKA; the
+    callback that redraws it on a live refresh returns the same figure."""
+    import json
+
+    from phasescope.dashboard import create_app
+    from phasescope.dashboard.layout import GRAPHS, STAT_PANELS
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    ds = _cka_run(root / "c.zarr")
+    assert "similarity" in STAT_PANELS and "stat-similarity" in GRAPHS
+    app = create_app(root)
+    client = app.server.test_client()
+    page = json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=c.zarr"}).data)
+    stack, fig = [page], None
+    while stack and fig is None:
+        n = stack.pop()
+        if isinstance(n, dict):
+            if n.get("props", {}).get("id") == "stat-similarity":
+                fig = n["props"]["figure"]
+            stack.extend(n.values())
+        elif isinstance(n, list):
+            stack.extend(n)
+    assert fig is not None and fig["layout"]["meta"]["variables"] == ["cka_first", "cka_previous"]
+    from phasescope.dashboard._plotly import decode_array
+
+    first = [t for t in fig["data"] if t["name"] == "a" and t.get("yaxis", "y") == "y"][0]
+    np.testing.assert_allclose(decode_array(first["y"]), ds.cka_first.sel(probe="a").values, rtol=1e-6)
