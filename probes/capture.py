@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from phasescope.errors import PhasescopeError
 from phasescope.spectra import CovarianceAccumulator
-from phasescope.spectra.similarity import centered_gram
+from phasescope.spectra.similarity import GramSampler
 
 from .registry import Probe
 from .tokens import TokenSelection, plan_all, select
@@ -196,23 +196,14 @@ class ProbeSet:
         the centred Gram of each probe's first ``gram_samples`` selected rows — the same samples at
         every capture, in the fixed batch order — for linear CKA. Returns (accumulators, grams)."""
         accs = [_make_acc(self.dims[p.name]) for p in self.probes]
-        kept: list[list] = [[] for _ in self.probes]
-        counts = [0] * len(self.probes)
+        samplers = [GramSampler(gram_samples) for _ in self.probes]
 
         def on_rows(i, rows):
             accs[i].update(rows)
-            if counts[i] < gram_samples:
-                take = rows[: gram_samples - counts[i]]
-                kept[i].append(take)
-                counts[i] += int(take.shape[0])
+            samplers[i].update(rows)
 
         self._run(self.batches, on_rows, self.plans)
-        grams = [None] * len(self.probes)
-        if gram_samples:
-            import torch
-
-            grams = [centered_gram(torch.cat(k)) if counts[i] >= 2 else None for i, k in enumerate(kept)]
-        return accs, grams
+        return accs, [s.gram() for s in samplers]
 
     def padding_forward(self, batch: dict) -> None:
         """One discarded probe forward of ``batch`` (FSDP2: every rank must run as many forwards)."""

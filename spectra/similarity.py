@@ -50,3 +50,27 @@ def linear_cka(k: Any, l: Any) -> float:
         norm = xp.sqrt(xp.sum(k * k)) * xp.sqrt(xp.sum(l * l))
         value = B.to_python_float(hsic) / B.to_python_float(norm) if B.to_python_float(norm) > 0 else float("nan")
     return value
+
+
+class GramSampler:
+    """Keeps the first ``max_samples`` rows fed to :meth:`update` (in order) and gives their centred
+    Gram — the CKA sample of one capture; the same rows at every capture when the probe set and its
+    batch order are fixed. ``max_samples = 0`` keeps nothing (``gram()`` is None)."""
+
+    def __init__(self, max_samples: int = CKA_SAMPLES):
+        self.max_samples = int(max_samples)
+        self.rows: list = []
+        self.n = 0
+
+    def update(self, x: Any) -> None:
+        if self.n < self.max_samples:
+            take = x[: self.max_samples - self.n]
+            self.rows.append(take)
+            self.n += int(take.shape[0])
+
+    def gram(self) -> Any:
+        """The centred Gram of the kept rows (backend of the rows), or None for fewer than 2."""
+        if self.n < 2:
+            return None
+        rows = self.rows[0] if len(self.rows) == 1 else B.namespace(*self.rows).concat(self.rows, axis=0)
+        return centered_gram(rows)

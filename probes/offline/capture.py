@@ -29,7 +29,7 @@ import numpy as np
 
 from phasescope.gradients import gradient_matrix_stats
 from phasescope.spectra import CovarianceAccumulator, Spectrum, to_numpy
-from phasescope.spectra.similarity import CKA_SAMPLES, centered_gram
+from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
 from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
 
 from ..capture import accepts, first_tensor
@@ -134,8 +134,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     sel = TokenSelection(spec.tokens, None, spec.seed)
     plan_all = all_tokens_plan(data, spec.max_tokens, spec.seed) if spec.tokens == "all" else None
     accs = [CovarianceAccumulator(d) for d in spec.dims]
-    kept: list[list] = [[] for _ in spec.dims]           # the first cka_samples rows per probe (fixed order)
-    counts = [0] * len(spec.dims)
+    samplers = [GramSampler(spec.cka_samples) for _ in spec.dims]   # CKA: the first rows, fixed order
     params = dict(model.named_parameters())
     mats = [params[n] for n in spec.matrices]
     grads = spec.gradients and bool(mats)
@@ -174,9 +173,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             raise RuntimeError(f"the trace returned {len(saved)} of {len(accs)} probe outputs")
         for i, (acc, x) in enumerate(zip(accs, saved)):
             acc.update(x)
-            if counts[i] < spec.cka_samples:
-                kept[i].append(x[: spec.cka_samples - counts[i]])
-                counts[i] += int(kept[i][-1].shape[0])
+            samplers[i].update(x)
         del saved
         if grads:
             # Next-token loss at the counted positions only: position t predicts token t+1.
@@ -189,7 +186,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             del hidden, logits, batch_loss
 
     spectra = [_host_spectrum(acc.compute()) for acc in accs]
-    grams = [to_numpy(centered_gram(torch.cat(k))) if counts[i] >= 2 else None for i, k in enumerate(kept)]
+    grams = [None if (g := s.gram()) is None else to_numpy(g) for s in samplers]
     cap = CaptureResult(step, spectra=spectra, grams=grams, capture=True)
     res = CheckpointResult(step, capture=cap, n_tokens=data.n_tokens)
     if grads:
