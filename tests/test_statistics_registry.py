@@ -151,3 +151,29 @@ def test_a_new_statistic_is_one_registration(tmp_path):
         assert "top_share" in F.capture_metrics(ds)
     finally:
         REGISTRY.pop(stat.name)
+
+
+def test_readme_statistic_example_runs_as_written(tmp_path):
+    """The README's "## Metrics" snippet registers a statistic; a Recorder then stores it and the
+    dashboard page gets the panel it names — nothing else is edited."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    script = snippet + f"""
+import numpy as np
+from phasescope.probes import Recorder
+from phasescope.dashboard.layout import GRAPHS
+with Recorder({str(tmp_path / 'r.zarr')!r}, write_interval=0.0, strict=True) as rec:
+    rec.record(0, activations={{"h": np.random.default_rng(0).standard_normal((50, 4)) * [4, 3, 2, 1]}})
+print("stat-shares" in GRAPHS)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
+    share = float(open_run(tmp_path / "r.zarr").top_share.values[0, 0])
+    assert 0.25 < share < 1.0
