@@ -278,7 +278,9 @@ def test_dashboard_catalog_reports_each_state_and_polls_only_live_runs(ended_run
     views = Views(src, refresh_ms=1000)
     for key in ("interrupted.zarr", "failed.zarr", "killed.zarr", "finished.zarr"):
         _, done, status = views.version([key])
-        assert done and status == f"{cat[key].detail} · live refresh off", key
+        text = getattr(status, "children", status)            # red states come as a Span with class "bad"
+        assert done and text == f"{cat[key].detail} · live refresh off", key
+        assert (getattr(status, "className", None) == "bad") == (key != "finished.zarr"), key
     _, done, status = views.version(["live.zarr", "interrupted.zarr"])
     assert not done and status.startswith("live")
     version, _, _ = views.version(["failed.zarr"])
