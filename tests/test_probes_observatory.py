@@ -1,6 +1,9 @@
 """Observatory on real CPU training loops with transformers models built from configs."""
 
 import math
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -315,11 +318,8 @@ def test_lazy_facade_does_not_import_torch():
     assert out.stdout.strip() == "Observatory"
 
 
-def test_unclosed_observatory_is_flushed_at_exit(tmp_path):
-    import subprocess
-    import sys
-    import textwrap
-
+def _forgotten_observatory(store, steps: int, ending: str = "") -> subprocess.CompletedProcess:
+    """Run a training script whose Observatory is never closed, ending with ``ending`` (a statement)."""
     script = textwrap.dedent(f"""
         import torch
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -327,13 +327,18 @@ def test_unclosed_observatory_is_flushed_at_exit(tmp_path):
         torch.set_num_threads(1)
         m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16,
                                        bos_token_id=0, eos_token_id=0))
-        obs = phasescope.Observatory(m, store={str(tmp_path / 'exit.zarr')!r}, capture="in_flight")
+        obs = phasescope.Observatory(m, store={str(store)!r}, capture="in_flight")
         x = torch.randint(0, 64, (2, 8))
-        for s in range(5):
+        for s in range({steps}):
             m(input_ids=x, labels=x).loss.backward()
             obs.step(s, loss=1.0)
+        {ending}
         """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+
+
+def test_unclosed_observatory_is_flushed_at_exit(tmp_path):
+    out = _forgotten_observatory(tmp_path / "exit.zarr", 5)
     assert out.returncode == 0, out.stderr
     ds = open_run(tmp_path / "exit.zarr")
     assert ds.sizes["step"] == 5 and ds.attrs["finished"] is False
@@ -345,25 +350,7 @@ def test_unclosed_observatory_is_flushed_at_exit(tmp_path):
 def test_a_run_ended_by_an_uncaught_exception_says_how(tmp_path, ending, status, error):
     """A training script killed by Ctrl-C or an error, its Observatory never closed (as when a Trainer
     raises past its callbacks): the run is closed at exit as interrupted or failed with the error."""
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(f"""
-        import torch
-        from transformers import GPT2Config, GPT2LMHeadModel
-        import phasescope
-        torch.set_num_threads(1)
-        m = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=16,
-                                       bos_token_id=0, eos_token_id=0))
-        obs = phasescope.Observatory(m, store={str(tmp_path / 'end.zarr')!r}, capture="in_flight")
-        x = torch.randint(0, 64, (2, 8))
-        for s in range(3):
-            m(input_ids=x, labels=x).loss.backward()
-            obs.step(s, loss=1.0)
-        {ending}
-        """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    out = _forgotten_observatory(tmp_path / "end.zarr", 3, ending)
     assert out.returncode != 0
     ds = open_run(tmp_path / "end.zarr")
     assert ds.sizes["step"] == 3 and ds.attrs["status"] == status and ds.attrs.get("error") == error
