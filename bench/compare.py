@@ -53,6 +53,12 @@ def skeleton(line: str) -> str:
     return NUMBER.sub("#", line).strip()
 
 
+def fill(line: str, values: list[float]) -> str:
+    """``line`` with its numbers replaced by ``values`` (the medians over repeats)."""
+    it = iter(values)
+    return NUMBER.sub(lambda m: f"{next(it, float('nan')):.4g}", line.strip())
+
+
 def numbers(line: str) -> list[float]:
     return [float(t.replace(",", "")) for t in NUMBER.findall(line)]
 
@@ -91,8 +97,8 @@ def main() -> None:
         # The ratio of the first number that differs (labels such as sizes are equal on both sides).
         diff = next((j for j, (x, y) in enumerate(zip(c, b)) if x != y), None)
         ratio = f"{c[diff] / b[diff]:6.3f}" if diff is not None and b[diff] else " same "
-        print(f"  x{ratio}  {line.strip()[:110]}")
-        print(f"          baseline: {' '.join(f'{v:g}' for v in b)}")
+        print(f"  x{ratio}  current : {fill(line, c)[:110]}")
+        print(f"           baseline: {fill(line, b)[:110]}")
     missing = [ln.strip() for ln in outs["current"][0] if skeleton(ln) not in base_lines and numbers(ln)]
     if missing:
         print("  only in current:")

@@ -392,3 +392,7 @@ class Observatory:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(error=exc)
+
+
+Observatory.__doc__ = (Observatory.__doc__ or "") + "\n    Options (ObservatoryOptions):" + \
+    ObservatoryOptions.described().replace("\n", "\n    ")

@@ -8,11 +8,16 @@ its default and what it does (``help(ObservatoryOptions)`` shows this list).
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from phasescope.errors import PhasescopeError
 from phasescope.spectra.similarity import CKA_SAMPLES
+
+
+_FIELD = re.compile(r"^(?P<name>\w+): [^=]+= (?P<default>.+?)\s+# (?P<comment>.+)$")
 
 
 @dataclass
@@ -45,6 +50,20 @@ class ObservatoryOptions:
     sync_loss: bool = True             # store the loss averaged over ranks (else rank 0's)
 
     @classmethod
+    def described(cls) -> str:
+        """One line per option — name, default and the comment beside it in this file — for help()."""
+        lines, section = [], ""
+        for raw in inspect.getsource(cls).splitlines():
+            line = raw.strip()
+            if line.startswith("# --"):
+                section = line.strip("# -")
+                lines.append(f"\n{section}:")
+            elif (m := _FIELD.match(line)) is not None:
+                default = {f.name: f.default for f in fields(cls)}.get(m["name"], m["default"])
+                lines.append(f"    {m['name']} = {default!r}: {m['comment']}")
+        return "\n".join(lines)
+
+    @classmethod
     def build(cls, options: "ObservatoryOptions | None", overrides: dict) -> "ObservatoryOptions":
         """``options`` (or the defaults) with keyword overrides; an unknown keyword names the closest."""
         known = [f.name for f in fields(cls)]
@@ -59,3 +78,8 @@ class ObservatoryOptions:
         if opts.capture not in (None, "probe_set", "in_flight"):
             raise PhasescopeError(f"capture must be 'probe_set' or 'in_flight', got {opts.capture!r}")
         return opts
+
+
+ObservatoryOptions.__doc__ = ("Every option of Observatory beyond model, store, probes, schedule, probe_inputs, "
+                              "tokens, metadata, overwrite and fit_range; keywords of Observatory(...) set them."
+                              + ObservatoryOptions.described())

@@ -354,3 +354,17 @@ def test_a_run_ended_by_an_uncaught_exception_says_how(tmp_path, ending, status,
     assert out.returncode != 0
     ds = open_run(tmp_path / "end.zarr")
     assert ds.sizes["step"] == 3 and ds.attrs["status"] == status and ds.attrs.get("error") == error
+
+
+def test_help_lists_every_option_with_its_default_and_meaning():
+    import dataclasses
+    import pydoc
+
+    from phasescope.probes import ObservatoryOptions
+
+    text = pydoc.render_doc(phasescope.Observatory, renderer=pydoc.plaintext)
+    for f in dataclasses.fields(ObservatoryOptions):
+        line = next((ln for ln in text.splitlines() if ln.strip(" |").startswith(f"{f.name} = ")), None)
+        assert line is not None and f"= {f.default!r}: " in line and len(line.split(": ", 1)[1]) > 10, f.name
+    with pytest.raises(PhasescopeError, match="unknown Observatory option 'queue_sise'; did you mean queue_size"):
+        phasescope.Observatory(_gpt2(), store="unused.zarr", queue_sise=3)
