@@ -257,9 +257,10 @@ class AsyncRunWriter:
                 if not (self._stopping or self._flushing):
                     self._cond.wait(self.interval_s)
                 while not (self._queue or self._stopping):
-                    # An idle writer sleeps (never spins: wait(0) would hold the GIL the training and
-                    # zarr threads need); appends notify it when interval_s is 0 or a queue is half full.
-                    self._cond.wait(max(self.interval_s, 0.05))
+                    # An idle writer sleeps: interval_s, or until notified when it is 0 (every append
+                    # notifies then) — never wait(0), a spin that holds the GIL the training and zarr
+                    # threads need.
+                    self._cond.wait(self.interval_s if self.interval_s > 0 else None)
                 if not self._queue:
                     return
                 entries = list(self._queue)
