@@ -270,6 +270,7 @@ class AsyncRunWriter:
                 self._inflight = True
                 self._cond.notify_all()
             c0 = time.thread_time()
+            steps, caps = [], []
             try:
                 steps, caps = self._rows(entries)
                 with self._io:
