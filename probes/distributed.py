@@ -46,6 +46,14 @@ def all_reduce_accumulators(accs: list, dims: list[int], names: list[str], step:
     return accs
 
 
+def barrier(group) -> None:
+    """Wait for every rank of ``group`` (the end of a collective close)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier(group=group)
+
+
 def unwrap(model):
     """The user's module inside a DistributedDataParallel / FSDP1 wrapper (probe names stay the same)."""
     cls = type(model).__name__

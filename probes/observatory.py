@@ -367,7 +367,13 @@ class Observatory:
 
     # ------------------------------------------------------------------ lifetime
     def close(self, *, error: BaseException | None = None) -> None:
-        """Remove all hooks, write what is queued, and mark the run finished (idempotent)."""
+        """Remove all hooks, write what is queued, and mark the run finished (idempotent).
+
+        Under torch.distributed a normal close is collective: every rank returns once rank 0 has
+        closed the store, so the run is complete for all of them, and a rank that goes on to
+        ``destroy_process_group()`` no longer tears gloo down under a peer still closing (that
+        aborted ~1 run in 8: "terminate called without an active exception"). After an error
+        (a rank died) nobody waits."""
         if self._closed:
             return
         self._closed = True
@@ -382,6 +388,9 @@ class Observatory:
             self.recorder.close(error=error)
         finally:
             self.updates.clear()
+            if self.world > 1 and error is None:
+                with self.failures.guard("close", "barrier"):
+                    D.barrier(self.group)
 
     @property
     def closed(self) -> bool:

@@ -57,6 +57,13 @@ WORKER = textwrap.dedent(
                 probe.step(step, loss=loss, lr=0.1)
                 fly.step(step, loss=loss, lr=0.1)
                 opt.step(); opt.zero_grad()
+            if world > 1 and rank == 0:
+                import time
+                time.sleep(1.0)   # rank 0 is slow to close: rank 1 must still find its store finished
+        if rank == 1:   # close is collective: rank 0's store is complete when rank 1 leaves the block
+            from phasescope.store import open_run
+            status = open_run(os.path.join(os.path.dirname(out), "ddp", "probe.zarr")).attrs["status"]
+            open(os.path.join(os.path.dirname(out), "status-seen-by-rank1.txt"), "w").write(status)
 
     def run(rank, world, port, out, die_at):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
@@ -105,6 +112,7 @@ def _run(tmp_path, mode, check=True):
 def test_ddp_two_gloo_ranks_equal_single_process(tmp_path):
     _run(tmp_path, "ddp")
     assert not (tmp_path / "ddp-r1" / "probe.zarr").exists()   # only rank 0 writes
+    assert (tmp_path / "status-seen-by-rank1.txt").read_text() == "finished"   # close waits for rank 0
     for name in ("probe.zarr", "flight.zarr"):
         one, two = open_run(tmp_path / "single" / name), open_run(tmp_path / "ddp" / name)
         assert two.attrs["distributed"]["world_size"] == 2 and two.attrs["finished"] is True
