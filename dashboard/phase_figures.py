@@ -2,10 +2,12 @@
 
 The group is what ``phasescope phases RUN`` writes (``spectra.phases.PhaseResult.to_dataset``): one row
 per segment along dim ``segment`` — ``probe`` (a probe name, or "model" for the median over probes),
-``label`` (collapse, entropy-seeking, compression-seeking, stable, insufficient-data), ``start_step``
+``label`` (collapse, entropy-seeking, compression-seeking, stable, mixed, insufficient-data), ``start_step``
 (its first capture), ``end_step`` (the next segment's first capture, or its own last capture when
 ``open_end``) — and one row per label change along dim ``event``: ``event_probe``, ``event_step``,
 ``event_before``, ``event_after``, ``event_confidence`` (Li et al. 2025 phases; see spectra/phases/).
+Where present, ``rule`` (which row of ``spectra/phases/rules.RULES`` decided the label), the slopes,
+``n_fit`` and ``confidence`` become each cell's and each shaded phase's hover text.
 
 ``figure_phase_strip`` is the per-layer phase strip: probe × step coloured by phase label, with the
 label changes marked. ``trajectory_overlays`` gives the shading (model-level segments) and event
@@ -17,16 +19,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from phasescope.spectra.phases.rules import LABEL_TEXT
+
 from ._common import aligned_x, display_steps, empty_figure, shade, title, to_list
 from ._plotly import figure
 
 MODEL = "model"
-PHASE_TEXT = {"collapse": "warmup collapse", "entropy-seeking": "entropy-seeking",
-              "compression-seeking": "compression-seeking", "stable": "stable",
-              "insufficient-data": "insufficient data"}
+PHASE_TEXT = dict(LABEL_TEXT)      # the labeller's own names (spectra/phases/rules.py)
 PHASE_COLOURS = {"collapse": "#d62728", "entropy-seeking": "#1f77b4", "compression-seeking": "#ff7f0e",
-                 "stable": "#7f7f7f", "insufficient-data": "#c7c7c7"}
-_OTHER_COLOURS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+                 "stable": "#7f7f7f", "mixed": "#9467bd", "insufficient-data": "#c7c7c7"}
+CONFIDENCE_HOVER = ("conf = product of the rule's condition scores: erf(|Δ|/(√2·se)) for a move, "
+                    "1 − ½·|Δ|/tol for flat (`phasescope phases --explain`)")
+_OTHER_COLOURS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 NOT_COMPUTED = "phases not computed: run `phasescope phases RUN` to find them"
 
 
@@ -36,6 +40,7 @@ class PhaseSegment(NamedTuple):
     start: float
     end: float
     open_end: bool
+    why: str = ""       # which rule decided it, its slopes and confidence (hover text; "" for old groups)
 
 
 class PhaseEvent(NamedTuple):
@@ -80,8 +85,36 @@ def phase_segments(phases) -> list[PhaseSegment]:
     probes = to_list(phases["probe"].values) if "probe" in names else [MODEL] * n
     open_end = (np.atleast_1d(phases["open_end"].values).astype(bool) if "open_end" in names
                 else np.zeros(n, bool))
-    return [PhaseSegment(p, lab, float(a), float(b), bool(o))
-            for p, lab, a, b, o in zip(probes, labels, starts, ends, open_end)]
+    why = _why(phases, names, n)
+    return [PhaseSegment(p, lab, float(a), float(b), bool(o), w)
+            for p, lab, a, b, o, w in zip(probes, labels, starts, ends, open_end, why)]
+
+
+def _why(phases, names: set, n: int) -> list[str]:
+    """Per segment: the stored rule (which rule decided it), both slopes, the captures fitted and the
+    confidence, as hover lines ("" where the group predates these fields)."""
+    def col(name):
+        return np.atleast_1d(np.asarray(phases[name].values, float)) if name in names else np.full(n, np.nan)
+    rules = to_list(phases["rule"].values) if "rule" in names else [""] * n
+    sr, sa, conf, nfit = col("slope_rankme"), col("slope_alpha"), col("confidence"), col("n_fit")
+    agree = col("probes_agree")
+
+    def f(v, spec):
+        return format(v, spec) if np.isfinite(v) else "n/a"
+    out = []
+    for i in range(n):
+        lines = []
+        if rules[i]:
+            lines.append(rules[i])
+        if np.isfinite(sr[i]) or np.isfinite(sa[i]):
+            lines.append(f"dlnR/dlnt {f(sr[i], '+.3f')} · dα/dlnt {f(sa[i], '+.3f')}"
+                         + (f" · {nfit[i]:.0f} captures" if np.isfinite(nfit[i]) else ""))
+        if np.isfinite(conf[i]):
+            lines.append(f"confidence {conf[i]:.2f}" + (f" · {agree[i]:.0%} of probes agree" if np.isfinite(agree[i])
+                                                          else ""))
+            lines.append(CONFIDENCE_HOVER)
+        out.append("<br>".join(lines))
+    return out
 
 
 def model_segments(phases) -> list[PhaseSegment]:
@@ -124,6 +157,8 @@ def trajectory_overlays(phases, *, scale: float = 1.0, floor: float) -> tuple[li
     for seg in model_segments(phases):
         x0, x1 = display_steps(np.array([seg.start * scale, seg.end * scale]), floor=floor)
         s, a = shade(x0, x1, phase_text(seg.label), phase_colour(seg.label, others))
+        if seg.why:
+            a["hovertext"] = f"{phase_text(seg.label)}<br>{seg.why}"
         shapes.append(s)
         notes.append(a)
     model = model_segments(phases)
@@ -172,7 +207,8 @@ def figure_phase_strip(ds, phases, *, align: str = "step", uirevision: str = "ph
         cols = np.nonzero((edges[:-1] >= s.start) & (edges[:-1] < max(s.end, s.start + 1e-9)))[0]
         z[ri[s.probe], cols] = code[s.label]
         end = "on" if s.open_end else f"{s.end:g}"
-        text[ri[s.probe], cols] = f"{phase_text(s.label)} · steps {s.start:g} → {end}"
+        text[ri[s.probe], cols] = f"{phase_text(s.label)} · steps {s.start:g} → {end}" + (
+            f"<br>{s.why}" if s.why else "")
     caps = ds["capture_step"].values if ds is not None and "capture_step" in ds.coords else edges
     scale_x, xtitle = aligned_x(ds, [1.0], align) if ds is not None else (np.array([1.0]), "step")
     scale = float(scale_x[0])

@@ -2,6 +2,7 @@
 
     phasescope phases runs/demo.zarr            # summary sentence + table of segments
     phasescope phases runs/demo.zarr --json     # everything as JSON (segments, events, lags, summary)
+    phasescope phases --explain                 # the labelling rules, tolerances and confidence formula
 
 The result is stored in the run (group ``phases``, via ``phasescope.store``) with the number of captures
 it was computed on; it is reused while the run has that many captures and the same settings, and
@@ -19,13 +20,16 @@ from typing import Any
 from .argtypes import csv_list, positive_number
 from .errors import PhasescopeError
 from .spectra.phases import PhaseResult, detect_phases
+from .spectra.phases.rules import RULES_VERSION, explain
 from .store import open_group, open_run, write_group
 
 GROUP = "phases"
 
 
 def _settings(penalty: float | None, metrics: tuple[str, ...], hmm: bool) -> dict:
-    return {"penalty": "bic" if penalty is None else float(penalty), "metrics": list(metrics), "hmm": bool(hmm)}
+    # the rules' version too: a result stored under other labelling rules is recomputed
+    return {"penalty": "bic" if penalty is None else float(penalty), "metrics": list(metrics), "hmm": bool(hmm),
+            "rules": RULES_VERSION}
 
 
 def _stored(path: Any, n_captures: int, settings: dict):
@@ -84,7 +88,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Segment RankMe and alpha-ReQ over ln(1+step) into phases (Li et al. 2025), per probe and "
         "for the model; store the result in the run's 'phases' group and print it.",
     )
-    p.add_argument("run", type=Path, metavar="RUN", help="a run store, e.g. runs/demo.zarr")
+    p.add_argument("run", type=Path, metavar="RUN", nargs="?", default=None,
+                   help="a run store, e.g. runs/demo.zarr (not needed with --explain)")
+    p.add_argument("--explain", action="store_true",
+                   help="print how phases are labelled (rules, tolerances, minimum captures, confidence) and exit")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument("--penalty", type=positive_number, default=None,
                    help="change-point penalty per breakpoint, in noise units (default: BIC, (2d+1) ln n)")
@@ -100,7 +107,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run ``phasescope phases``; user mistakes print one line on stderr and return 2."""
+    if getattr(args, "explain", False):
+        print(explain())
+        return 0
     try:
+        if args.run is None:
+            raise PhasescopeError("pass a run store, e.g. `phasescope phases runs/demo.zarr` "
+                                  "(or --explain for the labelling rules)")
         if not Path(args.run).exists():
             raise PhasescopeError(f"{args.run} does not exist; pass a run store such as runs/demo.zarr")
         result, status = phases_for_run(args.run, penalty=args.penalty, metrics=tuple(args.metrics), hmm=args.hmm,
@@ -116,6 +129,8 @@ def run(args) -> int:
     print(result.summary(per_probe=args.per_probe))
     print()
     print(result.table())
+    print("\nconf: confidence in [0, 1] computed from each phase's fit (significance of its slopes, closeness to "
+          "flat); `phasescope phases --explain` prints the rules and the formula, --json each phase's `rule`")
     if result.hmm is not None:
         h = result.hmm
         if "error" in h:

@@ -119,3 +119,22 @@ def test_csv_export_of_the_phase_strip_and_events_names_labels_at_true_steps(run
     events = frame[frame["trace"] == "phase change"]
     assert sorted(zip(events["value"], events["x"])) == sorted((e.probe, e.step) for e in result.events())
     assert 0 in set(cells["x"])  # step 0 as 0, not its drawn position
+
+
+def test_hover_says_which_rule_decided_each_phase_with_slopes_and_confidence(run):
+    src, path, _ = run
+    ds, ph = open_run(path), src.phases("ph.zarr")
+    result = PhaseResult.from_dataset(ph)
+    fig = F.figure_phase_strip(ds, ph)
+    text = np.asarray(fig.data[0].text, dtype=object)
+    rows, edges = fig.layout.meta["rows"], np.asarray(fig.layout.meta["edges"])
+    for seg in result.segments:
+        col = int(np.searchsorted(edges, seg.start_step, side="right") - 1)
+        cell = text[rows.index(seg.probe), col]
+        assert seg.rule in cell and f"confidence {seg.confidence:.2f}" in cell, cell
+        assert "dlnR/dlnt" in cell and "dα/dlnt" in cell
+    traj = F.figure_trajectories({"ph.zarr": ds}, phases={"ph.zarr": ph}, probes=["layer.00"])
+    model = result.segments_for("model")
+    hovers = [a.hovertext for a in traj.layout.annotations][:len(model)]
+    for seg, hover in zip(model, hovers):
+        assert hover.startswith(F.phase_text(seg.label)) and seg.rule in hover and "confidence" in hover

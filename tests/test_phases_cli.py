@@ -139,3 +139,32 @@ def test_real_cli_process(run_path):
     bad = subprocess.run([sys.executable, "-m", "phasescope.cli", "phases", str(path.parent / "nope.zarr")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+
+
+def test_explain_prints_the_rules_and_exits_0(capsys):
+    from phasescope.cli import main
+    from phasescope.spectra.phases import RULES, explain
+
+    assert main(["phases", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == explain().strip()
+    for rule in RULES:
+        assert rule.label in out
+    assert "confidence = " in out and "erf" in out and "Minimum captures per phase: 3" in out
+    assert main(["phases"]) == 2                       # no run and no --explain: one line, exit 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--explain" in err
+
+
+def test_each_segment_says_which_rule_decided_it(run_path, capsys):
+    path, *_ = run_path
+    assert cli_phases.run(args(path, json=True, no_save=True)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"]["min_captures"] == 3 and out["params"]["min_size"] == 3
+    for seg in out["segments"]:
+        assert seg["rule"].startswith(seg["label"].replace("collapse", "warmup collapse")), seg
+        assert seg["n_fit"] >= 3 and 0 <= seg["confidence"] <= 1
+    model = [s for s in out["segments"] if s["probe"] == "model"]
+    assert all(s["probes_agree"] >= 0.5 for s in model)
+    assert cli_phases.run(args(path, no_save=True)) == 0
+    assert "phasescope phases --explain" in capsys.readouterr().out

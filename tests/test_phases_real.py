@@ -2,14 +2,15 @@
 
 The run is generated here, by the demo code, and takes about a minute on one CPU thread. Li et al. 2025's
 first two phases must show in every trajectory: warmup collapse of RankMe after initialisation, then
-entropy-seeking (RankMe re-expands), with the boundary within the first hundred steps.
+the re-expansion (entropy-seeking, or mixed while α still rises with RankMe), with the boundary within
+the first hundred steps.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from phasescope.spectra.phases import COLLAPSE, ENTROPY, MODEL, detect_phases
+from phasescope.spectra.phases import COLLAPSE, ENTROPY, MIXED, MODEL, detect_phases
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,9 @@ def test_collapse_then_entropy_seeking(real_run):
     steps = ds["capture_step"].values
     for probe in res.probes + [MODEL]:
         labels = res.labels(probe)
-        assert labels[:2] == [COLLAPSE, ENTROPY], (probe, labels, res.table())
+        # the re-expansion: entropy-seeking, or mixed where α still rises with RankMe (issue 15: Li et al.'s
+        # entropy-seeking has α falling; in this 200-step run α peaks after the RankMe minimum)
+        assert labels[0] == COLLAPSE and labels[1] in (ENTROPY, MIXED), (probe, labels, res.table())
         first, second = res.segments_for(probe)[:2]
         assert 0 < second.start_step <= 100, (probe, second.start_step)
         # the boundary sits at the RankMe minimum (within one capture), checked on the raw data
@@ -44,6 +47,8 @@ def test_collapse_then_entropy_seeking(real_run):
         i_b = int(np.searchsorted(steps, second.start_step))
         assert abs(i_b - i_min) <= 1, (probe, steps[i_min], second.start_step)
         assert first.slope_rankme < 0 < second.slope_rankme
+        if second.label == MIXED:
+            assert second.slope_alpha > 0 and "RankMe rises" in second.rule and "α rises" in second.rule
         assert first.rankme_end < 0.5 * first.rankme_start
 
 
@@ -53,4 +58,4 @@ def test_cli_on_the_real_run(real_run, capsys):
     assert main(["phases", str(real_run)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("model: warmup collapse from step 0 to ")
-    assert "entropy-seeking from " in out
+    assert "entropy-seeking from " in out or "mixed (dlnR/dlnt +" in out

@@ -14,10 +14,13 @@ Method (details and formulas in ``segmentation`` and ``label``; ``detect`` runs 
    segmentation only; when α is missing at half of the captures or more, RankMe segments alone.
 3. PELT (``ruptures``) finds the piecewise-linear fit over x with a BIC penalty (2d+1)·ln n per
    breakpoint, in units of each channel's robustly estimated noise (``penalty`` overrides it).
-4. Each segment is labelled after Li et al. 2025 — warmup collapse, entropy-seeking (RankMe ↑, α ↓),
-   compression-seeking (RankMe ↓, α ↑) or stable — and neighbours with the same label are merged.
-5. The model-level trajectory is the median over probes of ln RankMe and α at each capture, treated the
-   same way (probe name ``"model"``). Events are the steps where a label changes; lags compare when each
+4. Each segment is labelled after Li et al. 2025 by the table ``rules.RULES`` — warmup collapse,
+   entropy-seeking (RankMe ↑, α ↓ or flat), compression-seeking (RankMe ↓ and α ↑), stable, mixed (the
+   slopes match no label) or insufficient-data (< 3 captures) — and neighbours with the same label are
+   merged. ``explain()`` (``phasescope phases --explain``) prints the rules and the confidence formula.
+5. The model-level trajectory is, at each capture, the median over probes of each probe's ln RankMe and
+   α relative to its own median level (plus the median level), treated the same way (probe name
+   ``"model"``); a model phase that fewer than half of the probes' own slopes support becomes mixed. Events are the steps where a label changes; lags compare when each
    probe enters a phase and whether deeper layers go first (Spearman ρ of onset step against depth).
 
 An optional cross-check, a Gaussian HMM over the same channels with the number of states chosen by BIC
@@ -29,7 +32,9 @@ from .detect import LOG_METRICS, MIN_POINTS, detect_phases, trajectory_phases
 from .label import (COLLAPSE, COMPRESSION, DEFAULT_TOL, DEFAULT_Z, ENTROPY, INSUFFICIENT, LABEL_TEXT, LABELS,
                     STABLE, Segment, insufficient, label_segments)
 from .result import MODEL, Event, PhaseResult
+from .rules import MIN_CAPTURES, MIXED, RULES, RULES_VERSION, Rule, explain
 from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
 
 __all__ = ["detect_phases", "PhaseResult", "Segment", "Event", "LABELS", "LABEL_TEXT", "MODEL",
-           "COLLAPSE", "ENTROPY", "COMPRESSION", "STABLE", "INSUFFICIENT", "trajectory_phases"]
+           "COLLAPSE", "ENTROPY", "COMPRESSION", "STABLE", "MIXED", "INSUFFICIENT", "trajectory_phases",
+           "RULES", "Rule", "MIN_CAPTURES", "explain"]

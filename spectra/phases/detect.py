@@ -9,12 +9,13 @@ import numpy as np
 from phasescope.errors import PhasescopeError
 
 from .hmm import hmm_phases
-from .label import DEFAULT_TOL, DEFAULT_Z, Segment, insufficient, label_segments
+from . import rules as R
+from .label import DEFAULT_TOL, DEFAULT_Z, MIN_CAPTURES, Segment, _fit, insufficient, label_segments
 from .result import MODEL, PhaseResult
 from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
 
 LOG_METRICS = {"rankme", "rankme_raw", "participation_ratio", "stable_rank"}
-MIN_POINTS = 3
+MIN_POINTS = MIN_CAPTURES
 
 
 def _transform(name: str, values: np.ndarray) -> np.ndarray:
@@ -128,16 +129,18 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
             extra={m: data[m][:, j] for m in extra_names}, probe=p, **opts)
     if model_level and len(all_probes) > 1:
         with np.errstate(all="ignore"), _quiet():
-            med_lr = np.nanmedian(_transform("rankme", data["rankme"]), axis=1)
-            med_a = np.nanmedian(data["alpha"], axis=1) if "alpha" in data else None
-            med_x = {m: np.exp(np.nanmedian(_transform(m, data[m]), axis=1)) if m in LOG_METRICS
-                     else np.nanmedian(data[m], axis=1) for m in extra_names}
-        segments += trajectory_phases(steps, med_lr, med_a, extra=med_x, probe=MODEL, _log_rankme=True, **opts)
+            med_lr = _aligned_median(_transform("rankme", data["rankme"]))
+            med_a = _aligned_median(data["alpha"]) if "alpha" in data else None
+            med_x = {m: np.exp(_aligned_median(_transform(m, data[m]))) if m in LOG_METRICS
+                     else _aligned_median(data[m]) for m in extra_names}
+        model = trajectory_phases(steps, med_lr, med_a, extra=med_x, probe=MODEL, _log_rankme=True, **opts)
+        segments += _check_against_probes(model, steps, data, {**DEFAULT_TOL, **(tol or {})}, z)
     elif model_level:
         segments += [Segment(**{**s.to_dict(), "probe": MODEL}) for s in segments if s.probe == all_probes[0]]
     params = {"method": "pelt-piecewise-linear-log1p-step", "metrics": metrics,
               "penalty": "bic" if penalty is None else float(penalty), "min_size": min_size,
-              "min_effect": min_effect, "tol": {**DEFAULT_TOL, **(tol or {})}, "z": z}
+              "min_effect": min_effect, "tol": {**DEFAULT_TOL, **(tol or {})}, "z": z,
+              "min_captures": MIN_CAPTURES, "rules_version": R.RULES_VERSION}
     fin = np.isfinite(data["rankme"]).any(axis=1)
     result = PhaseResult(segments=segments, probes=all_probes, params=params,
                          n_captures=int(len(steps)),
@@ -146,6 +149,60 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
         pelt = [s.label for s in result.segments_for(MODEL) for _ in range(s.n_points)]
         result.hmm = hmm_phases(steps, data, all_probes, pelt_labels=pelt)
     return result
+
+
+def _aligned_median(v: np.ndarray) -> np.ndarray:
+    """Model-level trajectory of a (captures, probes) array: at each capture the median over probes of
+    each probe's deviation from its own median level, plus the median level. A plain median of levels
+    follows whichever probe sits in the middle (probes' RankMe differ by factors of 10), so the model
+    could go one way while most probes go the other; the median of the shapes moves as most probes do."""
+    level = np.nanmedian(v, axis=0)                         # per probe
+    shape = np.nanmedian(v - level[None, :], axis=1)        # per capture
+    return shape + np.nanmedian(level)
+
+
+def _check_against_probes(model: list[Segment], steps, data: dict, tol: dict, z: float) -> list[Segment]:
+    """The model level must agree with the probes: for each model phase, fit every probe's ln RankMe and
+    α over the same captures and count the probes whose own directions satisfy the model rule's
+    conditions on RankMe and α (``rules.RULES``); fewer than half → ``mixed``. ``probes_agree`` keeps the
+    fraction (of probes with at least MIN_CAPTURES finite RankMe values there)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    x_all = np.log1p(np.where(np.isfinite(steps), steps, 0))
+    lr_all = _transform("rankme", data["rankme"])
+    al_all = data.get("alpha")
+    out = []
+    for seg in model:
+        if seg.label in (R.INSUFFICIENT, R.MIXED):
+            out.append(seg)
+            continue
+        rule = R.RULE_BY_LABEL[seg.label]
+        inside = (steps >= seg.start_step) & (steps <= seg.end_step)
+        votes = []
+        for j in range(lr_all.shape[1]):
+            ok = inside & np.isfinite(lr_all[:, j])
+            if ok.sum() < MIN_CAPTURES:
+                continue
+            f = _fit(x_all[ok], lr_all[ok, j], None if al_all is None else al_all[ok, j])
+            r_dir = R.rankme_direction(f.d_r, tol["rankme"])
+            a_dir = R.alpha_direction(f.d_a, f.se_da, tol["alpha"], z)
+            votes.append(r_dir in rule.rankme and a_dir in rule.alpha)
+        if not votes:
+            out.append(seg)
+            continue
+        frac = float(np.mean(votes))
+        if frac >= 0.5:
+            out.append(Segment(**{**seg.to_dict(), "probes_agree": frac,
+                                  "rule": f"{seg.rule}; {sum(votes)} of {len(votes)} probes agree"}))
+        else:
+            span = seg.change_alpha / seg.slope_alpha if seg.slope_alpha else float("nan")
+            r_dir = R.rankme_direction(seg.change_rankme, tol["rankme"])
+            a_dir = R.alpha_direction(seg.change_alpha, abs(seg.slope_alpha_se * span), tol["alpha"], z)
+            mixed = R.rule_text(R.MIXED, r_dir, a_dir, seg.change_rankme, seg.change_alpha, seg.n_fit,
+                                f"the median says {seg.label}, but only {sum(votes)} of {len(votes)} probes' "
+                                f"own slopes satisfy its rule")
+            out.append(Segment(**{**seg.to_dict(), "label": R.MIXED, "probes_agree": frac, "rule": mixed,
+                                  "confidence": 1.0 - frac}))
+    return out
 
 
 class _quiet:

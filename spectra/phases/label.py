@@ -1,41 +1,33 @@
 """Labels for segments of a RankMe / α-ReQ trajectory, after Li et al. 2025.
 
 Li, Agrawal, Ghosh, Teru, Santoro, Lajoie, Richards, "Tracing the Representation Geometry of Language
-Models from Pretraining to Post-training" (2025) describe three phases of pretraining:
+Models from Pretraining to Post-training" (2025) describe three phases of pretraining: warmup collapse
+(RankMe falls early), entropy-seeking (RankMe rises, α falls) and compression-seeking (RankMe falls
+*and* α rises: anisotropic consolidation). The rules that name a phase — the table ``RULES``, the
+tolerances, the minimum captures and the confidence formula — live in ``rules.py`` (printed by
+``phasescope phases --explain``); this module finds the phases and applies them.
 
-* **warmup / collapse** – at the start, RankMe falls sharply (representations collapse onto few
-  directions while the learning rate warms up);
-* **entropy-seeking** – RankMe rises and α-ReQ falls: the representation spreads its variance over
-  more directions (the eigenspectrum flattens);
-* **compression-seeking** – RankMe falls and α-ReQ rises: variance concentrates on the leading
-  directions (anisotropic consolidation, a steeper eigenspectrum).
+Two stages:
 
-We add **stable** (RankMe moves less than its tolerance, and α does not decide).
-
-Per segment we fit, by least squares over the segment's captures (x = ln(1+step)),
-    ln RankMe ≈ a_r + s_r x        (so s_r = d ln RankMe / d ln(1+step): RankMe ∝ (1+step)^{s_r})
-    α         ≈ a_α + s_α x        (s_α = dα / d ln(1+step))
-and call the changes over the segment Δ_r = s_r·(x_last − x_first) (a log ratio; 0.1 ≈ 10 %) and
-Δ_α = s_α·(x_last − x_first). A metric *moves* when |Δ| ≥ its tolerance and |Δ| ≥ z·se(Δ).
-
-Rules, in order (PELT pieces are small; phases are runs of pieces):
-1. A piece's direction is RankMe's when its change is significant and ≥ half the tolerance. When RankMe
-   is confidently flat (|Δ_r| + z·se < tolerance), α decides if it moves (rising α = compression),
-   else the piece is flat. Otherwise (a large but noisy change) the piece is undecided and joins the
-   neighbour it leans towards (the next one first), else counts as flat.
-2. Rising = entropy-seeking; falling = collapse before the first entropy-seeking phase, compression-
-   seeking after it; flat = stable. A stable start followed by the collapse is part of the warmup.
-3. Neighbours with equal labels merge; a merged phase whose RankMe moves less than the tolerance
-   (and that α did not decide) becomes stable, and labels are merged again.
-4. Where RankMe turns (falling → entropy-seeking, entropy-seeking → compression-seeking) the boundary
-   moves to the turning point: the new phase starts at the capture of the RankMe minimum (maximum).
-
-Confidence (a heuristic in [0, 1], documented so it can be read): for a moving segment,
-erf(|Δ|/(√2 se)) of the deciding metric (the two-sided significance of its slope; 0.5 when se is
-unknown) times 1 if α moves the expected way (falling in entropy-seeking, rising in
-compression-seeking; collapse is defined by RankMe alone), 0.8 if α is flat or missing, 0.5 if it
-moves against; for a stable segment
-1 − ½·max(|Δ|/tolerance) over the metrics.
+1. **Boundaries.** PELT pieces (small) get a direction each, on ln RankMe fitted over the piece
+   (x = ln(1+step); a change Δ = slope·(x_last − x_first)): a piece's RankMe *trends* when its change
+   is significant (|Δ| ≥ z·se) and ≥ half the tolerance. When RankMe is confidently flat
+   (|Δ_r| + z·se < tolerance) α's move gives the direction, else the piece is flat. A large but noisy
+   change leaves the piece undecided: it joins the neighbour it leans towards (the next one first), else
+   counts as flat. Pieces are named (rising = entropy-seeking; falling = collapse before the first rise,
+   compression after it; flat = stable), neighbours with equal names merge, and where RankMe turns the
+   boundary moves to the turning point (the vertex of the best two-line fit: the new phase starts at the
+   capture of the RankMe minimum / maximum), always leaving every phase ``MIN_CAPTURES`` captures.
+   Trajectories too short for the change-point search to cut twice (< 3·MIN_CAPTURES captures, e.g. an
+   offline sweep of 4–8 checkpoints) are also cut where RankMe turns by more than the tolerance on
+   both sides (25.3 → 2.5 → 4.6 → 4.7 is a fall, then a rise — never one falling line).
+2. **Labels.** Every phase is labelled afresh by the first matching row of ``RULES`` on its own fit,
+   over its captures *and* the next phase's first capture (a phase runs from its start step to its end
+   step inclusive): insufficient-data (< MIN_CAPTURES), collapse, entropy-seeking, compression-seeking,
+   stable, else mixed. A stable first phase followed by the collapse is part of the warmup. Neighbours
+   with equal labels merge and are labelled again until nothing changes. Each segment stores the rule
+   that decided it (``rule``), the captures it was fitted over (``n_fit``) and the confidence of
+   ``rules.CONFIDENCE_TEXT``.
 """
 from __future__ import annotations
 
@@ -46,17 +38,9 @@ import numpy as np
 
 from .segmentation import linear_fit
 
-COLLAPSE = "collapse"
-ENTROPY = "entropy-seeking"
-COMPRESSION = "compression-seeking"
-STABLE = "stable"
-INSUFFICIENT = "insufficient-data"
-LABELS = (COLLAPSE, ENTROPY, COMPRESSION, STABLE, INSUFFICIENT)
-LABEL_TEXT = {COLLAPSE: "warmup collapse", ENTROPY: "entropy-seeking", COMPRESSION: "compression-seeking",
-              STABLE: "stable", INSUFFICIENT: "insufficient data"}
-
-DEFAULT_TOL = {"rankme": 0.1, "alpha": 0.1}   # |Δ ln RankMe| ≈ 10 %, |Δα| = 0.1
-DEFAULT_Z = 2.0
+from . import rules as R
+from .rules import (COLLAPSE, COMPRESSION, DEFAULT_TOL, DEFAULT_Z, ENTROPY, INSUFFICIENT, LABEL_TEXT, LABELS,  # noqa: F401
+                    MIN_CAPTURES, MIXED, RULES, STABLE)
 
 
 @dataclass
@@ -66,7 +50,9 @@ class Segment:
     Steps are training steps; the segment runs from ``start_step`` (its first capture) to
     ``end_step`` (the first capture of the next segment, or its own last capture when it is the last:
     ``open_end``). Slopes are per unit of ln(1+step): ``slope_rankme`` = d ln RankMe/d ln(1+step),
-    ``slope_alpha`` = dα/d ln(1+step). NaN where a metric is unavailable.
+    ``slope_alpha`` = dα/d ln(1+step), fitted over the ``n_fit`` captures from ``start_step`` to
+    ``end_step`` inclusive (``n_points`` counts the segment's own captures: they sum to the trajectory's);
+    ``rankme_start``/``rankme_end`` are RankMe at those two steps. NaN where a metric is unavailable.
     """
 
     probe: str
@@ -88,6 +74,9 @@ class Segment:
     confidence: float
     loss_start: float = math.nan
     loss_end: float = math.nan
+    n_fit: int = 0            # captures the slopes are fitted over: its own + the next phase's first
+    rule: str = ""            # which rule of rules.RULES decided the label, with the changes it saw
+    probes_agree: float = math.nan   # model level: fraction of probes whose own slopes satisfy the rule
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,14 +89,6 @@ def _moves(delta: float, se: float, tol: float, z: float) -> int:
     if math.isfinite(se) and abs(delta) < z * se:
         return 0
     return 1 if delta > 0 else -1
-
-
-def _significance(delta: float, se: float) -> float:
-    if not math.isfinite(se):
-        return 0.5
-    if se == 0:
-        return 1.0
-    return math.erf(abs(delta) / (math.sqrt(2) * se))
 
 
 @dataclass
@@ -153,22 +134,6 @@ def _direction(f: _Fit, tol: dict, z: float) -> tuple[int, int, int]:
     return 2 * (1 if f.d_r > 0 else -1), mr, ma  # undecided, leaning this way
 
 
-def _confidence(label: str, f: _Fit, mr: int, ma: int, tol: dict) -> float:
-    if label == STABLE:
-        ratios = [abs(f.d_r) / tol["rankme"]]
-        if math.isfinite(f.d_a):
-            ratios.append(abs(f.d_a) / tol["alpha"])
-        return 1.0 - 0.5 * min(1.0, max(ratios))
-    expected_alpha = {COMPRESSION: +1, ENTROPY: -1}.get(label, 0)   # collapse is defined by RankMe alone
-    if mr:
-        base = _significance(f.d_r, f.se_dr)
-        agree = 1.0 if expected_alpha == 0 else 0.8 if ma == 0 else 1.0 if ma == expected_alpha else 0.5
-    else:   # α decided, alone or confirming an unsure RankMe move
-        base = _significance(f.d_a, f.se_da) * 0.8
-        agree = 1.0 if abs(f.d_r) < tol["rankme"] else _significance(f.d_r, f.se_dr) + 0.5 * (1 - _significance(f.d_r, f.se_dr))
-    return float(base * agree)
-
-
 def label_segments(probe: str, steps: np.ndarray, x: np.ndarray, lr: np.ndarray, al: np.ndarray | None,
                    bkps: list[int], *, tol: dict | None = None, z: float = DEFAULT_Z,
                    loss: "callable | None" = None) -> list[Segment]:
@@ -211,25 +176,118 @@ def label_segments(probe: str, steps: np.ndarray, x: np.ndarray, lr: np.ndarray,
             labels[0] = COLLAPSE
         merged = _merge([(m[0], m[1]) for m in merged], labels)
     merged = _turning_points(merged, x, lr, pieces, soft)
-    n = len(steps)
-    out = []
-    for s, e, lab in merged:
-        f = _fit(x[s:e], lr[s:e], None if al is None else al[s:e])
-        _, mr, ma = _direction(f, tol, z)
-        a_seg = al[s:e] if al is not None else None
-        a_fin = a_seg[np.isfinite(a_seg)] if a_seg is not None else np.array([])
-        start, end = int(steps[s]), int(steps[e] if e < n else steps[n - 1])
-        out.append(Segment(
-            probe=probe, label=lab, start_step=start, end_step=end, open_end=e >= n, n_points=e - s,
-            slope_rankme=f.s_r, slope_rankme_se=f.se_r, slope_alpha=f.s_a, slope_alpha_se=f.se_a,
-            change_rankme=f.d_r, change_alpha=f.d_a,
-            rankme_start=float(np.exp(lr[s])), rankme_end=float(np.exp(lr[e - 1])),
-            alpha_start=float(a_fin[0]) if len(a_fin) else math.nan,
-            alpha_end=float(a_fin[-1]) if len(a_fin) else math.nan,
-            confidence=_confidence(lab, f, mr, ma, tol),
-            loss_start=loss(start) if loss else math.nan, loss_end=loss(end) if loss else math.nan,
-        ))
+    spans = [(s_, e_) for s_, e_, _ in merged]
+    if len(lr) < 3 * MIN_CAPTURES:       # too short for PELT to cut twice: cut where RankMe turns
+        spans = _sparse_spans(spans, lr, tol["rankme"])
+    spans = _refine(spans, [p[0] for p in pieces], x, lr, al, tol, z)
+    return [_segment(probe, steps, x, lr, al, s_, e_, lab, rule, conf, loss)
+            for s_, e_, lab, rule, conf in _final_labels(spans, x, lr, al, tol, z)]
+
+
+def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict, z: float) -> list[tuple[int, int]]:
+    """Split a phase at one of its inner change points when the rules name the two sides differently
+    (neither side mixed or insufficient): pieces that the boundary stage merged because each trended the
+    same way at half the tolerance — e.g. the end of a rise and a plateau — are told apart on the full
+    rules. Both sides need 2·MIN_CAPTURES captures (the rounded bottom of a turn is not a stable phase);
+    the cut kept is the one with the most confident pair of sides."""
+    out: list[tuple[int, int]] = []
+    after_rise = False
+    work = list(spans)
+    while work:
+        s, e = work.pop(0)
+        f, n_fit = _phase_fit(s, e, x, lr, al)
+        best = None
+        for c in cuts:
+            if not s < c < e:
+                continue
+            fl, nl = _phase_fit(s, c, x, lr, al)
+            fr, nr = _phase_fit(c, e, x, lr, al)
+            la, rl, _, cl = decide_phase(fl, nl, after_rise, tol, z)
+            lb, _, _, cr = decide_phase(fr, nr, after_rise or rl == R.UP, tol, z)
+            if la == lb or {la, lb} & {MIXED, INSUFFICIENT} or min(nl, nr) < 2 * MIN_CAPTURES:
+                continue
+            if best is None or cl * cr > best[0]:
+                best = (cl * cr, c)
+        if best is not None:
+            work[:0] = [(s, best[1]), (best[1], e)]
+            continue
+        out.append((s, e))
+        lab, r_dir, _, _ = decide_phase(f, n_fit, after_rise, tol, z)
+        after_rise = after_rise or (lab != INSUFFICIENT and r_dir == R.UP)
     return out
+
+
+def _closed(s: int, e: int, n: int) -> slice:
+    """The captures a phase [s, e) is fitted over: its own and the next phase's first (shared)."""
+    return slice(s, min(e + 1, n))
+
+
+def _phase_fit(s: int, e: int, x: np.ndarray, lr: np.ndarray, al: np.ndarray | None) -> tuple[_Fit, int]:
+    c = _closed(s, e, len(lr))
+    return _fit(x[c], lr[c], None if al is None else al[c]), c.stop - c.start
+
+
+def decide_phase(f: _Fit, n_fit: int, after_rise: bool, tol: dict, z: float) -> tuple[str, str, str, float]:
+    """(label, RankMe direction, α direction, confidence) of one phase by ``rules.RULES``."""
+    r_dir = R.rankme_direction(f.d_r, tol["rankme"])
+    a_dir = R.alpha_direction(f.d_a, f.se_da, tol["alpha"], z)
+    rule = R.decide(r_dir, a_dir, after_rise, n_fit)
+    conf = R.confidence(rule.label, r_dir, a_dir, f.d_r, f.se_dr, f.d_a, f.se_da, tol)
+    return rule.label, r_dir, a_dir, conf
+
+
+def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
+    """Label every phase by the rules on its own (closed) fit; merge equal neighbours; repeat until stable.
+    Returns [(s, e, label, rule text, confidence)]."""
+    for _ in range(len(spans) + 1):
+        labs, after_rise = [], False
+        for s_, e_ in spans:
+            f, n_fit = _phase_fit(s_, e_, x, lr, al)
+            lab, r_dir, a_dir, conf = decide_phase(f, n_fit, after_rise, tol, z)
+            labs.append((lab, r_dir, a_dir, f, n_fit, conf))
+            after_rise = after_rise or (lab != INSUFFICIENT and r_dir == R.UP)
+        names = [t[0] for t in labs]
+        extra = [""] * len(spans)
+        if len(names) > 1 and names[0] == STABLE and names[1] == COLLAPSE:
+            names[0], extra[0] = COLLAPSE, R.WARMUP_TEXT
+        new: list[tuple[int, int]] = []
+        new_names: list[str] = []
+        for (s_, e_), lab in zip(spans, names):
+            if new_names and lab != INSUFFICIENT and new_names[-1] == lab:
+                new[-1] = (new[-1][0], e_)
+            else:
+                new.append((s_, e_))
+                new_names.append(lab)
+        merged_any = len(new) < len(spans)
+        if not merged_any:
+            out = []
+            for (s_, e_), lab, t, ex in zip(spans, names, labs, extra):
+                _, r_dir, a_dir, f, n_fit, conf = t
+                if lab != t[0]:      # the warmup rule renamed it: score it as the label it now has
+                    conf = R.confidence(lab, r_dir, a_dir, f.d_r, f.se_dr, f.d_a, f.se_da, tol)
+                out.append((s_, e_, lab, R.rule_text(lab, r_dir, a_dir, f.d_r, f.d_a, n_fit, ex), conf))
+            return out
+        spans = new
+    raise AssertionError("labels did not settle")
+
+
+def _segment(probe, steps, x, lr, al, s: int, e: int, lab: str, rule: str, conf: float, loss) -> Segment:
+    n = len(steps)
+    f, n_fit = _phase_fit(s, e, x, lr, al)
+    c = _closed(s, e, n)
+    a_seg = al[c] if al is not None else np.array([])
+    a_fin = a_seg[np.isfinite(a_seg)]
+    start, end = int(steps[s]), int(steps[e] if e < n else steps[n - 1])
+    return Segment(
+        probe=probe, label=lab, start_step=start, end_step=end, open_end=e >= n, n_points=e - s,
+        slope_rankme=f.s_r, slope_rankme_se=f.se_r, slope_alpha=f.s_a, slope_alpha_se=f.se_a,
+        change_rankme=f.d_r, change_alpha=f.d_a,
+        rankme_start=float(np.exp(lr[c.start])), rankme_end=float(np.exp(lr[c.stop - 1])),
+        alpha_start=float(a_fin[0]) if len(a_fin) else math.nan,
+        alpha_end=float(a_fin[-1]) if len(a_fin) else math.nan,
+        confidence=conf,
+        loss_start=loss(start) if loss else math.nan, loss_end=loss(end) if loss else math.nan,
+        n_fit=n_fit, rule=rule)
 
 
 def _name(dirs: list[int]) -> list[str]:
@@ -271,7 +329,7 @@ def _turning_points(merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.nd
     """Where RankMe turns (falling → entropy-seeking, entropy-seeking → compression-seeking), put the
     boundary at the vertex of the best continuous two-line (hinge) fit of ln RankMe over the PELT
     pieces on either side of it (widened over undecided pieces), among vertices where the two lines
-    do turn, keeping two captures per phase. PELT's pieces are discontinuous lines, which can place
+    do turn, keeping MIN_CAPTURES captures per phase. PELT's pieces are discontinuous lines, which can place
     the cut a capture or two off a rounded (U-shaped) bottom; the hinge puts it at the turn."""
     starts = [p[0] for p in pieces]
     out = list(merged)
@@ -291,7 +349,9 @@ def _turning_points(merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.nd
             hi_p += 1
         lo, hi = max(s, pieces[lo_p][0]), min(e, pieces[hi_p][1])
         best = None
-        for k in range(max(lo + 1, s + 2), min(hi - 1, e - 2) + 1):
+        # every phase keeps MIN_CAPTURES captures: [s, k] closed, and [k, e] (or [k, n) for the last one)
+        k_max = e - MIN_CAPTURES if e >= len(x) else e - MIN_CAPTURES + 1
+        for k in range(max(lo + 1, s + MIN_CAPTURES - 1), min(hi - 1, k_max) + 1):
             ssr, b1, b2 = _hinge_ssr(x[lo:hi], lr[lo:hi], k - lo)
             if turn * b1 > 0 > turn * b2 and (best is None or ssr < best[0]):
                 best = (ssr, k)
@@ -301,10 +361,68 @@ def _turning_points(merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.nd
     return out
 
 
+def _sparse_spans(spans: list[tuple[int, int]], lr: np.ndarray, tol: float) -> list[tuple[int, int]]:
+    """Phases of a sparse trajectory: cut at RankMe's turns (:func:`_split_turns`) first; inside each
+    turn-free stretch keep the change-point cuts that leave MIN_CAPTURES captures on both sides."""
+    n = len(lr)
+    cuts = sorted({s_ for s_, _ in spans if s_ > 0})
+    out = []
+    for s, e in _split_turns([(0, n)], lr, tol):
+        start = s
+        for c in cuts:
+            if start < c < e and c - start + 1 >= MIN_CAPTURES and (e - c + (1 if e < n else 0)) >= MIN_CAPTURES:
+                out.append((start, c))
+                start = c
+        out.append((start, e))
+    return out
+
+
+def _split_turns(spans: list[tuple[int, int]], lr: np.ndarray, tol: float) -> list[tuple[int, int]]:
+    """Cut phases where RankMe turns: at the interior capture k of RankMe's extreme over the phase's
+    closed captures [s, e], when it falls (rises) by at least ``tol`` to k and rises (falls) by at least
+    ``tol`` after it; else where it bends (moves by ``tol`` on one side of k, less than ``tol``/2 on the
+    other, MIN_CAPTURES captures each). For sparse trajectories, which PELT cannot cut well (it needs
+    MIN_CAPTURES per piece)."""
+    n = len(lr)
+    out = list(spans)
+    changed = True
+    while changed:
+        changed = False
+        for i, (s, e) in enumerate(out):
+            last = min(e, n - 1)
+            if last - s < 2:
+                continue
+            inner = lr[s + 1:last]
+            best = None
+            for k, sign in ((s + 1 + int(np.argmin(inner)), -1), (s + 1 + int(np.argmax(inner)), +1)):
+                d1, d2 = lr[k] - lr[s], lr[last] - lr[k]    # a minimum: d1 < 0 < d2; a maximum: d1 > 0 > d2
+                if sign * d1 >= tol and -sign * d2 >= tol:
+                    turn = min(abs(d1), abs(d2))
+                    if best is None or turn > best[0]:
+                        best = (turn, k)
+            if best is None:
+                # a bend: RankMe moves by at least tol to k and stays within tol/2 after it (or the
+                # reverse), with MIN_CAPTURES captures on both sides (a rise that ends in a plateau)
+                for k in range(s + MIN_CAPTURES - 1, last - MIN_CAPTURES + 2):
+                    d1, d2 = lr[k] - lr[s], lr[last] - lr[k]
+                    if (abs(d1) >= tol and abs(d2) < tol / 2) or (abs(d2) >= tol and abs(d1) < tol / 2):
+                        turn = abs(abs(d1) - abs(d2))
+                        if best is None or turn > best[0]:
+                            best = (turn, k)
+            if best is not None:
+                k = best[1]
+                out[i:i + 1] = [(s, k), (k, e)]
+                changed = True
+                break
+    return out
+
+
 def insufficient(probe: str, steps: np.ndarray) -> Segment:
-    """The single segment of a trajectory too short to segment or label (fewer than 3 captures)."""
+    """The single segment of a trajectory too short to segment or label (fewer than MIN_CAPTURES)."""
     nan = math.nan
     start = int(steps[0]) if len(steps) else 0
     end = int(steps[-1]) if len(steps) else 0
-    return Segment(probe, INSUFFICIENT, start, end, True, len(steps), nan, nan, nan, nan, nan, nan,
-                   nan, nan, nan, nan, 0.0)
+    n = len(steps)
+    return Segment(probe, INSUFFICIENT, start, end, True, n, nan, nan, nan, nan, nan, nan,
+                   nan, nan, nan, nan, 0.0, n_fit=n,
+                   rule=R.rule_text(INSUFFICIENT, R.MISSING, R.MISSING, nan, nan, n))

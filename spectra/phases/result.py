@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-from .label import COLLAPSE, INSUFFICIENT, LABEL_TEXT, STABLE, Segment
+from .label import COLLAPSE, INSUFFICIENT, LABEL_TEXT, MIXED, STABLE, Segment
 
 MODEL = "model"
 SCHEMA = 1
@@ -118,7 +118,7 @@ class PhaseResult:
         (its index in the run's probe order) and its onset step: ρ < 0 means deeper layers enter first."""
         out = []
         for label in LABEL_TEXT:
-            if label in (INSUFFICIENT,):
+            if label in (INSUFFICIENT, MIXED):
                 continue
             on = self.onsets(label)
             per_probe = {p: on[p] for p in self.probes if p in on}
@@ -185,6 +185,8 @@ class PhaseResult:
         for i in range(n):
             kw = {}
             for f in fields(Segment):
+                if f.name not in ds.variables:      # written before the field existed: its default
+                    continue
                 v = ds[f.name].values[i]
                 kw[f.name] = (str(v) if f.type == "str" else int(v) if f.type == "int"
                               else bool(v) if f.type == "bool" else float(v))
@@ -203,7 +205,11 @@ class PhaseResult:
         parts = []
         for i, s in enumerate(segs):
             frm = f"from step {s.start_step}" if i == 0 else f"from {s.start_step}"
-            parts.append(f"{LABEL_TEXT[s.label]} {frm} " + ("on" if s.open_end else f"to {s.end_step}"))
+            name = LABEL_TEXT.get(s.label, s.label)
+            if s.label == MIXED:      # no label fits: show both slopes
+                f = lambda v: format(v, "+.2f") if math.isfinite(v) else "n/a"  # noqa: E731
+                name += f" (dlnR/dlnt {f(s.slope_rankme)}, dA/dlnt {f(s.slope_alpha)})"
+            parts.append(f"{name} {frm} " + ("on" if s.open_end else f"to {s.end_step}"))
         return ", ".join(parts)
 
     def summary(self, per_probe: bool = False) -> str:
@@ -212,7 +218,7 @@ class PhaseResult:
         for lag in self.lags():
             if lag["label"] in (STABLE, COLLAPSE) or len(lag["onsets"]) < 2:
                 continue
-            text = LABEL_TEXT[lag["label"]]
+            text = LABEL_TEXT.get(lag["label"], lag["label"])
             first, last = lag["first_probe"], lag["last_probe"]
             if lag["spread_steps"] == 0:
                 lines.append(f"{text} begins at step {lag['onsets'][first]['step']} in all "
