@@ -185,6 +185,10 @@ def test_issue_a_four_checkpoint_sweep_collapses_then_reexpands():
         assert first.rankme_start == pytest.approx(25.3) and first.rankme_end == pytest.approx(2.5)
     segs = trajectory_phases(steps, rankme, np.array([1.2, 3.5, 2.6, 2.5]))
     assert [s.label for s in segs] == [INSUFFICIENT, ENTROPY]   # 2 captures cannot carry a slope
+    from phasescope.spectra.phases import PhaseResult
+
+    res = PhaseResult(segments=segs, probes=[], params={}, n_captures=4, last_capture_step=3000)
+    assert res.sentence() == "insufficient data (RankMe 25.3 → 2.5) from step 0 to 1000, entropy-seeking from 1000 on"
 
 
 def test_issue_b_two_point_segments_are_never_labelled():

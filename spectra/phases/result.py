@@ -209,6 +209,8 @@ class PhaseResult:
             if s.label == MIXED:      # no label fits: show both slopes
                 f = lambda v: format(v, "+.2f") if math.isfinite(v) else "n/a"  # noqa: E731
                 name += f" (dlnR/dlnt {f(s.slope_rankme)}, dA/dlnt {f(s.slope_alpha)})"
+            elif s.label == INSUFFICIENT and math.isfinite(s.rankme_start) and math.isfinite(s.rankme_end):
+                name += f" (RankMe {s.rankme_start:.3g} → {s.rankme_end:.3g})"     # what there is to see
             parts.append(f"{name} {frm} " + ("on" if s.open_end else f"to {s.end_step}"))
         return ", ".join(parts)
 
