@@ -238,7 +238,9 @@ class PhaseResult:
         return "\n".join(lines)
 
     def table(self) -> str:
-        """A fixed-width text table of the segments (what ``phasescope phases RUN`` prints)."""
+        """A fixed-width text table of the segments (what ``phasescope phases RUN`` prints); ``n`` is the
+        captures the phase's slopes are fitted over (``n_fit``: its own and the boundary capture it shares
+        with the next phase), the count the minimum of captures applies to."""
         head = f"{'probe':<20} {'phase':<20} {'start':>8} {'end':>8} {'n':>4} {'dlnR/dlnt':>10} " \
                f"{'dA/dlnt':>9} {'RankMe':>15} {'alpha':>11} {'conf':>5}"
         rows = [head, "-" * len(head)]
@@ -247,7 +249,7 @@ class PhaseResult:
             return format(v, fmt) if math.isfinite(v) else "nan"
         for s in self.segments:
             end = "on" if s.open_end else str(s.end_step)
-            rows.append(f"{s.probe[:20]:<20} {s.label:<20} {s.start_step:>8} {end:>8} {s.n_points:>4} "
+            rows.append(f"{s.probe[:20]:<20} {s.label:<20} {s.start_step:>8} {end:>8} {(s.n_fit or s.n_points):>4} "
                         f"{f(s.slope_rankme, '+.3f'):>10} {f(s.slope_alpha, '+.3f'):>9} "
                         f"{f(s.rankme_start, '.1f') + '→' + f(s.rankme_end, '.1f'):>15} "
                         f"{f(s.alpha_start, '.2f') + '→' + f(s.alpha_end, '.2f'):>11} {s.confidence:>5.2f}")
