@@ -100,6 +100,8 @@ def metadata_rows(ds) -> list[dict]:
 #: (shown red) — phasescope lost captures or rows (``failures``, ``flag_lost``, ``flag_dropped``,
 #: ``n_dropped_steps``) or the run did not end cleanly (interrupted, failed, stale).
 OK, WARN, ERROR = "ok", "warn", "error"
+#: metrics every capture computes: all-NaN there is a warning, elsewhere "not computed"
+CORE_METRICS = ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank")
 RED_STATES = (INTERRUPTED, FAILED, STALE)
 LOSS_FLAGS = {"lost": "captures or rows lost to a phasescope failure",
               "dropped": "captures dropped by the store writer's queue"}
@@ -149,6 +151,12 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
     for m in capture_metrics(ds):
         vals = np.asarray(ds[m].values, float)
         n = int((~np.isfinite(vals)).sum())
+        if n and m not in CORE_METRICS:
+            # rankme_raw without raw singular values, CKA of in-flight captures (or cka_previous at the
+            # first capture): not computed there by definition, not a data problem
+            text = "not computed in this run (all NaN)" if n == vals.size else f"not computed in {n} / {vals.size} cells"
+            rows.append(_row(f"{m}", text, OK))
+            continue
         rows.append(_row(f"NaN cells in {m}", f"{n} / {vals.size}", WARN if n else OK))
     if "n_samples" in ds.data_vars and ds["n_samples"].size:
         ns = np.asarray(ds["n_samples"].values, float)

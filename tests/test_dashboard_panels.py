@@ -71,3 +71,14 @@ def test_the_page_has_a_panel_per_registry_panel_and_renders_the_cka(tmp_path):
 
     first = [t for t in fig["data"] if t["name"] == "a" and t.get("yaxis", "y") == "y"][0]
     np.testing.assert_allclose(decode_array(first["y"]), ds.cka_first.sel(probe="a").values, rtol=1e-6)
+
+
+def test_quality_table_says_not_computed_for_metrics_a_run_never_asked_for(tmp_path):
+    from phasescope.dashboard.figures import quality_rows
+
+    ds = _cka_run(tmp_path / "q.zarr")                   # no raw singular values requested: rankme_raw all NaN
+    rows = {r["check"]: r for r in quality_rows(ds)}
+    assert rows["rankme_raw"] == {"check": "rankme_raw", "value": "not computed in this run (all NaN)", "status": "ok"}
+    assert rows["cka_previous"] == {"check": "cka_previous", "value": "not computed in 2 / 12 cells",
+                                    "status": "ok"}             # the first capture has no previous one
+    assert rows["NaN cells in rankme"]["status"] == "ok"
