@@ -9,8 +9,9 @@ training loop unless ``strict``.
                                          # are counted in that step's ``flag_lost``
 
 Stages used by phasescope: "hook" (a forward hook body), "capture" (probe forward / accumulation /
-eigendecomposition), "reduce" (metrics and rows on the writer thread), "write" (the store), "step"
-(anything else in ``Observatory.step``), "close".
+eigendecomposition / gradient SVD), "metric" (one probe's metrics in the reducer), "reduce" (a whole
+row that cannot be built on the writer thread), "write" (the store), "queue" (the writer's drop
+policy), "step" (anything else in ``Observatory.step``), "close".
 """
 
 from __future__ import annotations

@@ -260,6 +260,8 @@ class Observatory:
             raise
         except Exception as exc:  # noqa: BLE001 - never break the user's training
             self.failures.record("step", exc, what=f"step {step}")
+        finally:   # whatever failed above, the next scheduled in-flight capture is armed
+            self._arm_next(step)
 
     def _step(self, step: int, loss, lr) -> None:
         self._flush_pending()
@@ -278,9 +280,10 @@ class Observatory:
             norms, res.present = D.collective(step, "gradient norms", self.rank, self.world,
                                               lambda: D.sharded_norms(self.params))
         self._last_step = step
+        if self.device.type == "cuda":
+            copy.from_cuda = True     # spectra and Grams stay on the GPU until the writer reads them
         if self.is_writer:
             self._gradients(step, res, norms, copy)
-        self._arm_next(step)
 
     def _gradients(self, step: int, res: CaptureResult, norms, copy: HostCopier) -> None:
         import torch
@@ -288,16 +291,22 @@ class Observatory:
         scale = current_scale(self.options.grad_scaler, self.options.optimizer)
         if scale is not None:
             res.scalars["loss_scale"] = copy(scale)
-        with self.failures.guard("step", "gradient norms"):
-            if self.grad_norms_on:
+        if self.grad_norms_on:
+            ok = False
+            with self.failures.guard("step", "gradient norms"):
                 if norms is None:
                     norms, res.present = grad_norms(self.params)
                 res.grad_norms = copy(norms / scale if scale is not None else norms)
+                ok = True
+            res.lost += not ok
         if self.matrix_idx and self.matrix_schedule(step):
+            res.capture = True        # a capture row even when the statistics fail (NaN, flag_lost)
+            ok = False
             with self.failures.guard("capture", "gradient matrix statistics"), torch.no_grad():
                 stats = gradient_matrix_stats([self.params[i].grad for i in self.matrix_idx], scale=scale)
                 res.matrices = {k: copy(v) for k, v in stats.items()}
-                res.capture = True
+                ok = True
+            res.lost += not ok
         if self.update_schedule(step) and self.updates.params:
             self.updates.snapshot()
         res.event = copy.event()
@@ -313,17 +322,19 @@ class Observatory:
             accs = self.in_flight.collect()
             if self.recorder is None and self.in_flight.dims:
                 self._open_store(self.in_flight.dims)
+            due = self.recorder is not None and self.capture_schedule(step)
             if lost:
                 res.lost += 1
-                accs = None
-            elif not (self.recorder is not None and self.capture_schedule(step)
-                      and (self.world > 1 or any(a is not None for a in (accs or [])))):
+                # Other ranks are entering the all-reduce: join it with nothing of this rank's.
+                accs = [None] * len(self.probes) if due and self.world > 1 else None
+            elif not (due and (self.world > 1 or any(a is not None for a in (accs or [])))):
                 accs = None
         elif self.probe_set is not None and self.capture_schedule(step):
             with self.failures.guard("capture", "probe set"):
                 accs, grams = self._capture_probe_set()
             if accs is None:
                 res.lost += 1
+                accs = [None] * len(self.probes) if self.world > 1 else None   # still join the all-reduce
         if accs is None:
             return
         if self.world > 1:

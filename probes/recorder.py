@@ -43,7 +43,7 @@ from phasescope.statistics import names as stat_names
 from phasescope.store import AsyncRunWriter, status_for
 from phasescope.store.lifecycle import error_for
 
-from .reduce import FLAG_BITS, FLAGS, Reducer, RunSpec
+from .reduce import FLAG_BITS, FLAGS, NONFINITE_ACT, Reducer, RunSpec
 from .result import CaptureResult
 
 PARAM_STATS = ("grad_norm", "update_ratio")
@@ -66,6 +66,11 @@ class HostCopier:
                 return x.detach().to("cpu", non_blocking=True)
             return x.detach()
         return x
+
+    def note(self, x) -> None:
+        """Count ``x`` (read later on the writer thread, not copied now) as a GPU value if it is one."""
+        if type(x).__module__.startswith("torch") and x.device.type == "cuda":
+            self.from_cuda = True
 
     def event(self, previous: Any = None) -> Any:
         if not self.from_cuda:
@@ -254,17 +259,24 @@ class Recorder:
             return
         copy = HostCopier()
         res = CaptureResult(step, scalars={"loss": copy(_detached(loss)), "lr": lr}, flags=dict(flags or {}))
-        with self.failures.guard("step", f"step {step}"):
-            if grads:
+        if grads:
+            ok = False
+            with self.failures.guard("step", f"gradient norms at step {step}"):
                 norms, res.present = array_norms([grads.get(n) for n in self.param_names])
                 res.grad_norms = copy(norms)
+                ok = True
+            res.lost += not ok
         if activations:
             self.capture_arrays(res, [activations.get(p) for p in self.probe_names])
+            for s in res.spectra or []:
+                copy.note(s.eigenvalues if s is not None else None)   # device spectra: the event covers them
             if self.matrix_names and grads:
+                ok = False
                 with self.failures.guard("capture", "matrix statistics"):
                     stats = gradient_matrix_stats([grads.get(n) for n in self.matrix_names])
                     res.matrices = {k: copy(v) for k, v in stats.items() if k in self.matrix_stats}
-                    res.capture = True
+                    ok = True
+                res.lost += not ok
         res.event = copy.event()
         self.submit(res)
 
@@ -284,7 +296,11 @@ class Recorder:
         self.add_spectra(res, spectra, grams)
 
     def add_spectra(self, res: CaptureResult, spectra: list, grams: list | None = None) -> None:
-        """Attach per-probe spectra (and Grams) to ``res`` as this step's capture."""
+        """Attach per-probe spectra (and Grams) to ``res`` as this step's capture; rows dropped for
+        NaN/Inf set the activation bit of ``flag_nonfinite`` now, so a later drop of the capture
+        payload keeps it."""
+        if any(s is not None and s.n_nonfinite for s in spectra):
+            res.flags["nonfinite"] = res.flags.get("nonfinite", 0) | NONFINITE_ACT
         res.spectra, res.grams = spectra, grams
         res.capture = True
         self.n_captures += 1
@@ -314,10 +330,10 @@ class Recorder:
         w = self.async_writer
         if w is None:
             return
-        attrs = {"n_captures_taken": self.n_captures}
-        if w.alive:
-            w.set_attrs(**attrs)
-        w.close(status=status_for(error), error=error_for(error))
+        with self.failures.guard("close", "closing the store"):
+            if w.alive:
+                w.set_attrs(n_captures_taken=self.n_captures)
+            w.close(status=status_for(error), error=error_for(error))
 
     @property
     def closed(self) -> bool:

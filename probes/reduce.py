@@ -8,7 +8,8 @@ Live capture (Observatory, Recorder, JAX, HF/Lightning callbacks) and offline an
   float64, from the first min(n, d, max_rank) covariance eigenvalues and the probe-sample Gram;
 - stored eigenvalues: the first min(n, d, max_rank), NaN past them (what a PCA of the data returns);
 - step row: loss/lr/scale and any extra scalars, per-parameter norms and the global norm, update
-  ratios, and flags: ``nonfinite`` bits (1 gradient, 2 activation, 4 loss), ``skipped`` (a GradScaler
+  ratios, and flags: ``nonfinite`` bits (1 gradient, 2 activation — set by the front-end when it
+  captures, 4 loss), ``skipped`` (a GradScaler
   step with non-finite gradients), ``dropped`` (this step's capture dropped by the writer), ``lost``
   (captures or rows of this step lost to a phasescope failure).
 
@@ -84,8 +85,6 @@ class Reducer:
         if res.event is not None:
             res.event.synchronize()
         cap = self._capture_values(res) if res.capture else None   # may add to res.lost
-        if cap is not None and res.spectra is not None and any(s is not None and s.n_nonfinite for s in res.spectra):
-            res.flags["nonfinite"] = res.flags.get("nonfinite", 0) | NONFINITE_ACT
         return self._step_values(res), cap
 
     def _step_values(self, res: CaptureResult) -> StepValues:
@@ -122,7 +121,7 @@ class Reducer:
         spectra = res.spectra or [None] * P
         grams = res.grams or [None] * P
         for i in range(P):
-            s = _host(spectra[i])
+            s = host_spectrum(spectra[i])
             if s is not None:
                 k = min(R, s.n_components)
                 eig[i, :k] = s.eigenvalues[:k]
@@ -145,7 +144,7 @@ class Reducer:
         return CaptureValues(res.step, metrics, eig, n_samples, mats)
 
 
-def _host(s: Spectrum | None) -> Spectrum | None:
+def host_spectrum(s: Spectrum | None) -> Spectrum | None:
     """The spectrum with float64 numpy eigenvalues (one host copy; metrics then run in numpy)."""
     if s is None:
         return None

@@ -157,12 +157,14 @@ class AsyncRunWriter:
         with self._cond:
             self._flushing = True
             self._cond.notify_all()
-            while (self._queue or self._inflight) and self._error is None:
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    raise StoreError(f"store writer did not drain within {timeout} s; the disk may be stalled")
-                self._cond.wait(left)
-            self._flushing = False
+            try:
+                while (self._queue or self._inflight) and self._error is None:
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise StoreError(f"store writer did not drain within {timeout} s; the disk may be stalled")
+                    self._cond.wait(left)
+            finally:   # a timed-out flush must not leave the writer waking on every append
+                self._flushing = False
         self._check()
 
     def close(self, *, status: str = FINISHED, error: str | None = None) -> None:

@@ -436,3 +436,44 @@ def test_cnn_pooled_probe_is_read_with_its_channels_as_features(tmp_path):
     ds, warned = train_cnn(tmp_path / "pool.zarr", ["2"])
     assert ds.sizes["rank"] == 8, f"the pooled probe was recorded {ds.sizes['rank']} wide, not 8 (its channels)"
     assert np.isfinite(ds["eigenvalues"].values).all()
+
+
+# ---------------------------------------------------------------------------------------------- review fixes
+def test_an_in_flight_capture_is_armed_again_after_a_failed_step(tmp_path, monkeypatch):
+    """A failure late in obs.step (here the loss-scale lookup) used to skip re-arming the in-flight hooks,
+    so no capture was ever taken again after one warning."""
+    import phasescope.probes.observatory as O
+
+    real, calls = O.current_scale, itertools.count()
+
+    def flaky(*a, **k):
+        if next(calls) == 1:
+            raise RuntimeError("scaler state unreadable")
+        return real(*a, **k)
+
+    monkeypatch.setattr(O, "current_scale", flaky)
+    model = Tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with observatory(model, tmp_path / "rearm.zarr", capture="in_flight") as obs:
+            train(model, obs)
+    ds = open_run(tmp_path / "rearm.zarr")
+    assert ds.attrs["failures"] == {"step": 1}
+    assert set(range(2, STEPS)) <= set(ds["capture_step"].values.tolist())   # captures go on after step 1
+
+
+def test_offline_metric_failure_marks_the_checkpoint_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from phasescope.probes.offline import analyze
+    from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
+
+    train_checkpoints(tmp_path / "ck", [0, 2, 4], n_layer=1, n_embd=16, n_head=2, seq_len=16)
+    write_probe_file(tmp_path / "p.txt", n=24)
+    failing_metric(monkeypatch, {3})          # call 3 (one per probe and checkpoint): a probe of the 2nd checkpoint
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        report = analyze(tmp_path / "ck", str(tmp_path / "p.txt"), tmp_path / "o.zarr", workers=0, progress=False)
+    ds = open_run(tmp_path / "o.zarr")
+    assert list(ds["capture_step"].values) == [0, 2, 4] and report.analyzed == [0, 4] and list(report.failed) == [2]
+    assert list(ds["flag_failed"].values) == [0, 1, 0] and ds.attrs["failures"] == {"metric": 1}
+    assert "overflow in the eigenvalue entropy" in ds.attrs["checkpoint_errors"]["2"]
+    assert np.isfinite(ds["rankme"].sel(capture_step=4).values).all()

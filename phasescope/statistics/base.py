@@ -13,7 +13,7 @@ how it is computed and where it is drawn (after Cockpit's one quantity per file,
 - ``needs``: the capture-result fields ``compute`` reads ("spectrum", "gram", "grads", "matrix_grads",
   "weights", "updates").
 - ``variables``: what it writes; a variable's ``kind`` fixes its store dims and dtype (KINDS), so the
-  run layout follows the registry (``layout_names``).
+  run layout follows the registry (:func:`names`).
 - ``compute``: a pure function of arrays (numpy, torch or jax), shared by live, offline and JAX capture.
 - ``per_probe`` (per-probe metrics only): how the one reducer calls ``compute`` at a capture,
   ``per_probe(inputs: ProbeInputs, state: dict) -> {variable: value}``; ``state`` is this statistic's

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from tqdm import tqdm
 
 from phasescope.errors import PhasescopeError
+from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
@@ -261,7 +261,7 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     try:
         # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
         reducer = Reducer(RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics,
-                                  flags=FLAGS), fresh=not stored)
+                                  flags=FLAGS), FailureLog(), fresh=not stored)
         _sweep(todo, data, spec, writer, reducer, report, errors, workers, opts)
     except BaseException as exc:
         writer.close(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -313,15 +313,19 @@ def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeRepor
     cap.scalars.update(loss=res.loss, load_seconds=res.load_seconds, capture_seconds=res.capture_seconds,
                        tokens_per_second=tps)
     cap.flags["failed"] = 0 if res.ok else 1
-    step, row = reducer.reduce(cap)
+    step, row = reducer.reduce(cap)   # a metric that fails gives NaN for that probe (counted, warned)
+    if res.ok and cap.lost:           # ... and marks the checkpoint failed; the sweep goes on
+        res.error = (f"metrics failed for {cap.lost} probe(s) (first failure of the sweep: "
+                     f"{reducer.failures.first.get('metric', '?')})")
+        step.flags["failed"] = 1
     writer.append_step(step.step, step.scalars, step.params, step.flags)
     writer.append_capture(row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices)
-    if res.ok:
+    if res.error is None:
         report.analyzed.append(res.step)
     else:
         report.failed[res.step] = res.error or "unknown error"
         errors[str(res.step)] = res.error or "unknown error"
-        writer.set_attrs(checkpoint_errors=errors)
+        writer.set_attrs(checkpoint_errors=errors, **reducer.failures.attrs())
 
 
 def type_name(config) -> str:

@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from phasescope.gradients import gradient_matrix_stats
-from phasescope.spectra import CovarianceAccumulator, Spectrum, to_numpy
+from phasescope.spectra import CovarianceAccumulator, to_numpy
 from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
-from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+from phasescope.spectra.weights import weight_matrix_stats
 
 from ..capture import accepts, first_tensor
+from ..reduce import host_spectrum
 from ..result import CaptureResult
 from ..tokens import TokenSelection, select
 from .sources import Checkpoint, ProbeData, load_model
@@ -185,7 +186,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             loss_sum += float(batch_loss.detach())
             del hidden, logits, batch_loss
 
-    spectra = [_host_spectrum(acc.compute()) for acc in accs]
+    spectra = [host_spectrum(acc.compute()) for acc in accs]   # numpy: small enough to leave a Dask worker
     grams = [None if (g := s.gram()) is None else to_numpy(g) for s in samplers]
     cap = CaptureResult(step, spectra=spectra, grams=grams, capture=True)
     res = CheckpointResult(step, capture=cap, n_tokens=data.n_tokens)
@@ -200,10 +201,3 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats))
     res.capture_seconds = time.perf_counter() - t0
     return res
-
-
-def _host_spectrum(s: Spectrum) -> Spectrum:
-    """A numpy copy of a spectrum, small enough to travel back from a Dask worker."""
-    sv = s.singular_values
-    return replace(s, eigenvalues=to_numpy(s.eigenvalues), mean=None,
-                   singular_values=None if sv is None else to_numpy(sv))
