@@ -394,9 +394,11 @@ class Observatory:
         try:
             if self.recorder is None:
                 return
-            with self.failures.guard("close"):
-                self._flush_pending()
-            self.recorder.close(error=error)
+            try:
+                with self.failures.guard("close"):
+                    self._flush_pending()
+            finally:   # under strict the flush may raise: the run is still closed, and says how
+                self.recorder.close(error=error)
         finally:
             self.updates.clear()
             if self.world > 1 and error is None:

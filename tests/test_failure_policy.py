@@ -477,3 +477,17 @@ def test_offline_metric_failure_marks_the_checkpoint_and_the_sweep_goes_on(tmp_p
     assert list(ds["flag_failed"].values) == [0, 1, 0] and ds.attrs["failures"] == {"metric": 1}
     assert "overflow in the eigenvalue entropy" in ds.attrs["checkpoint_errors"]["2"]
     assert np.isfinite(ds["rankme"].sel(capture_step=4).values).all()
+
+
+def test_strict_failure_seen_before_close_still_closes_the_run_failed(tmp_path, monkeypatch):
+    """The writer thread fails (strict), the user's code sees it before the block ends, and close's own
+    flush of the pending step raises again: the run must still be closed, as failed (it read "running")."""
+    from phasescope.store import StoreError
+
+    failing_metric(monkeypatch, {0})
+    model = Tiny()
+    with pytest.raises(StoreError, match="overflow in the eigenvalue"):
+        with observatory(model, tmp_path / "s.zarr", strict=True) as obs:
+            train(model, obs, steps=2)
+            obs.async_writer.flush(timeout=30)      # the writer has failed: raised here, in the user's code
+    assert open_run(tmp_path / "s.zarr").attrs["status"] == "failed"
