@@ -125,7 +125,6 @@ def gradient_matrix_stats(grads: Sequence, scale=None) -> dict:
         return {k: np.full(m, np.nan, dtype=np.float32) for k in MATRIX_STATS}
     xp = array_api_compat.array_namespace(*present)
     device = array_api_compat.device(present[0])
-    torch_like = array_api_compat.is_torch_namespace(xp)
     by_shape: dict[tuple, list[int]] = {}
     for i, g in enumerate(grads):
         if g is not None:

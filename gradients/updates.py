@@ -30,8 +30,6 @@ class UpdateTracker:
 
     def ratios(self):
         """(P,) float32 tensor of ‖w_now − w_snap‖/‖w_snap‖, or None without a snapshot; clears it."""
-        import torch
-
         if self._snap is None:
             return None
         snap, self._snap = self._snap, None

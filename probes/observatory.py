@@ -38,7 +38,6 @@ from . import distributed as D
 from . import schedules as S
 from .capture import InFlight, ProbeSet
 from .options import ObservatoryOptions
-from .reduce import NONFINITE_ACT
 from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
 from .result import CaptureResult
@@ -343,14 +342,13 @@ class Observatory:
         if self.is_writer:
             spectra = [None] * len(accs)
             for i, acc in enumerate(accs):
-                if acc is not None and acc.n_nonfinite:   # rows dropped for NaN/Inf (maybe all of them)
-                    res.flags["nonfinite"] = res.flags.get("nonfinite", 0) | NONFINITE_ACT
                 if acc is not None and acc.n:
                     with self.failures.guard("capture", f"probe {self.probes[i].name!r} spectrum"):
                         spectra[i] = acc.compute()
                         continue
                     res.lost += 1
-            self.recorder.add_spectra(res, spectra, grams)
+            self.recorder.add_spectra(res, spectra, grams,   # rows dropped for NaN/Inf, maybe all of them
+                                      nonfinite=any(a is not None and a.n_nonfinite for a in accs))
 
     def _capture_probe_set(self) -> tuple[list, list]:
         """This rank's probe batches; under FSDP2 also padding forwards (every rank runs as many, each

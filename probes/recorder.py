@@ -295,11 +295,12 @@ class Recorder:
             res.lost += 1
         self.add_spectra(res, spectra, grams)
 
-    def add_spectra(self, res: CaptureResult, spectra: list, grams: list | None = None) -> None:
+    def add_spectra(self, res: CaptureResult, spectra: list, grams: list | None = None, *,
+                    nonfinite: bool = False) -> None:
         """Attach per-probe spectra (and Grams) to ``res`` as this step's capture; rows dropped for
-        NaN/Inf set the activation bit of ``flag_nonfinite`` now, so a later drop of the capture
-        payload keeps it."""
-        if any(s is not None and s.n_nonfinite for s in spectra):
+        NaN/Inf (in a spectrum, or ``nonfinite``: in accumulators that kept no row at all) set the
+        activation bit of ``flag_nonfinite`` now, so a later drop of the capture payload keeps it."""
+        if nonfinite or any(s is not None and s.n_nonfinite for s in spectra):
             res.flags["nonfinite"] = res.flags.get("nonfinite", 0) | NONFINITE_ACT
         res.spectra, res.grams = spectra, grams
         res.capture = True
