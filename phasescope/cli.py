@@ -14,8 +14,9 @@ from . import __version__, cli_analyze, cli_phases
 from .argtypes import non_negative_int as _non_negative_int
 from .argtypes import port as _port
 from .argtypes import positive_int as _positive_int
+from .corpus import PROBE_SOURCES
 from .dashboard import serve
-from .demo import DemoConfig, run_demo
+from .demo import SCHEDULES, DemoConfig, run_demo
 from .errors import PhasescopeError
 
 
@@ -37,8 +38,15 @@ def _add_demo(sub) -> None:
     p.add_argument("--seq-len", type=_positive_int, default=d.seq_len)
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--warmup", type=_non_negative_int, default=d.warmup)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
+                   help="learning rate after the linear warmup: cosine decay to 10%% at the last step, or "
+                   "constant (default: %(default)s)")
     p.add_argument("--probe-size", type=_positive_int, default=d.probe_size, help="held-out probe sequences")
+    p.add_argument("--probes-from", choices=PROBE_SOURCES, default=d.probes_from,
+                   help="probe set: midtext = windows of held-out text cut at random points (last token inside "
+                   "running text), verses = whole held-out verses (last token = verse-final punctuation) "
+                   "(default: %(default)s)")
     p.add_argument("--capture-every", type=_positive_int, default=d.capture_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch intra-op threads")

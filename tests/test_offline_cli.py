@@ -82,3 +82,29 @@ def test_cli_sweep_then_rerun_skips(small_sweep, capsys):
     ds = open_run(root / "run.zarr")
     assert list(ds["capture_step"].values) == [0, 4, 8]
     assert "matrix_weight_alpha" in ds and ds.attrs["mode"] == "offline-checkpoints"
+
+
+@pytest.mark.parametrize("probes_from, expect", [(None, "kjv mid-text: 977 windows"), ("verses", "kjv held-out verses")])
+def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, probes_from, expect):
+    """`--text kjv` reads windows of held-out text cut at random points unless `--probes-from verses`
+    (issue 21); the store names which set it read."""
+    from phasescope.store import open_run
+
+    root = small_sweep
+    out = root / f"kjv-{probes_from}.zarr"
+    args = ["analyze", str(root / "ck"), "--text", "kjv", "--out", str(out), "--workers", "0", "--no-progress",
+            "--max-sequences", "48", "--max-length", "16", "--fit-range", "2,12"]
+    assert main(args + (["--probes-from", probes_from] if probes_from else [])) == 0
+    ds = open_run(out)
+    assert ds.attrs["corpus"].startswith(expect), ds.attrs["corpus"]
+    assert ds.attrs["analyze_options"]["probes_from"] == probes_from
+    assert ds.attrs["n_sequences"] == 48 and list(ds["capture_step"].values) == [0, 4, 8]
+
+
+def test_probes_from_is_refused_for_a_text_file(small_sweep, capsys):
+    root = small_sweep
+    assert main(["analyze", str(root / "ck"), "--text", str(root / "p.txt"), "--out", str(root / "x.zarr"),
+                 "--probes-from", "verses"]) == 2
+    err = _err(capsys)
+    assert "--probes-from applies to a corpus" in err and "drop --probes-from" in err
+    assert not (root / "x.zarr").exists()

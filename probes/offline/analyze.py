@@ -88,6 +88,7 @@ class AnalyzeOptions:
     overwrite: bool = False
     progress: bool = True
     seed: int = 0
+    probes_from: str | None = None       # corpus probe sets only: "midtext" (default) or "verses"
 
 
 @dataclass
@@ -190,7 +191,7 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     fit_range = _parse_fit_range(opts.fit_range)
     out = Path(out)
     ckpts = find_checkpoints(source, list(opts.revisions) if opts.revisions else None)
-    texts = load_texts(str(text))
+    texts = load_texts(str(text), probes_from=opts.probes_from, seed=opts.seed)
 
     config = load_config(ckpts[0], opts.trust_remote_code)
     meta = build_meta_model(config, opts.trust_remote_code)

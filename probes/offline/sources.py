@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from phasescope.corpus import load_kjv, split_verses
+from phasescope.corpus import PROBE_SOURCES, heldout_probe_texts
 from phasescope.errors import PhasescopeError
 
 _STEP = re.compile(r"(\d+)")
@@ -152,11 +152,28 @@ class ProbeTexts:
     source: str = ""
 
 
-def load_texts(spec: str) -> ProbeTexts:
+CORPUS_PROBE_SETS = {
+    "midtext": "kjv mid-text: {n} windows of held-out text (every 25th verse) cut at random points (seed {seed})",
+    "verses": "kjv held-out verses (every 25th)",
+}
+
+
+def load_texts(spec: str, *, probes_from: str | None = None, seed: int = 0) -> ProbeTexts:
     """Read ``--text``: a corpus name (``kjv``), a JSONL file (``text`` or ``prompt``+``response``
-    fields) or a plain-text file with one sequence per line (blank lines skipped)."""
+    fields) or a plain-text file with one sequence per line (blank lines skipped).
+
+    A corpus gives ``probes_from="midtext"`` windows by default (see
+    :func:`phasescope.corpus.midtext_windows`, cut with ``seed``) or its held-out ``"verses"``;
+    ``probes_from`` is refused for files, whose lines are the probes."""
     if spec in CORPORA and not Path(spec).exists():
-        return ProbeTexts(split_verses(load_kjv()).heldout, source="kjv held-out verses (every 25th)")
+        kind = probes_from or "midtext"
+        if kind not in PROBE_SOURCES:
+            raise PhasescopeError(f"--probes-from must be one of {', '.join(PROBE_SOURCES)}, got {kind!r}")
+        texts = heldout_probe_texts(kind, seed=seed)
+        return ProbeTexts(texts, source=CORPUS_PROBE_SETS[kind].format(n=len(texts), seed=seed))
+    if probes_from is not None:
+        raise PhasescopeError(f"--probes-from applies to a corpus (--text {' or '.join(CORPORA)}); the lines of "
+                              f"{spec} are the probes: drop --probes-from")
     path = Path(spec)
     if not path.is_file():
         raise PhasescopeError(f"--text {spec}: no such file; pass a text file (one sequence per line), "
