@@ -85,3 +85,8 @@ def test_metadata_describes_the_run(demo_run):
     cfg = json.loads(cfg) if isinstance(cfg, str) else cfg
     assert cfg["n_embd"] == N_EMBD and cfg["n_layer"] == 2
     assert "King James" in ds.attrs["corpus"]
+    # issue 21: the probe set and the schedule are the defaults, and the store says which
+    demo = ds.attrs["demo_config"]
+    demo = json.loads(demo) if isinstance(demo, str) else demo
+    assert ds.attrs["probe_set"].startswith("mid-text") and demo["probes_from"] == "midtext"
+    assert ds.attrs["lr_schedule"] == f"linear warmup over 50 steps, then {demo['schedule']}"

@@ -188,8 +188,11 @@ def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict,
     """Split a phase at one of its inner change points when the rules name the two sides differently
     (neither side mixed or insufficient): pieces that the boundary stage merged because each trended the
     same way at half the tolerance — e.g. the end of a rise and a plateau — are told apart on the full
-    rules. Both sides need 2·MIN_CAPTURES captures (the rounded bottom of a turn is not a stable phase);
-    the cut kept is the one with the most confident pair of sides."""
+    rules. A mixed side is split off only where α turns (rises beyond its tolerance on one side, falls on
+    the other): α climbing while RankMe re-expands and then falling while RankMe goes on rising is two
+    phases, not one entropy-seeking phase whose fitted α slope its endpoints contradict. Both sides need
+    2·MIN_CAPTURES captures (the rounded bottom of a turn is not a stable phase); the cut kept is the one
+    with the most confident pair of sides."""
     out: list[tuple[int, int]] = []
     after_rise = False
     work = list(spans)
@@ -202,9 +205,13 @@ def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict,
                 continue
             fl, nl = _phase_fit(s, c, x, lr, al)
             fr, nr = _phase_fit(c, e, x, lr, al)
-            la, rl, _, cl = decide_phase(fl, nl, after_rise, tol, z)
-            lb, _, _, cr = decide_phase(fr, nr, after_rise or rl == R.UP, tol, z)
-            if la == lb or {la, lb} & {MIXED, INSUFFICIENT} or min(nl, nr) < 2 * MIN_CAPTURES:
+            la, rl, al_a, cl = decide_phase(fl, nl, after_rise, tol, z)
+            lb, _, al_b, cr = decide_phase(fr, nr, after_rise or rl == R.UP, tol, z)
+            if la == lb or INSUFFICIENT in (la, lb) or min(nl, nr) < 2 * MIN_CAPTURES:
+                continue
+            # a mixed side is split off only at a turn of α (it rises, then falls, or the reverse, each
+            # beyond its tolerance): one label over both would report an α slope its endpoints contradict
+            if MIXED in (la, lb) and {al_a, al_b} != {R.UP, R.DOWN}:
                 continue
             if best is None or cl * cr > best[0]:
                 best = (cl * cr, c)

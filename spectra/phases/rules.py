@@ -43,7 +43,7 @@ LABEL_TEXT = {COLLAPSE: "warmup collapse", ENTROPY: "entropy-seeking", COMPRESSI
 DEFAULT_TOL = {"rankme": 0.1, "alpha": 0.1}   # |Δ ln RankMe| ≈ 10 %, |Δα| = 0.1
 DEFAULT_Z = 2.0
 MIN_CAPTURES = 3       # captures a phase is fitted over (its own + the shared boundary capture)
-RULES_VERSION = 2      # bump when a rule changes: stored results computed under another version are redone
+RULES_VERSION = 3      # bump when a rule changes: stored results computed under another version are redone
 
 UP, DOWN, FLAT, MISSING = "rises", "falls", "flat", "missing"
 ANY = frozenset({UP, DOWN, FLAT, MISSING})
@@ -82,7 +82,9 @@ RULE_BY_LABEL = {r.label: r for r in RULES}
 WARMUP_TEXT = ("a stable first phase followed by the collapse is part of the warmup (the learning rate is "
                "still small) and joins it")
 MERGE_TEXT = ("neighbouring phases with the same label merge (and are fitted again); a phase's start is "
-              "moved to the RankMe minimum (maximum) where RankMe turns; every phase keeps at least "
+              "moved to the RankMe minimum (maximum) where RankMe turns; a phase is split at a change point "
+              "where α turns (rises beyond its tolerance on one side and falls on the other), even when one side "
+              "is then mixed; every phase keeps at least "
               f"{MIN_CAPTURES} captures, shorter pieces are insufficient-data; a trajectory too short for the "
               f"change-point search to cut twice (< {3 * MIN_CAPTURES} captures) is also cut where RankMe "
               "turns by at least its tolerance on both sides")
