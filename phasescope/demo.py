@@ -37,7 +37,7 @@ PROBE_SET_DESCRIPTIONS = {
 
 @dataclass
 class DemoConfig:
-    steps: int = 2000            # optimizer steps (~5.5 minutes on 2 idle CPU cores, one torch thread)
+    steps: int = 2000            # optimizer steps (~4.5 minutes on 2 idle CPU cores, one torch thread)
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
@@ -46,7 +46,7 @@ class DemoConfig:
     batch_size: int = 16
     lr: float = 3e-3
     warmup: int = 100            # linear warmup, then the schedule
-    schedule: str = "cosine"     # after warmup: "cosine" decay to 10% of lr, or "constant"
+    schedule: str = "constant"   # after warmup: "constant", or "cosine" decay to 10% of lr (bends the rise: README)
     probe_size: int = 400        # held-out sequences forming the fixed probe set
     probes_from: str = "midtext"  # "midtext": windows of held-out text cut at random points; "verses": whole verses
     capture_every: int = 100     # regular captures on top of the log-spaced (dense early) ones

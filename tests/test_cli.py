@@ -59,3 +59,14 @@ def test_missing_corpus_package_is_one_line_error(tmp_path, monkeypatch, capsys)
 
 def test_dashboard_missing_path_is_one_line_error(tmp_path):
     assert_one_line_error(run_cli("dashboard", str(tmp_path / "nope")), "does not exist")
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`phasescope phases RUN | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    from phasescope.testing.synthetic import write_synthetic_run
+
+    write_synthetic_run(tmp_path / "r.zarr", n_steps=300, n_probes=600, rank=16)   # > 64 KiB of table: the pipe fills
+    res = subprocess.run(f"{sys.executable} -m phasescope.cli phases {tmp_path / 'r.zarr'} | head -c 10",
+                         shell=True, capture_output=True, text=True, timeout=120)
+    assert len(res.stdout) == 10
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr

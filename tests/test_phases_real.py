@@ -38,14 +38,17 @@ def test_collapse_then_entropy_seeking(real_run):
         # the re-expansion: entropy-seeking, or mixed where α still rises with RankMe (issue 15: Li et al.'s
         # entropy-seeking has α falling; in this 200-step run α peaks after the RankMe minimum)
         assert labels[0] == COLLAPSE and labels[1] in (ENTROPY, MIXED), (probe, labels, res.table())
+        assert len(labels) == 2, (probe, labels, res.table())   # nothing else in 200 steps
         first, second = res.segments_for(probe)[:2]
         assert 0 < second.start_step <= 100, (probe, second.start_step)
-        # the boundary sits at the RankMe minimum (within one capture), checked on the raw data
+        # the boundary sits at the bottom of the collapse, checked on the raw data: within one capture of
+        # the RankMe minimum, or on a flat bottom (mid-text probes: 1.48, 1.47, 1.46 over steps 68-83)
+        # at a capture within 5 % of it
         rk = ds["rankme"].sel(probe=probe).values if probe != MODEL else \
             np.exp(np.median(np.log(ds["rankme"].values), axis=1))
         i_min = int(np.argmin(rk[steps <= 100]))
         i_b = int(np.searchsorted(steps, second.start_step))
-        assert abs(i_b - i_min) <= 1, (probe, steps[i_min], second.start_step)
+        assert abs(i_b - i_min) <= 1 or rk[i_b] <= 1.05 * rk[i_min], (probe, steps[i_min], second.start_step)
         assert first.slope_rankme < 0 < second.slope_rankme
         if second.label == MIXED:
             assert second.slope_alpha > 0 and "RankMe rises" in second.rule and "α rises" in second.rule

@@ -284,6 +284,27 @@ def test_alpha_turning_inside_the_reexpansion_is_two_phases():
     assert not [s for s in segs if _contradicts(s)], [(s.label, s.rule) for s in segs]
 
 
+# final norm of a 200-step demo run (the slow test's settings, mid-text probes), measured 2026-12-01
+SHORT_STEPS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 18, 22, 25, 26, 32, 38, 46, 50, 56, 68, 75, 83, 100, 121, 125,
+               147, 150, 175, 178, 199]
+SHORT_RANKME = [26.44, 26.5, 26.55, 26.67, 26.8, 26.91, 26.93, 26.94, 26.93, 26.9, 26.56, 25.87, 25.33, 24.9, 24.41,
+                24.18, 21.06, 12.53, 2.44, 2.07, 1.78, 1.48, 1.47, 1.46, 1.76, 2.82, 3.0, 4.39, 4.71, 5.64, 5.58, 5.9]
+SHORT_ALPHA = [1.64, 1.63, 1.63, 1.62, 1.6, 1.59, 1.57, 1.55, 1.52, 1.47, 1.47, 1.43, 1.4, 1.36, 1.34, 1.33, 1.34,
+               1.38, 1.45, 1.4, 1.47, 2.13, 2.02, 2.06, 2.64, 3.11, 3.23, 3.74, 3.8, 4.26, 4.29, 4.5]
+
+
+def test_a_short_noisy_piece_joins_its_neighbour_and_the_warmup_start_joins_the_collapse():
+    """Before: mixed (steps 0-12: RankMe flat, α −0.15 while the learning rate is tiny) → collapse →
+    entropy-seeking over 4 captures (α 2.13 → 2.64, 'flat' only by its error) → mixed. The flat-RankMe
+    start is the warmup; the 4-capture piece rests on noise and joins the mixed rise (α climbs 2 → 4.5)."""
+    segs = trajectory_phases(SHORT_STEPS, SHORT_RANKME, SHORT_ALPHA)
+    assert [s.label for s in segs] == [COLLAPSE, MIXED], [(s.label, s.start_step, s.rule) for s in segs]
+    collapse, rise = segs
+    assert collapse.start_step == 0 and 68 <= rise.start_step <= 83
+    assert rise.slope_rankme > 0 and rise.slope_alpha > 0 and rise.alpha_end > rise.alpha_start + 2
+    assert not [s for s in segs if _contradicts(s)], [(s.label, s.rule) for s in segs]
+
+
 def test_issue_d_model_level_agrees_with_the_probes():
     """Three probes at very different RankMe levels: two compress at the end (RankMe ↓, α ↑), the middle
     one keeps rising. The median over probes is the middle probe's trajectory, so the model level used

@@ -70,7 +70,7 @@ def test_demo_probe_sets(tokenizer):
 
 
 def test_schedules_after_warmup():
-    cos = DemoConfig(steps=1000, warmup=100, lr=1e-3)
+    cos = DemoConfig(steps=1000, warmup=100, lr=1e-3, schedule="cosine")
     const = DemoConfig(steps=1000, warmup=100, lr=1e-3, schedule="constant")
     for cfg in (cos, const):
         assert lr_at(0, cfg) == pytest.approx(1e-5) and lr_at(99, cfg) == pytest.approx(1e-3)

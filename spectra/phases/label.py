@@ -255,8 +255,14 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
             after_rise = after_rise or (lab != INSUFFICIENT and r_dir == R.UP)
         names = [t[0] for t in labs]
         extra = [""] * len(spans)
-        if len(names) > 1 and names[0] == STABLE and names[1] == COLLAPSE:
+        # the warmup: a first phase where RankMe stays flat (stable, or mixed because only α moved) and
+        # then the collapse is one phase: the collapse rule does not use α
+        if len(names) > 1 and names[1] == COLLAPSE and (names[0] == STABLE or names[0] == MIXED and labs[0][1] == R.FLAT):
             names[0], extra[0] = COLLAPSE, R.WARMUP_TEXT
+        absorbed = _absorb_noisy(spans, labs, names, x, lr, al, tol, z)
+        if absorbed is not None:
+            spans = absorbed
+            continue
         new: list[tuple[int, int]] = []
         new_names: list[str] = []
         for (s_, e_), lab in zip(spans, names):
@@ -276,6 +282,31 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
             return out
         spans = new
     raise AssertionError("labels did not settle")
+
+
+def _absorb_noisy(spans: list[tuple[int, int]], labs: list, names: list[str], x, lr, al, tol: dict,
+                  z: float) -> list[tuple[int, int]] | None:
+    """Join a short phase whose label rests on noise to a longer neighbour: the phase has fewer than
+    2·MIN_CAPTURES captures, its α changed by at least the tolerance yet counts as flat only because of its
+    standard error, and the two together are labelled as the neighbour is. (Four captures at the bottom
+    of the collapse, α 2.1 → 2.6 too noisy to call, were 'entropy-seeking' between the collapse and a
+    mixed rise with α climbing.) Neither may be the collapse. The new spans, or None."""
+    rises, seen = [], False
+    for lab, r_dir, *_ in labs:
+        rises.append(seen)
+        seen = seen or (lab != INSUFFICIENT and r_dir == R.UP)
+    for i, (lab, _, a_dir, f, n_fit, _) in enumerate(labs):
+        noisy = a_dir == R.FLAT and math.isfinite(f.d_a) and abs(f.d_a) >= tol["alpha"]
+        if n_fit >= 2 * MIN_CAPTURES or not noisy or names[i] in (INSUFFICIENT, COLLAPSE):
+            continue
+        for j in (i + 1, i - 1):
+            if not 0 <= j < len(spans) or names[j] in (INSUFFICIENT, COLLAPSE) or labs[j][4] <= n_fit:
+                continue
+            lo, hi = min(i, j), max(i, j)
+            fu, nu = _phase_fit(spans[lo][0], spans[hi][1], x, lr, al)
+            if decide_phase(fu, nu, rises[lo], tol, z)[0] == names[j]:
+                return spans[:lo] + [(spans[lo][0], spans[hi][1])] + spans[hi + 1:]
+    return None
 
 
 def _segment(probe, steps, x, lr, al, s: int, e: int, lab: str, rule: str, conf: float, loss) -> Segment:

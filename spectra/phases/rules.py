@@ -79,12 +79,14 @@ RULES: tuple[Rule, ...] = (
 )
 RULE_BY_LABEL = {r.label: r for r in RULES}
 
-WARMUP_TEXT = ("a stable first phase followed by the collapse is part of the warmup (the learning rate is "
-               "still small) and joins it")
+WARMUP_TEXT = ("a first phase in which RankMe stays flat (stable, or mixed because only α moves) followed by the "
+               "collapse is part of the warmup (the learning rate is still small) and joins it")
 MERGE_TEXT = ("neighbouring phases with the same label merge (and are fitted again); a phase's start is "
               "moved to the RankMe minimum (maximum) where RankMe turns; a phase is split at a change point "
               "where α turns (rises beyond its tolerance on one side and falls on the other), even when one side "
-              "is then mixed; every phase keeps at least "
+              f"is then mixed; a phase of fewer than {2 * MIN_CAPTURES} captures whose α moved by its tolerance but too "
+              "noisily to call joins a longer neighbour (not the collapse) when the two together get the "
+              f"neighbour's label; every phase keeps at least "
               f"{MIN_CAPTURES} captures, shorter pieces are insufficient-data; a trajectory too short for the "
               f"change-point search to cut twice (< {3 * MIN_CAPTURES} captures) is also cut where RankMe "
               "turns by at least its tolerance on both sides")
