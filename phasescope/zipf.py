@@ -38,7 +38,10 @@ class ZipfLanguage:
         self.e = torch.randn(vocab, rank, generator=self.g) * (scale / scale.norm())
         self.u = torch.randn(vocab, rank, generator=self.g)
         self.beta = beta
-        self.weights = torch.tensor([2.0 ** -i for i in range(context)])
+        self.weights = [2.0 ** -i for i in range(context)]
+        # β·e_c·u_y for every (c, y) when it fits (64 MiB at V = 4,096): the logits are then a weighted sum of
+        # k rows, twice as fast as the (B, r) × (r, V) product per step
+        self.table = beta * (self.e @ self.u.T) if vocab <= 4096 else None
         self.state = torch.multinomial(self.log_prior.exp(), chains * context, replacement=True,
                                        generator=self.g).view(chains, context)
         for _ in range(4 * context):     # burn in: forget the i.i.d. start
@@ -46,8 +49,14 @@ class ZipfLanguage:
 
     def logits(self, ctx):
         """Next-token log-probabilities (unnormalised) for contexts ``ctx`` of shape (B, k)."""
-        z = (self.e[ctx] * self.weights[None, :, None]).sum(1)
-        return self.log_prior + self.beta * z @ self.u.T
+        torch = self.torch
+        if self.table is None:
+            z = sum(w * self.e[ctx[:, i]] for i, w in enumerate(self.weights))
+            return self.log_prior + self.beta * z @ self.u.T
+        out = torch.index_select(self.table, 0, ctx[:, 0]).mul_(self.weights[0])
+        for i, w in enumerate(self.weights[1:], 1):
+            out.add_(torch.index_select(self.table, 0, ctx[:, i]), alpha=w)
+        return out.add_(self.log_prior)
 
     def advance(self):
         """One token for every chain: returns (context (chains, k), next token (chains,))."""

@@ -39,6 +39,18 @@ def test_language_is_seeded_and_skewed_as_asked():
     assert cond < lang.unigram_entropy() - 0.5
 
 
+def test_the_logit_table_equals_the_latent_product():
+    """Up to V = 4,096 the logits come from a precomputed (V, V) table; beyond, from the latent product."""
+    lang = ZipfLanguage(512, zipf=1.4, chains=32, seed=1)
+    ctx = lang.state
+    z = sum(w * lang.e[ctx[:, i]] for i, w in enumerate(lang.weights))
+    direct = lang.log_prior + lang.beta * z @ lang.u.T
+    assert lang.table is not None
+    np.testing.assert_allclose(lang.logits(ctx).numpy(), direct.numpy(), rtol=1e-5, atol=1e-4)
+    lang.table = None
+    np.testing.assert_allclose(lang.logits(ctx).numpy(), direct.numpy(), rtol=1e-6, atol=1e-6)
+
+
 def test_corpus_keeps_held_out_windows_apart():
     stream, held = corpus(256, 20_000, heldout=32, seq_len=16, seed=0, chains=64)
     assert stream.dtype == np.int64 and held.shape == (32, 16) and len(stream) >= 20_000
