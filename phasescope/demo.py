@@ -50,7 +50,7 @@ PROBE_SET_DESCRIPTIONS = {
 
 @dataclass
 class DemoConfig:
-    steps: int = 2000            # optimizer steps (~4.5 minutes on 2 idle CPU cores, one torch thread)
+    steps: int = 2000            # optimizer steps (~5 minutes on 2 idle CPU cores, one torch thread)
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
