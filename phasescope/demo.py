@@ -28,6 +28,7 @@ from .errors import PhasescopeError
 from .probes.observatory import Observatory
 from .probes.schedules import every, log_spaced, union
 from .store import open_run
+from .zipf import corpus as zipf_corpus
 
 
 SCHEDULES = ("cosine", "constant")
@@ -149,9 +150,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     import torch
 
     if cfg.corpus == "zipf":
-        from .zipf import corpus
-
-        stream, held = corpus(cfg.vocab_size, cfg.steps * cfg.batch_size * cfg.seq_len, heldout=cfg.probe_size,
+        stream, held = zipf_corpus(cfg.vocab_size, cfg.steps * cfg.batch_size * cfg.seq_len, heldout=cfg.probe_size,
                               seq_len=cfg.seq_len, seed=cfg.seed, chains=ZIPF_CHAINS, zipf=cfg.zipf_exponent)
         ids = torch.from_numpy(held)
         text = (f"synthetic Zipfian language (phasescope.zipf): {cfg.vocab_size} tokens, Zipf exponent "
