@@ -30,7 +30,6 @@ phase labels, and ``third`` = yes when, after the RankMe peak, RankMe falls by â
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,10 +61,15 @@ class Setting:
     seed: int = 0
 
 
-def language(s: Setting, chains: int | None = None) -> ZipfLanguage:
-    """The setting's language (phasescope.zipf), ``chains`` chains (default: one per batch row)."""
-    return ZipfLanguage(s.vocab, zipf=s.zipf, rank=s.rank, beta=s.beta, context=s.context, decay=s.decay,
-                        support=s.support, chains=chains or s.batch, seed=s.seed)
+def language_options(s: Setting) -> dict:
+    """The setting's language parameters, as phasescope.zipf's ZipfLanguage and corpus take them."""
+    return {"zipf": s.zipf, "rank": s.rank, "beta": s.beta, "context": s.context, "decay": s.decay,
+            "support": s.support, "seed": s.seed}
+
+
+def language(s: Setting) -> ZipfLanguage:
+    """The setting's language, one chain per batch row."""
+    return ZipfLanguage(s.vocab, chains=s.batch, **language_options(s))
 
 
 def build_model(s: Setting, torch):
@@ -90,27 +94,27 @@ def build_model(s: Setting, torch):
     return Toy()
 
 
-def capture_steps(steps: int) -> list[int]:
+def capture_schedule(steps: int):
+    """Log-spaced (10 per decade) plus 40 regular captures and the last step."""
     from phasescope.probes.schedules import every, log_spaced, union
 
-    sched = union(log_spaced(steps, per_decade=10), every(max(1, steps // 40)), [steps - 1])
-    return sched.steps(steps)
+    return union(log_spaced(steps, per_decade=10), every(max(1, steps // 40)), [steps - 1])
 
 
 def spectrum_point(feats: np.ndarray) -> tuple[float, float]:
-    from phasescope.spectra.metrics import alpha_req, rankme
+    """RankMe and Î±-ReQ (fit range "auto") of the features' covariance, through phasescope's accumulator."""
+    from phasescope.spectra import CovarianceAccumulator
 
-    x = feats.astype(np.float64)
-    x -= x.mean(0)
-    eig = np.linalg.eigvalsh(x.T @ x / (len(x) - 1))[::-1].clip(min=0)
-    return rankme(eig), alpha_req(eig, "auto").alpha
+    m = CovarianceAccumulator(feats.shape[1]).update(feats).compute().metrics(fit_range="auto")
+    return m["rankme"], m["alpha"]
 
 
-def lr_at(step: int, s: Setting) -> float:
-    """Linear warmup over 100 steps, then constant or cosine decay to 10 % (the demo's schedules)."""
-    if step < 100 or s.schedule != "cosine":
-        return s.lr * min(1.0, (step + 1) / 100)
-    return s.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 100) / max(1, s.steps - 100))))
+def lr_schedule(s: Setting):
+    """The demo's schedule (phasescope.demo.lr_at): 100 warmup steps, then constant or cosine to 10 %."""
+    from phasescope.demo import DemoConfig, lr_at
+
+    cfg = DemoConfig(steps=s.steps, lr=s.lr, warmup=100, schedule=s.schedule)
+    return lambda step: lr_at(step, cfg)
 
 
 def run(s: Setting) -> dict:
@@ -121,7 +125,8 @@ def run(s: Setting) -> dict:
     probe_ctx = torch.cat([lang.advance()[0] for _ in range(max(1, 1024 // s.batch))])[:1024]
     model = build_model(s, torch)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
-    wanted = set(capture_steps(s.steps))
+    wanted = set(capture_schedule(s.steps).steps(s.steps))
+    lr_at = lr_schedule(s)
     steps, rk, al, loss_at = [], [], [], []
     t0 = time.perf_counter()
     for step in range(s.steps):
@@ -129,7 +134,7 @@ def run(s: Setting) -> dict:
             with torch.no_grad():
                 r, a = spectrum_point(model.features(probe_ctx).numpy())
             steps.append(step), rk.append(r), al.append(a)
-        lr = lr_at(step, s)
+        lr = lr_at(step)
         for group in opt.param_groups:
             group["lr"] = lr
         ctx, nxt = lang.advance()
@@ -157,7 +162,6 @@ def verdict(res: dict) -> dict:
         early = np.flatnonzero(steps <= steps[-1] // 4)
         i_min = int(early[np.argmin(rk[early])])
     i_peak = i_min + int(np.argmax(rk[i_min:]))
-    tail = slice(i_peak, None)
     drop = 1 - rk[-1] / rk[i_peak]
     d_alpha = al[-1] - al[i_peak]
     labels = [seg.label for seg in segs]
@@ -165,8 +169,7 @@ def verdict(res: dict) -> dict:
     third = drop >= 0.05 and d_alpha >= 0.05 and COMPRESSION in after_peak
     return {"min": (int(steps[i_min]), rk[i_min], al[i_min]), "peak": (int(steps[i_peak]), rk[i_peak], al[i_peak]),
             "init": (int(steps[0]), rk[0], al[0]), "end": (int(steps[-1]), rk[-1], al[-1]),
-            "drop": drop, "d_alpha": d_alpha, "labels": labels, "third": third,
-            "alpha_max_after_peak": float(np.nanmax(al[tail]))}
+            "drop": drop, "d_alpha": d_alpha, "labels": labels, "third": third}
 
 
 def transformer_run(s: Setting, out, *, n_layer: int = 2, n_head: int = 2, seq_len: int = 64, batch: int = 16,
@@ -180,30 +183,26 @@ def transformer_run(s: Setting, out, *, n_layer: int = 2, n_head: int = 2, seq_l
 
     from phasescope.demo import train
     from phasescope.probes.observatory import Observatory
-    from phasescope.probes.schedules import every, log_spaced, union
     from phasescope.spectra.phases import detect_phases
     from phasescope.store import open_run
 
     t0 = time.perf_counter()
-    stream, held = corpus(s.vocab, s.steps * batch * seq_len, heldout=probes, seq_len=seq_len, seed=s.seed,
-                          zipf=s.zipf, rank=s.rank, beta=s.beta, context=s.context, decay=s.decay, support=s.support)
+    stream, held = corpus(s.vocab, s.steps * batch * seq_len, heldout=probes, seq_len=seq_len, **language_options(s))
     held = torch.from_numpy(held)
-    sampled = time.perf_counter() - t0
     torch.manual_seed(s.seed)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=s.vocab, n_positions=seq_len, n_embd=s.d, n_layer=n_layer,
                                        n_head=n_head))
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
 
-    schedule = union(log_spaced(s.steps, per_decade=10), every(max(1, s.steps // 40)), [s.steps - 1])
-    with Observatory(model, store=str(out), probes="auto", schedule=schedule, probe_inputs={"input_ids": held},
+    with Observatory(model, store=str(out), probes="auto", schedule=capture_schedule(s.steps), probe_inputs={"input_ids": held},
                      tokens="last", overwrite=True, fit_range="auto") as obs:
         train(model, opt, stream, s.steps, seq_len=seq_len, batch_size=batch, rng=np.random.default_rng(s.seed),
-              lr_schedule=lambda step: lr_at(step, s), on_backward=lambda step, loss, lr: obs.step(step, loss=loss, lr=lr))
+              lr_schedule=lr_schedule(s), on_backward=lambda step, loss, lr: obs.step(step, loss=loss, lr=lr))
     ds = open_run(out, lazy=False)
     probe = "final_norm"
     return {"steps": ds["capture_step"].values, "rankme": ds["rankme"].sel(probe=probe).values,
             "alpha": ds["alpha"].sel(probe=probe).values, "seconds": time.perf_counter() - t0,
-            "sampled": sampled, "table": detect_phases(ds).table()}
+            "table": detect_phases(ds).table()}
 
 
 BASE = Setting()
