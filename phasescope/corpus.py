@@ -14,6 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import PhasescopeError
 
 _VERSE_PREFIX = re.compile(r"^\d+:\d+\s*")
@@ -78,16 +80,17 @@ def midtext_windows(texts: list[str], n: int, *, words: int = MIDTEXT_WORDS, see
     if n > cuts:
         raise PhasescopeError(f"{n} mid-text windows of {words} words exceed the {max(cuts, 0)} cut points "
                               "of the held-out text; ask for fewer probes")
-    import numpy as np
-
     ends = np.sort(np.random.default_rng(seed).choice(cuts, n, replace=False)) + words
     return [" ".join(tokens[e - words : e]) for e in ends]
 
 
-def heldout_probe_texts(kind: str, n: int | None = None, *, seed: int = 0) -> list[str]:
+def heldout_probe_texts(kind: str, n: int | None = None, *, seed: int = 0,
+                        heldout: list[str] | None = None) -> list[str]:
     """The KJV probe texts of ``kind``: ``"midtext"`` (``n`` windows, see :func:`midtext_windows`;
-    default as many as there are held-out verses) or ``"verses"`` (the held-out verses, whole)."""
-    heldout = split_verses(load_kjv()).heldout
+    default as many as there are held-out verses) or ``"verses"`` (the held-out verses, whole).
+    ``heldout``: the held-out verses when the caller has already split the corpus (read otherwise)."""
+    if heldout is None:
+        heldout = split_verses(load_kjv()).heldout
     if kind == "verses":
         return heldout
     if kind == "midtext":

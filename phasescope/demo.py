@@ -165,7 +165,7 @@ def build_data(cfg: DemoConfig) -> DemoData:
     eos, pad = tok.token_to_id(EOS), tok.token_to_id(PAD)
     stream_arr = token_stream((enc.ids for enc in tok.encode_batch(split.train)), eos)
 
-    seqs = probe_sequences(tok, cfg)
+    seqs = probe_sequences(tok, cfg, split.heldout)
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -177,14 +177,14 @@ def build_data(cfg: DemoConfig) -> DemoData:
                     PROBE_SET_DESCRIPTIONS[cfg.probes_from])
 
 
-def probe_sequences(tok, cfg: DemoConfig) -> list[list[int]]:
+def probe_sequences(tok, cfg: DemoConfig, heldout: list[str] | None = None) -> list[list[int]]:
     """The fixed probe set's token ids: ``cfg.probe_size`` held-out sequences longer than 10 tokens and
     truncated to ``seq_len`` (Li et al. 2025 keep sequences longer than 10 tokens and truncate them), either
     mid-text windows (the default; their last token sits inside running text) or whole verses."""
     if cfg.probes_from == "midtext":
-        texts = heldout_probe_texts("midtext", cfg.probe_size, seed=cfg.seed + 1)
+        texts = heldout_probe_texts("midtext", cfg.probe_size, seed=cfg.seed + 1, heldout=heldout)
         return [e.ids[: cfg.seq_len] for e in tok.encode_batch(texts)]
-    probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(heldout_probe_texts("verses")) if len(e.ids) > 10]
+    probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(heldout_probe_texts("verses", heldout=heldout)) if len(e.ids) > 10]
     if len(probes) < cfg.probe_size:
         raise PhasescopeError(f"--probe-size {cfg.probe_size} exceeds the {len(probes)} held-out verses available")
     rng = np.random.default_rng(cfg.seed + 1)

@@ -248,11 +248,12 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
     """Label every phase by the rules on its own (closed) fit; merge equal neighbours; repeat until stable.
     Returns [(s, e, label, rule text, confidence)]."""
     for _ in range(len(spans) + 1):
-        labs, after_rise = [], False
+        labs, rises, after_rise = [], [], False     # rises[i]: had RankMe risen before phase i
         for s_, e_ in spans:
             f, n_fit = _phase_fit(s_, e_, x, lr, al)
             lab, r_dir, a_dir, conf = decide_phase(f, n_fit, after_rise, tol, z)
             labs.append((lab, r_dir, a_dir, f, n_fit, conf))
+            rises.append(after_rise)
             after_rise = after_rise or (lab != INSUFFICIENT and r_dir == R.UP)
         names = [t[0] for t in labs]
         extra = [""] * len(spans)
@@ -260,7 +261,7 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
         # then the collapse is one phase: the collapse rule does not use α
         if len(names) > 1 and names[1] == COLLAPSE and (names[0] == STABLE or names[0] == MIXED and labs[0][1] == R.FLAT):
             names[0], extra[0] = COLLAPSE, R.WARMUP_TEXT
-        absorbed = _absorb_noisy(spans, labs, names, x, lr, al, tol, z)
+        absorbed = _absorb_noisy(spans, labs, rises, names, x, lr, al, tol, z)
         if absorbed is not None:
             spans = absorbed
             continue
@@ -285,17 +286,14 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
     raise AssertionError("labels did not settle")
 
 
-def _absorb_noisy(spans: list[tuple[int, int]], labs: list, names: list[str], x, lr, al, tol: dict,
-                  z: float) -> list[tuple[int, int]] | None:
+def _absorb_noisy(spans: list[tuple[int, int]], labs: list, rises: list[bool], names: list[str], x, lr, al,
+                  tol: dict, z: float) -> list[tuple[int, int]] | None:
     """Join a short phase whose label rests on noise to a longer neighbour: the phase has fewer than
     2·MIN_CAPTURES captures, its α changed by at least the tolerance yet counts as flat only because of its
     standard error, and the two together are labelled as the neighbour is. (Four captures at the bottom
     of the collapse, α 2.1 → 2.6 too noisy to call, were 'entropy-seeking' between the collapse and a
-    mixed rise with α climbing.) Neither may be the collapse. The new spans, or None."""
-    rises, seen = [], False
-    for lab, r_dir, *_ in labs:
-        rises.append(seen)
-        seen = seen or (lab != INSUFFICIENT and r_dir == R.UP)
+    mixed rise with α climbing.) Neither may be the collapse. ``rises[i]``: RankMe rose before phase i.
+    The new spans, or None."""
     for i, (lab, _, a_dir, f, n_fit, _) in enumerate(labs):
         noisy = a_dir == R.FLAT and math.isfinite(f.d_a) and abs(f.d_a) >= tol["alpha"]
         if n_fit >= 2 * MIN_CAPTURES or not noisy or names[i] in (INSUFFICIENT, COLLAPSE):
