@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 # This machine class has a CPU wheel of torch on disk; pyproject keeps a range so GPU users keep theirs
 # (e.g. `make test TORCH_SPEC="torch"` with your CUDA index configured, or install torch into .venv first).
 TORCH_SPEC ?= torch==2.13.0
+# torchvision is built for one torch release: installed with torch, so the extras never pull another torch.
+TORCHVISION_SPEC ?= torchvision==0.28.*
 STAMP  := $(VENV)/.installed
 # One intra-op thread: on 2 cores small models train ~10x faster than with torch's default.
 export OMP_NUM_THREADS ?= 1
@@ -21,8 +23,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip show -q torch >/dev/null 2>&1 && $(BIN)/python -m pip show -q torchvision >/dev/null 2>&1 || \
+	  $(BIN)/python -m pip install "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 	$(BIN)/python -m pip install -e ".[all,test]"
+	$(BIN)/python -c "from phasescope.compat import write_startup_guard as w; print(w())"  # see phasescope/compat.py
 	touch $@
 
 # Headless Chromium for the dashboard's browser tests (Debian packages; never a downloaded browser).

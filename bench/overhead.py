@@ -1,21 +1,25 @@
-"""Overhead of phasescope on the demo-sized model, measured side by side in one run.
+"""Overhead of phasescope on a training step, measured side by side in one run.
 
-Model: GPT-2, 2 layers, d=64, 4 heads, vocab 8192, batch 16 × 64 tokens, AdamW, one torch thread.
+Models (``--model``): ``gpt2`` — the demo-sized GPT-2, 2 layers, d=64, 4 heads, vocab 8192, batch 16 × 64
+tokens, AdamW, probe set of 400 sequences; ``resnet18`` — torchvision's ResNet-18 (weights=None) on
+scikit-learn's digits upsampled to 32×32, batch 32, Adam, probe set of 256 held-out digits, the ResNet
+preset (stem, layer1…4, avgpool: channels by spatial mean). One torch thread.
 Four kinds of training step are interleaved round-robin (order shuffled each round) on one model so
 that machine noise hits them alike:
 
   bare       forward + backward + optimizer step
   norms      + Observatory(preset="norms"): per-parameter L2 gradient norms, loss, lr every step
   default    + Observatory(default economy preset) on a step without a capture
-  capture    + a full capture step: probe set of 400 sequences (last token, 3 block/final-norm probes),
-               covariance spectra + metrics, batched SVD of every 2-D block weight gradient, update ratio
+  capture    + a full capture step: the probe set through the default probes (GPT-2: last token of
+               3 block/final-norm probes), covariance spectra + metrics, batched SVD of every 2-D block
+               weight gradient, update ratio
 
 Reported: median step times and ratios to bare; the capture cost as a multiple of a bare step; the
 amortized overhead of the default preset over a 3,000-step run (its log-spaced capture count), and
 over the demo's own schedule. Published Cockpit figures (Schneider et al. 2021, RTX 2080 Ti): economy
 preset 1.51× every step, 1.17× every 4th, 1.04× every 16th; per-parameter gradient norms alone 1.02×.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/overhead.py [--rounds 60]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/overhead.py [--rounds 60] [--model resnet18]
 """
 
 from __future__ import annotations
@@ -31,15 +35,59 @@ import warnings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def gpt2_workload(torch, g):
+    """(label, model, optimizer, probe inputs, loss of one fresh batch)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    vocab, seq, batch = 8192, 64, 16
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=64, n_layer=2, n_head=4,
+                                       bos_token_id=0, eos_token_id=0))
+    n_probe = 400
+    probe_ids = torch.randint(1, vocab, (n_probe, seq), generator=g)
+    lengths = torch.randint(11, seq + 1, (n_probe,), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+
+    def loss_fn():
+        x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
+        logits = model(input_ids=x[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+
+    return ("demo-sized GPT-2 (2 layers, d=64, vocab 8192, batch 16x64)", model,
+            torch.optim.AdamW(model.parameters(), lr=1e-3), {"input_ids": probe_ids * mask, "attention_mask": mask},
+            loss_fn)
+
+
+def resnet18_workload(torch, g):
+    import torch.nn.functional as F
+    import torchvision
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = F.interpolate(torch.tensor(d.images, dtype=torch.float32)[:, None] / 16, size=32).repeat(1, 3, 1, 1)
+    y = torch.tensor(d.target)
+    model = torchvision.models.resnet18(weights=None, num_classes=10)
+    n_train = len(x) - 256
+
+    def loss_fn():
+        i = torch.randint(0, n_train, (32,), generator=g)
+        return F.cross_entropy(model(x[i]), y[i])
+
+    return ("torchvision ResNet-18 on digits 32x32 (batch 32, probe set 256 images)", model,
+            torch.optim.Adam(model.parameters(), lr=1e-3), x[n_train:], loss_fn)
+
+
+WORKLOADS = {"gpt2": gpt2_workload, "resnet18": resnet18_workload}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--capture-every", type=int, default=6, help="time a capture step every N rounds")
     ap.add_argument("--total-steps", type=int, default=3000)
+    ap.add_argument("--model", choices=sorted(WORKLOADS), default="gpt2")
     args = ap.parse_args()
 
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     import phasescope
     from phasescope.probes import schedules as S
@@ -47,16 +95,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    vocab, seq, batch = 8192, 64, 16
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=64, n_layer=2, n_head=4,
-                                       bos_token_id=0, eos_token_id=0))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
-    n_probe = 400
-    probe_ids = torch.randint(1, vocab, (n_probe, seq), generator=g)
-    lengths = torch.randint(11, seq + 1, (n_probe,), generator=g)
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    probe_inputs = {"input_ids": probe_ids * mask, "attention_mask": mask}
+    label, model, opt, probe_inputs, loss_fn = WORKLOADS[args.model](torch, g)
 
     tmp = tempfile.mkdtemp(prefix="phasescope-bench-")
     obs_norms = phasescope.Observatory(model, store=f"{tmp}/norms.zarr", preset="norms", probe_inputs=probe_inputs)
@@ -68,10 +108,8 @@ def main() -> None:
     inloop: dict = {}
 
     def train_step(observe=None, step=0):
-        x = torch.randint(0, vocab, (batch, seq + 1), generator=g)
         t0 = time.perf_counter()
-        logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
+        loss = loss_fn()
         loss.backward()
         if observe is not None:
             t1 = time.perf_counter()
@@ -104,7 +142,7 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     bare = med["bare"]
-    print(f"demo-sized GPT-2 (2 layers, d=64, vocab 8192, batch 16x64), 1 torch thread, {args.rounds} rounds")
+    print(f"{label}, 1 torch thread, {args.rounds} rounds")
     for k, v in med.items():
         print(f"  {k:<8} median {v * 1e3:8.2f} ms   x{v / bare:6.3f}   (n={len(times[k])})")
     capture_cost = (med["capture"] - bare) / bare

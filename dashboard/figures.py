@@ -161,8 +161,33 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
     if "n_samples" in ds.data_vars and ds["n_samples"].size:
         ns = np.asarray(ds["n_samples"].values, float)
         rows.append(_row("samples per capture (min)", f"{np.nanmin(ns):.0f}", WARN if np.nanmin(ns) < 2 else OK))
+        rows += _reading_rows(ds, ns)
     if len(rows) == 1:
         rows.append(_row("data-quality information", "none recorded", WARN))
+    return rows
+
+
+def _reading_rows(ds, ns) -> list[dict]:
+    """How each probe was read (its reduction, ``probe_reductions``), and the probes whose spectrum the
+    samples cap: N centred samples span at most N − 1 dimensions, so with N ≤ d features the smallest
+    d − N + 1 eigenvalues are zero by construction, not by the model."""
+    reductions = ds.attrs.get("probe_reductions")
+    if not isinstance(reductions, dict) or "probe" not in ds.coords:
+        return []
+    probes = [str(p) for p in ds["probe"].values]
+    read = [f"{p}: {r.get('reduction')} of {tuple(r.get('output_shape', ()))} → {r.get('features')}"
+            for p, r in reductions.items() if isinstance(r, dict)]
+    rows = [_row("probe readings", "; ".join(read), OK)] if read else []
+    capped = []
+    for i, p in enumerate(probes):
+        d = (reductions.get(p) or {}).get("features")
+        if not d or ns.ndim != 2 or not np.isfinite(ns[:, i]).any():
+            continue
+        n = int(np.nanmin(ns[:, i]))
+        if 0 < n <= d:
+            capped.append(f"{p}: {n} samples for {d} features (at most {n - 1} eigenvalues)")
+    if capped:
+        rows.append(_row("spectrum capped by samples", "; ".join(capped), WARN))
     return rows
 
 

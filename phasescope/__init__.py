@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .compat import guard_torchvision_import
+
 __version__ = "0.1.0"
 __all__ = ["Observatory", "__version__"]
+
+# PyPI's torchvision beside a CPU torch: see phasescope.compat (nothing is imported here).
+guard_torchvision_import()
 
 
 def __getattr__(name: str) -> Any:
@@ -17,3 +22,4 @@ def __getattr__(name: str) -> Any:
 
         return Observatory
     raise AttributeError(f"module 'phasescope' has no attribute {name!r}")
+

@@ -3,13 +3,14 @@
 - :class:`HookSet` registers forward hooks and always removes them (context manager; ``remove()`` is
   idempotent), on exceptions too — hooks are global state on the user's model.
 - :class:`ProbeSet` runs a fixed probe set under ``torch.no_grad`` with every module temporarily in
-  eval mode (each module's own train/eval flag is restored afterwards), in batches of
-  ``batch_size`` sequences. Each batch's selected token states go into one
+  eval mode (each module's own train/eval flag is restored afterwards), batch by batch
+  (:mod:`.inputs`: token ids, tensors, tuples, dicts or a DataLoader). Each probe's output is reduced
+  to samples × features by its :class:`~.shapes.Reduction` (chosen from the first output seen) into one
   :class:`~phasescope.spectra.CovarianceAccumulator` per probe, on the model's device. The forward
   pass is stopped as soon as every probe has fired (so e.g. an LM head over a large vocabulary is
   never computed for a probe capture).
 - :class:`InFlight` reads the same probes from the training forward pass itself (no extra forward):
-  armed before a scheduled step, it accumulates the selected token states of every training forward
+  armed before a scheduled step, it accumulates the reduced probe outputs of every training forward
   until the next ``Observatory.step`` (so gradient-accumulation micro-batches all count).
 """
 
@@ -22,8 +23,10 @@ from phasescope.errors import PhasescopeError
 from phasescope.spectra import CovarianceAccumulator
 from phasescope.spectra.similarity import GramSampler
 
+from .inputs import Batch, ProbeInputs
 from .registry import Probe
-from .tokens import TokenSelection, plan_all, select
+from .shapes import Reduction, activation, choose, requested_for, rows as reduce_rows
+from .tokens import TokenSelection, plan_all
 
 
 class _StopForward(Exception):
@@ -31,18 +34,8 @@ class _StopForward(Exception):
 
 
 def first_tensor(output):
-    """The activation tensor in a module output: the tensor itself, or the first element of a tuple/
-    ModelOutput (attention modules return ``(attn_output, weights)``)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict) or hasattr(output, "to_tuple"):
-        output = tuple(output.values()) if isinstance(output, dict) else output.to_tuple()
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise PhasescopeError(f"probe output of type {type(output).__name__} holds no tensor to read; "
-                          "select a module that returns a tensor")
+    """The activation tensor in a module output (see :func:`.shapes.activation`)."""
+    return activation(output)[0]
 
 
 class HookSet:
@@ -98,58 +91,46 @@ def _make_acc(dim: int):
     return CovarianceAccumulator(dim)
 
 
+def _local_generator(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
 class ProbeSet:
-    """A fixed set of probe sequences, batched, captured under no_grad/eval at scheduled steps."""
+    """A fixed probe set (:class:`~.inputs.ProbeInputs`), captured under no_grad/eval at scheduled steps."""
 
-    def __init__(self, model, probes: Sequence[Probe], inputs: dict, selection: TokenSelection,
-                 batch_size: int = 64):
-        import torch
-
+    def __init__(self, model, probes: Sequence[Probe], inputs: ProbeInputs, selection: TokenSelection,
+                 reduction=None):
         self.model, self.probes, self.selection = model, list(probes), selection
-        ids = inputs["input_ids"]
-        mask = inputs.get("attention_mask")
-        n = ids.shape[0]
-        self.n_sequences = n
+        self.inputs = inputs
+        self.batches: list[Batch] = list(inputs.batches)
+        self.n_sequences = inputs.n
+        self.reduction = reduction
         self.extra = {"use_cache": False} if accepts(model, "use_cache") else {}
-        # Right-padded sets: sort by length and cut each batch at its longest sequence. Pad positions
-        # past the end never influence real tokens (causal attention, or masked keys), and the
-        # covariance does not depend on sample order, so results are unchanged and padding is skipped.
-        widths = None
-        if mask is not None and bool((mask[:, 1:] <= mask[:, :-1]).all()):
-            lengths = mask.sum(1)
-            order = torch.argsort(lengths, stable=True)
-            ids, mask = ids[order], mask[order]
-            lengths = lengths[order].tolist()
-            widths = [max(1, max(lengths[s:s + batch_size])) for s in range(0, n, batch_size)]
-        self.batches: list[dict] = []
-        for k, s in enumerate(range(0, n, batch_size)):
-            w = widths[k] if widths else ids.shape[1]
-            b = {"input_ids": ids[s:s + batch_size, :w]}
-            if mask is not None:
-                b["attention_mask"] = mask[s:s + batch_size, :w]
-            self.batches.append(b)
-        # "all" tokens: one seeded subsample of the whole probe set, fixed for every capture.
-        self.plans: list | None = None
-        if selection.mode == "all":
-            full = mask if mask is not None else torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
-            gen = torch.Generator().manual_seed(selection.seed)
-            rows, cols = plan_all(full.cpu(), selection.max_tokens, gen)
-            self.plans = []
-            for k, s in enumerate(range(0, n, batch_size)):
-                keep = (rows >= s) & (rows < s + batch_size)
-                self.plans.append(((rows[keep] - s).to(ids.device), cols[keep].to(ids.device)))
+        self.reductions: dict[str, Reduction] = {}
+        self.samples: dict[str, int] = {}
+        #: per batch, per probe: the fixed (rows, cols) of a sampled reduction (None elsewhere)
+        self.plans: list[list] | None = None
         self.dims: dict[str, int] | None = None
 
-    def _run(self, batches, on_rows: Callable[[int, Any], None], plans=None) -> None:
+    def _run(self, batches: Sequence[Batch], on_rows: Callable[[int, Any], None], plans=None,
+             reductions: Callable[[int, Any, str], Reduction] | None = None) -> None:
         import torch
 
         n_probes = len(self.probes)
         state: dict[str, Any] = {}
 
         def make_hook(i: int):
+            name = self.probes[i].name
+
             def hook(module, args, output):
-                h = first_tensor(output).detach()
-                on_rows(i, select(h, state["mask"], self.selection, plan=state["plan"]))
+                h, source = activation(output)
+                h = h.detach()
+                red = reductions(i, h, source) if reductions else self.reductions[name]
+                plan = state["plans"][i] if state["plans"] else None
+                on_rows(i, reduce_rows(h, red, self.selection, mask=state["mask"], plan=plan,
+                                       generator=state["gen"]))
                 state["fired"].add(i)
                 if len(state["fired"]) == n_probes:
                     raise _StopForward
@@ -159,9 +140,10 @@ class ProbeSet:
             for i, p in enumerate(self.probes):
                 hooks.forward(p.module, make_hook(i))
             for k, b in enumerate(batches):
-                state.update(mask=b.get("attention_mask"), plan=plans[k] if plans else None, fired=set())
+                state.update(mask=b.mask, plans=plans[k] if plans else None, fired=set(),
+                             gen=_local_generator(self.selection.seed))
                 try:
-                    self.model(**b, **self.extra)
+                    b(self.model, **self.extra)
                 except _StopForward:
                     pass
                 if len(state["fired"]) < n_probes:
@@ -170,26 +152,60 @@ class ProbeSet:
                                           "forward pass; select modules that the model's forward calls")
 
     def discover_dims(self) -> dict[str, int]:
-        """Run the first sequence through the model once: validates the inputs and finds each probe's width."""
+        """Run the first sample through the model once: validates the inputs, chooses each probe's
+        reduction from its output shape, fixes the sampled positions, and counts each probe's samples."""
         dims: dict[str, int] = {}
 
-        def on_rows(i, rows):
-            dims[self.probes[i].name] = int(rows.shape[-1])
+        def reduction(i, h, source):
+            name = self.probes[i].name
+            red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source)
+            self.reductions[name] = red
+            dims[name] = red.features
+            return red
 
-        first = {k: v[:1] for k, v in self.batches[0].items()}
-        plan = None
-        if self.plans is not None:
-            import torch
-            plan = (torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long))
         try:
-            self._run([first], on_rows, [plan] if plan is not None else None)
+            self._run([self.batches[0].head(1)], lambda i, rows: None, None, reduction)
         except PhasescopeError:
             raise
         except Exception as exc:
             raise PhasescopeError(f"the model failed on probe_inputs ({type(exc).__name__}: {exc}); pass "
-                                  "probe_inputs the model accepts (input_ids and attention_mask)") from exc
+                                  "probe_inputs its forward accepts (see phasescope.probes.inputs)") from exc
         self.dims = dims
+        self._plan()
         return dims
+
+    def _plan(self) -> None:
+        """Sampled reductions: one seeded subsample of (input, position) pairs over the whole probe set,
+        the same at every capture; then each probe's sample count, refused below 2."""
+        import torch
+
+        n, sel = self.n_sequences, self.selection
+        starts = [0]
+        for b in self.batches:
+            starts.append(starts[-1] + b.n)
+        per_probe = []
+        for p in self.probes:
+            red = self.reductions[p.name]
+            if not red.sampled:
+                per_probe.append(None)
+                self.samples[p.name] = n
+                continue
+            grid = self.inputs.mask if red.kind == "tokens" and self.inputs.mask is not None else None
+            if grid is None:
+                grid = torch.ones((n, red.positions), dtype=torch.bool)
+            rows, cols = plan_all(grid.cpu(), sel.max_tokens, _local_generator(sel.seed))
+            self.samples[p.name] = int(rows.shape[0])
+            per_probe.append([((rows[keep] - s), cols[keep]) for s, e in zip(starts, starts[1:])
+                              for keep in [(rows >= s) & (rows < e)]])
+        for p in self.probes:
+            if self.samples[p.name] < 2:
+                raise PhasescopeError(f"probe {p.name!r} gets {self.samples[p.name]} sample(s) per capture "
+                                      f"({self.reductions[p.name].name}); a covariance spectrum needs at least "
+                                      "2: pass more probe inputs")
+        if any(pl is not None for pl in per_probe):
+            device = self.batches[0].mask.device if self.batches[0].mask is not None else None
+            self.plans = [[None if pl is None else tuple(t.to(device) if device is not None else t for t in pl[k])
+                           for pl in per_probe] for k in range(len(self.batches))]
 
     def capture(self, gram_samples: int = 0) -> tuple[list, list]:
         """One capture: a fresh accumulator per probe fed with every batch, and (``gram_samples`` > 0)
@@ -205,15 +221,23 @@ class ProbeSet:
         self._run(self.batches, on_rows, self.plans)
         return accs, [s.gram() for s in samplers]
 
-    def padding_forward(self, batch: dict) -> None:
+    def padding_forward(self, batch: Batch) -> None:
         """One discarded probe forward of ``batch`` (FSDP2: every rank must run as many forwards)."""
-        plan = None
-        if self.plans is not None:
-            import torch
+        import torch
 
-            zero = torch.zeros(1, dtype=torch.long, device=batch["input_ids"].device)
-            plan = [(zero, zero)]
-        self._run([batch], lambda i, rows: None, plan)
+        plans = None
+        if self.plans is not None:
+            zero = torch.zeros(1, dtype=torch.long)
+            plans = [[None if pl is None else (zero, zero) for pl in self.plans[0]]]
+        self._run([batch], lambda i, rows: None, plans)
+
+    def describe(self) -> dict[str, dict]:
+        """Per probe: its reduction, output shape, features, samples per capture and the spectrum's cap."""
+        out = {}
+        for p in self.probes:
+            red, n = self.reductions[p.name], self.samples[p.name]
+            out[p.name] = {**red.describe(), "samples": n, "rank_cap": min(red.features, n - 1)}
+        return out
 
 
 class InFlight:
@@ -221,14 +245,18 @@ class InFlight:
 
     Hook bodies run inside the user's training forward: a failure in one is recorded in ``failures``
     (a :class:`phasescope.failures.FailureLog`; raised only when strict) and that capture counts as
-    lost (``lost``), the forward goes on."""
+    lost (``lost``), the forward goes on. An output no reduction can read is a usage error, not a
+    failure: it is kept in ``error`` and raised by the Observatory at that step."""
 
-    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None):
+    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None, reduction=None):
         self.model, self.probes, self.selection = model, list(probes), selection
         self.failures = failures
+        self.reduction = reduction
         self.hooks = HookSet()
         self.accs: list | None = None
         self.dims: dict[str, int] = {}
+        self.reductions: dict[str, Reduction] = {}
+        self.error: PhasescopeError | None = None
         self._mask = None
         self._gen = None
         self.forwards = 0
@@ -255,13 +283,23 @@ class InFlight:
         self.hooks.add(self.model.register_forward_pre_hook(pre, with_kwargs=True))
 
         def body(i: int, output) -> None:
-            h = first_tensor(output).detach()
-            self.dims[self.probes[i].name] = int(h.shape[-1])
+            h, source = activation(output)
+            h = h.detach()
+            name = self.probes[i].name
+            red = self.reductions.get(name)
+            if red is None:
+                try:
+                    red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source)
+                except PhasescopeError as exc:   # a usage error: raised by the Observatory at this step
+                    self.error, self.lost = self.error or exc, 1
+                    return
+                self.reductions[name] = red
+                self.dims[name] = red.features
             if dims_only:
                 return
-            rows = select(h, self._mask, self.selection, generator=self._gen)
+            rows = reduce_rows(h, red, self.selection, mask=self._mask, generator=self._gen)
             if self.accs[i] is None:
-                self.accs[i] = _make_acc(int(h.shape[-1]))
+                self.accs[i] = _make_acc(red.features)
             self.accs[i].update(rows)
 
         def make_hook(i: int):
@@ -279,6 +317,10 @@ class InFlight:
 
         for i, p in enumerate(self.probes):
             self.hooks.forward(p.module, make_hook(i))
+
+    def describe(self) -> dict[str, dict]:
+        """Per probe: its reduction, output shape and features (samples vary with the training batch)."""
+        return {name: red.describe() for name, red in self.reductions.items()}
 
     def collect(self) -> list | None:
         """The accumulators filled since :meth:`arm` (None where a probe never fired); disarms."""

@@ -27,8 +27,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import numpy as np
-
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import (UpdateTracker, current_scale, gradient_matrix_stats, grad_norms, matrix_group,
@@ -37,40 +35,13 @@ from phasescope.gradients import (UpdateTracker, current_scale, gradient_matrix_
 from . import distributed as D
 from . import schedules as S
 from .capture import InFlight, ProbeSet
+from .inputs import build_probe_inputs
 from .options import ObservatoryOptions
 from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
 from .result import CaptureResult
 from .tokens import as_selection
-
-
-def _normalise_inputs(probe_inputs, device) -> dict:
-    import torch
-
-    if isinstance(probe_inputs, (torch.Tensor, np.ndarray, list)):
-        probe_inputs = {"input_ids": probe_inputs}
-    if not hasattr(probe_inputs, "keys") or "input_ids" not in probe_inputs:
-        raise PhasescopeError("probe_inputs must be a dict with 'input_ids' (and optionally 'attention_mask'), "
-                              f"got {type(probe_inputs).__name__}")
-    out = {}
-    for key in ("input_ids", "attention_mask"):
-        if probe_inputs.get(key) is None:
-            continue
-        v = torch.as_tensor(np.asarray(probe_inputs[key]) if isinstance(probe_inputs[key], list) else probe_inputs[key])
-        if v.dim() != 2:
-            raise PhasescopeError(f"probe_inputs[{key!r}] must be 2-D (sequences, tokens), got shape {tuple(v.shape)}")
-        if v.is_floating_point():
-            raise PhasescopeError(f"probe_inputs[{key!r}] must hold integers, got {v.dtype}")
-        out[key] = v.to(device)
-    if "attention_mask" in out and out["attention_mask"].shape != out["input_ids"].shape:
-        raise PhasescopeError(f"probe_inputs attention_mask {tuple(out['attention_mask'].shape)} does not match "
-                              f"input_ids {tuple(out['input_ids'].shape)}")
-    if out["input_ids"].shape[0] < 2:
-        raise PhasescopeError("probe_inputs needs at least 2 sequences for a covariance spectrum")
-    for k, v in probe_inputs.items():
-        if k not in out and k not in ("input_ids", "attention_mask"):
-            out[k] = v
-    return out
+from .vision import default_tokens
 
 
 class Observatory:
@@ -78,9 +49,17 @@ class Observatory:
 
     ``model``, ``store`` (a path or URL), ``probes`` (a preset keyword, names, globs, ``re:`` patterns or
     a predicate), ``schedule`` (the capture schedule; default: the preset's), ``probe_inputs`` (a fixed
-    probe batch ``{"input_ids", "attention_mask"}``), ``tokens`` (last | all | mean), ``metadata``,
+    probe set: token ids ``{"input_ids", "attention_mask"}``, a tensor, a tuple or dict of tensors, or a
+    DataLoader; see :mod:`phasescope.probes.inputs`), ``tokens`` (last | first | mean | all; default:
+    the architecture's — the class token of a ViT, else the last token), ``metadata``,
     ``overwrite``, ``fit_range`` (α-ReQ); every other keyword is a field of
-    :class:`~phasescope.probes.options.ObservatoryOptions` (or pass ``options=``).
+    :class:`~phasescope.probes.options.ObservatoryOptions` (or pass ``options=``), e.g. ``reduction``
+    (how each probe's output becomes samples × features: :mod:`phasescope.probes.shapes`).
+
+    Without ``probe_inputs`` the probes are read from the training forward itself
+    (``capture="in_flight"``): no extra forward, but each spectrum has only the training batch's
+    samples (a batch of 32 caps a 64-wide layer's spectrum at 31 eigenvalues; the data-quality table
+    flags it).
 
     Under ``torch.distributed`` (auto-detected) every rank creates the Observatory and calls ``step``
     at the same steps; each rank captures a shard of the probe set and the accumulators are
@@ -90,7 +69,7 @@ class Observatory:
     ``grad_scaler`` and ``optimizer`` so statistics are of unscaled gradients.
     """
 
-    def __init__(self, model, store, probes="auto", schedule=None, probe_inputs=None, tokens="last",
+    def __init__(self, model, store, probes="auto", schedule=None, probe_inputs=None, tokens=None,
                  metadata: dict | None = None, overwrite: bool = False, fit_range="auto", *,
                  options: ObservatoryOptions | None = None, **option_overrides: Any):
         o = self.options = ObservatoryOptions.build(options, option_overrides)
@@ -110,7 +89,7 @@ class Observatory:
         self.matrix_schedule = S.as_schedule(o.matrix_schedule) if o.matrix_schedule is not None else default_m
         self.update_schedule = S.as_schedule(o.update_schedule) if o.update_schedule is not None else default_u
         self.grad_norms_on = bool(o.grad_norms and pre.grad_norms)
-        self.selection = as_selection(tokens, o.max_tokens, o.seed)
+        self.selection = as_selection(tokens or default_tokens(model), o.max_tokens, o.seed)
         self.probes = resolve_probes(model, probes)
         try:
             self.device = next(model.parameters()).device
@@ -121,7 +100,8 @@ class Observatory:
         self.matrix_idx = select_matrices(self.named_params, o.matrices)
         mode = o.capture or ("probe_set" if probe_inputs is not None else "in_flight")
         if mode == "probe_set" and probe_inputs is None:
-            raise PhasescopeError("capture='probe_set' needs probe_inputs={'input_ids': ..., 'attention_mask': ...}")
+            raise PhasescopeError("capture='probe_set' needs probe_inputs (token ids, a tensor, a tuple or dict of "
+                                  "tensors, or a DataLoader)")
         self.mode = mode
         self.recorder: Recorder | None = None
         self.failures = None
@@ -133,7 +113,8 @@ class Observatory:
         if mode == "probe_set":
             dims = self._setup_probe_set(probe_inputs)
         else:
-            self.in_flight = InFlight(model, self.probes, self.selection, failures=self.failures)
+            self.in_flight = InFlight(model, self.probes, self.selection, failures=self.failures,
+                                      reduction=o.reduction)
         self.sharded = D.has_dtensor(self.params)
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
         if self.sharded:
@@ -161,19 +142,20 @@ class Observatory:
             cka_samples=o.cka_samples, failures=self.failures)
 
     def _setup_probe_set(self, probe_inputs) -> dict[str, int]:
-        inputs = _normalise_inputs(probe_inputs, self.device)
         batch_size = self.options.probe_batch_size
-        if self.world > 1:  # at least one batch per rank
-            n = int(inputs["input_ids"].shape[0])
-            batch_size = max(1, min(batch_size, -(-n // self.world)))
-        self.probe_set = ProbeSet(self.model, self.probes, inputs, self.selection, batch_size)
+        inputs = build_probe_inputs(probe_inputs, self.model, self.device, batch_size)
+        if self.world > 1 and inputs.rebatchable:  # at least one batch per rank
+            per_rank = max(1, min(batch_size, -(-inputs.n // self.world)))
+            if per_rank != batch_size:
+                inputs = build_probe_inputs(probe_inputs, self.model, self.device, per_rank)
+        self.probe_set = ProbeSet(self.model, self.probes, inputs, self.selection, self.options.reduction)
         if self.fsdp_roots:
             D.check_fsdp_reset(self.fsdp_roots)
         with D.fsdp_resharded(self.fsdp_roots):
             dims = self.probe_set.discover_dims()
         if self.world > 1:
             n_batches = len(self.probe_set.batches)
-            self._pad_batch = {k: v[:1] for k, v in self.probe_set.batches[0].items()}
+            self._pad_batch = self.probe_set.batches[0].head(1)
             D.shard_probe_set(self.probe_set, self.rank, self.world)
             if self.fsdp_roots:  # FSDP all-gathers inside every forward: equal forward counts on all ranks
                 self._pad_forwards = -(-n_batches // self.world) - len(self.probe_set.batches)
@@ -188,6 +170,8 @@ class Observatory:
             tokens=self.selection.describe(),
             fit_range=list(fit_range) if isinstance(fit_range, (tuple, list)) else fit_range,
             probe_set_size=self.probe_set.n_sequences if self.probe_set else None,
+            probe_inputs=self.probe_set.inputs.describe() if self.probe_set else None,
+            probe_reductions=self.probe_set.describe() if self.probe_set else None,
             cka_samples=self.options.cka_samples if self.mode == "probe_set" else 0,
             matrix_groups={self.named_params[i][0]: matrix_group(self.named_params[i][0]) for i in self.matrix_idx},
             finished=False)
@@ -319,8 +303,10 @@ class Observatory:
         if self.in_flight is not None and self.in_flight.armed:
             lost = self.in_flight.lost
             accs = self.in_flight.collect()
-            if self.recorder is None and self.in_flight.dims:
-                self._open_store(self.in_flight.dims)
+            if self.in_flight.error is not None:
+                raise self.in_flight.error
+            if self.recorder is None and (self.in_flight.dims or self.in_flight.forwards):
+                self._first_in_flight(accs)
             due = self.recorder is not None and self.capture_schedule(step)
             if lost:
                 res.lost += 1
@@ -349,6 +335,21 @@ class Observatory:
                     res.lost += 1
             self.recorder.add_spectra(res, spectra, grams,   # rows dropped for NaN/Inf, maybe all of them
                                       nonfinite=any(a is not None and a.n_nonfinite for a in accs))
+
+    def _first_in_flight(self, accs) -> None:
+        """The first training forward seen: every probe must have run and, at a capture, have 2 samples;
+        then the layout (and each probe's reduction) is known and the store opens."""
+        fl = self.in_flight
+        missing = [p.name for p in self.probes if p.name not in fl.dims]
+        if missing:
+            raise PhasescopeError(f"probe(s) {', '.join(missing)} did not run during the training forward; "
+                                  "select modules that the model's forward calls")
+        few = [f"{p.name} ({a.n})" for p, a in zip(self.probes, accs or []) if a is not None and a.n < 2]
+        if few:
+            raise PhasescopeError(f"probe(s) {', '.join(few)} got fewer than 2 samples from the training batch; "
+                                  "a covariance spectrum needs at least 2: pass probe_inputs or tokens='all'")
+        self._attrs["probe_reductions"] = fl.describe()
+        self._open_store(fl.dims)
 
     def _capture_probe_set(self) -> tuple[list, list]:
         """This rank's probe batches; under FSDP2 also padding forwards (every rank runs as many, each

@@ -16,6 +16,8 @@ from typing import Any
 from phasescope.errors import PhasescopeError
 from phasescope.spectra.similarity import CKA_SAMPLES
 
+from .shapes import check_requested
+
 
 _FIELD = re.compile(r"^(?P<name>\w+): [^=]+= (?P<default>.+?)\s+# (?P<comment>.+)$")
 
@@ -30,7 +32,8 @@ class ObservatoryOptions:
     matrices: Any = "blocks"           # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
     # -- how probes are captured (probes/capture.py, probes/tokens.py) --
     capture: str | None = None         # "probe_set" (default when probe_inputs is given) or "in_flight" (the training forward)
-    probe_batch_size: int = 64         # sequences per probe forward
+    probe_batch_size: int = 64         # samples per probe forward (a DataLoader keeps its own batches)
+    reduction: Any = "auto"            # output -> samples x features per probe: auto | features | tokens | spatial_mean | positions, or {probe or glob: ...} (probes/shapes.py)
     max_tokens: int | None = 8192      # tokens="all": seeded subsample of at most this many token states
     seed: int = 0                      # seed of that subsample (and of in-flight subsampling)
     max_rank: int | None = None        # cap on stored eigenvalues and metric components (Li et al. keep 2048)
@@ -75,6 +78,7 @@ class ObservatoryOptions:
         opts = replace(options or cls(), **overrides)
         if opts.probe_batch_size < 1:
             raise PhasescopeError(f"probe_batch_size must be a positive integer, got {opts.probe_batch_size}")
+        check_requested(opts.reduction)
         if opts.capture not in (None, "probe_set", "in_flight"):
             raise PhasescopeError(f"capture must be 'probe_set' or 'in_flight', got {opts.capture!r}")
         return opts

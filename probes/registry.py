@@ -23,6 +23,7 @@ from typing import Any, Callable, Union
 from phasescope.errors import PhasescopeError
 
 from .presets import PRESET_KEYWORDS, ModuleLayout, find_layout, preset_probes, short_name
+from .vision import vision_layout
 
 Selector = Union[str, Callable[[str, Any], bool]]
 ProbesSpec = Union[Selector, list, tuple, dict, None]
@@ -65,10 +66,12 @@ def _unknown(selector: Selector, named: dict[str, Any]) -> PhasescopeError:
 def resolve_probes(model, probes: ProbesSpec = "auto") -> list[Probe]:
     """Resolve ``probes`` to an ordered, de-duplicated list of :class:`Probe` (done once, at attach time)."""
     named = dict(model.named_modules())
-    try:
-        layout: ModuleLayout | None = find_layout(model)
-    except PhasescopeError:
-        layout = None
+    layout: ModuleLayout | None = None
+    if vision_layout(model) is None:   # a ResNet's layer1 is no transformer block list
+        try:
+            layout = find_layout(model)
+        except PhasescopeError:
+            pass
     pairs: list[tuple[str, str]] = []  # (probe name, module name)
 
     def add_selector(sel: Selector, name: str | None = None) -> None:

@@ -1,4 +1,4 @@
-"""Which token positions become samples: last non-pad token, all tokens (capped), or mean-pooled.
+"""Which token positions become samples: last or first non-pad token, all tokens (capped), or mean-pooled.
 
 A probe's output ``h`` has shape (batch, seq, dim). Each sequence contributes rows to the (N, dim)
 sample matrix whose covariance spectrum is measured:
@@ -6,6 +6,8 @@ sample matrix whose covariance spectrum is measured:
 - ``"last"``: the state at the last non-pad position, one row per sequence — Li et al. 2025 read the
   final-layer state of the last token. Works for right and left padding (the last position whose
   attention mask is 1).
+- ``"first"`` (alias ``"cls"``): the state at the first non-pad position — the class token of a ViT
+  or a BERT-style encoder.
 - ``"all"``: every non-pad position; with ``max_tokens`` a seeded uniform subsample without
   replacement. For a fixed probe set the chosen positions are fixed once, so captures at different
   steps see the same tokens.
@@ -24,7 +26,8 @@ from array_api_compat import array_namespace, is_torch_array
 
 from phasescope.errors import PhasescopeError
 
-MODES = ("last", "all", "mean")
+MODES = ("last", "first", "all", "mean")
+ALIASES = {"cls": "first"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ def as_selection(tokens, max_tokens: int | None = 8192, seed: int = 0) -> TokenS
         return tokens
     if not isinstance(tokens, str):
         raise PhasescopeError(f"tokens must be one of {', '.join(MODES)}, got {tokens!r}")
-    return TokenSelection(tokens, max_tokens, seed)
+    return TokenSelection(ALIASES.get(tokens, tokens), max_tokens, seed)
 
 
 def _host_index(n: int, k: int, generator) -> "np.ndarray":
@@ -63,6 +66,16 @@ def last_positions(mask):
     xp = array_namespace(mask)
     pos = xp.arange(mask.shape[1], device=mask.device if is_torch_array(mask) else None)
     return xp.max(xp.where(xp.astype(mask, xp.bool), pos[None, :], xp.zeros_like(pos)[None, :]), axis=1)
+
+
+def first_positions(mask):
+    """Index of the first position with mask 1 in each row (0 for an all-pad row); any array backend."""
+    xp = array_namespace(mask)
+    n = mask.shape[1]
+    pos = xp.arange(n, device=mask.device if is_torch_array(mask) else None)
+    big = xp.full_like(pos, n)
+    first = xp.min(xp.where(xp.astype(mask, xp.bool), pos[None, :], big[None, :]), axis=1)
+    return xp.where(first == n, xp.zeros_like(first), first)
 
 
 def plan_all(mask, max_tokens: int | None, generator=None) -> "tuple":
@@ -87,20 +100,21 @@ def select(h, mask, sel: TokenSelection, plan=None, generator=None):
     """Rows of ``h`` (batch, seq, dim) chosen by ``sel``; ``plan`` = precomputed (rows, cols) for ``all``.
 
     Any array backend (torch, numpy, jax; jit-traceable for "last" and "mean", and for "all" with a
-    ``plan``). 2-D outputs (batch, dim), e.g. a pooled head, are returned as they are; (batch, …, dim)
-    outputs are flattened to (batch, seq, dim).
+    ``plan``). 2-D outputs (batch, dim), e.g. a pooled head, are returned as they are; other shapes
+    are refused (conv maps and the like go through :mod:`.shapes`, which names their reduction).
     """
     if h.ndim == 2:
         return h
-    if h.ndim < 2:
-        raise PhasescopeError(f"probe output of shape {tuple(h.shape)} has no (samples, dim) structure")
-    xp = array_namespace(h)
     if h.ndim != 3:
-        h = xp.reshape(h, (h.shape[0], -1, h.shape[-1]))
+        raise PhasescopeError(f"probe output of shape {tuple(h.shape)} is not (batch, tokens, dim); choose a "
+                              "reduction for it (phasescope.probes.shapes: spatial_mean or positions)")
+    xp = array_namespace(h)
     if mask is None:
         n = h.shape[0] * h.shape[1]
         if sel.mode == "last":
             return h[:, -1]
+        if sel.mode == "first":
+            return h[:, 0]
         if sel.mode == "mean":
             return xp.sum(h, axis=1) / h.shape[1]
         if plan is None and (sel.max_tokens is None or n <= sel.max_tokens):
@@ -113,8 +127,9 @@ def select(h, mask, sel: TokenSelection, plan=None, generator=None):
         mask = mask.to(h.device) if is_torch_array(mask) else xp.asarray(mask, device=h.device)
     else:
         mask = xp.asarray(mask)
-    if sel.mode == "last":
-        return h[xp.arange(h.shape[0], device=h.device if is_torch_array(h) else None), last_positions(mask)]
+    if sel.mode in ("last", "first"):
+        at = last_positions(mask) if sel.mode == "last" else first_positions(mask)
+        return h[xp.arange(h.shape[0], device=h.device if is_torch_array(h) else None), at]
     if sel.mode == "mean":
         w = xp.astype(mask, h.dtype)[..., None]
         total = xp.sum(w, axis=1)

@@ -411,31 +411,25 @@ def train_cnn(path, probes, steps=6):
     return open_run(path), [w for w in record if "phasescope" in str(w.message)]
 
 
-def test_cnn_probe_with_one_feature_is_captured_and_its_nan_metrics_are_flagged(tmp_path):
-    """The new user's case from the issue (it lost every capture silently and the table said "ok"). Now: a
-    capture at every step with all 16 samples, RankMe of the single eigenvalue is 1, α-ReQ (which needs
-    12+ eigenvalues) is NaN — and the data-quality table flags those NaN cells instead of saying "ok";
-    nothing was lost, so nothing is red and nothing is warned."""
-    ds, warned = train_cnn(tmp_path / "cnn.zarr", ["4"])
-    assert not warned, [str(w.message) for w in warned]
-    assert ds.attrs["status"] == "finished" and ds.attrs["failures"] == {}
-    assert ds.sizes["capture_step"] == 6 and (ds["n_samples"].values == 16).all()
-    assert ds.sizes["rank"] == 1
-    assert np.allclose(ds["rankme"].values, 1.0) and np.isnan(ds["alpha"].values).all()
-    assert (ds["flag_lost"].values == 0).all() and red(ds) == {}
-    q = {r["check"]: r for r in quality_rows(ds)}
-    assert q["NaN cells in alpha"] == {"check": "NaN cells in alpha", "value": "6 / 6", "status": "warn"}
+def test_cnn_probe_with_one_feature_is_refused_at_the_first_capture_and_the_run_says_why(tmp_path):
+    """The new user's case (it once lost every capture silently; then it was kept with NaN α). A 1-feature
+    probe has no spectrum: the in-flight Observatory learns its width at the first training forward and
+    raises there, one line naming the probe and the fix — not a loss that only the store's counters know."""
+    with pytest.raises(PhasescopeError, match=r"probe '4' has 1 feature\(s\).*probe a wider module") as err:
+        train_cnn(tmp_path / "cnn.zarr", ["4"])
+    assert "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: one named reduction per activation shape ((N, C, H, W) -> C features "
-                   "by spatial mean); today any output is read as (N, -1, last dim)")
 def test_cnn_pooled_probe_is_read_with_its_channels_as_features(tmp_path):
-    """The pool's output is (batch, 8 channels, 1, 1): a probe of it has 8 features. Today the token
-    selection reshapes any output to (batch, -1, last dim), so it reads 8 "tokens" of 1 feature and keeps
-    the last one — channel 7 alone, recorded as a 1-wide probe, silently (no warning, no count)."""
+    """The pool's output is (batch, 8 channels, 1, 1): a probe of it has 8 features (it was once read as 8
+    "tokens" of 1 feature, keeping channel 7 alone). The spatial-mean reduction is recorded with it."""
     ds, warned = train_cnn(tmp_path / "pool.zarr", ["2"])
+    assert not warned, [str(w.message) for w in warned]
     assert ds.sizes["rank"] == 8, f"the pooled probe was recorded {ds.sizes['rank']} wide, not 8 (its channels)"
+    assert (ds["n_samples"].values == 16).all()
     assert np.isfinite(ds["eigenvalues"].values).all()
+    assert ds.attrs["probe_reductions"]["2"] == {"reduction": "spatial_mean", "source": "output",
+                                                 "output_shape": ["N", 8, 1, 1], "features": 8}
 
 
 # ---------------------------------------------------------------------------------------------- review fixes

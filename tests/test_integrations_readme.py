@@ -22,7 +22,7 @@ def _snippets() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index,store", [(0, "hf"), (1, "pl"), (2, "flax"), (3, "ddp")])
+@pytest.mark.parametrize("index,store", [(0, "hf"), (1, "pl"), (2, "flax"), (3, "ddp"), (4, "vision")])
 def test_readme_integration_snippet_runs(tmp_path, index, store):
     code = _snippets()[index]
     script = tmp_path / "snippet.py"
@@ -41,7 +41,13 @@ def test_readme_integration_snippet_runs(tmp_path, index, store):
     assert res.returncode == 0, res.stderr[-3000:]
     ds = open_run(tmp_path / "runs" / f"{store}.zarr")
     assert ds.sizes["step"] >= 4 and ds.sizes["capture_step"] >= 1 and ds.attrs["finished"] is True
+    if store == "vision":   # the ResNet preset, channels as features
+        assert [v["features"] for v in ds.attrs["probe_reductions"].values()] == [64, 64, 128, 256, 512, 512]
 
 
-def test_readme_has_four_integration_snippets():
-    assert len(_snippets()) == 4
+def test_readme_has_five_integration_snippets():
+    assert len(_snippets()) == 5
+
+
+def test_readme_vision_snippet_is_at_most_15_lines():
+    assert len(_snippets()[4].strip().splitlines()) <= 15

@@ -280,7 +280,7 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     with pytest.raises(PhasescopeError, match="probe_inputs"):
         phasescope.Observatory(model, store=str(tmp_path / "x.zarr"), capture="probe_set")
     with pytest.raises(PhasescopeError, match="tokens"):
-        phasescope.Observatory(model, store=str(tmp_path / "x.zarr"), probe_inputs=_probe_inputs(), tokens="first")
+        phasescope.Observatory(model, store=str(tmp_path / "x.zarr"), probe_inputs=_probe_inputs(), tokens="second")
     assert _hooks(model) == 0
 
 

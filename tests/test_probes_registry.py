@@ -152,4 +152,4 @@ def test_token_selection_against_direct_indexing():
     assert len({tuple(r.tolist()) for r in capped}) == 5
     torch.testing.assert_close(select(h, None, TokenSelection("last")), h[:, -1])
     with pytest.raises(PhasescopeError, match="tokens must be one of"):
-        TokenSelection("first")
+        TokenSelection("middle")

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from phasescope.errors import PhasescopeError
@@ -78,9 +79,13 @@ def linen_intermediates(module, variables: dict, *args, filter: Callable | bool 
 
 
 def select_tokens(h, tokens: str = "last", mask=None, plan=None):
-    """Samples × dim rows of an activation: (batch, dim) as is; (batch, …, dim) by ``tokens`` with the
+    """Samples × dim rows of an activation: (batch, dim) as is; (batch, seq, dim) by ``tokens`` with the
     one rule of :func:`phasescope.probes.tokens.select` (``mask``: the (batch, seq) attention mask of a
-    padded batch; ``plan``: the (rows, cols) of ``"all"`` under ``jax.jit``, from :func:`plan_all`)."""
+    padded batch; ``plan``: the (rows, cols) of ``"all"`` under ``jax.jit``, from :func:`plan_all`);
+    (batch, *spatial, channels) — Flax's channels-last conv maps — by the mean over spatial positions,
+    the ``spatial_mean`` reduction of :mod:`phasescope.probes.shapes`."""
+    if h.ndim >= 4:
+        return jnp.mean(jnp.reshape(h, (h.shape[0], -1, h.shape[-1])), axis=1)
     return select(h, mask, as_selection(tokens, max_tokens=None), plan=plan)
 
 
