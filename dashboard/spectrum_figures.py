@@ -41,6 +41,21 @@ def run_fit_range(ds, default=(11, 100)):
     return default
 
 
+def _reading(ds, probe: str, c: int, p: int) -> str:
+    """How the probe's output became samples × features, and whether the samples cap the spectrum."""
+    red = (ds.attrs.get("probe_reductions") or {}).get(probe)
+    if not isinstance(red, dict):
+        return ""
+    shape = "×".join(str(s) for s in red.get("output_shape", [])[1:])
+    text = f"<br>read by {red.get('reduction')} of N×{shape} → {red.get('features')} features"
+    if "n_samples" in ds.data_vars:
+        n = int(ds["n_samples"].variable[c, p].values)
+        text += f" · {n} samples"
+        if 0 < n <= int(red.get("features") or 0):
+            text += f" (spectrum capped at {n - 1} eigenvalues)"
+    return text
+
+
 def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: str = "spectrum"):
     """Eigenvalues λ_k of ``probe`` at capture ``step`` against rank k on log-log axes, with the
     α-ReQ power-law fit λ_k ≈ exp(b)·k^(−α) drawn over its fit range (shaded); ``fit_range`` defaults to
@@ -82,6 +97,7 @@ def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: st
     if "alpha" in ds.data_vars:
         stored = float(ds["alpha"].variable[c, p].values)
         sub += f" · stored α={stored:.3f}"
+    sub += _reading(ds, probe, c, p)
     return figure(data, {
         "title": title(f"{head}<br><sup>{sub}</sup>"), "height": 420, "uirevision": uirevision,
         "xaxis": {"type": "log", "title": title("rank k")}, "yaxis": {"type": "log", "title": title("eigenvalue λ_k")},

@@ -9,6 +9,7 @@ import torch
 
 import phasescope
 from phasescope.dashboard.figures import quality_rows
+from phasescope.dashboard.spectrum_figures import figure_spectrum
 from phasescope.errors import PhasescopeError
 from phasescope.store import open_run
 
@@ -162,6 +163,8 @@ def test_honest_spectra_cap_is_recorded_and_flagged_in_data_quality(tmp_path):
     assert ds.attrs["probe_reductions"]["body"]["features"] == 64
     assert "body: 32 samples for 64 features" in {r["check"]: r for r in quality_rows(ds)}[
         "spectrum capped by samples"]["value"]
+    sub = figure_spectrum(ds, "body", 0).layout.title.text                  # and the spectrum explorer says it
+    assert "read by features of N×64 → 64 features · 32 samples (spectrum capped at 31 eigenvalues)" in sub
     wide = capture_once(model, tmp_path / "wide.zarr", probes=["body"], probe_inputs=torch.randn(100, 20))
     assert "spectrum capped by samples" not in {r["check"] for r in quality_rows(wide)}
 
