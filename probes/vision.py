@@ -55,10 +55,27 @@ def _is_timm(model) -> bool:
 
 
 def vision_layout(model) -> VisionLayout | None:
-    """The layout of a ResNet, a timm CNN or a plain ``nn.Sequential`` (None for anything else:
-    transformers, ViTs included, go through :func:`.presets.find_layout`)."""
+    """The layout of a ResNet or a timm CNN — the model itself or the first such submodule (a
+    LightningModule's ``self.model``), module names prefixed accordingly — or of a plain
+    ``nn.Sequential`` model. None for anything else: transformers, ViTs included, go through
+    :func:`.presets.find_layout`."""
     import torch.nn as nn
 
+    for prefix, mod in model.named_modules():
+        found = _cnn_layout(mod)
+        if found is not None:
+            if not prefix:
+                return found
+            return VisionLayout(f"{found.family} at {prefix}", *({k: f"{prefix}.{m}" for k, m in names.items()}
+                                                               for names in (found.auto, found.blocks)))
+    if isinstance(model, nn.Sequential) and len(model) > 0:
+        kept = {n: n for n, m in model.named_children() if type(m).__name__ not in SKIPPED_IN_STACKS}
+        if kept:
+            return VisionLayout("nn.Sequential", kept, kept)
+    return None
+
+
+def _cnn_layout(model) -> VisionLayout | None:
     named = dict(model.named_modules())
     children = dict(model.named_children())
     if all(c in children for c in RESNET_CHILDREN) and _pool(named):
@@ -66,8 +83,7 @@ def vision_layout(model) -> VisionLayout | None:
         pool = _pool(named)
         auto[pool] = pool
         blocks = {f"layer{i}.{j}": f"layer{i}.{j}" for i in range(1, 5) for j, _ in children[f"layer{i}"].named_children()}
-        family = "timm ResNet" if _is_timm(model) else "ResNet"
-        return VisionLayout(family, auto, blocks)
+        return VisionLayout("timm ResNet" if _is_timm(model) else "ResNet", auto, blocks)
     info = getattr(model, "feature_info", None)
     if _is_timm(model) and info and not _vit_like(model):
         stages = {}
@@ -78,10 +94,6 @@ def vision_layout(model) -> VisionLayout | None:
         pool = _pool(named)
         if stages:
             return VisionLayout(f"timm {type(model).__name__}", {**stages, **({pool: pool} if pool else {})}, stages)
-    if isinstance(model, nn.Sequential) and len(model) > 0:
-        kept = {n: n for n, m in model.named_children() if type(m).__name__ not in SKIPPED_IN_STACKS}
-        if kept:
-            return VisionLayout("nn.Sequential", kept, kept)
     return None
 
 
@@ -95,10 +107,11 @@ def default_tokens(model) -> str:
     """The token a model's representation is read at: the class token of a ViT (torchvision
     ``class_token``, timm ``cls_token``), the mean for a ViT that pools without one, else the last
     (causal language models; Li et al. 2025 read the last token)."""
-    if _vit_like(model) and getattr(model, "global_pool", None) == "avg":
-        return "mean"
-    if getattr(model, "class_token", None) is not None or getattr(model, "cls_token", None) is not None:
-        return "first"
-    if getattr(getattr(model, "config", None), "model_type", None) in HF_CLASS_TOKEN_MODELS:
-        return "first"
+    for _, m in model.named_modules():   # the model itself first, then a wrapped one
+        if _vit_like(m) and getattr(m, "global_pool", None) == "avg":
+            return "mean"
+        if getattr(m, "class_token", None) is not None or getattr(m, "cls_token", None) is not None:
+            return "first"
+        if getattr(getattr(m, "config", None), "model_type", None) in HF_CLASS_TOKEN_MODELS:
+            return "first"
     return "last"

@@ -53,6 +53,15 @@ def test_resnet_preset_reads_stem_stages_and_pool_with_channels_as_features(tmp_
     blocks = phasescope.probes.resolve_probes(model, "blocks")
     assert [p.name for p in blocks] == [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
 
+    class Wrapped(torch.nn.Module):          # e.g. a LightningModule holding the network as self.net
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+    wrapped = {p.name: p.module_name for p in phasescope.probes.resolve_probes(Wrapped(), "auto")}
+    assert wrapped == {"stem": "net.maxpool", **{f"layer{i}": f"net.layer{i}" for i in range(1, 5)},
+                       "avgpool": "net.avgpool"}
+
 
 def test_vit_presets_read_the_class_token_torchvision_and_timm(tmp_path):
     """torchvision's encoder.layers (an nn.Sequential of named EncoderBlocks) and timm's blocks become
@@ -77,6 +86,7 @@ def test_vit_presets_read_the_class_token_torchvision_and_timm(tmp_path):
     ds = open_run(tmp_path / "t.zarr")
     assert ds.attrs["probes_spec"] == {"block.0": "blocks.0", "block.1": "blocks.1", "final_norm": "norm"}
     assert ds.attrs["tokens"]["mode"] == "first"
+    assert phasescope.probes.vision.default_tokens(torch.nn.ModuleDict({"vit": tv})) == "first"   # wrapped too
     assert ds.attrs["probe_reductions"]["final_norm"]["features"] == 192
 
 
