@@ -152,8 +152,9 @@ class ProbeSet:
                                           "forward pass; select modules that the model's forward calls")
 
     def discover_dims(self) -> dict[str, int]:
-        """Run the first sample through the model once: validates the inputs, chooses each probe's
-        reduction from its output shape, fixes the sampled positions, and counts each probe's samples."""
+        """Run the first two samples through the model once (two: a BatchNorm on batch statistics refuses
+        one): validates the inputs, chooses each probe's reduction from its output shape, fixes the
+        sampled positions, and counts each probe's samples."""
         dims: dict[str, int] = {}
 
         def reduction(i, h, source):
@@ -164,7 +165,7 @@ class ProbeSet:
             return red
 
         try:
-            self._run([self.batches[0].head(1)], lambda i, rows: None, None, reduction)
+            self._run([self.batches[0].head(2)], lambda i, rows: None, None, reduction)
         except PhasescopeError:
             raise
         except Exception as exc:
