@@ -234,3 +234,24 @@ def test_in_flight_bad_probes_raise_at_the_first_capture(tmp_path):
         with pytest.raises(PhasescopeError, match=match):
             obs.step(0)
         obs.close()
+
+
+def test_model_outputs_and_tuples_are_read_at_their_hidden_state(tmp_path):
+    """A probe on a Hugging Face sub-model reads its ModelOutput's last_hidden_state (at the last token, as
+    for every causal LM); an attention module's (output, weights) tuple is read at its first element."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=12,
+                                    bos_token_id=0, eos_token_id=0))
+    ids = torch.randint(0, 64, (20, 12), generator=torch.Generator().manual_seed(7))
+    ds = capture_once(lm, tmp_path / "hf.zarr", probes={"trunk": "transformer", "attn0": "transformer.h.0.attn"},
+                      probe_inputs={"input_ids": ids})
+    red = ds.attrs["probe_reductions"]
+    assert red["trunk"]["source"] == "last_hidden_state" and red["trunk"]["reduction"] == "tokens:last"
+    assert red["attn0"]["source"] == "output[0]" and red["attn0"]["output_shape"] == ["N", 12, 32]
+    assert ds.attrs["probe_inputs"]["token_ids"] is True
+    lm.eval()
+    with torch.no_grad():
+        hidden = lm.transformer(input_ids=ids).last_hidden_state[:, -1]
+    assert abs(float(ds["rankme"].sel(probe="trunk").values[0]) - rankme_ref(hidden.numpy())) < 1e-5 * 32
