@@ -66,13 +66,19 @@ def declare_missing_ops() -> list[str]:
 
 
 class _TorchvisionGuard(importlib.abc.MetaPathFinder):
-    """Runs :func:`declare_missing_ops` just before torchvision is first imported, then steps aside."""
+    """Runs :func:`declare_missing_ops` just before torchvision is first imported, then does nothing.
+    It stays on ``sys.meta_path``: removing itself while the import system iterates that list would
+    make it skip the next finder. It never raises: at worst torchvision fails as it would without it."""
+
+    done = False
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == "torchvision":
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            declare_missing_ops()
+        if fullname == "torchvision" and not self.done:
+            self.done = True
+            try:
+                declare_missing_ops()
+            except Exception:  # noqa: BLE001 - an import helper must not break the import
+                pass
         return None   # the normal finders import torchvision itself
 
 

@@ -159,7 +159,8 @@ class ProbeSet:
 
         def reduction(i, h, source):
             name = self.probes[i].name
-            red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source)
+            red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source,
+                         token_ids=self.inputs.token_ids)
             self.reductions[name] = red
             dims[name] = red.features
             return red
@@ -204,9 +205,9 @@ class ProbeSet:
                                       f"({self.reductions[p.name].name}); a covariance spectrum needs at least "
                                       "2: pass more probe inputs")
         if any(pl is not None for pl in per_probe):
-            device = self.batches[0].mask.device if self.batches[0].mask is not None else None
-            self.plans = [[None if pl is None else tuple(t.to(device) if device is not None else t for t in pl[k])
-                           for pl in per_probe] for k in range(len(self.batches))]
+            device = self.inputs.device
+            self.plans = [[None if pl is None else tuple(t.to(device) for t in pl[k]) for pl in per_probe]
+                          for k in range(len(self.batches))]
 
     def capture(self, gram_samples: int = 0) -> tuple[list, list]:
         """One capture: a fresh accumulator per probe fed with every batch, and (``gram_samples`` > 0)
@@ -227,9 +228,9 @@ class ProbeSet:
         import torch
 
         plans = None
-        if self.plans is not None:
+        if self.plans is not None:   # this rank may hold no batch (and no plan) of its own
             zero = torch.zeros(1, dtype=torch.long)
-            plans = [[None if pl is None else (zero, zero) for pl in self.plans[0]]]
+            plans = [[(zero, zero) if self.reductions[p.name].sampled else None for p in self.probes]]
         self._run([batch], lambda i, rows: None, plans)
 
     def describe(self) -> dict[str, dict]:
@@ -259,6 +260,7 @@ class InFlight:
         self.reductions: dict[str, Reduction] = {}
         self.error: PhasescopeError | None = None
         self._mask = None
+        self._token_ids = False
         self._gen = None
         self.forwards = 0
         self.lost = 0
@@ -279,21 +281,25 @@ class InFlight:
         def pre(module, args, kwargs):
             if module.training:
                 self._mask = kwargs.get("attention_mask")
+                ids = kwargs.get("input_ids", args[0] if args else None)
+                self._token_ids = getattr(ids, "ndim", 0) == 2 and not ids.is_floating_point()
                 self.forwards += 1
 
         self.hooks.add(self.model.register_forward_pre_hook(pre, with_kwargs=True))
 
         def body(i: int, output) -> None:
-            h, source = activation(output)
-            h = h.detach()
             name = self.probes[i].name
             red = self.reductions.get(name)
-            if red is None:
-                try:
-                    red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source)
-                except PhasescopeError as exc:   # a usage error: raised by the Observatory at this step
-                    self.error, self.lost = self.error or exc, 1
-                    return
+            try:
+                h, source = activation(output)
+                if red is None:
+                    red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection,
+                                 source, token_ids=self._token_ids)
+            except PhasescopeError as exc:   # a usage error: raised by the Observatory at this step
+                self.error, self.lost = self.error or exc, 1
+                return
+            h = h.detach()
+            if name not in self.reductions:
                 self.reductions[name] = red
                 self.dims[name] = red.features
             if dims_only:

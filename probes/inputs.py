@@ -61,6 +61,7 @@ class ProbeInputs:
     mask: Any = None
     notes: list[str] = field(default_factory=list)
     rebatchable: bool = True   # False for an iterable of batches: it keeps its own batching and is read once
+    device: Any = None         # where the batches are (the model's device)
 
     @property
     def n(self) -> int:
@@ -87,14 +88,19 @@ def _tensor(v, device):
     return torch.as_tensor(np.asarray(v)).to(device)
 
 
-def _forward_params(model) -> tuple[list[str], bool, bool]:
-    """(positional parameter names, takes *args, takes **kwargs) of ``model.forward``."""
+def _forward_params(model) -> tuple[list[str], list[str], bool, bool]:
+    """(positional parameter names, keyword-only names, takes *args, takes **kwargs) of the forward of
+    ``model`` — of the module inside a ``torch.compile`` or (Distributed)DataParallel wrapper."""
+    for attr in ("_orig_mod", "module"):
+        while hasattr(model, attr) and hasattr(getattr(model, attr), "forward"):
+            model = getattr(model, attr)
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        return [], True, True
+        return [], [], True, True
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return (positional, any(p.kind is p.VAR_POSITIONAL for p in params),
+    keyword = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    return (positional, keyword, any(p.kind is p.VAR_POSITIONAL for p in params),
             any(p.kind is p.VAR_KEYWORD for p in params))
 
 
@@ -126,11 +132,30 @@ def _as_array(v):
 class _Builder:
     def __init__(self, model, device, batch_size: int):
         self.model, self.device, self.batch_size = model, device, batch_size
-        self.positional, self.var_args, self.var_kwargs = _forward_params(model)
-        self.notes: list[str] = []
+        self.positional, self.keyword, self.var_args, self.var_kwargs = _forward_params(model)
+        self._notes: list[str] = []
+        params = [p for p in model.parameters() if p.is_floating_point()] if hasattr(model, "parameters") else []
+        self.dtype = params[0].dtype if params else None
+
+    @property
+    def notes(self) -> list[str]:
+        return list(dict.fromkeys(self._notes))   # once each, in order (a loader repeats them per batch)
+
+    def note(self, text: str) -> None:
+        self._notes.append(text)
 
     def takes(self, key: str) -> bool:
-        return self.var_kwargs or key in self.positional
+        return self.var_kwargs or key in self.positional or key in self.keyword
+
+    def tensor(self, v):
+        """``v`` on the model's device; floating inputs in the model's floating dtype (numpy's float64
+        into a float32 model, float32 into a bfloat16 one), said in a note."""
+        t = _tensor(v, self.device)
+        if t.is_floating_point() and self.dtype is not None and t.dtype != self.dtype:
+            self.note(f"floating inputs cast from {str(t.dtype).removeprefix('torch.')} to the model's "
+                      f"{str(self.dtype).removeprefix('torch.')}")
+            t = t.to(self.dtype)
+        return t
 
     # ---------------------------------------------------------------- token ids
     def tokens(self, d: Mapping) -> ProbeInputs:
@@ -154,9 +179,9 @@ class _Builder:
             if k in ("input_ids", "attention_mask"):
                 continue
             if k in NEVER_PASSED or not self.takes(k):
-                self.notes.append(f"{k!r} not passed ({'a probe forward computes no loss' if k in NEVER_PASSED else 'forward does not take it'})")
+                self.note(f"{k!r} not passed ({'a probe forward computes no loss' if k in NEVER_PASSED else 'forward does not take it'})")
                 continue
-            others[k] = _tensor(v, self.device) if _is_array(v) or isinstance(v, list) else v
+            others[k] = self.tensor(v) if _is_array(v) or isinstance(v, list) else v
         _batch_size({"input_ids": ids, **{k: v for k, v in others.items() if _is_array(v)}}, "token ids")
         by_keyword = self.takes("input_ids")
         widths, order = None, None
@@ -181,6 +206,9 @@ class _Builder:
             b_ids, b_mask = ids[sl, :w], None if mask is None else mask[sl, :w]
             if b_mask is not None and self.takes("attention_mask"):
                 kw = {"attention_mask": b_mask, **kw}
+            elif b_mask is not None and k == 0:
+                self.note("attention_mask not passed (forward does not take it); used to find the last "
+                          "and first non-pad tokens")
             args = () if by_keyword else (b_ids,)
             if by_keyword:
                 kw = {"input_ids": b_ids, **kw}
@@ -191,30 +219,30 @@ class _Builder:
     def one(self, item) -> tuple[tuple, dict, int]:
         """A single batch (not re-batched): its positional and keyword arguments and its size."""
         if _is_array(item):
-            return (_tensor(item, self.device),), {}, _batch_size({"input": item}, "a tensor")
+            return (self.tensor(item),), {}, _batch_size({"input": item}, "a tensor")
         if isinstance(item, Mapping):
             kw, left = {}, []
             for k, v in item.items():
                 if k in NEVER_PASSED or not self.takes(k):
                     left.append(k)
                     continue
-                kw[k] = _tensor(v, self.device) if _is_array(v) else v
+                kw[k] = self.tensor(v) if _is_array(v) else v
             if not kw:
                 raise PhasescopeError(f"probe_inputs keys {', '.join(map(repr, item))} are not parameters of "
                                       f"{type(self.model).__name__}.forward({', '.join(self.positional)}); key the "
                                       "dict by forward's parameter names, or pass a tensor or tuple")
             if left:
-                self.notes.append(f"keys {', '.join(map(repr, left))} not passed (forward does not take them"
+                self.note(f"keys {', '.join(map(repr, left))} not passed (forward does not take them"
                                   f"{'; a probe forward computes no loss' if set(left) & set(NEVER_PASSED) else ''})")
             return (), kw, _batch_size(kw, "a dict")
         if isinstance(item, (tuple, list)) and item:
             args = list(item)
             if not self.var_args and len(args) > max(len(self.positional), 1):
                 cut = max(len(self.positional), 1)
-                self.notes.append(f"elements {cut}…{len(args) - 1} of each batch not passed "
+                self.note(f"elements {cut}…{len(args) - 1} of each batch not passed "
                                   f"(forward({', '.join(self.positional)}) takes {cut})")
                 args = args[:cut]
-            args = [_tensor(a, self.device) if _is_array(a) else a for a in args]
+            args = [self.tensor(a) if _is_array(a) else a for a in args]
             return tuple(args), {}, _batch_size({f"[{i}]": a for i, a in enumerate(args)}, "a tuple")
         raise PhasescopeError(f"probe_inputs batch of type {type(item).__name__} is not a tensor, tuple or dict")
 
@@ -234,6 +262,14 @@ def _looks_like_token_list(obj) -> bool:
         bool(obj[0]) and isinstance(obj[0][0], (int, np.integer))
 
 
+def _looks_like_batches(items, b: _Builder) -> bool:
+    """More same-shaped tensors than ``forward`` takes positionally: batches (``list(loader)``), not
+    arguments ((images, labels) differ in shape and stay positional)."""
+    if b.var_args or len(items) <= max(len(b.positional), 1) or not all(_is_array(a) for a in items):
+        return False
+    return len({(tuple(a.shape[1:]), str(a.dtype)) for a in items}) == 1
+
+
 def build_probe_inputs(probe_inputs, model, device, batch_size: int = 64) -> ProbeInputs:
     """Normalise ``probe_inputs`` (module docstring) for ``model`` on ``device``, in batches of ``batch_size``
     (an iterable of batches keeps its own batching)."""
@@ -242,6 +278,8 @@ def build_probe_inputs(probe_inputs, model, device, batch_size: int = 64) -> Pro
         out = b.tokens(probe_inputs)
     elif _looks_like_token_list(probe_inputs) or _is_token_ids(probe_inputs):
         out = b.tokens({"input_ids": probe_inputs})
+    elif isinstance(probe_inputs, (tuple, list)) and _looks_like_batches(probe_inputs, b):
+        out = _from_batches(b, probe_inputs)
     elif _is_array(probe_inputs) or isinstance(probe_inputs, Mapping) or (
             isinstance(probe_inputs, (tuple, list)) and probe_inputs and all(_is_array(a) for a in probe_inputs)):
         args, kwargs, n = b.one(probe_inputs)
@@ -256,7 +294,7 @@ def build_probe_inputs(probe_inputs, model, device, batch_size: int = 64) -> Pro
     if out.n < 2:
         raise PhasescopeError(f"probe_inputs hold {out.n} sample(s); a covariance spectrum needs at least 2: "
                               "pass a larger probe set")
-    return out
+    return replace(out, device=device)
 
 
 def _from_batches(b: _Builder, batches) -> ProbeInputs:
@@ -290,4 +328,7 @@ def _token_batches(b: _Builder, items: list, what: str) -> ProbeInputs:
         ids.append(torch.nn.functional.pad(t, (0, pad)))
         masks.append(torch.nn.functional.pad(m, (0, pad)))
     out = b.tokens({"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)})
-    return replace(out, kind=f"token ids ({what} of {len(items)} batches)", rebatchable=False)
+    others = sorted({k for i in items for k in i if k not in ("input_ids", "attention_mask")})
+    notes = out.notes + ([f"keys {', '.join(map(repr, others))} of the token batches not passed (only "
+                          "input_ids and attention_mask are joined across batches)"] if others else [])
+    return replace(out, kind=f"token ids ({what} of {len(items)} batches)", rebatchable=False, notes=notes)

@@ -120,11 +120,17 @@ def check_requested(reduction) -> None:
 
 
 def choose(probe: str, shape: tuple[int, ...], requested: str, selection: TokenSelection,
-           source: str = "output") -> Reduction:
-    """The reduction of probe ``probe`` whose output has ``shape`` (batch axis first)."""
+           source: str = "output", token_ids: bool = False) -> Reduction:
+    """The reduction of probe ``probe`` whose output has ``shape`` (batch axis first); ``token_ids``:
+    the model reads token ids, so a 4-D output is (batch, tokens, heads, …), not a conv map, and
+    ``auto`` refuses to guess."""
     shape = tuple(int(s) for s in shape)
     nd = len(shape)
     kind = requested
+    if kind == "auto" and token_ids and nd >= 4:
+        raise PhasescopeError(f"probe {probe!r}: a token model's output of shape {_shape(shape)} is not "
+                              f"(N, T, d); name its reduction (options: {_OPTIONS}) or probe the module "
+                              "whose output is the (N, T, d) hidden state")
     if kind == "auto":
         kind = {2: "features", 3: "tokens", 4: "spatial_mean", 5: "spatial_mean"}.get(nd, "")
     fits = {"features": nd == 2, "tokens": nd == 3, "spatial_mean": nd >= 3, "positions": nd >= 3}.get(kind, False)

@@ -107,11 +107,11 @@ def default_tokens(model) -> str:
     """The token a model's representation is read at: the class token of a ViT (torchvision
     ``class_token``, timm ``cls_token``), the mean for a ViT that pools without one, else the last
     (causal language models; Li et al. 2025 read the last token)."""
-    for _, m in model.named_modules():   # the model itself first, then a wrapped one
+    if getattr(getattr(model, "config", None), "model_type", None) in HF_CLASS_TOKEN_MODELS:
+        return "first"
+    for m in (model, *model.children()):   # the model itself, or one it wraps (a LightningModule's self.net)
         if _vit_like(m) and getattr(m, "global_pool", None) == "avg":
             return "mean"
         if getattr(m, "class_token", None) is not None or getattr(m, "cls_token", None) is not None:
-            return "first"
-        if getattr(getattr(m, "config", None), "model_type", None) in HF_CLASS_TOKEN_MODELS:
             return "first"
     return "last"

@@ -255,3 +255,71 @@ def test_model_outputs_and_tuples_are_read_at_their_hidden_state(tmp_path):
     with torch.no_grad():
         hidden = lm.transformer(input_ids=ids).last_hidden_state[:, -1]
     assert abs(float(ds["rankme"].sel(probe="trunk").values[0]) - rankme_ref(hidden.numpy())) < 1e-5 * 32
+
+
+def test_review_cases_keyword_only_mask_wrappers_batches_lists_and_dtypes(tmp_path):
+    """forward(input_ids, *, attention_mask) still gets the mask; a DataParallel wrapper's forward(*args)
+    is seen through, so (images, labels) passes images only; a list of same-shaped tensors is a list of
+    batches (list(loader)), not positional arguments; numpy's float64 reaches a float32 model as float32."""
+    from phasescope.probes.inputs import build_probe_inputs
+
+    class KeywordMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+
+        def forward(self, input_ids, *, attention_mask=None):
+            return self.emb(input_ids) * attention_mask[..., None]
+
+    ids, mask = torch.randint(0, 10, (6, 5)), torch.ones(6, 5, dtype=torch.long)
+    got = build_probe_inputs({"input_ids": ids, "attention_mask": mask}, KeywordMask(), "cpu")
+    assert "attention_mask" in got.batches[0].kwargs
+    cnn = SmallCNN()
+    pairs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.zeros(8)),
+                                        batch_size=4)
+    wrapped = build_probe_inputs(pairs, torch.nn.DataParallel(cnn), "cpu")
+    assert all(len(b.args) == 1 for b in wrapped.batches)
+    chunks = list(torch.utils.data.DataLoader(torch.randn(12, 3, 4, 4), batch_size=4))
+    listed = build_probe_inputs(chunks, cnn, "cpu")
+    assert listed.n == 12 and len(listed.batches) == 3 and listed.kind == "list of 3 batches"
+    x64 = np.random.default_rng(0).normal(size=(10, 20))
+    cast = build_probe_inputs(x64, MLP(), "cpu")
+    assert cast.batches[0].args[0].dtype == torch.float32
+    assert cast.notes == ["floating inputs cast from float64 to the model's float32"]
+
+
+def test_a_token_models_4d_output_is_not_guessed_as_a_conv_map(tmp_path):
+    """(batch, tokens, heads, head_dim) from a token model must not be read as channels = tokens."""
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 8)
+            self.split = torch.nn.Unflatten(-1, (2, 4))
+
+        def forward(self, input_ids):
+            return self.split(self.emb(input_ids))
+
+    ids = torch.randint(0, 10, (6, 5))
+    with pytest.raises(PhasescopeError, match=r"a token model's output of shape \(N, 5, 2, 4\) is not \(N, T, d\)"):
+        phasescope.Observatory(Heads(), store=str(tmp_path / "h.zarr"), probes=["split"], probe_inputs=ids)
+    ds = capture_once(Heads(), tmp_path / "ok.zarr", probes=["emb"], probe_inputs=ids)
+    assert ds.attrs["probe_reductions"]["emb"]["reduction"] == "tokens:last"
+
+
+def test_padding_forward_on_a_rank_without_batches(tmp_path):
+    """FSDP pads every rank to as many probe forwards; a rank whose shard holds no batch (5 batches on
+    4 ranks... here 3 on 4) must still run them with a sampled reduction's plans."""
+    from phasescope.probes import distributed as D
+    from phasescope.probes.capture import ProbeSet
+    from phasescope.probes.inputs import build_probe_inputs
+    from phasescope.probes.registry import resolve_probes
+    from phasescope.probes.tokens import TokenSelection
+
+    cnn = SmallCNN()
+    inputs = build_probe_inputs(torch.randn(9, 3, 4, 4), cnn, "cpu", batch_size=3)
+    ps = ProbeSet(cnn, resolve_probes(cnn, ["conv"]), inputs, TokenSelection("last", 20, 0), "positions")
+    ps.discover_dims()
+    pad = ps.batches[0].head(1)
+    D.shard_probe_set(ps, rank=3, world=4)
+    assert ps.batches == [] and ps.plans == []
+    ps.padding_forward(pad)          # no IndexError
