@@ -13,7 +13,10 @@
   representations, not a loss); keys ``forward`` does not take are left out and reported.
 - **an iterable of such batches** (a ``DataLoader``): read once, kept as batched, fixed thereafter.
 
-Every tensor's first axis is the sample axis; within one batch they must agree. The result records
+Every tensor's first axis is the sample axis; within one batch they must agree. Floating inputs are
+cast to the model's floating dtype. Under ``torch.distributed`` every rank must pass the same probe
+set (each rank then captures its shard of it): a DataLoader without shuffling or a DistributedSampler.
+An iterable is kept whole on the model's device: pass a held-out probe set, not the training loader. The result records
 what was found (:meth:`ProbeInputs.describe`, stored in the run's ``probe_inputs`` attribute).
 """
 
