@@ -52,6 +52,55 @@ def display_steps(steps: np.ndarray, floor: float | None = None) -> np.ndarray:
     return np.where(s > 0, s, floor)
 
 
+def _tick_text(v: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= div:
+            return f"{v / div:g}{suffix}"
+    return f"{v:g}"
+
+
+def step_ticks(data: list[dict], layout: dict) -> dict:
+    """Label the log step axes of a figure: step 0, drawn at a positive position (``display_steps``),
+    reads "0" — plotly's own ticks there read "5" or "0.5" — and the rest 1-2-5 per decade (1 per
+    decade over more than three), in steps or tokens as drawn. A trace's true steps are its
+    ``customdata`` (the first row of a heatmap's). Returns ``layout``, its log x axes updated."""
+    by_axis: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for t in data:
+        cd = t.get("customdata")
+        if cd is None or t.get("x") is None:
+            continue
+        cd = np.asarray(cd)
+        cd = cd[0] if cd.ndim == 2 else cd
+        if cd.ndim != 1 or not np.issubdtype(cd.dtype, np.number):
+            continue
+        x = np.asarray(t["x"], dtype=float)
+        k = min(len(x), len(cd))
+        key = "xaxis" + str(t.get("xaxis", "x"))[1:]
+        by_axis.setdefault(key, []).append((x[:k], cd[:k].astype(float)))
+    for key, pairs in by_axis.items():
+        ax = layout.get(key)
+        if ax is None or ax.get("type") != "log":
+            continue
+        x = np.concatenate([p[0] for p in pairs])
+        steps = np.concatenate([p[1] for p in pairs])
+        ok = np.isfinite(x) & (x > 0)
+        zero, pos = x[ok & (steps <= 0)], x[ok & (steps > 0)]
+        vals, text = ([float(zero.min())], ["0"]) if zero.size else ([], [])
+        if pos.size:
+            lo, hi = float(pos.min()), float(pos.max())
+            first, last = math.floor(math.log10(lo)), math.floor(math.log10(hi))
+            mantissas = (1, 2, 5) if last - first <= 3 else (1,)
+            for e in range(first, last + 1):
+                for m in mantissas:
+                    v = m * 10.0 ** e
+                    if lo / 1.001 <= v <= hi * 1.001 and (not vals or v > vals[0] * 1.6):
+                        vals.append(v)
+                        text.append(_tick_text(v))
+        if vals:
+            ax.update(tickmode="array", tickvals=vals, ticktext=text)
+    return layout
+
+
 def tokens_per_step(ds) -> float | None:
     """``attrs["tokens_per_step"]`` as a positive float, or None when absent or unusable."""
     v = ds.attrs.get("tokens_per_step")

@@ -11,7 +11,7 @@ import numpy as np
 
 from phasescope.gradients import block_index
 
-from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, title
+from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
 
 def param_block(name: str) -> str:
@@ -106,4 +106,4 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
     layout.update(height=330 * len(panels), uirevision=uirevision, title=title("Gradients"),
                   meta={"kind": "gradients", "panels": panels}, legend={"groupclick": "toggleitem"})
-    return figure(data, layout)
+    return figure(data, step_ticks(data, layout))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._common import aligned_x, as_runs, display_steps, empty_figure, label, title
+from ._common import aligned_x, as_runs, display_steps, empty_figure, label, step_ticks, title
 from ._plotly import axis_name, colorscale, compact_int, f32, figure, grid
 
 # Colour scales per metric family: sequential for ranks and norms, fixed [0, 1] range for R².
@@ -103,11 +103,11 @@ def figure_heatmap(ds, metric: str, *, align: str = "step", uirevision: str | No
     if trace is None:
         return empty_figure(f"{label(metric)}: {xtitle}", title=label(metric))
     n_rows = len(trace["y"])
-    return figure([trace], {
+    return figure([trace], step_ticks([trace], {
         "title": title(f"{label(metric)} per {rdim}"), "height": max(320, min(900, 120 + 14 * n_rows)),
         "uirevision": uirevision or metric, "xaxis": {"type": "log", "title": title(xtitle + " (log)")},
         "yaxis": {"title": title(rdim), "autorange": "reversed"}, "meta": {"kind": "heatmap", "metric": metric},
-    })
+    }))
 
 
 def figure_overview(data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: str = "step",
@@ -145,7 +145,7 @@ def figure_overview(data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: s
         layout.setdefault("annotations", []).append(
             {"text": "; ".join(notes), "x": 0, "y": -0.12, "xref": "paper", "yref": "paper", "showarrow": False,
              "xanchor": "left", "font": {"color": "#a33"}})
-    return figure(data_, layout)
+    return figure(data_, step_ticks(data_, layout))
 
 
 def decode_click(click: dict | None, ds_steps: Sequence[int] | None = None) -> dict | None:

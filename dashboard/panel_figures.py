@@ -14,7 +14,7 @@ import numpy as np
 
 from phasescope.statistics import REGISTRY, panels_for
 
-from ._common import RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, label, probe_colours, title
+from ._common import RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, label, probe_colours, step_ticks, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
 from .trajectory_figures import default_probes
 
@@ -82,4 +82,4 @@ def figure_panel(data, panel: str, *, probes: Sequence[str] | None = None, align
              "xanchor": "left", "font": {"size": 11, "color": "#775"}})
     layout.update(title=title(heading), height=380, uirevision=f"panel-{panel}",
                   meta={"kind": "panel", "panel": panel, "variables": names, "notes": notes})
-    return figure(traces, layout)
+    return figure(traces, step_ticks(traces, layout))

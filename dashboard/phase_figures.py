@@ -21,7 +21,7 @@ import numpy as np
 
 from phasescope.spectra.phases.rules import LABEL_TEXT
 
-from ._common import aligned_x, display_steps, empty_figure, shade, title, to_list
+from ._common import aligned_x, display_steps, empty_figure, shade, step_ticks, title, to_list
 from ._plotly import figure
 
 MODEL = "model"
@@ -240,4 +240,4 @@ def figure_phase_strip(ds, phases, *, align: str = "step", uirevision: str = "ph
               "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
               "margin": {"t": 70}, "meta": {"kind": "phases", "rows": rows, "labels": present,
                                             "edges": [float(v) for v in edges], "events": len(evs)}}
-    return figure(data, layout)
+    return figure(data, step_ticks(data, layout))

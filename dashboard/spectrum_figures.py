@@ -100,7 +100,7 @@ def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: st
     sub += _reading(ds, probe, c, p)
     return figure(data, {
         "title": title(f"{head}<br><sup>{sub}</sup>"), "height": 420, "uirevision": uirevision,
-        "xaxis": {"type": "log", "title": title("rank k")}, "yaxis": {"type": "log", "title": title("eigenvalue λ_k")},
+        "xaxis": {"type": "log", "title": title("rank k")}, "yaxis": {"type": "log", "exponentformat": "power", "title": title("eigenvalue λ_k")},
         "meta": {"kind": "spectrum", "probe": probe, "step": int(step), "alpha": alpha, "r2": r2},
         "legend": {"x": 0.99, "xanchor": "right", "y": 0.99}, "shapes": shapes, "annotations": notes,
     })

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from ._common import (RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, label, probe_colours, title,
-                      tokens_per_step)
+                      step_ticks, tokens_per_step)
 from ._plotly import compact_int, f32, figure
 from .phase_figures import event_text, model_segments, probe_events, trajectory_overlays
 
@@ -87,11 +87,12 @@ def figure_trajectories(data, *, metric: str = "rankme", probes: Sequence[str] |
     if notes:
         annotations.append({"text": "; ".join(notes), "x": 0, "y": 1.06, "xref": "paper", "yref": "paper",
                             "showarrow": False, "xanchor": "left", "font": {"size": 11, "color": "#775"}})
-    return figure(traces, {
+    return figure(traces, step_ticks(traces, {
         "title": title(f"Trajectories · {label(metric)} per layer"), "height": 460,
         "uirevision": uirevision or f"traj-{metric}", "meta": {"kind": "trajectories", "notes": notes},
         "xaxis": {"type": "log", "title": title(f"{xtitle} (log)"), "domain": [0.0, 0.94], "anchor": "y"},
         "yaxis": {"title": title(label(metric)), "anchor": "x"},
-        "yaxis2": {"title": title("loss"), "overlaying": "y", "side": "right", "anchor": "x", "showgrid": False},
+        "yaxis2": {"title": title("loss"), "overlaying": "y", "side": "right", "anchor": "x", "showgrid": False,
+                   "tickformat": ".3~g"},   # round ticks: 2.5, not 2.4999
         "shapes": shapes, "annotations": annotations,
-    })
+    }))

@@ -326,3 +326,23 @@ def test_sparse_update_ratios_are_joined_across_unrecorded_steps(ds):
     assert traces and all(t.connectgaps for t in traces)
     y = arr(traces[0].y)
     assert np.isfinite(y[recorded]).all() and np.allclose(y[recorded], 1e-3 * (1 + np.arange(len(recorded))))
+
+
+def test_log_step_axes_label_step_zero_and_decades(ds):
+    """Step 0 has no logarithm: it is drawn at half the first positive step and its tick reads "0" (plotly's
+    own first tick read "5", i.e. 0.5); then 1-2-5 per decade, in steps or tokens as drawn. The
+    eigenspectrum's eigenvalue axis reads powers of ten, not SI prefixes ("1μ")."""
+    figs = {"heatmap": F.figure_heatmap(ds, "rankme"), "overview": F.figure_overview(ds),
+            "trajectories": F.figure_trajectories(ds, metric="rankme")}
+    for name, fig in figs.items():
+        ax = fig.layout.xaxis
+        assert ax.tickmode == "array", name
+        assert ax.ticktext[0] == "0" and ax.tickvals[0] == 0.5, (name, ax.tickvals[:3])   # first positive step: 1
+        assert list(ax.ticktext[1:4]) == ["1", "2", "5"] and ax.ticktext[-1] in ("100", "200"), (name, ax.ticktext)
+        assert all(v1 > v0 for v0, v1 in zip(ax.tickvals, ax.tickvals[1:]))
+    assert figs["overview"].layout.xaxis2.ticktext[0] == "0"
+    tokens = F.figure_heatmap(ds, "rankme", align="tokens").layout.xaxis
+    assert tokens.ticktext[0] == "0" and tokens.ticktext[1] == "1k" and tokens.tickvals[0] == 500
+    spec = F.figure_spectrum(ds, str(ds["probe"].values[0]), int(ds["capture_step"].values[-1]))
+    assert spec.layout.yaxis.exponentformat == "power"
+    assert figs["trajectories"].layout.yaxis2.tickformat == ".3~g"      # loss ticks read 2.5, not 2.4999
