@@ -105,7 +105,7 @@ class Views:
         if ds is None:
             return F.empty_figure(NO_RUN), [], no_update
         allowed = F.heatmap_metrics(ds)
-        metric = _keep(metric, allowed) or "rankme"
+        metric = metric if metric in allowed else F.default_heatmap_metric(allowed) or "rankme"
         return F.figure_heatmap(ds, metric, align=align), [{"label": F.label(m), "value": m} for m in allowed], metric
 
     def trajectories(self, version, metric, probes, align):
@@ -207,7 +207,7 @@ class Views:
         out[("overview", "figure")] = panel("overview", lambda: self.overview(version, "step"))
         out[("phases", "figure")] = panel("phases", lambda: self.phases(version, "step"))
         out[("gradients", "figure")] = panel("gradients", lambda: self.gradients(version, "step"))
-        hm = panel("heatmap", lambda: self.heatmap(version, "rankme", "step"))
+        hm = panel("heatmap", lambda: self.heatmap(version, None, "step"))
         if isinstance(hm, tuple):
             hm, hm_opts, hm_val = hm
             out[("heatmap-metric", "options")] = hm_opts

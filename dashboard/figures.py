@@ -36,7 +36,7 @@ from ._common import (LABELS, RUN_DASHES, aligned_x, display_steps, empty_figure
                       probe_colours, shade, shade_log_x, title, tokens_per_step)
 from ._plotly import decode_array
 from .gradient_figures import figure_gradients, param_block, projection_type  # noqa: F401
-from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, figure_heatmap,  # noqa: F401
+from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, default_heatmap_metric, figure_heatmap,  # noqa: F401
                               figure_overview, heatmap_metrics, heatmap_trace)
 from .panel_figures import figure_panel, registry_panels  # noqa: F401
 from .phase_figures import (NOT_COMPUTED, event_text, figure_phase_strip, model_segments, phase_events,  # noqa: F401

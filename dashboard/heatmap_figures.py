@@ -23,6 +23,8 @@ _SCALES = {
 }
 _FIXED_RANGE = {"alpha_r2": (0.0, 1.0)}
 OVERVIEW_METRICS = ("rankme", "alpha")
+#: what the heatmap panel opens on: a metric the overview does not already show (no heatmap twice)
+HEATMAP_DEFAULTS = ("participation_ratio", "stable_rank")
 
 
 def _step_dim(da) -> str | None:
@@ -58,6 +60,13 @@ def heatmap_metrics(ds) -> list[str]:
 def capture_metrics(ds) -> list[str]:
     """Metric variables over (capture_step, probe) — the ones whose cells open a spectrum."""
     return [m for m in heatmap_metrics(ds) if set(ds[m].dims) == {"capture_step", "probe"}]
+
+
+def default_heatmap_metric(allowed: Sequence[str]) -> str | None:
+    """The heatmap panel's first metric among ``allowed``: one of ``HEATMAP_DEFAULTS``, else the first
+    the overview does not draw, else the first."""
+    return next((m for m in HEATMAP_DEFAULTS if m in allowed), None) or \
+        next((m for m in allowed if m not in OVERVIEW_METRICS), None) or (allowed[0] if allowed else None)
 
 
 def heatmap_trace(ds, metric: str, align: str = "step", *, colorbar_x: float | None = None,

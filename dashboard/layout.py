@@ -96,7 +96,7 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
         panel("RankMe and α-ReQ per layer", "overview"),
         html.Div(className="row", children=[
             panel("Layer × step heatmap", "heatmap", [
-                dcc.Dropdown(id="heatmap-metric", options=[], value="rankme", clearable=False,
+                dcc.Dropdown(id="heatmap-metric", options=[], value=None, clearable=False,
                              className="dropdown"),
             ]),
             panel("Eigenspectrum", "spectrum", [

@@ -188,7 +188,8 @@ def test_export_buttons_download_the_figures_data_and_a_working_html_page(page, 
     assert csv.name == "heatmap.csv"
     table = pd.read_csv(csv).pivot(index="row", columns="x", values="value")
     assert list(table.columns) == list(ds["capture_step"].values)  # true steps, step 0 included
-    assert np.allclose(table.loc[[str(p) for p in ds["probe"].values]].values, ds["rankme"].values.T, rtol=1e-6)
+    shown_metric = "alpha_r2"   # the heatmap panel opens on a metric the overview does not draw
+    assert np.allclose(table.loc[[str(p) for p in ds["probe"].values]].values, ds[shown_metric].values.T, rtol=1e-6)
 
     html = download(page, "#heatmap-html", tmp_path)
     assert html.name == "heatmap.html" and "Plotly.newPlot" in html.read_text()
@@ -197,7 +198,7 @@ def test_export_buttons_download_the_figures_data_and_a_working_html_page(page, 
     offline.wait_for_function("(() => { const gd = document.querySelector('.js-plotly-plot'); "
                               "return gd && gd._fullData && gd._fullData.length == 1; })()", timeout=TIMEOUT)
     z = offline.evaluate("Array.from(document.querySelector('.js-plotly-plot')._fullData[0].z, r => Array.from(r))")
-    assert np.allclose(np.array(z, float), ds["rankme"].values.T, rtol=1e-6)
+    assert np.allclose(np.array(z, float), ds[shown_metric].values.T, rtol=1e-6)
     offline.close()
 
     quality = pd.read_csv(download(page, "#quality-table-csv", tmp_path), dtype=str, keep_default_na=False)

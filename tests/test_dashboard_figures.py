@@ -346,3 +346,10 @@ def test_log_step_axes_label_step_zero_and_decades(ds):
     spec = F.figure_spectrum(ds, str(ds["probe"].values[0]), int(ds["capture_step"].values[-1]))
     assert spec.layout.yaxis.exponentformat == "power"
     assert figs["trajectories"].layout.yaxis2.tickformat == ".3~g"      # loss ticks read 2.5, not 2.4999
+
+
+def test_the_heatmap_panel_opens_on_a_metric_the_overview_does_not_draw():
+    """The overview draws RankMe and α; the heatmap panel below it used to open on RankMe again."""
+    assert F.default_heatmap_metric(["rankme", "alpha", "alpha_r2", "participation_ratio"]) == "participation_ratio"
+    assert F.default_heatmap_metric(["rankme", "alpha", "alpha_r2"]) == "alpha_r2"
+    assert F.default_heatmap_metric(["rankme"]) == "rankme" and F.default_heatmap_metric([]) is None
