@@ -24,7 +24,6 @@ metadata and data-quality tables, and the CSV export of a drawn figure (``figure
 """
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -76,12 +75,17 @@ def keep_view(fig, relayout: dict | None):
 
 
 def _fmt(v) -> str:
+    """A value as table text: scalars as they are, lists joined by commas, dicts as "key: value; …"."""
     if isinstance(v, str):
         return v
-    try:
-        return json.dumps(v, indent=1, sort_keys=True, default=str)
-    except TypeError:
-        return str(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v) if all(not isinstance(x, (dict, list)) for x in v) else \
+            "; ".join(f"[{_fmt(x)}]" for x in v)
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return "null" if v is None else str(v)
 
 
 def metadata_rows(ds) -> list[dict]:
@@ -89,7 +93,13 @@ def metadata_rows(ds) -> list[dict]:
     first = ("model", "model_config", "probes_spec", "schedule", "corpus", "tokens_per_step", "seed", "finished")
     hidden = {"phasescope_layout", "phasescope_commit"}  # store internals, shown as n_* rows below
     keys = [k for k in first if k in ds.attrs] + sorted(k for k in ds.attrs if k not in first and k not in hidden)
-    rows = [{"key": k, "value": _fmt(ds.attrs[k])} for k in keys]
+    rows = []
+    for k in keys:   # a dict is one row per entry ("model_config.n_layer"), not a JSON dump
+        v = ds.attrs[k]
+        if isinstance(v, dict) and v:
+            rows += [{"key": f"{k}.{sub}", "value": _fmt(x)} for sub, x in v.items()]
+        else:
+            rows.append({"key": k, "value": _fmt(v)})
     for dim in ("step", "capture_step", "probe", "param", "matrix"):
         if dim in ds.sizes:
             rows.append({"key": f"n_{dim}", "value": str(ds.sizes[dim])})

@@ -91,7 +91,7 @@ def heatmap_trace(ds, metric: str, align: str = "step", *, colorbar_x: float | N
     trace = {
         "type": "heatmap", "z": f32(z), "x": display_steps(x), "y": [str(r) for r in ds[rdim].values],
         "customdata": custom, "colorscale": colorscale(_SCALES.get(metric, "Inferno" if ctitle else "Cividis")),
-        "showscale": showscale, "colorbar": {"title": title(ctitle or metric), "len": 0.9},
+        "showscale": showscale, "colorbar": {"title": {**title(ctitle or metric), "side": "right"}, "len": 0.9},   # beside the bar: a long name is not clipped
         "hovertemplate": f"{rdim} %{{y}}<br>step %{{customdata}}<br>{metric} %{{z:.4g}}<extra></extra>",
         "name": metric,
     }

@@ -72,6 +72,7 @@ def test_heatmap_colours_norms_by_log10_and_r2_on_unit_range(ds):
     r2 = F.figure_heatmap(ds, "alpha_r2")
     assert (r2.data[0].zmin, r2.data[0].zmax) == (0.0, 1.0)
     assert F.figure_heatmap(ds, "rankme").layout.xaxis.type == "log"
+    assert F.figure_heatmap(ds, "rankme").data[0].colorbar.title.side == "right"   # a long title is not clipped
 
 
 def test_panels_without_data_say_so(ds):
@@ -190,7 +191,8 @@ def test_param_naming(name, block, ptype):
 
 def test_metadata_and_quality_tables(ds):
     rows = {r["key"]: r["value"] for r in F.metadata_rows(ds)}
-    assert rows["model"] == "synthetic-gpt" and '"n_layer": 2' in rows["model_config"]
+    assert rows["model"] == "synthetic-gpt" and rows["model_config.n_layer"] == "2"   # a table, not a JSON dump
+    assert not any(r["value"].lstrip().startswith("{") for r in F.metadata_rows(ds))
     assert rows["n_probe"] == "5"
     bad = ds.copy(deep=True)
     bad["flag_nonfinite"].values[[3, 9]] = 1
