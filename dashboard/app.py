@@ -7,6 +7,7 @@ route (``callbacks``); the page is described in ``layout``.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -70,8 +71,24 @@ def _page_query() -> str:
     return urlparse(flask.request.referrer or "").query
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port something else holds, before printing a URL that would not be ours."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does: TIME_WAIT is free
+        try:
+            s.bind((host, int(port)))
+        except OSError as exc:
+            raise PhasescopeError(f"port {port} on {host} is in use ({exc.strerror}); pass --port with a free "
+                                  "port, or stop the program holding it") from None
+
+
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8050, *, refresh_ms: int = 2000) -> None:
     """Serve the observatory for ``root`` at http://host:port/ until interrupted."""
+    check_port(host, port)
     app = create_app(root, refresh_ms=refresh_ms)
-    print(f"phasescope observatory: http://{host}:{port}/  (runs under {app._phasescope_source.root})")
+    src = app._phasescope_source
+    print(f"phasescope observatory: http://{host}:{port}/  (runs under {src.root})", flush=True)
+    if not src.run_paths():
+        print(f"no phasescope run under {src.root} yet: runs written there appear in the run picker as they "
+              "start (a run is a .zarr store written by phasescope)", flush=True)
     app.run(host=host, port=int(port), debug=False)

@@ -61,6 +61,46 @@ def test_dashboard_missing_path_is_one_line_error(tmp_path):
     assert_one_line_error(run_cli("dashboard", str(tmp_path / "nope")), "does not exist")
 
 
+def test_dashboard_on_a_port_in_use_is_one_line_error_before_any_url(tmp_path):
+    """It used to print its URL, then fail in Flask with two lines; now one line and exit 2."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = run_cli("dashboard", str(tmp_path), "--port", str(port))
+    assert_one_line_error(res, f"port {port} on 127.0.0.1 is in use", "pass --port with a free port")
+    assert res.stdout == ""
+
+
+def test_dashboard_on_a_folder_without_runs_says_so_and_serves(tmp_path):
+    """An empty folder is the start of a live session: said plainly, and the server waits for runs."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*EXE, "dashboard", str(tmp_path), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2)]
+        deadline = time.time() + 30
+        while time.time() < deadline:   # it is serving
+            with socket.socket() as c:
+                if c.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the dashboard did not start")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert lines[0].startswith(f"phasescope observatory: http://127.0.0.1:{port}/")
+    assert lines[1].startswith(f"no phasescope run under {tmp_path} yet")
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path):
     """`phasescope phases RUN | head -1`: the reader leaves early; no BrokenPipeError traceback."""
     from phasescope.testing.synthetic import write_synthetic_run
