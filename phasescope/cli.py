@@ -94,9 +94,10 @@ def _add_dashboard(sub) -> None:
         help="explore runs in the web dashboard",
         description="Serve the phasescope dashboard for every run under RUNS (a folder of runs or one run store).",
     )
-    p.add_argument("runs", type=Path, metavar="RUNS_DIR_OR_STORE")
+    p.add_argument("runs", type=Path, metavar="RUNS_DIR_OR_STORE",
+                   help="a folder of runs (searched recursively; live runs appear as they start) or one run store")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=_port, default=8050)
+    p.add_argument("--port", type=_port, default=8050, help="port to serve on (default: %(default)s)")
     p.set_defaults(func=_run_dashboard)
 
 

@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-length", type=positive_int, default=128, help="truncate sequences to this many tokens (default: 128)")
     p.add_argument("--min-tokens", type=positive_int, default=1, help="drop shorter sequences (Li et al.: 11)")
     p.add_argument("--max-sequences", type=positive_int, default=None, help="use the first N sequences")
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64, help="probe sequences per traced forward (default: 64)")
     p.add_argument("--fit-range", default="auto", help="alpha-ReQ fit range: auto or START,STOP (Li et al.: 11,100)")
     p.add_argument("--max-rank", type=positive_int, default=None, help="store at most this many eigenvalues (Li et al.: 2048)")
     p.add_argument("--gradients", action="store_true",
@@ -62,10 +62,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"), help="load weights in this dtype")
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="Dask LocalCluster worker processes (default: chosen for this machine; 0 = this process)")
-    p.add_argument("--threads-per-worker", type=positive_int, default=1)
+    p.add_argument("--threads-per-worker", type=positive_int, default=1,
+                   help="torch threads in each Dask worker (default: 1)")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
     p.add_argument("--overwrite", action="store_true", help="replace the run store instead of continuing it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of --tokens all subsampling and of --text kjv windows (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

