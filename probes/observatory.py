@@ -47,19 +47,40 @@ from .vision import default_tokens
 class Observatory:
     """Live capture from a PyTorch training loop into a phasescope run store (see module docstring).
 
-    ``model``, ``store`` (a path or URL), ``probes`` (a preset keyword, names, globs, ``re:`` patterns or
-    a predicate), ``schedule`` (the capture schedule; default: the preset's), ``probe_inputs`` (a fixed
-    probe set: token ids ``{"input_ids", "attention_mask"}``, a tensor, a tuple or dict of tensors, or a
-    DataLoader; see :mod:`phasescope.probes.inputs`), ``tokens`` (last | first | mean | all; default:
-    the architecture's — the class token of a ViT, else the last token), ``metadata``,
-    ``overwrite``, ``fit_range`` (α-ReQ); every other keyword is a field of
-    :class:`~phasescope.probes.options.ObservatoryOptions` (or pass ``options=``), e.g. ``reduction``
-    (how each probe's output becomes samples × features: :mod:`phasescope.probes.shapes`).
-
-    Without ``probe_inputs`` the probes are read from the training forward itself
-    (``capture="in_flight"``): no extra forward, but each spectrum has only the training batch's
-    samples (a batch of 32 caps a 64-wide layer's spectrum at 31 eigenvalues; the data-quality table
-    flags it).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained (DDP and FSDP wrappers are seen through).
+    store : str or path
+        The run store to write: a Zarr v3 folder (or an fsspec URL).
+    probes : str, list, dict or callable, default "auto"
+        Which modules to read: a preset keyword (``auto``, ``blocks``, ``attn``, ``mlp``, ``final_norm``,
+        ``all``), module names, globs, ``re:`` patterns, a predicate ``(name, module) -> bool``, or
+        ``{probe name: selector}``. ``auto`` knows transformer blocks (Hugging Face, torchvision and timm
+        ViTs), ResNets, timm CNNs and ``nn.Sequential`` stacks (:mod:`~phasescope.probes.presets`,
+        :mod:`~phasescope.probes.vision`); an unknown name lists the closest valid ones.
+    schedule : callable, list of steps or None
+        When to capture spectra (default: the cost preset's); it also sets when the gradient SVD and the
+        update ratios run unless ``matrix_schedule`` / ``update_schedule`` are given.
+    probe_inputs : optional
+        A fixed probe set: token ids ``{"input_ids", "attention_mask"}``, a tensor, a tuple or dict of
+        tensors, or a DataLoader (:mod:`~phasescope.probes.inputs`), passed to ``forward`` as it takes
+        them. None: the probes are read from the training forward itself (``capture="in_flight"``): no
+        extra forward, but each spectrum has only the training batch's samples (32 samples cap a
+        64-wide layer's spectrum at 31 eigenvalues; the data-quality table flags it).
+    tokens : {"last", "first", "mean", "all"} or None
+        Which token states of (N, T, d) outputs become samples; None: the architecture's (the class
+        token of a ViT, else the last token, as Li et al. 2025). Other shapes have their own
+        reductions (``reduction``, :mod:`~phasescope.probes.shapes`).
+    metadata : dict, optional
+        JSON values stored in the run's attributes.
+    overwrite : bool, default False
+        Replace an existing run store (otherwise it is refused, never overwritten silently).
+    fit_range : "auto" or (start, stop), default "auto"
+        The α-ReQ fit range (Li et al. 2025: (11, 100); "auto" adapts it to small models).
+    options : ObservatoryOptions, optional
+        Every other option, each also a keyword of this constructor (listed at the end): the cost
+        ``preset``, ``reduction``, ``strict``, the writer's queue, torch.distributed, mixed precision.
 
     Under ``torch.distributed`` (auto-detected) every rank creates the Observatory and calls ``step``
     at the same steps; each rank captures a shard of the probe set and the accumulators are

@@ -368,3 +368,19 @@ def test_help_lists_every_option_with_its_default_and_meaning():
         assert line is not None and f"= {f.default!r}: " in line and len(line.split(": ", 1)[1]) > 10, f.name
     with pytest.raises(PhasescopeError, match="unknown Observatory option 'queue_sise'; did you mean queue_size"):
         phasescope.Observatory(_gpt2(), store="unused.zarr", queue_sise=3)
+
+
+def test_help_documents_every_parameter_and_option():
+    """help(phasescope.Observatory): each constructor parameter under Parameters, each option listed."""
+    import inspect
+    from dataclasses import fields
+
+    from phasescope.probes import ObservatoryOptions
+
+    doc = phasescope.Observatory.__doc__
+    assert doc.splitlines()[0].startswith("Live capture from a PyTorch training loop")
+    params = [n for n, p in inspect.signature(phasescope.Observatory.__init__).parameters.items()
+              if n != "self" and p.kind is not p.VAR_KEYWORD]
+    missing = [n for n in params if f"\n    {n} : " not in doc]
+    assert not missing, missing
+    assert all(f"    {f.name} = " in doc for f in fields(ObservatoryOptions))
