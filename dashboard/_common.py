@@ -52,6 +52,12 @@ def display_steps(steps: np.ndarray, floor: float | None = None) -> np.ndarray:
     return np.where(s > 0, s, floor)
 
 
+def sample_cap(n: int, features) -> int | None:
+    """The eigenvalues ``n`` centred samples can hold when they do not exceed ``features`` (n − 1:
+    the rest are zero by construction, not by the model); None when the samples do not cap."""
+    return n - 1 if 0 < n <= int(features or 0) else None
+
+
 def _tick_text(v: float) -> str:
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if v >= div:

@@ -32,7 +32,7 @@ from phasescope.store.catalog import run_info
 from phasescope.store.lifecycle import FAILED, INTERRUPTED, STALE
 
 from ._common import (LABELS, RUN_DASHES, aligned_x, display_steps, empty_figure, label,  # noqa: F401
-                      probe_colours, shade, shade_log_x, title, tokens_per_step)
+                      probe_colours, sample_cap, shade, shade_log_x, title, tokens_per_step)
 from ._plotly import decode_array
 from .gradient_figures import figure_gradients, param_block, projection_type  # noqa: F401
 from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, default_heatmap_metric, figure_heatmap,  # noqa: F401
@@ -194,8 +194,8 @@ def _reading_rows(ds, ns) -> list[dict]:
         if not d or ns.ndim != 2 or not np.isfinite(ns[:, i]).any():
             continue
         n = int(np.nanmin(ns[:, i]))
-        if 0 < n <= d:
-            capped.append(f"{p}: {n} samples for {d} features (at most {n - 1} eigenvalues)")
+        if (cap := sample_cap(n, d)) is not None:
+            capped.append(f"{p}: {n} samples for {d} features (at most {cap} eigenvalues)")
     if capped:
         rows.append(_row("spectrum capped by samples", "; ".join(capped), WARN))
     return rows

@@ -10,7 +10,7 @@ import numpy as np
 
 from phasescope.spectra import alpha_req
 
-from ._common import empty_figure, shade, title
+from ._common import empty_figure, sample_cap, shade, title
 from ._plotly import figure
 
 MAX_MARKERS = 200  # spectra with more points are drawn as lines only
@@ -51,8 +51,8 @@ def _reading(ds, probe: str, c: int, p: int) -> str:
     if "n_samples" in ds.data_vars:
         n = int(ds["n_samples"].variable[c, p].values)
         text += f" · {n} samples"
-        if 0 < n <= int(red.get("features") or 0):
-            text += f" (spectrum capped at {n - 1} eigenvalues)"
+        if (cap := sample_cap(n, red.get("features"))) is not None:
+            text += f" (spectrum capped at {cap} eigenvalues)"
     return text
 
 

@@ -140,8 +140,9 @@ class ProbeSet:
             for i, p in enumerate(self.probes):
                 hooks.forward(p.module, make_hook(i))
             for k, b in enumerate(batches):
+                # a generator only at discovery: afterwards sampled reductions follow their fixed plans
                 state.update(mask=b.mask, plans=plans[k] if plans else None, fired=set(),
-                             gen=_local_generator(self.selection.seed))
+                             gen=_local_generator(self.selection.seed) if reductions else None)
                 try:
                     b(self.model, **self.extra)
                 except _StopForward:

@@ -45,9 +45,7 @@ class Batch:
 
     def head(self, k: int = 1) -> "Batch":
         """The first ``k`` samples (discovery and padding forwards)."""
-        return Batch(tuple(_head(a, self.n, k) for a in self.args),
-                     {key: _head(v, self.n, k) for key, v in self.kwargs.items()}, min(k, self.n),
-                     None if self.mask is None else self.mask[:k])
+        return _cut(self.args, self.kwargs, self.n, slice(0, k), None if self.mask is None else self.mask[:k])
 
     def __call__(self, model, **extra):
         return model(*self.args, **self.kwargs, **extra)
@@ -75,8 +73,17 @@ class ProbeInputs:
                 **({"notes": self.notes} if self.notes else {})}
 
 
-def _head(v, n: int, k: int):
-    return v[:k] if _is_array(v) and v.shape and int(v.shape[0]) == n else v
+def _per_sample(v, n: int) -> bool:
+    """Whether ``v`` is an array whose first axis holds the ``n`` samples."""
+    return _is_array(v) and bool(v.shape) and int(v.shape[0]) == n
+
+
+def _cut(args: tuple, kwargs: dict, n: int, rows: slice, mask=None) -> "Batch":
+    """The batch of samples ``rows`` of ``n``: per-sample arrays sliced, everything else passed as is."""
+    def take(v):
+        return v[rows] if _per_sample(v, n) else v
+    return Batch(tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()},
+                 len(range(n)[rows]), mask)
 
 
 def _is_array(v) -> bool:
@@ -202,7 +209,7 @@ class _Builder:
             sl = slice(s, s + self.batch_size)
             kw = {}
             for key, v in others.items():
-                if _is_array(v) and v.shape and int(v.shape[0]) == n:
+                if _per_sample(v, n):
                     v = v[order] if order is not None else v
                     v = v[sl, :w] if tuple(v.shape[:2]) == tuple(ids.shape) else v[sl]
                 kw[key] = v
@@ -250,13 +257,7 @@ class _Builder:
         raise PhasescopeError(f"probe_inputs batch of type {type(item).__name__} is not a tensor, tuple or dict")
 
     def split(self, args: tuple, kwargs: dict, n: int) -> list[Batch]:
-        out = []
-        for s in range(0, n, self.batch_size):
-            def cut(v):
-                return v[s:s + self.batch_size] if _is_array(v) and v.shape and int(v.shape[0]) == n else v
-            out.append(Batch(tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()},
-                             min(self.batch_size, n - s)))
-        return out
+        return [_cut(args, kwargs, n, slice(s, s + self.batch_size)) for s in range(0, n, self.batch_size)]
 
 
 def _looks_like_token_list(obj) -> bool:
@@ -321,9 +322,9 @@ def _token_batches(b: _Builder, items: list, what: str) -> ProbeInputs:
     width = max(int(_as_array(i["input_ids"]).shape[1]) for i in items)
     ids, masks = [], []
     for i in items:
-        t = torch.as_tensor(np.asarray(i["input_ids"])) if not isinstance(i["input_ids"], torch.Tensor) else i["input_ids"]
+        t = _tensor(i["input_ids"], "cpu")
         m = i.get("attention_mask")
-        m = torch.ones_like(t) if m is None else torch.as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m
+        m = torch.ones_like(t) if m is None else _tensor(m, "cpu")
         pad = width - t.shape[1]
         if pad and i.get("attention_mask") is None:
             raise PhasescopeError("probe_inputs token batches differ in length and carry no attention_mask; "
