@@ -10,6 +10,10 @@ TORCHVISION_SPEC ?= torchvision==0.28.*
 STAMP  := $(VENV)/.installed
 # One intra-op thread: on 2 cores small models train ~10x faster than with torch's default.
 export OMP_NUM_THREADS ?= 1
+# pytest-xdist workers for `make test` (one torch thread each): the suite's longest test alone takes
+# about six minutes, so two workers halve the suite's time on a 2-core machine. 0 runs it in one process.
+# loadfile: a test module runs on one worker, so its module-scoped fixtures (a trained run) are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install browser clean
 
@@ -17,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/phasescope demo --out runs/demo.zarr --overwrite
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 install: $(STAMP)
 

@@ -14,3 +14,17 @@ def pytest_configure(config):
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(1)
+
+
+#: tests that take minutes: run first, so that under pytest-xdist (``make test`` runs 2 workers) one
+#: worker starts on them at once while the other works through the rest, instead of one of them
+#: starting last and the whole suite waiting for it
+LONG_FIRST = ("test_phases_three.py", "test_vision_ssl.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)   # stable: the order within each group is kept
