@@ -13,6 +13,7 @@ changes.
 """
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -20,7 +21,7 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures as F
 from .data import PathRefused, RunSource
-from .layout import GRAPHS, STAT_PANELS, TABLES, graph_config, table
+from .layout import GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
 
 MAX_OVERVIEW_RUNS = 4
 PLAY, PAUSE = "▶ play", "❚❚ pause"
@@ -330,9 +331,7 @@ def register(app, src: RunSource) -> Views:
         restart = value is not None and last is not None and value >= last
         return False, PAUSE, (0 if restart else no_update)
 
-    @app.callback([Output(g, "config") for g in GRAPHS], Input("img-format", "value"), prevent_initial_call=True)
-    def image_format(fmt):
-        return [graph_config(fmt or "png", name=g) for g in GRAPHS]
+    _register_image_format(app)
 
     for gid in GRAPHS:
         _register_export(app, gid)
@@ -346,6 +345,29 @@ def register(app, src: RunSource) -> Views:
         return dcc.send_data_frame(pd.DataFrame(rows).to_csv, "runs.csv", index=False)
 
     return V
+
+
+# dcc.Graph hands its ``config`` to plotly.js only when it re-plots, and it re-plots only when its
+# ``figure`` changes (dash's fragments/Graph.react.js; plotly/dash#2865): a new config alone is kept as a
+# prop while the camera button goes on saving the old format until some other redraw. So the image-format
+# switch returns each graph's figure too, as a new object with the same content (in the browser: nothing
+# travels), and the graph re-plots at once with the new config; the view is kept (the figure prop holds
+# the user's zoom, which dcc.Graph writes back to it).
+_IMAGE_FORMAT_JS = """function(fmt, ...figures) {
+    const configs = %s;
+    const chosen = configs[fmt] || configs.png;
+    const none = window.dash_clientside.no_update;
+    return chosen.concat(figures.map(f => f ? Object.assign({}, f) : none));
+}"""
+
+
+def _register_image_format(app) -> None:
+    configs = {fmt: [graph_config(fmt, name=g) for g in GRAPHS] for fmt in IMAGE_FORMATS}
+    app.clientside_callback(_IMAGE_FORMAT_JS % json.dumps(configs),
+                            [Output(g, "config") for g in GRAPHS]
+                            + [Output(g, "figure", allow_duplicate=True) for g in GRAPHS],
+                            Input("img-format", "value"), [State(g, "figure") for g in GRAPHS],
+                            prevent_initial_call=True)
 
 
 def _register_stat_panel(app, V: Views, name: str, view, later: dict) -> None:

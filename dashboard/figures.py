@@ -17,10 +17,11 @@ same figures, ~100× cheaper to build. Large arrays travel as float32 typed arra
 
 This module is the one import for callers: the builders live by panel — heatmaps and the overview in
 ``heatmap_figures``, the eigenspectrum in ``spectrum_figures``, trajectories in ``trajectory_figures``,
-the gradients panel in ``gradient_figures``, the phase strip and phase overlays in ``phase_figures``,
-shared helpers in ``_common`` and ``_plotly`` — and their public names are re-exported here. What stays
-here is what acts on any panel: keeping the user's zoom across refreshes (``keep_view``), the run's
-metadata and data-quality tables, and the CSV export of a drawn figure (``figure_to_frame``).
+the gradients panel in ``gradient_figures``, layer profiles in ``profile_figures``, the phase strip and
+phase overlays in ``phase_figures``, shared helpers in ``_common`` and ``_plotly`` — and their public
+names are re-exported here. What stays here is what acts on any panel: keeping the user's zoom across
+refreshes (``keep_view``), the run's metadata and data-quality tables, and the CSV export of a drawn
+figure (``figure_to_frame``).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .gradient_figures import figure_gradients, param_block, projection_type  # 
 from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, default_heatmap_metric, figure_heatmap,  # noqa: F401
                               figure_overview, heatmap_metrics, heatmap_trace)
 from .panel_figures import figure_panel, registry_panels  # noqa: F401
+from .profile_figures import figure_profile  # noqa: F401
 from .phase_figures import (NOT_COMPUTED, event_text, figure_phase_strip, model_segments, phase_events,  # noqa: F401
                             phase_segments, phase_text, probe_events, trajectory_overlays)
 from .spectrum_figures import MAX_MARKERS, figure_spectrum, run_fit_range  # noqa: F401

@@ -149,14 +149,22 @@ def event_text(ev: PhaseEvent) -> str:
     return f"{ev.probe}: {phase_text(ev.before)} → {phase_text(ev.after)} at step {ev.step:g}{conf}"
 
 
-def trajectory_overlays(phases, *, scale: float = 1.0, floor: float) -> tuple[list[dict], list[dict]]:
+def trajectory_overlays(phases, *, scale: float = 1.0, floor: float,
+                        band: tuple[float, float] | None = None) -> tuple[list[dict], list[dict]]:
     """(shapes, annotations) for the trajectories figure: model-level segments shaded in their phase
     colour and labelled, model-level events as dotted vertical lines. ``scale`` maps steps to x (1 for
-    steps, tokens_per_step for tokens); ``floor`` is where step 0 is drawn."""
+    steps, tokens_per_step for tokens); ``floor`` is where step 0 is drawn. ``band`` = (y0, y1) in
+    paper coordinates draws them in that strip only (one strip per run when runs are overlaid, so no
+    run's phases are drawn behind another run's lines) instead of over the full height."""
     shapes, notes, others = [], [], []
+    y0, y1 = band if band is not None else (0.0, 1.0)
     for seg in model_segments(phases):
         x0, x1 = display_steps(np.array([seg.start * scale, seg.end * scale]), floor=floor)
-        s, a = shade(x0, x1, phase_text(seg.label), phase_colour(seg.label, others))
+        s, a = shade(x0, x1, phase_text(seg.label), phase_colour(seg.label, others),
+                     opacity=0.08 if band is None else 0.3)
+        if band is not None:
+            s.update(y0=y0, y1=y1)
+            a.update(y=(y0 + y1) / 2, yanchor="middle", font={**a["font"], "size": 10, "color": "#222"})
         if seg.why:
             a["hovertext"] = f"{phase_text(seg.label)}<br>{seg.why}"
         shapes.append(s)
@@ -167,7 +175,7 @@ def trajectory_overlays(phases, *, scale: float = 1.0, floor: float) -> tuple[li
         if ev.probe != who:
             continue
         x = float(display_steps(np.array([ev.step * scale]), floor=floor)[0])
-        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": y0, "y1": y1,
                        "line": {"color": phase_colour(ev.after, others), "width": 1.5, "dash": "dot"},
                        "name": f"event {event_text(ev)}"})
     return shapes, notes

@@ -12,6 +12,8 @@ from ._plotly import compact_int, f32, figure
 from .phase_figures import event_text, model_segments, probe_events, trajectory_overlays
 
 MAX_TRAJ_PROBES = 8
+X_END = 0.94  # right end of the plot (paper): the loss axis's ticks go beyond it
+BAND = 0.055  # height (fraction of the figure) of each run's phase strip when runs are overlaid
 
 
 def default_probes(ds, k: int = MAX_TRAJ_PROBES) -> list[str]:
@@ -30,10 +32,14 @@ def figure_trajectories(data, *, metric: str = "rankme", probes: Sequence[str] |
     depth, dash = run. The training loss is drawn on a twin y axis. Detected phases (``phases`` maps
     run name → its ``phases`` group, or None when not computed) shade the model-level segments in
     their phase colour, dotted lines mark the model-level phase changes, and diamonds on each drawn
-    layer's line mark that layer's own phase changes."""
+    layer's line mark that layer's own phase changes. With several runs each run's phases get a strip
+    of their own above the plot, labelled with the run's name (shading one run's phases behind
+    another run's lines would claim them for both)."""
     runs = as_runs(data)
     if not runs:
         return empty_figure("no run selected: tick a run in the run picker", title="Trajectories")
+    banded = [n for n in runs if model_segments((phases or {}).get(n))] if len(runs) > 1 else []
+    top = 1.0 - BAND * len(banded)
     traces, shapes, annotations = [], [], []
     notes, xtitle, any_trace = [], "step", False
     for r, (name, ds) in enumerate(runs.items()):
@@ -70,7 +76,14 @@ def figure_trajectories(data, *, metric: str = "rankme", probes: Sequence[str] |
             notes.append(f"{name}: no tokens_per_step attribute, x is steps")
             tps = 1.0
         floor = float(xd.min()) if len(xd) else 0.5
-        s, a = trajectory_overlays(ph, scale=tps, floor=floor)
+        band = None
+        if name in banded:
+            i = banded.index(name)
+            band = (1.0 - (i + 1) * BAND + 0.008, 1.0 - i * BAND)
+            # the strip's run, right of it (the axis title on the left may reach this high)
+            annotations.append({"text": name, "x": X_END + 0.005, "xref": "paper", "y": sum(band) / 2, "yref": "paper",
+                                "xanchor": "left", "yanchor": "middle", "showarrow": False, "font": {"size": 11}})
+        s, a = trajectory_overlays(ph, scale=tps, floor=floor, band=band)
         shapes += s
         annotations += a
         evs = [(e, vals[chosen.index(e.probe)]) for p, es in probe_events(ph, chosen).items() for e in es]
@@ -87,11 +100,14 @@ def figure_trajectories(data, *, metric: str = "rankme", probes: Sequence[str] |
     if notes:
         annotations.append({"text": "; ".join(notes), "x": 0, "y": 1.06, "xref": "paper", "yref": "paper",
                             "showarrow": False, "xanchor": "left", "font": {"size": 11, "color": "#775"}})
-    return figure(traces, step_ticks(traces, {
+    # the legend starts below the strips, beside the plot, so it does not cover their names
+    extra = {"legend": {"y": top - 0.01, "yanchor": "top"}} if banded else {}
+    return figure(traces, step_ticks(traces, {**extra,
         "title": title(f"Trajectories · {label(metric)} per layer"), "height": 460,
-        "uirevision": uirevision or f"traj-{metric}", "meta": {"kind": "trajectories", "notes": notes},
-        "xaxis": {"type": "log", "title": title(f"{xtitle} (log)"), "domain": [0.0, 0.94], "anchor": "y"},
-        "yaxis": {"title": title(label(metric)), "anchor": "x"},
+        "uirevision": uirevision or f"traj-{metric}", "meta": {"kind": "trajectories", "notes": notes,
+                                                                "phase_strips": banded},
+        "xaxis": {"type": "log", "title": title(f"{xtitle} (log)"), "domain": [0.0, X_END], "anchor": "y"},
+        "yaxis": {"title": title(label(metric)), "anchor": "x", "domain": [0.0, top - 0.01 if banded else 1.0]},
         "yaxis2": {"title": title("loss"), "overlaying": "y", "side": "right", "anchor": "x", "showgrid": False,
                    "tickformat": ".3~g"},   # round ticks: 2.5, not 2.4999
         "shapes": shapes, "annotations": annotations,

@@ -1,7 +1,7 @@
 """phasescope: a training-dynamics observatory.
 
-``phasescope.Observatory`` is re-exported lazily (module ``__getattr__``) so that ``import phasescope``
-stays fast and does not import torch.
+``phasescope.Observatory`` and ``phasescope.report`` (figures for papers) are re-exported lazily (module
+``__getattr__``) so that ``import phasescope`` stays fast and does not import torch.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from .compat import guard_torchvision_import
 
 __version__ = "0.1.0"
-__all__ = ["Observatory", "__version__"]
+__all__ = ["Observatory", "__version__", "report"]
 
 # PyPI's torchvision beside a CPU torch: see phasescope.compat (nothing is imported here).
 guard_torchvision_import()
@@ -21,5 +21,9 @@ def __getattr__(name: str) -> Any:
         from .probes.observatory import Observatory
 
         return Observatory
+    if name == "report":
+        from .dashboard.report import report
+
+        return report
     raise AttributeError(f"module 'phasescope' has no attribute {name!r}")
 

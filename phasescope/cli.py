@@ -1,4 +1,4 @@
-"""The `phasescope` command line: `demo`, `dashboard`, `phases`, `analyze`.
+"""The `phasescope` command line: `demo`, `dashboard`, `phases`, `analyze`, `report`.
 
 Heavy libraries (torch, transformers, dash) are imported inside the subcommands, so `--help` is instant.
 User mistakes print one line, `error: …`, and exit with status 2; no traceback.
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, cli_analyze, cli_phases
+from . import __version__, cli_analyze, cli_phases, cli_report
 from .argtypes import non_negative_int as _non_negative_int
 from .argtypes import port as _port
 from .argtypes import positive_int as _positive_int
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dashboard(sub)
     cli_phases.add_parser(sub)
     cli_analyze.add_parser(sub)
+    cli_report.add_parser(sub)
     return parser
 
 

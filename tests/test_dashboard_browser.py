@@ -295,3 +295,21 @@ def test_play_runs_to_the_last_capture_and_stops_there(page, phase_server):
     visited = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
     assert steps[0] in visited, visited  # (a redraw of the last capture may come first: resize, hover)
     assert visited[visited.index(steps[0]):] == steps, visited  # every capture once, in order, no wrap
+
+
+def test_the_image_format_choice_takes_effect_on_the_next_camera_click(page, server, tmp_path):
+    """dcc.Graph applies a new ``config`` only when it re-plots (plotly/dash#2865): choosing svg must
+    reach plotly.js at once, keep the user's zoom, and the very next camera click must save an SVG."""
+    page.goto(server.url + "/?run=alpha.zarr")
+    wait_graph(page, "heatmap", "gd._fullData.length == 1")
+    assert graph(page, "heatmap", "gd._context.toImageButtonOptions.format") == "png"
+    zoomed = user_zooms(page, "heatmap")
+    page.locator("#img-format label", has_text="svg").click()
+    for gid in ("overview", "heatmap", "trajectories"):   # no other redraw asked for: only the choice
+        wait_graph(page, gid, "gd._context.toImageButtonOptions.format === 'svg'")
+    assert graph(page, "heatmap", "gd._fullLayout.xaxis.range.slice()") == pytest.approx(zoomed)
+    with page.expect_download(timeout=TIMEOUT) as info:
+        page.locator("#heatmap .modebar-btn[data-title^='Download plot']").click()
+    path = tmp_path / info.value.suggested_filename
+    info.value.save_as(str(path))
+    assert path.suffix == ".svg" and path.read_text()[:200].lstrip().startswith("<svg"), path
