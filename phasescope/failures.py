@@ -11,7 +11,8 @@ training loop unless ``strict``.
 Stages used by phasescope: "hook" (a forward hook body), "capture" (probe forward / accumulation /
 eigendecomposition / gradient SVD), "metric" (one probe's metrics in the reducer), "reduce" (a whole
 row that cannot be built on the writer thread), "write" (the store), "queue" (the writer's drop
-policy), "step" (anything else in ``Observatory.step``), "close".
+policy), "step" (anything else in ``Observatory.step``), "sink" (a tracker sink: TensorBoard, W&B, MLflow or
+the user's own, ``phasescope.probes.sinks``), "close".
 """
 
 from __future__ import annotations

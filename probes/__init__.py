@@ -23,6 +23,7 @@ _EXPORTS = {
     "ObservatoryOptions": ".options",
     "CaptureResult": ".result",
     "Reducer": ".reduce",
+    "Sink": ".sinks",
     "schedules": ".schedules",
     "every": ".schedules",
     "log_spaced": ".schedules",

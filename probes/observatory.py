@@ -40,6 +40,7 @@ from .options import ObservatoryOptions
 from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
 from .result import CaptureResult
+from .sinks import build_sinks
 from .tokens import as_selection
 from .vision import default_tokens
 
@@ -80,7 +81,8 @@ class Observatory:
         The α-ReQ fit range (Li et al. 2025: (11, 100); "auto" adapts it to small models).
     options : ObservatoryOptions, optional
         Every other option, each also a keyword of this constructor (listed at the end): the cost
-        ``preset``, ``reduction``, ``strict``, the writer's queue, torch.distributed, mixed precision.
+        ``preset``, ``reduction``, ``strict``, the writer's queue, ``sinks`` (TensorBoard, W&B, MLflow),
+        torch.distributed, mixed precision.
 
     Under ``torch.distributed`` (auto-detected) every rank creates the Observatory and calls ``step``
     at the same steps; each rank captures a shard of the probe set and the accumulators are
@@ -160,7 +162,8 @@ class Observatory:
             store=store, overwrite=overwrite, fit_range=fit_range, max_rank=o.max_rank,
             queue_size=o.queue_size, queue_captures=o.queue_captures, put_timeout=o.put_timeout,
             write_interval=o.write_interval, writer=self.is_writer, flush_at_exit=False,
-            cka_samples=o.cka_samples, failures=self.failures)
+            cka_samples=o.cka_samples, failures=self.failures,
+            sinks=build_sinks(o.sinks, store))   # validated now; only the writing rank opens them
 
     def _setup_probe_set(self, probe_inputs) -> dict[str, int]:
         batch_size = self.options.probe_batch_size

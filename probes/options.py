@@ -47,6 +47,8 @@ class ObservatoryOptions:
     put_timeout: float = 1.0           # seconds the training thread may wait for room in a full queue
     write_interval: float = 0.5        # seconds between store commits (rows are batched)
     strict: bool = False               # raise phasescope's own failures instead of warning and counting them
+    # -- trackers (probes/sinks.py) --
+    sinks: Any = ()                    # also send the stored scalars to "tensorboard[:DIR]", "wandb[:PROJECT]", "mlflow[:URI]" or sink objects
     # -- torch.distributed (probes/distributed.py) --
     distributed: bool | None = None    # None: auto (a process group of > 1 rank); False: this process alone
     process_group: Any = None          # the group to reduce over (default: the world)

@@ -45,6 +45,7 @@ from phasescope.store.lifecycle import error_for
 
 from .reduce import FLAG_BITS, FLAGS, NONFINITE_ACT, Reducer, RunSpec
 from .result import CaptureResult
+from .sinks import SinkSet, build_sinks
 
 PARAM_STATS = ("grad_norm", "update_ratio")
 SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
@@ -108,7 +109,9 @@ class Recorder:
     ``cka_samples``: the samples (first rows) kept per capture for linear CKA; pass 0 when the
     activations are not the same samples at every step. Queue bounds: ``queue_size`` entries and
     ``queue_captures`` captures wait at most; ``put_timeout`` seconds of waiting before the oldest
-    entry is dropped (:class:`phasescope.store.AsyncRunWriter`'s drop policy).
+    entry is dropped (:class:`phasescope.store.AsyncRunWriter`'s drop policy). ``rankme_raw``: also
+    RankMe of the raw rows' singular values (Garrido et al. 2023; off by default). ``sinks``: trackers that
+    also get the stored scalars, e.g. ``["tensorboard", "wandb", "mlflow"]`` (:mod:`phasescope.probes.sinks`).
     """
 
     def __init__(self, store, probes: list[str] | None = None, params: list[str] | None = None, *,
@@ -117,8 +120,11 @@ class Recorder:
                  max_rank: int | None = None, queue_size: int = 256, queue_captures: int = 32,
                  put_timeout: float = 1.0, write_interval: float = 0.5, writer: bool | None = None,
                  matrix_stats: tuple[str, ...] | None = None, flush_at_exit: bool = True,
-                 cka_samples: int = CKA_SAMPLES, strict: bool = False, failures: FailureLog | None = None):
+                 cka_samples: int = CKA_SAMPLES, strict: bool = False, failures: FailureLog | None = None,
+                 sinks: Any = (), rankme_raw: bool = False):
         self._store_path, self._overwrite = store, overwrite
+        self._sink_list = build_sinks(sinks, store)   # validated now, opened at their first write
+        self.sinks: SinkSet | None = None
         self._flush_at_exit = flush_at_exit
         self.probe_names = list(probes) if probes is not None else None
         self.param_names = list(params) if params is not None else None
@@ -171,6 +177,8 @@ class Recorder:
             return
         self.attrs.setdefault("finished", False)
         self.attrs.setdefault("flag_bits", FLAG_BITS)
+        if self._sink_list:
+            self.sinks = SinkSet(self._sink_list, self.failures, SCALARS, self.probe_names)
         self.async_writer = AsyncRunWriter(
             self._store_path, reduce=self._rows, failures=self.failures, raise_errors=self.failures.strict,
             **self._queue,
@@ -185,6 +193,8 @@ class Recorder:
     def _rows(self, res: CaptureResult) -> tuple[dict, dict | None]:
         """Writer thread: the reducer's values as the writer's row arguments."""
         step, cap = self.reducer.reduce(res)
+        if self.sinks is not None:   # the values the store gets, queued for the sinks thread
+            self.sinks.send(step, cap)
         return vars(step), (vars(cap) if cap is not None else None)
 
     @property
@@ -331,10 +341,31 @@ class Recorder:
         w = self.async_writer
         if w is None:
             return
-        with self.failures.guard("close", "closing the store"):
-            if w.alive:
-                w.set_attrs(n_captures_taken=self.n_captures)
-            w.close(status=status_for(error), error=error_for(error))
+        try:
+            if self.sinks is not None:
+                self._close_sinks(w, error)
+        finally:
+            with self.failures.guard("close", "closing the store"):
+                if w.alive:
+                    w.set_attrs(n_captures_taken=self.n_captures)
+                w.close(status=status_for(error), error=error_for(error))
+
+    def _close_sinks(self, w: AsyncRunWriter, error: BaseException | None) -> None:
+        """Before the store closes (so their failures are counted in it): once every row is written and
+        the sinks have taken every value, the run's phases (at a normal close); then the sinks close,
+        and where they wrote is kept in the ``sinks`` attribute."""
+        try:
+            with self.failures.guard("close", "writing the queued rows"):
+                w.flush()   # every row reduced, so every value handed to the sinks
+        finally:
+            try:
+                if self.sinks.drain() and error is None:
+                    self.sinks.send_phases(self._store_path)
+            finally:
+                self.sinks.close(status_for(error))
+                if w.alive:
+                    with self.failures.guard("close", "the sinks attribute"):
+                        w.set_attrs(sinks=self.sinks.describe())
 
     @property
     def closed(self) -> bool:

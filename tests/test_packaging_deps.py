@@ -26,6 +26,7 @@ DISTRIBUTION = {
     "attr": "attrs",
     "dateutil": "python-dateutil",
     "huggingface_hub": "huggingface-hub",
+    "mlflow": "mlflow-skinny",     # the client-only distribution of the mlflow module (probes/trackers.py)
 }
 # The library may import from any extra (optional imports are guarded in the code), but not "test".
 TEST_ONLY_EXTRAS = {"test"}
