@@ -7,10 +7,14 @@
 2. vs the straightforward pipeline of Li et al.'s public code: one sequence per forward pass with
    output_hidden_states=True, last-token states stacked, then a full PCA (SVD of the centred matrix).
 3. A sweep of 8 checkpoints with a Dask LocalCluster of 1 and of 2 workers (processes, 1 thread each).
+4. `--crossover`: whole sweeps as a user runs them (a new LocalCluster each time, start-up included) of
+   2, 4, 8, 16 and 32 checkpoints, in this process vs LocalClusters of 1 and 2 workers, interleaved over
+   rounds (medians and spread printed), then where a cluster's time goes (start-up, worker imports,
+   probe-set scatter, first and later tasks). This is what `--workers auto` is derived from.
 
 Model: the demo's GPT-2 (2 layers, d=64, 4 heads, BPE vocabulary 8192; n_positions 128 so probes can
 be 128 tokens), trained briefly on KJV; 1,024 probe sequences of three consecutive verses, truncated to
-128 tokens. Usage: OMP_NUM_THREADS=1 python bench/offline.py [--quick]
+128 tokens. Usage: OMP_NUM_THREADS=1 python bench/offline.py [--quick] [--crossover [--rounds R] [--sizes 2,4,8]]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil
 import sys
 import tempfile
 import time
@@ -153,5 +158,114 @@ def main() -> None:
     print(f"Dask speed-up 1 -> 2 workers (warm cluster): {walls[1] / walls[2]:.2f}x on {os.cpu_count()} cores; "
           f"2 workers vs in process: {wall0 / walls[2]:.2f}x")
 
+
+def _arg(flag: str, default: str) -> str:
+    return sys.argv[sys.argv.index(flag) + 1] if flag in sys.argv else default
+
+
+def crossover() -> None:
+    """Whole sweeps, cold (a fresh cluster each), interleaved: in process vs LocalClusters of 1 and 2."""
+    from statistics import median
+
+    from phasescope.corpus import load_kjv
+    from phasescope.probes.offline.analyze import analyze
+    from phasescope.testing.toy_checkpoints import train_checkpoints
+
+    sizes = [int(n) for n in _arg("--sizes", "2,4,8,16,32").split(",")]
+    rounds = int(_arg("--rounds", "2"))
+    n_seq = 256 if "--quick" in sys.argv else 1024
+    tmp = Path(tempfile.mkdtemp(prefix="phasescope-crossover-"))
+    steps = [10 * i for i in range(max(sizes))]
+    train_checkpoints(tmp / "all", steps, n_layer=2, n_embd=64, n_head=4, seq_len=128, batch_size=8)
+    for n in sizes:  # one folder per sweep size: the first n checkpoints (symlinks)
+        (tmp / f"n{n}").mkdir()
+        for s in steps[:n]:
+            (tmp / f"n{n}" / f"checkpoint-{s}").symlink_to(tmp / "all" / f"checkpoint-{s}")
+    verses = load_kjv()
+    (tmp / "probes.txt").write_text("\n".join(" ".join(verses[3 * i: 3 * i + 3]) for i in range(n_seq)) + "\n")
+    variants = (0, 1, 2)
+    times: dict[tuple[int, int], list[float]] = {(n, w): [] for n in sizes for w in variants}
+    per_ckpt: list[float] = []
+    analyze(tmp / f"n{sizes[0]}", str(tmp / "probes.txt"), tmp / "warm.zarr", workers=0, progress=False)  # warm-up
+    for r in range(rounds):
+        for n in sizes:
+            order = variants if (r + n) % 2 == 0 else variants[::-1]
+            for w in order:
+                t = time.perf_counter()
+                rep = analyze(tmp / f"n{n}", str(tmp / "probes.txt"), tmp / "x.zarr", workers=w, overwrite=True,
+                              progress=False)
+                times[(n, w)].append(time.perf_counter() - t)
+                assert len(rep.analyzed) == n, rep.summary()
+                if w == 0:
+                    per_ckpt.append(times[(n, w)][-1] / n)
+                print(f"  round {r + 1} n={n:2d} workers={w}: {times[(n, w)][-1]:6.1f} s", flush=True)
+    print(f"\nwhole sweeps, {n_seq} probe sequences x <=128 tokens, model d=64, 2 layers; {os.cpu_count()} cores; "
+          f"{rounds} rounds interleaved; load average now {os.getloadavg()[0]:.1f}")
+    print(" ckpts | in process | cluster of 1 | cluster of 2 | 2 workers / in process | spread (max/min) 0, 1, 2")
+    for n in sizes:
+        m = [median(times[(n, w)]) for w in variants]
+        spread = ", ".join(f"{max(times[(n, w)]) / min(times[(n, w)]):.2f}" for w in variants)
+        print(f" {n:5d} | {m[0]:8.1f} s | {m[1]:10.1f} s | {m[2]:10.1f} s | {m[2] / m[0]:22.2f} | {spread}")
+    print(f"in process: {median(per_ckpt):.2f} s per checkpoint (median over sweeps)")
+    cluster_breakdown(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cluster_breakdown(tmp: Path) -> None:
+    """Where a LocalCluster of 2's time goes: start-up, worker imports, scatter, first and later tasks."""
+    from distributed import Client, wait
+
+    from phasescope.probes.offline.capture import analyze_checkpoint
+    from phasescope.probes.offline.dask import local_cluster
+    from phasescope.probes.offline.sources import find_checkpoints, load_texts, load_tokenizer, tokenize
+
+    ck = find_checkpoints(tmp / "all")[:4]
+    data = tokenize(load_texts(str(tmp / "probes.txt")), load_tokenizer(ck[0].location), 128)
+    spec = _spec_of(ck[0])
+    t0 = time.perf_counter()
+    cluster = local_cluster(2, 1)
+    client = Client(cluster)
+    t1 = time.perf_counter()
+    client.run(_worker_imports)
+    t2 = time.perf_counter()
+    shared = client.scatter(data, broadcast=True)
+    t3 = time.perf_counter()
+    first = [client.submit(analyze_checkpoint, c, shared, spec, pure=False) for c in ck[:2]]
+    wait(first)
+    t4 = time.perf_counter()
+    later = [client.submit(analyze_checkpoint, c, shared, spec, pure=False) for c in ck[2:4]]
+    wait(later)
+    t5 = time.perf_counter()
+    client.close()
+    cluster.close()
+    t6 = time.perf_counter()
+    t = time.perf_counter()
+    for c in ck[:2]:
+        analyze_checkpoint(c, data, spec)
+    local = (time.perf_counter() - t) / 2
+    print(f"LocalCluster of 2, step by step: start {t1 - t0:.1f} s; worker imports (torch, transformers' GPT-2, nnsight) "
+          f"{t2 - t1:.1f} s; scatter probe set {t3 - t2:.2f} s; first task per worker {t4 - t3:.1f} s; later tasks "
+          f"{(t5 - t4):.1f} s per pair; close {t6 - t5:.1f} s; in process {local:.2f} s per checkpoint "
+          "(these tasks' results are not written)")
+
+
+def _worker_imports() -> None:
+    """What a worker imports before its first trace: torch, the GPT-2 model code, nnsight, the task module."""
+    import nnsight  # noqa: F401
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+
+    import phasescope.probes.offline.capture  # noqa: F401
+
+
+def _spec_of(ck):
+    from phasescope.probes.offline.analyze import probe_layout
+    from phasescope.probes.offline.capture import CaptureSpec
+    from phasescope.probes.offline.sources import build_meta_model, load_config
+    from phasescope.spectra import METRICS
+
+    probes, dims = probe_layout(build_meta_model(load_config(ck)), "auto")
+    return CaptureSpec(probes=tuple(probes), dims=tuple(dims), metrics=tuple(METRICS), max_rank=max(dims))
+
+
 if __name__ == "__main__":
-    main()
+    crossover() if "--crossover" in sys.argv else main()

@@ -8,15 +8,28 @@ Heavy imports (torch, transformers, nnsight, dask) happen only once a checkpoint
 
 from __future__ import annotations
 
+import argparse
+import signal
+import sys
 from pathlib import Path
 
 from .argtypes import csv_list, non_negative_int, positive_int
 from .corpus import PROBE_SOURCES
 from .errors import PhasescopeError
-from .probes.offline import AnalyzeOptions, analyze
+from .probes.offline import AnalyzeInterrupted, AnalyzeOptions, analyze
 
 
 _csv = csv_list()
+
+
+def workers_arg(text: str) -> int | str:
+    """``--workers``: ``auto`` or an integer >= 0."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or an integer >= 0, got {text!r}") from None
 
 
 def add_parser(subparsers) -> None:
@@ -27,7 +40,7 @@ def add_parser(subparsers) -> None:
         description="Trace a probe set through every checkpoint with nnsight, reduce the selected internals to "
         "covariance spectra (RankMe, alpha-ReQ, ...), optionally gradient and weight statistics, and write the "
         "same run store as live capture (capture_step = checkpoint step). Reruns skip stored checkpoints; "
-        "failures are recorded and the sweep goes on.",
+        "failures are recorded and the sweep goes on; Ctrl-C keeps what was stored (rerun to continue).",
     )
     p.add_argument("source", metavar="SOURCE",
                    help="folder of checkpoint folders (names carry the step), or a hub model id with --revisions")
@@ -53,6 +66,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--gradients", action="store_true",
                    help="per-matrix gradient statistics of the probe-set loss (response tokens only for prompt/response)")
     p.add_argument("--weights", action="store_true", help="per-matrix weight spectra (ESD alpha, stable rank, norms)")
+    p.add_argument("--rankme-raw", action="store_true",
+                   help="also RankMe of the raw (uncentred) states' singular values, Garrido et al. 2023 (off by default)")
     p.add_argument("--matrices", choices=("blocks", "all"), default="blocks",
                    help="2-D weights for --gradients/--weights: inside blocks (default) or every one")
     p.add_argument("--revisions", type=_csv, default=None, help="hub revisions, e.g. step1000,step2000 (SOURCE is a model id)")
@@ -60,8 +75,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="run model code shipped with the checkpoints (off by default)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"), help="load weights in this dtype")
-    p.add_argument("--workers", type=non_negative_int, default=None,
-                   help="Dask LocalCluster worker processes (default: chosen for this machine; 0 = this process)")
+    p.add_argument("--workers", type=workers_arg, default="auto",
+                   help="auto (default): this process, unless the sweep is long enough for a Dask LocalCluster to "
+                   "pay off on this machine's cores (the choice and why are printed and stored); 0 = this process; "
+                   "N = a LocalCluster of N worker processes")
     p.add_argument("--threads-per-worker", type=positive_int, default=1,
                    help="torch threads in each Dask worker (default: 1)")
     p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://host:8786")
@@ -74,7 +91,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     """Run the sweep; 0 when at least one checkpoint was stored (or nothing was left to do)."""
-    if args.scheduler and args.workers not in (None, 0):
+    if args.scheduler and args.workers not in ("auto", 0):
         raise PhasescopeError("--workers starts a local cluster; it cannot be combined with --scheduler")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -87,8 +104,13 @@ def run(args) -> int:
         max_rank=args.max_rank, revisions=args.revisions, tokenizer=args.tokenizer,
         trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype, workers=args.workers,
         threads_per_worker=args.threads_per_worker, scheduler=args.scheduler, overwrite=args.overwrite,
-        progress=not args.no_progress, seed=args.seed, probes_from=args.probes_from)
-    report = analyze(args.source, args.text, out, opts)
+        progress=not args.no_progress, seed=args.seed, probes_from=args.probes_from, rankme_raw=args.rankme_raw)
+    try:
+        report = analyze(args.source, args.text, out, opts)
+    except AnalyzeInterrupted as stop:   # Ctrl-C: the run is closed "interrupted", what was committed is kept
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # the process is ending: a second Ctrl-C must not cut it short
+        print(stop.report.interrupted(), file=sys.stderr)
+        return 130
     print(report.summary())
     if report.failed and not report.analyzed and not report.skipped:
         return 1

@@ -36,7 +36,8 @@ def sweep(tmp_path_factory):
 def serial_run(sweep):
     root, _, _ = sweep
     out = root / "serial.zarr"
-    report = analyze(root / "ck", str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False)
+    report = analyze(root / "ck", str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False,
+                     rankme_raw=True)
     return report, open_run(out)
 
 
@@ -80,9 +81,12 @@ def test_metrics_equal_batch1_reference(sweep, serial_run):
     rankmes = []
     for folder, step in zip(folders, STEPS):
         for probe, layer in (("final_norm", -1), ("block.0", 1)):
-            lam, rankme, alpha, pr = _reference_metrics(_reference_states(folder, texts, layer))
+            x = _reference_states(folder, texts, layer)
+            lam, rankme, alpha, pr = _reference_metrics(x)
             row = ds.sel(capture_step=step, probe=probe)
             assert float(row["rankme"]) == pytest.approx(rankme, rel=1e-5)
+            p = (s := np.linalg.svd(x, compute_uv=False)) / s.sum() + 1e-7    # Garrido et al.: raw, uncentred
+            assert float(row["rankme_raw"]) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-5)
             assert float(row["alpha"]) == pytest.approx(alpha, rel=1e-5)
             assert float(row["participation_ratio"]) == pytest.approx(pr, rel=1e-5)
             ev = row["eigenvalues"].values
@@ -90,6 +94,7 @@ def test_metrics_equal_batch1_reference(sweep, serial_run):
             if probe == "final_norm":
                 rankmes.append(rankme)
     assert max(rankmes) / min(rankmes) > 1.5  # training moved the geometry: the test can tell steps apart
+    assert ds.attrs["rankme_raw"] is True
 
 
 @pytest.mark.slow  # starts 2 worker processes (imports torch, transformers, nnsight): ~20-60 s

@@ -5,15 +5,17 @@
 
 - :mod:`.sources` — where a sweep reads from: checkpoint discovery, safe model loading, probe texts.
 - :mod:`.capture` — one checkpoint traced with nnsight and reduced on the device (a picklable task).
+- :mod:`.workers` — where they run: ``workers="auto"`` picks a LocalCluster only when it pays off.
 - :mod:`.dask` — the tasks run in this process, on a Dask LocalCluster or on an existing scheduler.
+- :mod:`.interrupts` — Ctrl-C ends a sweep between checkpoint writes, quietly, cluster shut down.
 - :mod:`.analyze` — the sweep: resume, one reducer (the live path's), one writer, in step order.
 
 Nothing here imports torch, transformers, nnsight or dask until a checkpoint is loaded or traced.
 """
 
-from .analyze import AnalyzeOptions, AnalyzeReport, analyze
+from .analyze import AnalyzeInterrupted, AnalyzeOptions, AnalyzeReport, analyze
 from .capture import CaptureSpec, CheckpointResult, capture_model
 from .sources import Checkpoint, find_checkpoints
 
-__all__ = ["analyze", "AnalyzeOptions", "AnalyzeReport", "find_checkpoints", "Checkpoint", "CheckpointResult",
+__all__ = ["analyze", "AnalyzeOptions", "AnalyzeReport", "AnalyzeInterrupted", "find_checkpoints", "Checkpoint", "CheckpointResult",
            "CaptureSpec", "capture_model"]

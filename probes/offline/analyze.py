@@ -16,7 +16,10 @@ Resumable and safe: an existing store at ``out`` is continued (checkpoints alrea
 ``overwrite=True`` starts afresh); a checkpoint that fails is written as a NaN row with
 ``flag_failed = 1`` and its error in the ``checkpoint_errors`` attribute, and the sweep goes on;
 ``trust_remote_code`` is off unless asked; ``.bin`` weights load with ``weights_only=True``.
-Checkpoints run as independent Dask tasks (:mod:`.dask`); one writer stores them in step order.
+Checkpoints run in this process or as independent Dask tasks (:mod:`.dask`); ``workers="auto"`` picks a
+cluster only when it pays off (:mod:`.workers`). One writer stores them in step order. Ctrl-C ends a sweep
+between checkpoint writes (:mod:`.interrupts`): the cluster is shut down, the run is closed
+``"interrupted"`` with every committed checkpoint kept, and :class:`AnalyzeInterrupted` says how many.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 from tqdm import tqdm
@@ -36,13 +39,15 @@ from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
+from phasescope.store.lifecycle import error_for, status_for
 
 from ..capture import first_tensor
 from ..reduce import Reducer, RunSpec
 from ..registry import resolve_probes
 from ..result import CaptureResult
 from .capture import CaptureSpec, CheckpointResult
-from .dask import auto_workers, run_dask, run_serial
+from .dask import run_dask, run_serial
+from .interrupts import Guard, sigint_guard
 from .sources import (
     Checkpoint,
     ProbeData,
@@ -53,12 +58,13 @@ from .sources import (
     load_tokenizer,
     tokenize,
 )
+from .workers import WorkerChoice, choose_workers, memory_workers, needs_measurement, usable_cores
 
 SCALARS = ("loss", "load_seconds", "capture_seconds", "tokens_per_second")
 FLAGS = ("failed",)
 MODE = "offline-checkpoints"
 
-__all__ = ["AnalyzeOptions", "AnalyzeReport", "analyze", "probe_layout"]
+__all__ = ["AnalyzeOptions", "AnalyzeReport", "AnalyzeInterrupted", "analyze", "probe_layout"]
 
 
 @dataclass
@@ -75,6 +81,7 @@ class AnalyzeOptions:
     fit_range: Any = "auto"              # α-ReQ fit range: "auto" or (start, stop)
     gradients: bool = False              # per-matrix gradient statistics of the probe-set loss
     weights: bool = False                # per-matrix weight singular-value statistics
+    rankme_raw: bool = False             # also RankMe of the raw rows' singular values (Garrido et al. 2023)
     matrices: Any = "blocks"             # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
     max_rank: int | None = None          # cap stored eigenvalues (Li et al. keep 2048)
     revisions: Sequence[str] | None = None
@@ -82,7 +89,7 @@ class AnalyzeOptions:
     trust_remote_code: bool = False
     device: str = "cpu"
     dtype: str | None = None             # e.g. "float32", "bfloat16"; None = as saved
-    workers: int | None = None           # None = auto (LocalCluster if > 1), 0 = this process
+    workers: int | str = "auto"          # "auto" (a LocalCluster only if it pays off, see .workers), 0 = this process, N
     threads_per_worker: int = 1
     scheduler: str | None = None         # tcp://host:8786 of an existing Dask cluster
     overwrite: bool = False
@@ -102,11 +109,29 @@ class AnalyzeReport:
     results: list[CheckpointResult] = field(default_factory=list)
     workers: int = 0
     seconds: float = 0.0
+    choice: WorkerChoice | None = None
+    total: int = 0                       # checkpoints found at the source
+    unwritten: int = 0                   # finished out of step order when the sweep was interrupted: not stored
+
+    def where(self) -> str:
+        """Where the checkpoints ran, in words."""
+        if self.choice is not None and self.choice.requested == "scheduler":
+            return "on the Dask scheduler given"
+        return "in this process" if self.workers == 0 else f"{self.workers} Dask worker(s)"
+
+    def kept(self) -> int:
+        """Checkpoints the run store holds now (stored before, plus written by this sweep)."""
+        return len(self.skipped) + len(self.analyzed) + len(self.failed)
+
+    def interrupted(self) -> str:
+        """The one line of a sweep ended by Ctrl-C."""
+        extra = f" ({self.unwritten} more had finished out of step order and were not kept)" if self.unwritten else ""
+        return (f"interrupted: {self.kept()} of {self.total} checkpoints analysed and kept in {self.path}{extra}; "
+                "rerun the same command without --overwrite to continue (stored checkpoints are skipped)")
 
     def summary(self) -> str:
         ok = [r for r in self.results if r.ok]
-        lines = [f"analyzed {len(self.analyzed)} checkpoint(s) in {self.seconds:.1f} s "
-                 f"({'in this process' if self.workers == 0 else f'{self.workers} Dask worker(s)'}); "
+        lines = [f"analyzed {len(self.analyzed)} checkpoint(s) in {self.seconds:.1f} s ({self.where()}); "
                  f"skipped {len(self.skipped)} already stored; {len(self.failed)} failed"]
         if ok:
             load = sum(r.load_seconds for r in ok) / len(ok)
@@ -116,6 +141,14 @@ class AnalyzeReport:
             lines.append(f"  step {step} failed: {err}")
         lines.append(f"run store: {self.path}")
         return "\n".join(lines)
+
+
+class AnalyzeInterrupted(KeyboardInterrupt):
+    """Ctrl-C ended a sweep: the run at ``report.path`` is closed "interrupted" with what was committed."""
+
+    def __init__(self, report: AnalyzeReport) -> None:
+        super().__init__(report.interrupted())
+        self.report = report
 
 
 def _parse_fit_range(fr: Any) -> Any:
@@ -188,6 +221,8 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         raise PhasescopeError(f"--tokens must be last, all or mean, got {opts.tokens!r}")
     if opts.batch_size < 1 or opts.max_length < 1:
         raise PhasescopeError("--batch-size and --max-length must be positive integers")
+    if opts.workers not in (None, "auto") and not (isinstance(opts.workers, int) and opts.workers >= 0):
+        raise PhasescopeError(f"--workers must be auto or an integer >= 0, got {opts.workers!r}")
     fit_range = _parse_fit_range(opts.fit_range)
     out = Path(out)
     ckpts = find_checkpoints(source, list(opts.revisions) if opts.revisions else None)
@@ -219,7 +254,7 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         max_tokens=opts.max_tokens, seed=opts.seed, batch_size=opts.batch_size, fit_range=fit_range,
         gradients=opts.gradients, weights=opts.weights, matrices=tuple(matrices),
         grad_stats=tuple(MATRIX_STATS) if opts.gradients else (), device=opts.device, dtype=opts.dtype,
-        trust_remote_code=opts.trust_remote_code)
+        trust_remote_code=opts.trust_remote_code, rankme_raw=opts.rankme_raw)
 
     # Resume: keep what is stored, do only checkpoints after the last stored step.
     resume = out.exists() and not opts.overwrite
@@ -248,40 +283,76 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         "max_length": max_length, "n_sequences": int(data.input_ids.shape[0]), "n_tokens": data.n_tokens,
         "fit_range": list(fit_range) if isinstance(fit_range, tuple) else fit_range,
         "analyze_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-        "seed": opts.seed,
+        "seed": opts.seed, "rankme_raw": bool(opts.rankme_raw),
     }
     writer = RunWriter(out, probes=[p for p, _ in probes], params=[], metrics=list(metrics), max_rank=max_rank,
                        scalars=SCALARS, param_stats=(), matrices=matrices, matrix_stats=matrix_stats,
                        flags=FLAGS, attrs=attrs, overwrite=opts.overwrite, resume=resume)
-    report = AnalyzeReport(str(out), skipped=skipped)
-    workers = opts.workers
-    if workers is None:
-        workers = auto_workers(todo, opts.device) if len(todo) > 1 else 0
-        workers = 0 if workers == 1 and not opts.scheduler else workers
-    report.workers = workers if (workers or opts.scheduler) else 0
-    try:
-        # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
-        reducer = Reducer(RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics,
-                                  flags=FLAGS), FailureLog(), fresh=not stored)
-        _sweep(todo, data, spec, writer, reducer, report, errors, workers, opts)
-    except BaseException as exc:
-        writer.close(status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    writer.close()
+    report = AnalyzeReport(str(out), skipped=skipped, total=len(ckpts))
+    with sigint_guard() as guard:
+        try:
+            # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
+            reducer = Reducer(RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics,
+                                      flags=FLAGS), FailureLog(), fresh=not stored)
+            _sweep(todo, data, spec, writer, reducer, report, errors, opts, guard)
+        except BaseException as exc:
+            writer.close(status=status_for(exc), error=error_for(exc))
+            if isinstance(exc, KeyboardInterrupt):
+                raise AnalyzeInterrupted(report) from None
+            raise
+        writer.close()
     report.seconds = time.perf_counter() - t_start
     return report
 
 
+def _plan(todo: list[Checkpoint], opts: AnalyzeOptions) -> WorkerChoice | None:
+    """Where the sweep runs, decided before any checkpoint; None when "auto" needs a checkpoint's time."""
+    if opts.scheduler:
+        return WorkerChoice(0, f"as asked: --scheduler {opts.scheduler}", requested="scheduler")
+    if opts.workers not in (None, "auto"):
+        return WorkerChoice(opts.workers, f"as asked: --workers {opts.workers}", requested=opts.workers)
+    cores, fit = usable_cores(), memory_workers(todo)
+    if needs_measurement(len(todo), cores, device=opts.device, max_workers=fit):
+        return None
+    return choose_workers(len(todo), None, cores, device=opts.device, max_workers=fit)
+
+
+def _results(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, opts: AnalyzeOptions, guard: Guard,
+             chosen: Callable[[WorkerChoice], None]) -> Iterator[CheckpointResult]:
+    """Checkpoint results in completion order, from where the workers choice puts them. Under "auto", when
+    a cluster might pay off, the first checkpoint runs here and its time decides the rest."""
+    choice, rest = _plan(todo, opts), todo
+    if choice is None:
+        t = time.perf_counter()
+        first = next(run_serial(todo[:1], data, spec))
+        seconds = time.perf_counter() - t
+        rest = todo[1:]
+        choice = choose_workers(len(rest), seconds, usable_cores(), device=opts.device,
+                                max_workers=memory_workers(todo))
+        chosen(WorkerChoice(choice.workers, f"{choice.reason}, timed on the first checkpoint"))
+        yield first
+    else:
+        chosen(choice)
+    if choice.workers == 0 and not opts.scheduler:
+        yield from run_serial(rest, data, spec)
+    elif rest:
+        yield from run_dask(rest, data, spec, workers=max(1, choice.workers), threads_per_worker=opts.threads_per_worker,
+                            scheduler=opts.scheduler, critical=guard.critical)
+
+
 def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, reducer: Reducer, report: AnalyzeReport,
-           errors: dict[str, str], workers: int, opts: AnalyzeOptions) -> None:
+           errors: dict[str, str], opts: AnalyzeOptions, guard: Guard) -> None:
     """Run the tasks and write their results in step order as soon as each prefix is complete."""
     if not todo:
         return
-    if workers == 0 and not opts.scheduler:
-        results = run_serial(todo, data, spec)
-    else:
-        results = run_dask(todo, data, spec, workers=max(1, workers),
-                           threads_per_worker=opts.threads_per_worker, scheduler=opts.scheduler)
+
+    def chosen(choice: WorkerChoice) -> None:
+        report.choice, report.workers = choice, choice.workers
+        tqdm.write(choice.describe())
+        with guard.critical():
+            writer.set_attrs(analyze_workers=choice.to_json())
+
+    results = _results(todo, data, spec, opts, guard, chosen)
     bar = None
     if opts.progress:
         bar = tqdm(total=len(todo), desc="analyze", unit="ckpt", mininterval=0.5)
@@ -290,6 +361,8 @@ def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, r
     nxt = 0
     try:
         for res in results:
+            if guard.raised:   # Ctrl-C came inside a checkpoint and was caught there as its failure: stop, keep it out
+                raise KeyboardInterrupt
             pending[res.step] = res
             if bar is not None:
                 bar.update(1)
@@ -299,9 +372,12 @@ def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, r
                 else:
                     bar.set_postfix(step=res.step, failed=True)
             while nxt < len(order) and order[nxt] in pending:
-                _write(writer, reducer, pending.pop(order[nxt]), report, errors)
+                with guard.critical():   # a checkpoint's rows are written whole, even under Ctrl-C
+                    _write(writer, reducer, pending.pop(order[nxt]), report, errors)
                 nxt += 1
     finally:
+        report.unwritten = len(pending)
+        results.close()   # shuts a cluster down now, not when the generator is collected
         if bar is not None:
             bar.close()
 

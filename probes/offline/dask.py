@@ -9,34 +9,18 @@ failure comes back as an error result for that checkpoint.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from multiprocessing import resource_tracker
+from typing import Callable, Iterator, Sequence
 
 from phasescope.errors import PhasescopeError
 
 from .capture import CaptureSpec, CheckpointResult, analyze_checkpoint
-from .sources import Checkpoint, ProbeData, checkpoint_bytes
-
-
-def auto_workers(ckpts: Sequence[Checkpoint], device: str = "cpu") -> int:
-    """Worker processes for a LocalCluster: one per CPU core, at most one per checkpoint, and no more than
-    fit in half the available memory at ~3× a checkpoint's weight size each; one for a GPU device."""
-    if not ckpts:
-        return 1
-    if device != "cpu":
-        return 1
-    n = min(len(ckpts), os.cpu_count() or 1)
-    size = max((checkpoint_bytes(c) for c in ckpts[:3]), default=0)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        avail = 0
-    if size and avail:
-        n = min(n, max(1, int(0.5 * avail // (3 * size))))
-    return max(1, n)
+from .sources import Checkpoint, ProbeData
 
 
 def run_serial(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec) -> Iterator[CheckpointResult]:
+    """Yield one result per checkpoint, analysed in this process, in order."""
     for c in ckpts:
         yield analyze_checkpoint(c, data, spec)
 
@@ -47,7 +31,9 @@ def local_cluster(workers: int, threads_per_worker: int):
     That default makes glibc return freed memory to the OS eagerly, so torch's large temporaries are
     mapped and faulted in again on every batch: measured here, a checkpoint's capture took 2.2 s in such a
     worker against 1.1–1.2 s in-process or in a worker without it. Other worker settings (one BLAS/OpenMP
-    thread) are kept.
+    thread) are kept. The scheduler's HTTP server (no dashboard) listens on a free local port, so a second
+    sweep does not warn that 8787 is taken; logs below CRITICAL are silenced: a checkpoint's failure comes back
+    as its result, and the heartbeat errors workers log while a cluster closes are noise.
     """
     import dask
     from distributed import LocalCluster
@@ -56,18 +42,23 @@ def local_cluster(workers: int, threads_per_worker: int):
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=None, silence_logs=logging.ERROR)
+                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                            silence_logs=logging.CRITICAL)
 
 
 def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *, workers: int,
-             threads_per_worker: int = 1, scheduler: str | None = None) -> Iterator[CheckpointResult]:
-    """Yield one result per checkpoint from Dask (a new LocalCluster unless ``scheduler`` is given)."""
+             threads_per_worker: int = 1, scheduler: str | None = None,
+             critical: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[CheckpointResult]:
+    """Yield one result per checkpoint from Dask (a new LocalCluster unless ``scheduler`` is given).
+
+    The cluster starts inside ``critical()`` (see :mod:`.interrupts`: its worker processes never see a
+    terminal's Ctrl-C) and is closed when the generator ends, is closed, or is interrupted."""
     try:
         from distributed import Client, as_completed
     except ImportError:
         raise PhasescopeError("Dask's distributed scheduler is not installed: `pip install distributed` "
                               "(or pass --workers 0 to analyze in this process)") from None
-    cluster = None
+    cluster = client = None
     try:
         if scheduler:
             try:
@@ -76,21 +67,26 @@ def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *,
                 raise PhasescopeError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); "
                                       "check the address or omit --scheduler for a local cluster") from None
         else:
-            cluster = local_cluster(workers, threads_per_worker)
-            client = Client(cluster)
-        try:
-            shared = client.scatter(data, broadcast=True)
-            futures = {client.submit(analyze_checkpoint, c, shared, spec, key=f"phasescope-ckpt-{c.step}-{id(spec)}",
-                                     pure=False): c for c in ckpts}
-            for fut in as_completed(futures):
-                c = futures[fut]
-                try:
-                    yield fut.result()
-                except Exception as exc:  # e.g. KilledWorker: the process died on this checkpoint
-                    yield CheckpointResult(c.step, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-                fut.release()
-        finally:
-            client.close()
+            # CPython starts its resource tracker on the first spawn and then unblocks SIGINT in that thread:
+            # start it now, so the workers spawned inside critical() inherit a blocked SIGINT.
+            resource_tracker.ensure_running()
+            with critical():
+                cluster = local_cluster(workers, threads_per_worker)
+                client = Client(cluster)
+        shared = client.scatter(data, broadcast=True)
+        # Earlier steps first (Dask's priority: higher runs sooner), so results arrive nearly in the order the
+        # writer stores them: few wait in memory, and few are lost to a Ctrl-C.
+        futures = {client.submit(analyze_checkpoint, c, shared, spec, key=f"phasescope-ckpt-{c.step}-{id(spec)}",
+                                 pure=False, priority=len(ckpts) - i): c for i, c in enumerate(ckpts)}
+        for fut in as_completed(futures):
+            c = futures[fut]
+            try:
+                yield fut.result()
+            except Exception as exc:  # e.g. KilledWorker: the process died on this checkpoint
+                yield CheckpointResult(c.step, error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            fut.release()
     finally:
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()

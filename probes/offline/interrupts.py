@@ -1,0 +1,71 @@
+"""Ctrl-C during a sweep: one KeyboardInterrupt, at a safe point, and a quiet clean-up.
+
+Inside :func:`sigint_guard` the first SIGINT raises KeyboardInterrupt as usual, except within a
+:meth:`Guard.critical` section (a checkpoint's rows being written, a cluster being started), where it is
+held until the section ends — so the store never gets a step row without its capture row and a half-built
+cluster is never abandoned. Further SIGINTs are ignored while the sweep closes its cluster and marks the
+run interrupted (a second Ctrl-C would otherwise cut that clean-up short and print a traceback).
+
+A critical section also blocks SIGINT for the threads it starts: worker processes spawned from them
+inherit the blocked signal, so a terminal's Ctrl-C (sent to the whole process group) reaches only this
+process, which shuts the workers down itself instead of each printing a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Guard:
+    """State of one guarded sweep (see the module docstring)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+        self.depth = 0
+        self.pending = False
+        self.raised = False
+
+    def handle(self, signum, frame) -> None:
+        """The SIGINT handler: raise once, hold it inside a critical section, ignore it afterwards."""
+        if self.raised:
+            return
+        if self.depth:
+            self.pending = True
+            return
+        self.raised = True
+        raise KeyboardInterrupt
+
+    @contextmanager
+    def critical(self) -> Iterator[None]:
+        """Hold SIGINT until this block ends (then raise it); threads started inside never receive it."""
+        if not self.active:
+            yield
+            return
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        self.depth += 1
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            self.depth -= 1
+        if self.pending and not self.depth and not self.raised:
+            self.pending = False
+            self.raised = True
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def sigint_guard() -> Iterator[Guard]:
+    """Install the guard's SIGINT handler for the block (main thread only; elsewhere a no-op guard)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield Guard(active=False)
+        return
+    guard = Guard(active=True)
+    old = signal.signal(signal.SIGINT, guard.handle)
+    try:
+        yield guard
+    finally:
+        signal.signal(signal.SIGINT, old)
