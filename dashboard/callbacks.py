@@ -49,8 +49,9 @@ class Views:
         self.src, self.refresh_ms = src, refresh_ms
 
     def datasets(self, version, limit=None) -> dict:
+        """The selected runs' Datasets, keyed by the name the figures show (``RunSource.label``)."""
         keys = (version or {}).get("runs", [])[:limit]
-        return {k: self.src.dataset(k) for k in keys}
+        return {self.src.label(k): self.src.dataset(k) for k in keys}
 
     def first(self, version):
         return next(iter(self.datasets(version, 1).values()), None)
@@ -115,7 +116,7 @@ class Views:
         first = next(iter(runs.values()), None)
         allowed = F.capture_metrics(first) if first is not None else []
         metric = _keep(metric, allowed) or "rankme"
-        phases = {k: self.src.phases(k) for k in runs}
+        phases = {self.src.label(k): self.src.phases(k) for k in (version or {}).get("runs", [])}
         fig = F.figure_trajectories(runs, metric=metric, probes=probes or None, align=align, phases=phases)
         names = [str(p) for p in first["probe"].values] if first is not None and "probe" in first.coords else []
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric, names

@@ -122,6 +122,11 @@ class RunSource:
         rel = path.relative_to(self.root).as_posix()
         return rel if rel else "."
 
+    def label(self, key: str) -> str:
+        """The name figures give run ``key``: its key, or for a run served as the root (key ".") its
+        folder's name without .zarr, as the run picker shows it."""
+        return self.root.name.removesuffix(".zarr") if key == "." else key
+
     def catalog(self) -> list[Run]:
         """One row per run: name, model, steps, last update, state."""
         return [self._run(p) for p in self.run_paths()]

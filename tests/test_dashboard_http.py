@@ -268,3 +268,22 @@ def test_plotly_js_is_a_page_script_served_by_dash(server):
 
     assert f"v{get_plotlyjs_version()}\n".encode() in head, head[:200]
     assert index.count("plotly-cartesian.min.js") == 1
+
+
+def test_a_run_served_as_the_root_is_named_by_its_folder_not_dot(runs):
+    """`phasescope dashboard runs/demo.zarr`: the run's key is "." but every figure names it "alpha"."""
+    from phasescope.dashboard.app import create_app as make
+
+    app = make(runs / "alpha.zarr")
+    with serve_app(app) as srv:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(srv.url + "/_dash-layout", timeout=30) as r:
+            page = json.loads(r.read())
+    assert find(page, "version")["data"]["runs"] == ["."]
+    titles = [a["text"] for a in find(page, "overview")["figure"]["layout"]["annotations"]]
+    assert any(t.startswith("alpha · ") for t in titles), titles
+    assert not any(t.startswith(". ") for t in titles), titles
+    assert {t["name"].split(" · ")[0] for t in find(page, "trajectories")["figure"]["data"]
+            if t.get("name") and " · " in t["name"]} <= {"alpha"}
