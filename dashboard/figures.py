@@ -114,10 +114,14 @@ def metadata_rows(ds) -> list[dict]:
 OK, WARN, ERROR = "ok", "warn", "error"
 #: metrics every capture computes: all-NaN there is a warning, elsewhere "not computed"
 CORE_METRICS = ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank")
+#: metrics a run computes only when asked: metric -> (the run attribute that says so, how to ask)
+OPT_IN = {"rankme_raw": ("rankme_raw", "rankme_raw=True records it"),
+          "cka_first": ("cka_samples", "a fixed probe set with cka_samples > 0 records it"),
+          "cka_previous": ("cka_samples", "a fixed probe set with cka_samples > 0 records it")}
 RED_STATES = (INTERRUPTED, FAILED, STALE)
 LOSS_FLAGS = {"lost": "captures or rows lost to a phasescope failure",
               "dropped": "captures dropped by the store writer's queue"}
-STAGES = ("hook", "capture", "metric", "reduce", "write", "queue", "step", "close")  # phasescope.failures
+STAGES = ("hook", "capture", "metric", "reduce", "write", "queue", "step", "sink", "close")  # phasescope.failures
 
 
 def _row(check: str, value, status: str) -> dict:
@@ -166,7 +170,11 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
         if n and m not in CORE_METRICS:
             # rankme_raw without raw singular values, CKA of in-flight captures (or cka_previous at the
             # first capture): not computed there by definition, not a data problem
-            text = "not computed in this run (all NaN)" if n == vals.size else f"not computed in {n} / {vals.size} cells"
+            attr, how = OPT_IN.get(m, (None, ""))
+            if n == vals.size and attr in attrs and not attrs[attr]:
+                text = f"not requested (off by default; {how})"
+            else:
+                text = "not computed in this run (all NaN)" if n == vals.size else f"not computed in {n} / {vals.size} cells"
             rows.append(_row(f"{m}", text, OK))
             continue
         rows.append(_row(f"NaN cells in {m}", f"{n} / {vals.size}", WARN if n else OK))

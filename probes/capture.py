@@ -87,8 +87,9 @@ def accepts(model, name: str) -> bool:
     return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def _make_acc(dim: int):
-    return CovarianceAccumulator(dim)
+def _make_acc(dim: int, raw: bool = False):
+    """A probe's accumulator; ``raw``: keep the raw singular values too (``rankme_raw``)."""
+    return CovarianceAccumulator(dim, raw_singular_values=raw)
 
 
 def _local_generator(seed: int):
@@ -101,8 +102,9 @@ class ProbeSet:
     """A fixed probe set (:class:`~.inputs.ProbeInputs`), captured under no_grad/eval at scheduled steps."""
 
     def __init__(self, model, probes: Sequence[Probe], inputs: ProbeInputs, selection: TokenSelection,
-                 reduction=None):
+                 reduction=None, *, raw: bool = False):
         self.model, self.probes, self.selection = model, list(probes), selection
+        self.raw = raw
         self.inputs = inputs
         self.batches: list[Batch] = list(inputs.batches)
         self.n_sequences = inputs.n
@@ -214,7 +216,7 @@ class ProbeSet:
         """One capture: a fresh accumulator per probe fed with every batch, and (``gram_samples`` > 0)
         the centred Gram of each probe's first ``gram_samples`` selected rows — the same samples at
         every capture, in the fixed batch order — for linear CKA. Returns (accumulators, grams)."""
-        accs = [_make_acc(self.dims[p.name]) for p in self.probes]
+        accs = [_make_acc(self.dims[p.name], self.raw) for p in self.probes]
         samplers = [GramSampler(gram_samples) for _ in self.probes]
 
         def on_rows(i, rows):
@@ -251,8 +253,10 @@ class InFlight:
     lost (``lost``), the forward goes on. An output no reduction can read is a usage error, not a
     failure: it is kept in ``error`` and raised by the Observatory at that step."""
 
-    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None, reduction=None):
+    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None, reduction=None,
+                 *, raw: bool = False):
         self.model, self.probes, self.selection = model, list(probes), selection
+        self.raw = raw
         self.failures = failures
         self.reduction = reduction
         self.hooks = HookSet()
@@ -307,7 +311,7 @@ class InFlight:
                 return
             rows = reduce_rows(h, red, self.selection, mask=self._mask, generator=self._gen)
             if self.accs[i] is None:
-                self.accs[i] = _make_acc(red.features)
+                self.accs[i] = _make_acc(red.features, self.raw)
             self.accs[i].update(rows)
 
         def make_hook(i: int):

@@ -137,7 +137,7 @@ class Observatory:
             dims = self._setup_probe_set(probe_inputs)
         else:
             self.in_flight = InFlight(model, self.probes, self.selection, failures=self.failures,
-                                      reduction=o.reduction)
+                                      reduction=o.reduction, raw=o.rankme_raw)
         self.sharded = D.has_dtensor(self.params)
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
         if self.sharded:
@@ -172,7 +172,8 @@ class Observatory:
             per_rank = max(1, min(batch_size, -(-inputs.n // self.world)))
             if per_rank != batch_size:
                 inputs = build_probe_inputs(probe_inputs, self.model, self.device, per_rank)
-        self.probe_set = ProbeSet(self.model, self.probes, inputs, self.selection, self.options.reduction)
+        self.probe_set = ProbeSet(self.model, self.probes, inputs, self.selection, self.options.reduction,
+                                  raw=self.options.rankme_raw)
         if self.fsdp_roots:
             D.check_fsdp_reset(self.fsdp_roots)
         with D.fsdp_resharded(self.fsdp_roots):
@@ -197,6 +198,7 @@ class Observatory:
             probe_inputs=self.probe_set.inputs.describe() if self.probe_set else None,
             probe_reductions=self.probe_set.describe() if self.probe_set else None,
             cka_samples=self.options.cka_samples if self.mode == "probe_set" else 0,
+            rankme_raw=bool(self.options.rankme_raw),
             matrix_groups={self.named_params[i][0]: matrix_group(self.named_params[i][0]) for i in self.matrix_idx},
             finished=False)
         if self.world > 1:

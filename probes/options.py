@@ -38,6 +38,7 @@ class ObservatoryOptions:
     seed: int = 0                      # seed of that subsample (and of in-flight subsampling)
     max_rank: int | None = None        # cap on stored eigenvalues and metric components (Li et al. keep 2048)
     cka_samples: int = CKA_SAMPLES     # probe samples whose Gram is kept for linear CKA (0: no CKA)
+    rankme_raw: bool = False           # also RankMe of the raw (uncentred) samples (Garrido et al. 2023): one more d×d eigvalsh per probe
     # -- mixed precision (gradients/amp.py) --
     optimizer: Any = None              # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
     grad_scaler: Any = None            # torch GradScaler: statistics of unscaled gradients, skipped steps flagged

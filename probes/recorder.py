@@ -83,9 +83,10 @@ class HostCopier:
         return event
 
 
-def spectrum_of(value, dim: int):
-    """The covariance spectrum of (samples, …, dim) rows or of a filled accumulator."""
-    acc = value if isinstance(value, CovarianceAccumulator) else CovarianceAccumulator(dim).update(value)
+def spectrum_of(value, dim: int, raw: bool = False):
+    """The covariance spectrum of (samples, …, dim) rows or of a filled accumulator (``raw``: with the
+    raw singular values of the rows, for ``rankme_raw``)."""
+    acc = value if isinstance(value, CovarianceAccumulator) else CovarianceAccumulator(dim, raw).update(value)
     return acc.compute()
 
 
@@ -137,6 +138,8 @@ class Recorder:
         self._queue = dict(max_pending_steps=int(queue_size), max_pending_captures=int(queue_captures),
                            block_timeout_s=float(put_timeout), interval_s=float(write_interval))
         self.attrs = dict(metadata or {})
+        self.attrs.setdefault("rankme_raw", bool(rankme_raw))   # an Observatory's metadata says it already
+        self.rankme_raw = bool(self.attrs["rankme_raw"])
         self.failures = failures if failures is not None else FailureLog(strict=strict)
         self.is_writer = bool(rank() == 0 if writer is None else writer)
         self.async_writer: AsyncRunWriter | None = None
@@ -298,7 +301,7 @@ class Recorder:
             if v is None:
                 continue
             with self.failures.guard("capture", f"probe {self.probe_names[i]!r}"):
-                spectra[i] = spectrum_of(v, self.dims[i])
+                spectra[i] = spectrum_of(v, self.dims[i], self.rankme_raw)
                 if self.cka_samples:
                     grams[i] = gram_of(v, self.cka_samples)
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import plotly.graph_objects as go
 
 from phasescope.dashboard.panel_figures import figure_panel, panel_variables
@@ -73,12 +74,32 @@ def test_the_page_has_a_panel_per_registry_panel_and_renders_the_cka(tmp_path):
     np.testing.assert_allclose(decode_array(first["y"]), ds.cka_first.sel(probe="a").values, rtol=1e-6)
 
 
-def test_quality_table_says_not_computed_for_metrics_a_run_never_asked_for(tmp_path):
+def test_quality_table_says_not_requested_for_metrics_a_run_never_asked_for(tmp_path):
     from phasescope.dashboard.figures import quality_rows
 
     ds = _cka_run(tmp_path / "q.zarr")                   # no raw singular values requested: rankme_raw all NaN
     rows = {r["check"]: r for r in quality_rows(ds)}
-    assert rows["rankme_raw"] == {"check": "rankme_raw", "value": "not computed in this run (all NaN)", "status": "ok"}
+    assert rows["rankme_raw"] == {"check": "rankme_raw", "status": "ok",
+                                  "value": "not requested (off by default; rankme_raw=True records it)"}
     assert rows["cka_previous"] == {"check": "cka_previous", "value": "not computed in 2 / 12 cells",
                                     "status": "ok"}             # the first capture has no previous one
     assert rows["NaN cells in rankme"]["status"] == "ok"
+
+
+def test_rankme_raw_when_requested_is_garrido_rankme_of_the_raw_rows_and_quality_is_quiet(tmp_path):
+    """rankme_raw=True: the stored value equals RankMe of the raw (uncentred) rows' singular values,
+    computed here with numpy's SVD, and the data-quality table has no row about it."""
+    from phasescope.dashboard.figures import quality_rows
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((80, 12)) @ np.diag(np.linspace(2.0, 0.1, 12)) + 3.0   # far from centred
+    with Recorder(str(tmp_path / "raw.zarr"), write_interval=0.0, strict=True, rankme_raw=True) as rec:
+        rec.record(0, activations={"a": x})
+    ds = open_run(tmp_path / "raw.zarr")
+    s = np.linalg.svd(x, compute_uv=False)
+    p = s / s.sum() + 1e-7
+    ref = float(np.exp(-(p * np.log(p)).sum()))
+    assert ds.attrs["rankme_raw"] is True
+    np.testing.assert_allclose(float(ds["rankme_raw"].sel(probe="a").values[0]), ref, rtol=1e-9)
+    assert float(ds["rankme_raw"].values[0, 0]) != pytest.approx(float(ds["rankme"].values[0, 0]), rel=1e-3)
+    assert "rankme_raw" not in {r["check"] for r in quality_rows(ds)}

@@ -63,7 +63,7 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
     # Bare run: losses and the per-step references an independent observer would compute.
     bare = _gpt2()
     opt = torch.optim.AdamW(bare.parameters(), lr=3e-3)
-    bare_losses, ref_norms, ref_eigs = [], {}, {}
+    bare_losses, ref_norms, ref_eigs, ref_raw = [], {}, {}, {}
     for step in range(steps):
         x = _batch(step)
         loss = bare(input_ids=x, labels=x).loss
@@ -78,6 +78,9 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
             last = inputs["attention_mask"].sum(1) - 1
             ref_eigs[step] = {name: _ref_eigs(hs[k][torch.arange(len(last)), last])
                               for name, k in (("block.0", 1), ("final_norm", -1))}
+            ref_raw[step] = {name: _ref_rankme(np.linalg.svd(hs[k][torch.arange(len(last)), last].double().numpy(),
+                                                             compute_uv=False))   # Garrido et al.: raw rows
+                             for name, k in (("block.0", 1), ("final_norm", -1))}
         opt.step()
         opt.zero_grad()
 
@@ -87,7 +90,7 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
     store = tmp_path / "run.zarr"
     losses = []
     with phasescope.Observatory(model, store=str(store), schedule=sched, probe_inputs=inputs,
-                                probe_batch_size=5, metadata={"seed": 0}, strict=True) as obs:
+                                probe_batch_size=5, metadata={"seed": 0}, strict=True, rankme_raw=True) as obs:
         assert _hooks(model) == 0
         for step in range(steps):
             x = _batch(step)
@@ -120,6 +123,9 @@ def test_probe_set_capture_matches_reference_and_training_is_untouched(tmp_path)
             assert np.isnan(got[k:]).all()
             assert int(ds.n_samples.sel(capture_step=step, probe=name)) == 24
             assert math.isclose(float(ds.rankme.sel(capture_step=step, probe=name)), _ref_rankme(ev), rel_tol=1e-4)
+            assert math.isclose(float(ds.rankme_raw.sel(capture_step=step, probe=name)), ref_raw[step][name],
+                                rel_tol=1e-4)
+    assert ds.attrs["rankme_raw"] is True
 
 
 def test_hooks_removed_after_exception_and_run_marked_failed(tmp_path):
