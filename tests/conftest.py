@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -28,3 +30,15 @@ def pytest_collection_modifyitems(config, items):
         return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
 
     items.sort(key=rank)   # stable: the order within each group is kept
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Three checkpoints (steps 0, 4, 8) of a 1-layer, d=16 GPT-2 in ``ck/`` and 24 probe lines in
+    ``p.txt``: the smallest real sweep for ``phasescope analyze`` (built once per test module)."""
+    from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
+
+    root = tmp_path_factory.mktemp("sweep")
+    train_checkpoints(root / "ck", [0, 4, 8], n_layer=1, n_embd=16, n_head=2, seq_len=16)
+    write_probe_file(root / "p.txt", n=24)
+    return root

@@ -46,13 +46,8 @@ def test_revision_without_step(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def small_sweep(tmp_path_factory):
-    from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
-
-    root = tmp_path_factory.mktemp("cli")
-    train_checkpoints(root / "ck", [0, 4, 8], n_layer=1, n_embd=16, n_head=2, seq_len=16)
-    write_probe_file(root / "p.txt", n=24)
-    return root
+def small_sweep(tiny_sweep):
+    return tiny_sweep
 
 
 def test_bad_text_and_probe_errors(small_sweep, capsys):

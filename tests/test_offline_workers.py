@@ -57,13 +57,8 @@ def test_accelerator_memory_and_single_checkpoint_stay_in_process():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
-
-    root = tmp_path_factory.mktemp("workers")
-    train_checkpoints(root / "ck", [0, 4, 8], n_layer=1, n_embd=16, n_head=2, seq_len=16)
-    write_probe_file(root / "p.txt", n=24)
-    return root
+def tiny(tiny_sweep):
+    return tiny_sweep
 
 
 def test_auto_choice_is_printed_and_recorded(tiny, capsys):
