@@ -9,15 +9,21 @@ from phasescope.cli import main
 from phasescope.probes.offline.workers import CLUSTER_STARTUP_S, choose_workers, needs_measurement
 
 
-@pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("n, seconds", [(4, 1.2), (32, 1.2), (1000, 600.0)])
-def test_one_or_two_cores_never_start_a_cluster(cores, n, seconds):
-    choice = choose_workers(n, seconds, cores)
-    assert choice.workers == 0 and f"{cores} core(s)" in choice.reason
-    assert not needs_measurement(n, cores)   # decided without timing a checkpoint
+def test_one_core_never_starts_a_cluster(n, seconds):
+    choice = choose_workers(n, seconds, 1)
+    assert choice.workers == 0 and "1 core(s)" in choice.reason
+    assert not needs_measurement(n, 1)   # decided without timing a checkpoint
 
 
-@pytest.mark.parametrize("cores", [4, 16, 64])
+def test_two_cores_start_a_cluster_only_for_a_sweep_of_minutes():
+    """Measured on 2 quiet cores: a warm 2-worker cluster is 1.6x faster than this process, after ~8-20 s
+    of start-up; so 4 or 32 one-second checkpoints stay here, 1,000 of them get both cores."""
+    assert choose_workers(4, 1.2, 2).workers == 0 and choose_workers(32, 1.2, 2).workers == 0
+    assert choose_workers(1000, 1.0, 2).workers == 2
+
+
+@pytest.mark.parametrize("cores", [2, 4, 16, 64])
 def test_short_sweeps_stay_in_process_on_many_cores(cores):
     """The issue's case: 4 checkpoints of ~1 s each cost far less than a cluster's start-up."""
     assert needs_measurement(4, cores)
@@ -27,8 +33,8 @@ def test_short_sweeps_stay_in_process_on_many_cores(cores):
 
 
 @pytest.mark.parametrize("n, seconds, cores, workers", [
-    (100, 1.2, 16, 15),   # long sweep of small checkpoints: one worker per core but this process's
-    (40, 2.5, 4, 3),
+    (100, 1.2, 16, 16),   # long sweep of small checkpoints: one worker per core
+    (40, 2.5, 4, 4),
     (3, 60.0, 16, 3),     # few, expensive checkpoints: one worker each
 ])
 def test_long_sweeps_get_a_cluster_on_many_cores(n, seconds, cores, workers):

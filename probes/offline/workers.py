@@ -3,17 +3,18 @@
 A LocalCluster costs a fixed start-up before its first result — worker processes spawned, each importing
 torch, transformers and nnsight and tracing once — and its close. Measured with ``bench/offline.py
 --crossover`` (2 shared cores, checkpoints of ~1 s): start 3.4 s, worker imports 6.1 s, first trace +0.5 s,
-close 1.7 s on a quiet machine (~12 s), ~22 s under load; two workers on two cores ran a checkpoint 1.5x
-slower than this process does. Whole sweeps of 2–32 checkpoints were 1.8–7.5x slower on a 2-worker
-cluster than here (medians of 2 interleaved rounds). So a cluster pays off only when the sweep's work
-dwarfs that start-up and there are cores to spread it over:
+close 1.7 s on a quiet machine (~12 s), ~22 s under load; two workers on two cores ran a checkpoint
+1.25–1.5x slower than this process does (quiet: 16 checkpoints took 4.5 s here and 2.8 s on a warm
+2-worker cluster, 1.6x faster, after 8.2 s of start-up). Whole sweeps of 2–32 checkpoints were 1.8–7.5x
+slower on a 2-worker cluster than here (medians of 2 interleaved rounds, loaded machine). So a cluster
+pays off only when the sweep's work dwarfs that start-up and there are cores to spread it over:
 
     in this process:  T₀ = n · t                      (t = seconds per checkpoint, measured on the first)
     on w workers:     T_w = S + ⌈n / w⌉ · t · f        (S = CLUSTER_STARTUP_S, f = WORKER_SLOWDOWN)
-    w = min(cores − 1, n, workers that fit in memory)   (one core stays with this process and the scheduler)
+    w = min(cores, n, workers that fit in memory)       (this process only waits and writes meanwhile)
 
-and the cluster is chosen when T_w ≤ MIN_GAIN · T₀. On 1 or 2 cores w < 2, so the answer is always this
-process (a cluster of one only adds S; on 2 cores the measured 2-worker sweeps were never faster either).
+and the cluster is chosen when T_w ≤ MIN_GAIN · T₀. On one core w < 2: always this process (a cluster of
+one only adds S). On two cores a cluster needs ~400 s of work here before it saves a fifth.
 The choice is a pure function of its inputs (:func:`choose_workers`), so it is tested for any core count.
 """
 
@@ -72,7 +73,7 @@ def memory_workers(ckpts: Sequence[Checkpoint]) -> int | None:
 
 
 def _cluster_size(n_checkpoints: int, cores: int, max_workers: int | None) -> int:
-    return max(0, min(cores - 1, n_checkpoints, max_workers if max_workers is not None else n_checkpoints))
+    return max(0, min(cores, n_checkpoints, max_workers if max_workers is not None else n_checkpoints))
 
 
 def needs_measurement(n_checkpoints: int, cores: int, *, device: str = "cpu", max_workers: int | None = None) -> bool:
@@ -91,8 +92,8 @@ def choose_workers(n_checkpoints: int, seconds_per_checkpoint: float | None, cor
         return WorkerChoice(0, f"auto: device {device} is one accelerator, checkpoints take turns on it")
     w = _cluster_size(n, cores, max_workers)
     if w < 2:
-        why = (f"{cores} core(s): a cluster needs 3 or more (2 workers and this process) to pay off"
-               if cores < 3 else f"memory fits {max_workers} worker(s) of this checkpoint size")
+        why = (f"{cores} core(s): a cluster needs 2 or more to pay off"
+               if cores < 2 else f"memory fits {max_workers} worker(s) of this checkpoint size")
         return WorkerChoice(0, f"auto: {why}")
     if seconds_per_checkpoint is None:
         raise ValueError("choose_workers: the per-checkpoint time is needed for this sweep (see needs_measurement)")
