@@ -313,3 +313,24 @@ def test_the_image_format_choice_takes_effect_on_the_next_camera_click(page, ser
     path = tmp_path / info.value.suggested_filename
     info.value.save_as(str(path))
     assert path.suffix == ".svg" and path.read_text()[:200].lstrip().startswith("<svg"), path
+
+
+def test_the_readme_picture_script_draws_a_small_indexed_png_of_a_run(tmp_path):
+    """docs/picture.py (the README's picture): a real page in headless Chromium, every graph drawn, kept small."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    run = tmp_path / "pic.zarr"
+    write_synthetic_run(run, n_steps=40, n_probes=4, rank=32, n_layers=2)
+    out = tmp_path / "pic.png"
+    script = Path(__file__).resolve().parents[1] / "docs" / "picture.py"
+    res = subprocess.run([sys.executable, str(script), "--run", str(run), "--out", str(out), "--width", "900",
+                          "--height", "700"], capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    img = Image.open(out)
+    assert img.size == (900, 700) and img.mode == "P"              # indexed colours: small
+    assert out.stat().st_size < 150_000 and len(set(img.getdata())) > 20   # a drawn page, not a blank one
+    missing = subprocess.run([sys.executable, str(script), "--run", str(tmp_path / "none.zarr")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "make demo" in missing.stderr and "Traceback" not in missing.stderr
