@@ -15,13 +15,45 @@ export OMP_NUM_THREADS ?= 1
 # loadfile: a test module runs on one worker, so its module-scoped fixtures (a trained run) are built once.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test install browser clean
+.PHONY: demo test check typecheck docs install browser clean
 
 demo: $(STAMP)
 	$(BIN)/phasescope demo --out runs/demo.zarr --overwrite
 
-test: $(STAMP) browser
+test: $(STAMP) browser check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The documentation site on http://127.0.0.1:8000 (rebuilt on every edit of docs/ or a docstring).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8000
+
+# Lint, format and type checks (configured in pyproject.toml; .pre-commit-config.yaml runs the same).
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
+
+# mypy cannot read setuptools' package-dir mapping (probes/ -> phasescope.probes, ...) nor follow the
+# editable install's import hook, so the installed layout is rebuilt as symlinks in build/typecheck
+# (from pyproject's package-dir, so the two cannot disagree) and mypy reads the package there.
+typecheck:
+	rm -rf build/typecheck
+	$(BIN)/python -c "$$TYPECHECK_TREE"
+	$(BIN)/mypy
+
+define TYPECHECK_TREE
+import os, tomllib
+dirs = tomllib.load(open("pyproject.toml", "rb"))["tool"]["setuptools"]["package-dir"]
+top = os.path.join("build", "typecheck")
+os.makedirs(os.path.join(top, "phasescope"))
+for name in os.listdir(dirs["phasescope"]):
+    os.symlink(os.path.abspath(os.path.join(dirs["phasescope"], name)), os.path.join(top, "phasescope", name))
+for pkg, src in dirs.items():
+    if pkg != "phasescope":
+        os.symlink(os.path.abspath(src), os.path.join(top, *pkg.split(".")))
+endef
+export TYPECHECK_TREE
 
 install: $(STAMP)
 

@@ -32,9 +32,23 @@ def install_baseline(rev: str, where: Path) -> Path:
     """The package of revision ``rev`` installed into ``where/site``; returns that folder."""
     src, site = where / "src", where / "site"
     tar = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    tarfile.open(fileobj=BytesIO(tar)).extractall(src, filter="data")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(src)], check=True)
+    with tarfile.open(fileobj=BytesIO(tar)) as archive:
+        archive.extractall(src, filter="data")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+    )
     return site
 
 
@@ -42,8 +56,9 @@ def run(script: Path, args: list[str], pythonpath: str | None) -> str:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
-                         cwd=script.parent.parent)
+    out = subprocess.run(
+        [sys.executable, str(script), *args], env=env, capture_output=True, text=True, cwd=script.parent.parent
+    )
     if out.returncode:
         raise SystemExit(f"{script} failed ({'baseline' if pythonpath else 'current'}):\n{out.stderr[-3000:]}")
     return out.stdout
@@ -71,11 +86,16 @@ def main() -> None:
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     a = ap.parse_args(argv[:cut])
-    args = argv[cut + 1:]                    # after "--": the benchmark's own arguments
+    args = argv[cut + 1 :]  # after "--": the benchmark's own arguments
     with tempfile.TemporaryDirectory(prefix="phasescope-baseline-") as tmp:
         site = install_baseline(a.baseline, Path(tmp))
-        check = subprocess.run([sys.executable, "-c", "import phasescope; print(phasescope.__file__)"],
-                               env=dict(os.environ, PYTHONPATH=str(site)), capture_output=True, text=True, cwd=tmp)
+        check = subprocess.run(
+            [sys.executable, "-c", "import phasescope; print(phasescope.__file__)"],
+            env=dict(os.environ, PYTHONPATH=str(site)),
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
         assert str(site) in check.stdout, f"the baseline does not shadow the editable install: {check.stdout}"
         outs: dict[str, list[list[str]]] = {"baseline": [], "current": []}
         # The baseline's own scripts, in a folder whose parent holds no phasescope/ (some scripts put
@@ -86,7 +106,7 @@ def main() -> None:
             outs["current"].append(run(REPO / "bench" / a.script, args, None).splitlines())
     print(f"{a.script}: baseline {a.baseline} vs current tree, {a.repeat} alternating pair(s), median of repeats")
     base_lines = {skeleton(ln): ln for ln in outs["baseline"][0]}
-    for i, line in enumerate(outs["current"][0]):
+    for _i, line in enumerate(outs["current"][0]):
         key = skeleton(line)
         if key not in base_lines or not numbers(line):
             continue

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for width, probes_from, schedule in itertools.product(
-            [int(w) for w in args.widths.split(",")], args.probes_from.split(","), args.schedules.split(",")):
+        [int(w) for w in args.widths.split(",")], args.probes_from.split(","), args.schedules.split(",")
+    ):
         out = args.dir / f"d{width}-{probes_from}-{schedule}-{args.steps}.zarr"
         seconds = float("nan")
         if args.overwrite or not out.exists():
@@ -57,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(cfg, out, overwrite=True, progress=False)
             seconds = time.perf_counter() - t0
         ds = open_run(out, lazy=False)
-        marks = landmarks(ds["rankme"].sel(probe=args.probe).values, ds["alpha"].sel(probe=args.probe).values,
-                          ds["capture_step"].values)
+        marks = landmarks(
+            ds["rankme"].sel(probe=args.probe).values,
+            ds["alpha"].sel(probe=args.probe).values,
+            ds["capture_step"].values,
+        )
         rows.append((width, probes_from, schedule, marks, seconds))
         print(f"done: {out} ({seconds:.0f} s)", flush=True)
 

@@ -59,7 +59,7 @@ def main() -> None:
     train_checkpoints(tmp / "ck", steps, n_layer=2, n_embd=64, n_head=4, seq_len=128, batch_size=8)
     verses = load_kjv()
     n_seq = 256 if quick else 1024
-    texts = [" ".join(verses[3 * i: 3 * i + 3]) for i in range(n_seq)]
+    texts = [" ".join(verses[3 * i : 3 * i + 3]) for i in range(n_seq)]
     (tmp / "probes.txt").write_text("\n".join(texts) + "\n")
     tok, _ = kjv_tokenizer()
     data = tokenize(ProbeTexts(texts), tok, 128)
@@ -71,11 +71,22 @@ def main() -> None:
 
     probes, dims = probe_layout(build_meta_model(load_config(ck)), "auto")
     bs = 64
-    spec = CaptureSpec(probes=tuple(probes), dims=tuple(dims), metrics=tuple(METRICS), max_rank=max(dims),
-                       batch_size=bs, fit_range="auto")
+    spec = CaptureSpec(
+        probes=tuple(probes),
+        dims=tuple(dims),
+        metrics=tuple(METRICS),
+        max_rank=max(dims),
+        batch_size=bs,
+        fit_range="auto",
+    )
     idx_batches = batches(data, bs)
-    tensors = [(torch.from_numpy(data.input_ids[i, : int(data.lengths[i].max())]),
-                torch.from_numpy(data.attention_mask[i, : int(data.lengths[i].max())])) for i in idx_batches]
+    tensors = [
+        (
+            torch.from_numpy(data.input_ids[i, : int(data.lengths[i].max())]),
+            torch.from_numpy(data.attention_mask[i, : int(data.lengths[i].max())]),
+        )
+        for i in idx_batches
+    ]
     n_tok = data.n_tokens
 
     def bare_full():
@@ -114,7 +125,10 @@ def main() -> None:
         t_ours = min(t_ours, best_of(ours, 1))
     t_li = best_of(li_et_al, 1)
     tp = lambda s: n_tok / s  # noqa: E731
-    print(f"probe set: {len(texts)} sequences, {n_tok} non-pad tokens (≤128 each), batch {bs}; model d=64, 2 layers, vocab {len(tok)}")
+    print(
+        f"probe set: {len(texts)} sequences, {n_tok} non-pad tokens (≤128 each), batch {bs}; "
+        f"model d=64, 2 layers, vocab {len(tok)}"
+    )
     print(f"checkpoint load (from_pretrained, safetensors): {load_s * 1000:.0f} ms (excluded below)")
     print(f"bare forward, full LM        : {tp(t_full):10,.0f} tok/s  ({t_full:.3f} s)")
     print(f"bare forward, body (no head) : {tp(t_body):10,.0f} tok/s  ({t_body:.3f} s)")
@@ -134,8 +148,9 @@ def main() -> None:
 
     n_ck = len(steps)
     t = time.perf_counter()
-    analyze(tmp / "ck", str(tmp / "probes.txt"), tmp / "w0.zarr", workers=0, overwrite=True, progress=False,
-            max_length=128)
+    analyze(
+        tmp / "ck", str(tmp / "probes.txt"), tmp / "w0.zarr", workers=0, overwrite=True, progress=False, max_length=128
+    )
     wall0 = time.perf_counter() - t
     print(f"sweep of {n_ck} checkpoints in process (workers=0): {wall0:.1f} s")
     walls = {}
@@ -143,20 +158,40 @@ def main() -> None:
         t = time.perf_counter()
         with local_cluster(w, 1) as cluster, Client(cluster) as client:
             addr = cluster.scheduler_address
-            analyze(tmp / "ck", str(tmp / "probes.txt"), tmp / f"warm{w}.zarr", workers=w, scheduler=addr,
-                    overwrite=True, progress=False, max_length=128)
+            analyze(
+                tmp / "ck",
+                str(tmp / "probes.txt"),
+                tmp / f"warm{w}.zarr",
+                workers=w,
+                scheduler=addr,
+                overwrite=True,
+                progress=False,
+                max_length=128,
+            )
             start = time.perf_counter() - t
             t = time.perf_counter()
-            rep = analyze(tmp / "ck", str(tmp / "probes.txt"), tmp / f"w{w}.zarr", workers=w, scheduler=addr,
-                          overwrite=True, progress=False, max_length=128)
+            rep = analyze(
+                tmp / "ck",
+                str(tmp / "probes.txt"),
+                tmp / f"w{w}.zarr",
+                workers=w,
+                scheduler=addr,
+                overwrite=True,
+                progress=False,
+                max_length=128,
+            )
             walls[w] = time.perf_counter() - t
             client.close()
         assert len(rep.analyzed) == n_ck, rep.summary()
         cap = sum(r.capture_seconds for r in rep.results)
-        print(f"sweep of {n_ck} checkpoints, LocalCluster of {w} worker(s) x 1 thread: {walls[w]:.1f} s on the warm "
-              f"cluster (capture {cap:.1f} s summed over checkpoints); start-up + warm-up sweep {start:.1f} s")
-    print(f"Dask speed-up 1 -> 2 workers (warm cluster): {walls[1] / walls[2]:.2f}x on {os.cpu_count()} cores; "
-          f"2 workers vs in process: {wall0 / walls[2]:.2f}x")
+        print(
+            f"sweep of {n_ck} checkpoints, LocalCluster of {w} worker(s) x 1 thread: {walls[w]:.1f} s on the warm "
+            f"cluster (capture {cap:.1f} s summed over checkpoints); start-up + warm-up sweep {start:.1f} s"
+        )
+    print(
+        f"Dask speed-up 1 -> 2 workers (warm cluster): {walls[1] / walls[2]:.2f}x on {os.cpu_count()} cores; "
+        f"2 workers vs in process: {wall0 / walls[2]:.2f}x"
+    )
 
 
 def _arg(flag: str, default: str) -> str:
@@ -182,7 +217,7 @@ def crossover() -> None:
         for s in steps[:n]:
             (tmp / f"n{n}" / f"checkpoint-{s}").symlink_to(tmp / "all" / f"checkpoint-{s}")
     verses = load_kjv()
-    (tmp / "probes.txt").write_text("\n".join(" ".join(verses[3 * i: 3 * i + 3]) for i in range(n_seq)) + "\n")
+    (tmp / "probes.txt").write_text("\n".join(" ".join(verses[3 * i : 3 * i + 3]) for i in range(n_seq)) + "\n")
     variants = (0, 1, 2)
     times: dict[tuple[int, int], list[float]] = {(n, w): [] for n in sizes for w in variants}
     per_ckpt: list[float] = []
@@ -192,15 +227,18 @@ def crossover() -> None:
             order = variants if (r + n) % 2 == 0 else variants[::-1]
             for w in order:
                 t = time.perf_counter()
-                rep = analyze(tmp / f"n{n}", str(tmp / "probes.txt"), tmp / "x.zarr", workers=w, overwrite=True,
-                              progress=False)
+                rep = analyze(
+                    tmp / f"n{n}", str(tmp / "probes.txt"), tmp / "x.zarr", workers=w, overwrite=True, progress=False
+                )
                 times[(n, w)].append(time.perf_counter() - t)
                 assert len(rep.analyzed) == n, rep.summary()
                 if w == 0:
                     per_ckpt.append(times[(n, w)][-1] / n)
                 print(f"  round {r + 1} n={n:2d} workers={w}: {times[(n, w)][-1]:6.1f} s", flush=True)
-    print(f"\nwhole sweeps, {n_seq} probe sequences x <=128 tokens, model d=64, 2 layers; {os.cpu_count()} cores; "
-          f"{rounds} rounds interleaved; load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nwhole sweeps, {n_seq} probe sequences x <=128 tokens, model d=64, 2 layers; {os.cpu_count()} cores; "
+        f"{rounds} rounds interleaved; load average now {os.getloadavg()[0]:.1f}"
+    )
     print(" ckpts | in process | cluster of 1 | cluster of 2 | 2 workers / in process | spread (max/min) 0, 1, 2")
     for n in sizes:
         m = [median(times[(n, w)]) for w in variants]
@@ -243,10 +281,12 @@ def cluster_breakdown(tmp: Path) -> None:
     for c in ck[:2]:
         analyze_checkpoint(c, data, spec)
     local = (time.perf_counter() - t) / 2
-    print(f"LocalCluster of 2, step by step: start {t1 - t0:.1f} s; worker imports (torch, transformers' GPT-2, nnsight) "
-          f"{t2 - t1:.1f} s; scatter probe set {t3 - t2:.2f} s; first task per worker {t4 - t3:.1f} s; later tasks "
-          f"{(t5 - t4):.1f} s per pair; close {t6 - t5:.1f} s; in process {local:.2f} s per checkpoint "
-          "(these tasks' results are not written)")
+    print(
+        f"LocalCluster of 2, step by step: start {t1 - t0:.1f} s; worker imports (torch, transformers' GPT-2, nnsight) "
+        f"{t2 - t1:.1f} s; scatter probe set {t3 - t2:.2f} s; first task per worker {t4 - t3:.1f} s; later tasks "
+        f"{(t5 - t4):.1f} s per pair; close {t6 - t5:.1f} s; in process {local:.2f} s per checkpoint "
+        "(these tasks' results are not written)"
+    )
 
 
 def _worker_imports() -> None:

@@ -40,8 +40,9 @@ def gpt2_workload(torch, g):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     vocab, seq, batch = 8192, 64, 16
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=64, n_layer=2, n_head=4,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=vocab, n_positions=seq, n_embd=64, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    )
     n_probe = 400
     probe_ids = torch.randint(1, vocab, (n_probe, seq), generator=g)
     lengths = torch.randint(11, seq + 1, (n_probe,), generator=g)
@@ -52,9 +53,13 @@ def gpt2_workload(torch, g):
         logits = model(input_ids=x[:, :-1]).logits
         return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), x[:, 1:].reshape(-1))
 
-    return ("demo-sized GPT-2 (2 layers, d=64, vocab 8192, batch 16x64)", model,
-            torch.optim.AdamW(model.parameters(), lr=1e-3), {"input_ids": probe_ids * mask, "attention_mask": mask},
-            loss_fn)
+    return (
+        "demo-sized GPT-2 (2 layers, d=64, vocab 8192, batch 16x64)",
+        model,
+        torch.optim.AdamW(model.parameters(), lr=1e-3),
+        {"input_ids": probe_ids * mask, "attention_mask": mask},
+        loss_fn,
+    )
 
 
 def resnet18_workload(torch, g):
@@ -72,8 +77,13 @@ def resnet18_workload(torch, g):
         i = torch.randint(0, n_train, (32,), generator=g)
         return F.cross_entropy(model(x[i]), y[i])
 
-    return ("torchvision ResNet-18 on digits 32x32 (batch 32, probe set 256 images)", model,
-            torch.optim.Adam(model.parameters(), lr=1e-3), x[n_train:], loss_fn)
+    return (
+        "torchvision ResNet-18 on digits 32x32 (batch 32, probe set 256 images)",
+        model,
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        x[n_train:],
+        loss_fn,
+    )
 
 
 WORKLOADS = {"gpt2": gpt2_workload, "resnet18": resnet18_workload}
@@ -101,8 +111,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="phasescope-bench-")
     obs_norms = phasescope.Observatory(model, store=f"{tmp}/norms.zarr", preset="norms", probe_inputs=probe_inputs)
     obs_default = phasescope.Observatory(model, store=f"{tmp}/default.zarr", probe_inputs=probe_inputs)
-    obs_full = phasescope.Observatory(model, store=f"{tmp}/full.zarr", probe_inputs=probe_inputs,
-                                      schedule=S.always())
+    obs_full = phasescope.Observatory(model, store=f"{tmp}/full.zarr", probe_inputs=probe_inputs, schedule=S.always())
     default_sched = obs_default.capture_schedule
 
     inloop: dict = {}
@@ -146,17 +155,25 @@ def main() -> None:
     for k, v in med.items():
         print(f"  {k:<8} median {v * 1e3:8.2f} ms   x{v / bare:6.3f}   (n={len(times[k])})")
     capture_cost = (med["capture"] - bare) / bare
-    print(f"  one full capture step = {med['capture'] / bare:.2f} plain steps "
-          f"(extra work = {capture_cost:.2f} plain steps)")
+    print(
+        f"  one full capture step = {med['capture'] / bare:.2f} plain steps "
+        f"(extra work = {capture_cost:.2f} plain steps)"
+    )
     n = args.total_steps
     per_step = (med["default"] - bare) / bare
-    for label, sched in (("default economy preset", default_sched),
-                         ("demo schedule (log_spaced per_decade=12 + every 100)",
-                          S.union(S.log_spaced(n, per_decade=12), S.every(100), [n - 1]))):
+    for label, sched in (
+        ("default economy preset", default_sched),
+        (
+            "demo schedule (log_spaced per_decade=12 + every 100)",
+            S.union(S.log_spaced(n, per_decade=12), S.every(100), [n - 1]),
+        ),
+    ):
         caps = len(sched.steps(n))
         amort = per_step + caps * capture_cost / n
-        print(f"  amortized over {n} steps, {label}: {caps} captures -> overhead {amort * 100:.2f}% "
-              f"(per-step {per_step * 100:.2f}% + captures {caps * capture_cost / n * 100:.2f}%)")
+        print(
+            f"  amortized over {n} steps, {label}: {caps} captures -> overhead {amort * 100:.2f}% "
+            f"(per-step {per_step * 100:.2f}% + captures {caps * capture_cost / n * 100:.2f}%)"
+        )
     print(f"  per-step gradient norms only: overhead {(med['norms'] - bare) / bare * 100:.2f}%")
     # Noise-robust view: the time spent inside obs.step itself (the training thread's only extra work
     # on an uncaptured step; the store is written by the background thread).
@@ -165,8 +182,10 @@ def main() -> None:
         print(f"  in-loop obs.step ({label}): median {t * 1e3:.3f} ms = {t / bare * 100:.3f}% of a bare step")
     for label, o, n in (("norms", obs_norms, len(times["norms"])), ("default", obs_default, len(times["default"]))):
         cpu = o.async_writer.cpu_seconds / n
-        print(f"  writer thread ({label}): {o.async_writer.batches} commits for {n} steps, CPU {cpu * 1e3:.2f} ms/step "
-              f"= {cpu / bare * 100:.2f}% of a bare step (runs on the other core)")
+        print(
+            f"  writer thread ({label}): {o.async_writer.batches} commits for {n} steps, CPU {cpu * 1e3:.2f} ms/step "
+            f"= {cpu / bare * 100:.2f}% of a bare step (runs on the other core)"
+        )
     print("  Cockpit (published, RTX 2080 Ti): economy 1.51x every step, 1.04x every 16 steps; grad norms 1.02x")
 
 

@@ -6,6 +6,7 @@
    with our prefix-sum cost, ruptures.Pelt with a per-segment lstsq cost: ratios, same breakpoints.
 2. detect_phases on run-shaped Datasets of growing size (captures × probes), per probe.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,8 @@ def main() -> None:
     from ruptures import Pelt
     from ruptures.base import BaseCost
 
-    from phasescope.spectra.phases.segmentation import default_penalty, normalise, pelt, ruptures_cost
     from phasescope.spectra.phases import detect_phases
+    from phasescope.spectra.phases.segmentation import default_penalty, normalise, pelt, ruptures_cost
 
     rng = np.random.default_rng(0)
 
@@ -70,8 +71,10 @@ def main() -> None:
         tv = best_of(lambda: pelt(x, Z, pen, 3))
         tf = best_of(lambda: fast.fit(sig).predict(pen=pen), repeat=1)
         ts = best_of(lambda: slow.fit(sig).predict(pen=pen), repeat=1)
-        print(f"   n={len(x):4d}: numpy {tv * 1e3:7.1f} ms | ruptures+prefix {tf * 1e3:8.1f} ms ({tf / tv:5.1f}x) "
-              f"| ruptures+lstsq {ts * 1e3:8.1f} ms ({ts / tv:5.1f}x)")
+        print(
+            f"   n={len(x):4d}: numpy {tv * 1e3:7.1f} ms | ruptures+prefix {tf * 1e3:8.1f} ms ({tf / tv:5.1f}x) "
+            f"| ruptures+lstsq {ts * 1e3:8.1f} ms ({ts / tv:5.1f}x)"
+        )
 
     print("2. detect_phases (PELT + labels + model level), captures x probes")
     for n, p in ((50, 4), (200, 12), (500, 24)):
@@ -80,11 +83,15 @@ def main() -> None:
             steps, r, a = three_phase(n, rng)
             R.append(r)
             A.append(a)
-        ds = xr.Dataset({"rankme": (("capture_step", "probe"), np.array(R).T),
-                         "alpha": (("capture_step", "probe"), np.array(A).T)},
-                        coords={"capture_step": steps, "probe": [f"p{j}" for j in range(p)]})
+        ds = xr.Dataset(
+            {"rankme": (("capture_step", "probe"), np.array(R).T), "alpha": (("capture_step", "probe"), np.array(A).T)},
+            coords={"capture_step": steps, "probe": [f"p{j}" for j in range(p)]},
+        )
         t = best_of(lambda: detect_phases(ds))
-        print(f"   {len(steps):4d} captures x {p:2d} probes: {t * 1e3:8.1f} ms ({t / (p + 1) * 1e3:.1f} ms per trajectory)")
+        print(
+            f"   {len(steps):4d} captures x {p:2d} probes: {t * 1e3:8.1f} ms "
+            f"({t / (p + 1) * 1e3:.1f} ms per trajectory)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import tracemalloc
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from phasescope.spectra import CovarianceAccumulator, spectrum_metrics  # noqa: E402
+from phasescope.spectra import CovarianceAccumulator, spectrum_metrics
 
 
 def batches(n: int, d: int, batch: int, seed: int = 0):
@@ -125,8 +125,10 @@ def deviation(ev, m, ref_ev, ref_m):
 
 
 def headline(n, d, batch, repeats):
-    print(f"\n== Headline: N={n}, d={d}, float32, batches of {batch} rows, "
-          f"{os.environ['OMP_NUM_THREADS']} BLAS thread(s), best of {repeats} ==")
+    print(
+        f"\n== Headline: N={n}, d={d}, float32, batches of {batch} rows, "
+        f"{os.environ['OMP_NUM_THREADS']} BLAS thread(s), best of {repeats} =="
+    )
     ref_ev, ref_m = reference(n, d, batch)
     rows = []
     routes = [
@@ -143,21 +145,26 @@ def headline(n, d, batch, repeats):
                 best = (t, ev, m, peak)
         rows.append((name, *best))
     base = rows[0][1]
-    print(f"{'route':24s} {'cpu s':>8s} {'vs ours':>8s} {'peak MiB':>9s} {'max|Δλ|/λ1':>11s} "
-          f"{'ΔRankMe':>9s} {'Δα':>9s}")
+    print(
+        f"{'route':24s} {'cpu s':>8s} {'vs ours':>8s} {'peak MiB':>9s} {'max|Δλ|/λ1':>11s} {'ΔRankMe':>9s} {'Δα':>9s}"
+    )
     for name, t, ev, m, peak in rows:
         err, dr, da = deviation(ev, m, ref_ev, ref_m)
         print(f"{name:24s} {t:8.3f} {t / base:7.2f}x {peak:9.0f} {err:11.1e} {dr:9.1e} {da:9.1e}")
     svd_pca, svd_vals = rows[2][1], rows[3][1]
-    print(f"speed-up of accumulate over svd-pca: {svd_pca / base:.1f}x, over svd-values: "
-          f"{svd_vals / base:.1f}x (float32 GEMM mode: {svd_pca / rows[1][1]:.1f}x / {svd_vals / rows[1][1]:.1f}x)")
+    print(
+        f"speed-up of accumulate over svd-pca: {svd_pca / base:.1f}x, over svd-values: "
+        f"{svd_vals / base:.1f}x (float32 GEMM mode: {svd_pca / rows[1][1]:.1f}x / {svd_vals / rows[1][1]:.1f}x)"
+    )
     print(f"RankMe {ref_m['rankme']:.4f}  α {ref_m['alpha']:.4f}  (reference)")
 
 
 def scaling(dims, sizes, batch, svd_limit, cuda):
     dev = "cuda" if cuda else None
-    print(f"\n== Scaling ({'CUDA' if cuda else 'CPU'}): accumulate + eigvalsh + metrics; svd-values where "
-          f"N·d² ≤ {svd_limit:.0e} ==")
+    print(
+        f"\n== Scaling ({'CUDA' if cuda else 'CPU'}): accumulate + eigvalsh + metrics; svd-values where "
+        f"N·d² ≤ {svd_limit:.0e} =="
+    )
     print(f"{'d':>6s} {'N':>7s} {'route':>10s} {'ours s':>8s} {'peak MiB':>9s} {'svd s':>8s} {'ratio':>7s}")
     for d in dims:
         for n in sizes:

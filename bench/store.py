@@ -11,6 +11,7 @@ Figures, all measured in this one run on the same disk:
    xarray.open_zarr for comparison);
 4. store size per step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -92,10 +93,14 @@ def main() -> None:
 
     if args.big_only:
         n = 0
-    print(f"\n1. training-thread cost: {n} steps, {args.train_ms} ms simulated training per step, "
-          f"scalars + {Q} param grad norms per step, a capture every k steps")
-    print(f"{'writer':>6} {'k':>3} {'step p50 ms':>11} {'p99':>7} {'max':>7} {'capture p50':>11} {'p99':>7} "
-          f"{'mean/step':>9} {'captures kept':>13}")
+    print(
+        f"\n1. training-thread cost: {n} steps, {args.train_ms} ms simulated training per step, "
+        f"scalars + {Q} param grad norms per step, a capture every k steps"
+    )
+    print(
+        f"{'writer':>6} {'k':>3} {'step p50 ms':>11} {'p99':>7} {'max':>7} {'capture p50':>11} {'p99':>7} "
+        f"{'mean/step':>9} {'captures kept':>13}"
+    )
     mean = {}
     for every in (10, 1) if n else ():
         for name in ("async", "sync"):
@@ -108,10 +113,14 @@ def main() -> None:
             kept = ds.sizes["capture_step"]
             assert kept + int(ds.flag_dropped.sum()) == len(range(0, n, every))
             mean[name, every] = (np.sum(st) + np.sum(ct)) / n
-            print(f"{name:>6} {every:>3} {pct(st, 50):11.3f} {pct(st, 99):7.3f} {max(st) * 1e3:7.1f} "
-                  f"{pct(ct, 50):11.3f} {pct(ct, 99):7.3f} {mean[name, every] * 1e3:9.3f} {kept:>6}/{len(ct):<6}")
-        print(f"   k={every}: async costs the training thread {mean['async', every] * 1e3:.3f} ms per step, "
-              f"sync {mean['sync', every] * 1e3:.2f} ms -> {mean['sync', every] / mean['async', every]:.0f}x less")
+            print(
+                f"{name:>6} {every:>3} {pct(st, 50):11.3f} {pct(st, 99):7.3f} {max(st) * 1e3:7.1f} "
+                f"{pct(ct, 50):11.3f} {pct(ct, 99):7.3f} {mean[name, every] * 1e3:9.3f} {kept:>6}/{len(ct):<6}"
+            )
+        print(
+            f"   k={every}: async costs the training thread {mean['async', every] * 1e3:.3f} ms per step, "
+            f"sync {mean['sync', every] * 1e3:.2f} ms -> {mean['sync', every] / mean['async', every]:.0f}x less"
+        )
 
     # 2. Writer throughput (no training time; the async writer batches whatever is queued).
     train_s = 0.0
@@ -130,8 +139,10 @@ def main() -> None:
             w.close()
             res[name] = n / (time.perf_counter() - t0)
             assert open_run(path).sizes["capture_step"] == len(range(0, n, every))
-        print(f"   k={every}: committed steps/s async (batched) {res['async']:.0f}, sync (one commit per row) "
-              f"{res['sync']:.0f} -> {res['async'] / res['sync']:.1f}x")
+        print(
+            f"   k={every}: committed steps/s async (batched) {res['async']:.0f}, sync (one commit per row) "
+            f"{res['sync']:.0f} -> {res['async'] / res['sync']:.1f}x"
+        )
 
     # 3-4. The big run: a capture on every step, written by the synchronous writer.
     N = args.steps
@@ -142,9 +153,14 @@ def main() -> None:
     t_write = time.perf_counter() - t0
     size = du(big)
     print(f"\n3-4. {N} steps with a capture on every step ({P} x {R} eigenvalues each)")
-    print(f"write (AsyncRunWriter, flushed every 200 steps): {t_write:.1f} s = {t_write / N * 1e3:.2f} ms per step+capture")
-    print(f"store size: {size / 2**20:.1f} MiB = {size / N / 1024:.1f} KiB per step "
-          f"(raw float32 eigenvalues alone: {P * R * 4 / 1024:.1f} KiB)")
+    print(
+        f"write (AsyncRunWriter, flushed every 200 steps): {t_write:.1f} s = "
+        f"{t_write / N * 1e3:.2f} ms per step+capture"
+    )
+    print(
+        f"store size: {size / 2**20:.1f} MiB = {size / N / 1024:.1f} KiB per step "
+        f"(raw float32 eigenvalues alone: {P * R * 4 / 1024:.1f} KiB)"
+    )
 
     os.sync()
     t0 = time.perf_counter()
@@ -161,16 +177,20 @@ def main() -> None:
     t0 = time.perf_counter()
     ds2 = open_run(big, lazy=False)
     t_warm = time.perf_counter() - t0
-    print(f"open_run(lazy=False) again (files now in the page cache): {t_warm:.2f} s "
-          f"({size / t_warm / 2**20:.0f} MiB/s); the first reads were bound by the disk")
+    print(
+        f"open_run(lazy=False) again (files now in the page cache): {t_warm:.2f} s "
+        f"({size / t_warm / 2**20:.0f} MiB/s); the first reads were bound by the disk"
+    )
     if not args.quick:
         import xarray as xr
 
         t0 = time.perf_counter()
         raw = xr.open_zarr(big, consolidated=False).load()
         t_xr = time.perf_counter() - t0
-        print(f"xarray.open_zarr + load (no phasescope, untrimmed capacity {raw.sizes['capture_step']}): "
-              f"{t_xr:.2f} s -> open_run eager is {t_xr / t_eager:.1f}x faster")
+        print(
+            f"xarray.open_zarr + load (no phasescope, untrimmed capacity {raw.sizes['capture_step']}): "
+            f"{t_xr:.2f} s -> open_run eager is {t_xr / t_eager:.1f}x faster"
+        )
     del ds, ds2
     shutil.rmtree(root, ignore_errors=True)
 

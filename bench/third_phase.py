@@ -42,20 +42,20 @@ from phasescope.zipf import ZipfLanguage, corpus
 @dataclass(frozen=True)
 class Setting:
     name: str = "base"
-    vocab: int = 1024        # |V|
-    d: int = 32              # bottleneck width
-    zipf: float = 1.1        # s of the Zipf prior; 0 = uniform frequencies
-    rank: int = 128          # r, latent dimension of the language (> d: the bottleneck binds)
-    beta: float = 3.0        # strength of the context in the next-token distribution
-    support: int = 0         # K > 0: only the K likeliest next tokens of a context have probability (sparse, as text)
-    decay: float = 1.0       # latent dimension i has variance ∝ i^(−decay): a power-law spectrum, as text has
-    context: int = 2         # k, context tokens
-    embed: int = 32          # m, embedding width per context token
+    vocab: int = 1024  # |V|
+    d: int = 32  # bottleneck width
+    zipf: float = 1.1  # s of the Zipf prior; 0 = uniform frequencies
+    rank: int = 128  # r, latent dimension of the language (> d: the bottleneck binds)
+    beta: float = 3.0  # strength of the context in the next-token distribution
+    support: int = 0  # K > 0: only the K likeliest next tokens of a context have probability (sparse, as text)
+    decay: float = 1.0  # latent dimension i has variance ∝ i^(−decay): a power-law spectrum, as text has
+    context: int = 2  # k, context tokens
+    embed: int = 32  # m, embedding width per context token
     hidden: int = 256
     layer_norm: bool = True
     lr: float = 3e-3
     weight_decay: float = 0.0
-    schedule: str = "constant"   # after 100 warmup steps: constant or cosine (to 10%)
+    schedule: str = "constant"  # after 100 warmup steps: constant or cosine (to 10%)
     steps: int = 4000
     batch: int = 512
     seed: int = 0
@@ -63,8 +63,15 @@ class Setting:
 
 def language_options(s: Setting) -> dict:
     """The setting's language parameters, as phasescope.zipf's ZipfLanguage and corpus take them."""
-    return {"zipf": s.zipf, "rank": s.rank, "beta": s.beta, "context": s.context, "decay": s.decay,
-            "support": s.support, "seed": s.seed}
+    return {
+        "zipf": s.zipf,
+        "rank": s.rank,
+        "beta": s.beta,
+        "context": s.context,
+        "decay": s.decay,
+        "support": s.support,
+        "seed": s.seed,
+    }
 
 
 def language(s: Setting) -> ZipfLanguage:
@@ -79,8 +86,13 @@ def build_model(s: Setting, torch):
         def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(s.vocab, s.embed)
-            self.mlp = nn.Sequential(nn.Linear(s.context * s.embed, s.hidden), nn.GELU(),
-                                     nn.Linear(s.hidden, s.hidden), nn.GELU(), nn.Linear(s.hidden, s.d))
+            self.mlp = nn.Sequential(
+                nn.Linear(s.context * s.embed, s.hidden),
+                nn.GELU(),
+                nn.Linear(s.hidden, s.hidden),
+                nn.GELU(),
+                nn.Linear(s.hidden, s.d),
+            )
             self.norm = nn.LayerNorm(s.d) if s.layer_norm else nn.Identity()
             self.head = nn.Linear(s.d, s.vocab)
 
@@ -144,8 +156,13 @@ def run(s: Setting) -> dict:
         opt.step()
         if step in wanted:
             loss_at.append(loss.item())
-    return {"steps": np.array(steps), "rankme": np.array(rk), "alpha": np.array(al), "loss": np.array(loss_at),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "steps": np.array(steps),
+        "rankme": np.array(rk),
+        "alpha": np.array(al),
+        "loss": np.array(loss_at),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def verdict(res: dict) -> dict:
@@ -167,13 +184,21 @@ def verdict(res: dict) -> dict:
     labels = [seg.label for seg in segs]
     after_peak = [seg.label for seg in segs if seg.end_step > steps[i_peak]]
     third = drop >= 0.05 and d_alpha >= 0.05 and COMPRESSION in after_peak
-    return {"min": (int(steps[i_min]), rk[i_min], al[i_min]), "peak": (int(steps[i_peak]), rk[i_peak], al[i_peak]),
-            "init": (int(steps[0]), rk[0], al[0]), "end": (int(steps[-1]), rk[-1], al[-1]),
-            "drop": drop, "d_alpha": d_alpha, "labels": labels, "third": third}
+    return {
+        "min": (int(steps[i_min]), rk[i_min], al[i_min]),
+        "peak": (int(steps[i_peak]), rk[i_peak], al[i_peak]),
+        "init": (int(steps[0]), rk[0], al[0]),
+        "end": (int(steps[-1]), rk[-1], al[-1]),
+        "drop": drop,
+        "d_alpha": d_alpha,
+        "labels": labels,
+        "third": third,
+    }
 
 
-def transformer_run(s: Setting, out, *, n_layer: int = 2, n_head: int = 2, seq_len: int = 64, batch: int = 16,
-                    probes: int = 400) -> dict:
+def transformer_run(
+    s: Setting, out, *, n_layer: int = 2, n_head: int = 2, seq_len: int = 64, batch: int = 16, probes: int = 400
+) -> dict:
     """A real GPT-2 (from a config) pretrained on the toy's language, observed by phasescope's Observatory:
     the language of ``s`` is sampled once as 512 chains long enough for ``s.steps`` steps of ``batch`` ×
     ``seq_len`` tokens (every window is fresh), plus ``probes`` held-out windows whose last token is read
@@ -190,19 +215,41 @@ def transformer_run(s: Setting, out, *, n_layer: int = 2, n_head: int = 2, seq_l
     stream, held = corpus(s.vocab, s.steps * batch * seq_len, heldout=probes, seq_len=seq_len, **language_options(s))
     held = torch.from_numpy(held)
     torch.manual_seed(s.seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=s.vocab, n_positions=seq_len, n_embd=s.d, n_layer=n_layer,
-                                       n_head=n_head))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=s.vocab, n_positions=seq_len, n_embd=s.d, n_layer=n_layer, n_head=n_head)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
 
-    with Observatory(model, store=str(out), probes="auto", schedule=capture_schedule(s.steps), probe_inputs={"input_ids": held},
-                     tokens="last", overwrite=True, fit_range="auto") as obs:
-        train(model, opt, stream, s.steps, seq_len=seq_len, batch_size=batch, rng=np.random.default_rng(s.seed),
-              lr_schedule=lr_schedule(s), on_backward=lambda step, loss, lr: obs.step(step, loss=loss, lr=lr))
+    with Observatory(
+        model,
+        store=str(out),
+        probes="auto",
+        schedule=capture_schedule(s.steps),
+        probe_inputs={"input_ids": held},
+        tokens="last",
+        overwrite=True,
+        fit_range="auto",
+    ) as obs:
+        train(
+            model,
+            opt,
+            stream,
+            s.steps,
+            seq_len=seq_len,
+            batch_size=batch,
+            rng=np.random.default_rng(s.seed),
+            lr_schedule=lr_schedule(s),
+            on_backward=lambda step, loss, lr: obs.step(step, loss=loss, lr=lr),
+        )
     ds = open_run(out, lazy=False)
     probe = "final_norm"
-    return {"steps": ds["capture_step"].values, "rankme": ds["rankme"].sel(probe=probe).values,
-            "alpha": ds["alpha"].sel(probe=probe).values, "seconds": time.perf_counter() - t0,
-            "table": detect_phases(ds).table()}
+    return {
+        "steps": ds["capture_step"].values,
+        "rankme": ds["rankme"].sel(probe=probe).values,
+        "alpha": ds["alpha"].sel(probe=probe).values,
+        "seconds": time.perf_counter() - t0,
+        "table": detect_phases(ds).table(),
+    }
 
 
 BASE = Setting()
@@ -254,11 +301,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None, help="setting names to run, separated by semicolons (default: all)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per setting")
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a field of every setting, e.g. --set steps=8000")
-    ap.add_argument("--transformer", default=None, metavar="DIR",
-                    help="train a 2-layer GPT-2 (n_embd = d) on each setting's language instead of the toy, "
-                    "observed by phasescope; run stores go to DIR")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of every setting, e.g. --set steps=8000",
+    )
+    ap.add_argument(
+        "--transformer",
+        default=None,
+        metavar="DIR",
+        help="train a 2-layer GPT-2 (n_embd = d) on each setting's language instead of the toy, "
+        "observed by phasescope; run stores go to DIR",
+    )
     ap.add_argument("--save", default=None, help="append each run's trajectory as a JSON line to this file")
     args = ap.parse_args(argv)
     settings = SWEEP
@@ -268,10 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     for kv in args.set:
         field, value = kv.split("=", 1)
         kind = type(getattr(BASE, field))
-        settings = [replace(s, **{field: (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)})
-                    for s in settings]
-    print(f"{'setting':<24}{'seed':>4}{'init':>18}{'collapse':>22}{'peak':>22}{'end':>22}"
-          f"{'ΔR/R':>7}{'Δα':>7} third  labels  (RankMe / α (step))")
+        settings = [
+            replace(s, **{field: (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)})
+            for s in settings
+        ]
+    print(
+        f"{'setting':<24}{'seed':>4}{'init':>18}{'collapse':>22}{'peak':>22}{'end':>22}"
+        f"{'ΔR/R':>7}{'Δα':>7} third  labels  (RankMe / α (step))"
+    )
     for s in settings:
         for seed in range(args.seeds):
             if args.transformer:
@@ -284,12 +344,27 @@ def main(argv: list[str] | None = None) -> int:
                 from dataclasses import asdict
 
                 with open(args.save, "a") as fh:
-                    fh.write(json.dumps({"setting": asdict(replace(s, seed=seed)), "steps": res["steps"].tolist(),
-                                         "rankme": res["rankme"].tolist(), "alpha": res["alpha"].tolist(),
-                                         "loss": list(map(float, res.get("loss", []))), "labels": v["labels"]}) + "\n")
-            cells = "".join(f"{f'{r:.1f} / {a:.2f} ({t})':>22}" for t, r, a in (v['init'], v['min'], v['peak'], v['end']))
-            print(f"{s.name:<24}{seed:>4}{cells[4:]}{-v['drop']:>+7.2f}{v['d_alpha']:>+7.2f} "
-                  f"{'yes' if v['third'] else 'no':<5}  {' → '.join(v['labels'])}  [{res['seconds']:.0f} s]", flush=True)
+                    fh.write(
+                        json.dumps(
+                            {
+                                "setting": asdict(replace(s, seed=seed)),
+                                "steps": res["steps"].tolist(),
+                                "rankme": res["rankme"].tolist(),
+                                "alpha": res["alpha"].tolist(),
+                                "loss": list(map(float, res.get("loss", []))),
+                                "labels": v["labels"],
+                            }
+                        )
+                        + "\n"
+                    )
+            cells = "".join(
+                f"{f'{r:.1f} / {a:.2f} ({t})':>22}" for t, r, a in (v["init"], v["min"], v["peak"], v["end"])
+            )
+            print(
+                f"{s.name:<24}{seed:>4}{cells[4:]}{-v['drop']:>+7.2f}{v['d_alpha']:>+7.2f} "
+                f"{'yes' if v['third'] else 'no':<5}  {' → '.join(v['labels'])}  [{res['seconds']:.0f} s]",
+                flush=True,
+            )
             if "table" in res:
                 print(res["table"], flush=True)
     return 0

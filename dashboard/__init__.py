@@ -8,6 +8,7 @@ Dash is imported only when an app is created, so importing this package stays ch
 import in ~0.09 s, the app (dash, flask, the callbacks) in ~0.4 s (2 cores), which notebook users who
 only draw figures should not pay.
 """
+
 from __future__ import annotations
 
 __all__ = ["create_app", "serve"]

@@ -1,6 +1,7 @@
 """Helpers shared by the figure builders: labels, log-step positions, token alignment, empty panels,
 shading on log axes, colours. Steps are drawn on a log axis; step 0 (initialisation) has no logarithm,
 so it is drawn at half of the first positive step and labelled with its true value in hovers."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,15 @@ from phasescope.statistics import info as registry_info
 from ._plotly import figure
 
 LABELS = {
-    "rankme": "RankMe (Li et al. 2025, covariance)", "rankme_raw": "RankMe (Garrido et al. 2023, raw)",
-    "alpha": "α-ReQ (Agrawal et al. 2022)", "alpha_r2": "α-ReQ fit R²",
-    "participation_ratio": "participation ratio", "stable_rank": "stable rank",
-    "loss": "loss", "lr": "learning rate", "grad_norm": "gradient norm",
+    "rankme": "RankMe (Li et al. 2025, covariance)",
+    "rankme_raw": "RankMe (Garrido et al. 2023, raw)",
+    "alpha": "α-ReQ (Agrawal et al. 2022)",
+    "alpha_r2": "α-ReQ fit R²",
+    "participation_ratio": "participation ratio",
+    "stable_rank": "stable rank",
+    "loss": "loss",
+    "lr": "learning rate",
+    "grad_norm": "gradient norm",
 }
 RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 
@@ -34,9 +40,23 @@ def title(text: str | None) -> dict:
 
 def empty_figure(message: str, *, title: str | None = None):
     """A blank figure carrying ``message`` in its centre: how a panel says its data is missing."""
-    layout = {"annotations": [{"text": message, "x": 0.5, "y": 0.5, "xref": "paper", "yref": "paper",
-                               "showarrow": False, "font": {"size": 14, "color": "#555"}}],
-              "xaxis": {"visible": False}, "yaxis": {"visible": False}, "height": 260, "meta": {"empty": message}}
+    layout = {
+        "annotations": [
+            {
+                "text": message,
+                "x": 0.5,
+                "y": 0.5,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "font": {"size": 14, "color": "#555"},
+            }
+        ],
+        "xaxis": {"visible": False},
+        "yaxis": {"visible": False},
+        "height": 260,
+        "meta": {"empty": message},
+    }
     if title:
         layout["title"] = {"text": title}
     return figure([], layout)
@@ -98,7 +118,7 @@ def step_ticks(data: list[dict], layout: dict) -> dict:
             mantissas = (1, 2, 5) if last - first <= 3 else (1,)
             for e in range(first, last + 1):
                 for m in mantissas:
-                    v = m * 10.0 ** e
+                    v = m * 10.0**e
                     if lo / 1.001 <= v <= hi * 1.001 and (not vals or v > vals[0] * 1.6):
                         vals.append(v)
                         text.append(_tick_text(v))
@@ -130,12 +150,32 @@ def aligned_x(ds, steps, align: str = "step") -> tuple[np.ndarray, str]:
 def shade(x0: float, x1: float, text: str, colour: str, *, xref: str = "x", opacity: float = 0.08) -> tuple[dict, dict]:
     """(shape, annotation) shading x0…x1 on a log x axis with a label at its left edge. Shapes take
     data coordinates on log axes, annotations take log10 coordinates (plotly.js conventions)."""
-    shape = {"type": "rect", "xref": xref, "yref": "paper", "x0": float(x0), "x1": float(x1), "y0": 0, "y1": 1,
-             "fillcolor": colour, "opacity": opacity, "line": {"width": 0}, "layer": "below"}
+    shape = {
+        "type": "rect",
+        "xref": xref,
+        "yref": "paper",
+        "x0": float(x0),
+        "x1": float(x1),
+        "y0": 0,
+        "y1": 1,
+        "fillcolor": colour,
+        "opacity": opacity,
+        "line": {"width": 0},
+        "layer": "below",
+    }
     # a hair inside x0: plotly.js hides annotations outside the axis range, and an autorange that starts
     # at x0 may round its log10 a few ulps above ours (the "warmup collapse" label vanished that way)
-    note = {"x": math.log10(float(x0)) + 1e-7, "xref": xref, "y": 1, "yref": "paper", "text": text, "showarrow": False,
-            "xanchor": "left", "yanchor": "top", "font": {"size": 11, "color": colour}}
+    note = {
+        "x": math.log10(float(x0)) + 1e-7,
+        "xref": xref,
+        "y": 1,
+        "yref": "paper",
+        "text": text,
+        "showarrow": False,
+        "xanchor": "left",
+        "yanchor": "top",
+        "font": {"size": 11, "color": colour},
+    }
     return shape, note
 
 

@@ -11,28 +11,30 @@ Array payloads: float arrays go out as float32 (plotly serialises numpy arrays a
 ``{"dtype": "f4", "bdata": ...}``), half the bytes of float64 and exact to ~7 significant digits, far
 below what a colour or a pixel shows.
 """
+
 from __future__ import annotations
 
 import base64
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import plotly.graph_objects as go
-
 
 _USED_TRACES = ("heatmap", "scatter")
 _UNUSED_LAYOUT = ("polar", "ternary", "scene", "geo", "mapbox", "map")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template() -> dict:
     """plotly_white, trimmed to the trace types and subplot kinds the observatory draws (7 KB → ~3 KB
     per figure, and less for plotly.js to merge into every graph)."""
     import plotly.io as pio
 
     t = pio.templates["plotly_white"].to_plotly_json()
-    return {"data": {k: v for k, v in t.get("data", {}).items() if k in _USED_TRACES},
-            "layout": {k: v for k, v in t.get("layout", {}).items() if k not in _UNUSED_LAYOUT}}
+    return {
+        "data": {k: v for k, v in t.get("data", {}).items() if k in _USED_TRACES},
+        "layout": {k: v for k, v in t.get("layout", {}).items() if k not in _UNUSED_LAYOUT},
+    }
 
 
 def figure(data: list[dict], layout: dict) -> go.Figure:
@@ -42,7 +44,7 @@ def figure(data: list[dict], layout: dict) -> go.Figure:
     return go.Figure({"data": data, "layout": layout}, _validate=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def colorscale(name: str) -> list:
     """A named colour scale as explicit [[position, colour], …]. plotly.js knows only some names
     (Viridis, Cividis, Greens, …, not Plasma or Inferno); plotly's validator expands the others, and
@@ -74,8 +76,15 @@ def axis_name(k: int, axis: str = "x") -> str:
     return axis if k == 1 else f"{axis}{k}"
 
 
-def grid(rows: int, cols: int, *, hspace: float = 0.2, vspace: float = 0.3, titles: list[str] | None = None,
-         title_size: int = 16) -> tuple[dict, list[list[int]]]:
+def grid(
+    rows: int,
+    cols: int,
+    *,
+    hspace: float = 0.2,
+    vspace: float = 0.3,
+    titles: list[str] | None = None,
+    title_size: int = 16,
+) -> tuple[dict, list[list[int]]]:
     """Layout axes for a rows × cols grid of subplots, as ``plotly.subplots.make_subplots`` places them
     (spacings are fractions of the figure; cell width = (1 − (cols−1)·hspace)/cols), with optional
     subplot titles. Returns (layout dict with xaxisK/yaxisK and annotations, cell → K, 1-based K
@@ -96,9 +105,19 @@ def grid(rows: int, cols: int, *, hspace: float = 0.2, vspace: float = 0.3, titl
             layout[f"xaxis{'' if k == 1 else k}"] = {"domain": xd, "anchor": axis_name(k, "y")}
             layout[f"yaxis{'' if k == 1 else k}"] = {"domain": yd, "anchor": axis_name(k, "x")}
             if titles and k - 1 < len(titles) and titles[k - 1]:
-                notes.append({"text": titles[k - 1], "x": (xd[0] + xd[1]) / 2, "y": yd[1], "xref": "paper",
-                              "yref": "paper", "xanchor": "center", "yanchor": "bottom", "showarrow": False,
-                              "font": {"size": title_size}})
+                notes.append(
+                    {
+                        "text": titles[k - 1],
+                        "x": (xd[0] + xd[1]) / 2,
+                        "y": yd[1],
+                        "xref": "paper",
+                        "yref": "paper",
+                        "xanchor": "center",
+                        "yanchor": "bottom",
+                        "showarrow": False,
+                        "font": {"size": title_size},
+                    }
+                )
             row.append(k)
         ks.append(row)
     if notes:

@@ -4,6 +4,7 @@ The server binds to 127.0.0.1 unless told otherwise and serves only runs under `
 ``data.RunSource.resolve``). Figures are built by the pure functions of ``figures``; callbacks only
 route (``callbacks``); the page is described in ``layout``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,9 +44,15 @@ def create_app(root: str | Path, *, refresh_ms: int = 2000):
     if int(refresh_ms) <= 0:
         raise PhasescopeError(f"refresh_ms must be a positive number of milliseconds, got {refresh_ms}")
     src = RunSource(root)
-    app = dash.Dash(__name__, title="phasescope observatory", assets_folder=str(ASSETS),
-                    assets_ignore=ASSETS_IGNORE, update_title=None, suppress_callback_exceptions=False,
-                    external_scripts=[PLOTLY_JS])
+    app = dash.Dash(
+        __name__,
+        title="phasescope observatory",
+        assets_folder=str(ASSETS),
+        assets_ignore=ASSETS_IGNORE,
+        update_title=None,
+        suppress_callback_exceptions=False,
+        external_scripts=[PLOTLY_JS],
+    )
     app._phasescope_refresh_ms = int(refresh_ms)
     app._phasescope_source = src
     views = register(app, src)
@@ -56,7 +63,7 @@ def create_app(root: str | Path, *, refresh_ms: int = 2000):
         layout = build_layout(str(src.root), int(refresh_ms))
         try:
             return fill(layout, views.initial(_page_query()))
-        except Exception:  # noqa: BLE001 - serve the bare page; its callbacks fill it (and report errors)
+        except Exception:
             logging.getLogger(__name__).exception("phasescope: first page not rendered on the server")
             return layout
 
@@ -74,12 +81,14 @@ def _page_query() -> str:
 def check_port(host: str, port: int) -> None:
     """Refuse a port something else holds, before printing a URL that would not be ours."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does: TIME_WAIT is free
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is free
         try:
             s.bind((host, int(port)))
         except OSError as exc:
-            raise PhasescopeError(f"port {port} on {host} is in use ({exc.strerror}); pass --port with a free "
-                                  "port, or stop the program holding it") from None
+            raise PhasescopeError(
+                f"port {port} on {host} is in use ({exc.strerror}); pass --port with a free "
+                "port, or stop the program holding it"
+            ) from None
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8050, *, refresh_ms: int = 2000) -> None:
@@ -89,6 +98,9 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 8050, *, refres
     src = app._phasescope_source
     print(f"phasescope observatory: http://{host}:{port}/  (runs under {src.root})", flush=True)
     if not src.run_paths():
-        print(f"no phasescope run under {src.root} yet: runs written there appear in the run picker as they "
-              "start (a run is a .zarr store written by phasescope)", flush=True)
+        print(
+            f"no phasescope run under {src.root} yet: runs written there appear in the run picker as they "
+            "start (a run is a .zarr store written by phasescope)",
+            flush=True,
+        )
     app.run(host=host, port=int(port), debug=False)

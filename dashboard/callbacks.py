@@ -11,6 +11,7 @@ graphs and waiting for three rounds of callbacks (URL → runs → version → f
 callbacks therefore skip their initial call; they fire when the version, a dropdown or the alignment
 changes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,10 +32,14 @@ NO_RUN = "no run selected: tick a run in the run picker"
 def _run_label(r) -> html.Span:
     detail = r.detail or r.state
     short = detail if len(detail) <= 80 else detail[:79] + "…"
-    return html.Span(className="run-label", children=[
-        html.B(r.name), f" · {r.model} · {r.n_steps} steps · updated {r.updated} · ",
-        html.Span(short, className=f"badge {r.state}", title=detail),
-    ])
+    return html.Span(
+        className="run-label",
+        children=[
+            html.B(r.name),
+            f" · {r.model} · {r.n_steps} steps · updated {r.updated} · ",
+            html.Span(short, className=f"badge {r.state}", title=detail),
+        ],
+    )
 
 
 def _keep(value, allowed):
@@ -147,8 +152,10 @@ class Views:
             run = self.src.run(key)
         except (PathRefused, OSError):
             return F.metadata_rows(ds), F.quality_rows(ds)
-        return ([{"key": "state", "value": run.detail}] + F.metadata_rows(ds),
-                F.quality_rows(ds, state=run.state, detail=run.detail))
+        return (
+            [{"key": "state", "value": run.detail}, *F.metadata_rows(ds)],
+            F.quality_rows(ds, state=run.state, detail=run.detail),
+        )
 
     def spectrum(self, version, sel, *, trig=None, click_o=None, click_h=None, slider=None, hm_metric=None):
         """(figure, slider value, slider max, slider marks, selection, anim disabled, play label)."""
@@ -196,9 +203,15 @@ class Views:
         that fails (e.g. a damaged run) shows its error and the others are still drawn."""
         chosen, notes = self.from_url(search)
         version, done, status = self.version(chosen)
-        out = {("runs", "options"): self.catalog(), ("runs", "value"): chosen, ("notice", "children"): notes,
-               ("version", "data"): version, ("poll", "disabled"): done, ("catalog-poll", "disabled"): done,
-               ("status", "children"): status}
+        out = {
+            ("runs", "options"): self.catalog(),
+            ("runs", "value"): chosen,
+            ("notice", "children"): notes,
+            ("version", "data"): version,
+            ("poll", "disabled"): done,
+            ("catalog-poll", "disabled"): done,
+            ("status", "children"): status,
+        }
 
         def panel(gid, build):
             try:
@@ -219,23 +232,36 @@ class Views:
         tr = panel("trajectories", lambda: self.trajectories(version, "rankme", None, "step"))
         if isinstance(tr, tuple):
             tr, tm_opts, tm_val, names = tr
-            out.update({("traj-metric", "options"): tm_opts, ("traj-metric", "value"): tm_val,
-                        ("traj-probes", "options"): names})
+            out.update(
+                {
+                    ("traj-metric", "options"): tm_opts,
+                    ("traj-metric", "value"): tm_val,
+                    ("traj-probes", "options"): names,
+                }
+            )
         out[("trajectories", "figure")] = tr
         for p in STAT_PANELS:
             out[(f"stat-{p}", "figure")] = panel(f"stat-{p}", lambda p=p: self.stat_panel(version, p, "step"))
         try:
             meta, quality = self.table_rows(version)
         except Exception as exc:  # noqa: BLE001
-            meta, quality = [], [{"check": "run could not be read", "value": f"{type(exc).__name__}: {exc}",
-                                  "status": F.ERROR}]
+            meta, quality = (
+                [],
+                [{"check": "run could not be read", "value": f"{type(exc).__name__}: {exc}", "status": F.ERROR}],
+            )
         out[("meta-table", "children")] = table(TABLES["meta-table"], meta)
         out[("quality-table", "children")] = table(TABLES["quality-table"], quality)
         spec = panel("spectrum", lambda: self.spectrum(version, None))
         if isinstance(spec, tuple):
             fig, idx, top, marks, sel, _, _ = spec
-            out.update({("spec-slider", "value"): idx, ("spec-slider", "max"): top, ("spec-slider", "marks"): marks,
-                        ("sel", "data"): sel})
+            out.update(
+                {
+                    ("spec-slider", "value"): idx,
+                    ("spec-slider", "max"): top,
+                    ("spec-slider", "marks"): marks,
+                    ("sel", "data"): sel,
+                }
+            )
         else:
             fig = spec
         out[("spectrum", "figure")] = fig
@@ -255,9 +281,15 @@ def register(app, src: RunSource) -> Views:
     def from_url(search):
         return V.from_url(search)
 
-    @app.callback(Output("version", "data"), Output("poll", "disabled"), Output("catalog-poll", "disabled"),
-                  Output("status", "children"),
-                  Input("runs", "value"), Input("poll", "n_intervals"), State("version", "data"))
+    @app.callback(
+        Output("version", "data"),
+        Output("poll", "disabled"),
+        Output("catalog-poll", "disabled"),
+        Output("status", "children"),
+        Input("runs", "value"),
+        Input("poll", "n_intervals"),
+        State("version", "data"),
+    )
     def version(selected, _n, old):
         new, done, status = V.version(selected)
         return (no_update if new == old else new), done, done, status
@@ -266,25 +298,45 @@ def register(app, src: RunSource) -> Views:
         """On a live refresh (only the version changed) keep the user's zoom."""
         return F.keep_view(fig, relayout) if ctx.triggered_id == "version" else fig
 
-    @app.callback(Output("overview", "figure"), Input("version", "data"), Input("align", "value"),
-                  State("overview", "relayoutData"), **later)
+    @app.callback(
+        Output("overview", "figure"),
+        Input("version", "data"),
+        Input("align", "value"),
+        State("overview", "relayoutData"),
+        **later,
+    )
     def overview(version, align, relayout):
         return view(V.overview(version, align), relayout)
 
     # Each dropdown is filled by the callback that draws its figure (its value is both an input and an
     # output there): with a separate "options" callback Dash held the heatmap and trajectories back until
     # the options had arrived and the browser had finished drawing the other figures (~1.5 s late).
-    @app.callback(Output("heatmap", "figure"), Output("heatmap-metric", "options"), Output("heatmap-metric", "value"),
-                  Input("version", "data"), Input("heatmap-metric", "value"), Input("align", "value"),
-                  State("heatmap", "relayoutData"), **later)
+    @app.callback(
+        Output("heatmap", "figure"),
+        Output("heatmap-metric", "options"),
+        Output("heatmap-metric", "value"),
+        Input("version", "data"),
+        Input("heatmap-metric", "value"),
+        Input("align", "value"),
+        State("heatmap", "relayoutData"),
+        **later,
+    )
     def heatmap(version, metric, align, relayout):
         fig, opts, value = V.heatmap(version, metric, align)
         return view(fig, relayout), opts, value
 
-    @app.callback(Output("trajectories", "figure"), Output("traj-metric", "options"), Output("traj-metric", "value"),
-                  Output("traj-probes", "options"),
-                  Input("version", "data"), Input("traj-metric", "value"), Input("traj-probes", "value"),
-                  Input("align", "value"), State("trajectories", "relayoutData"), **later)
+    @app.callback(
+        Output("trajectories", "figure"),
+        Output("traj-metric", "options"),
+        Output("traj-metric", "value"),
+        Output("traj-probes", "options"),
+        Input("version", "data"),
+        Input("traj-metric", "value"),
+        Input("traj-probes", "value"),
+        Input("align", "value"),
+        State("trajectories", "relayoutData"),
+        **later,
+    )
     def trajectories(version, metric, probes, align, relayout):
         fig, opts, value, names = V.trajectories(version, metric, probes, align)
         return view(fig, relayout), opts, value, names
@@ -292,18 +344,29 @@ def register(app, src: RunSource) -> Views:
     for p in STAT_PANELS:
         _register_stat_panel(app, V, p, view, later)
 
-    @app.callback(Output("phases", "figure"), Input("version", "data"), Input("align", "value"),
-                  State("phases", "relayoutData"), **later)
+    @app.callback(
+        Output("phases", "figure"),
+        Input("version", "data"),
+        Input("align", "value"),
+        State("phases", "relayoutData"),
+        **later,
+    )
     def phases(version, align, relayout):
         return view(V.phases(version, align), relayout)
 
-    @app.callback(Output("gradients", "figure"), Input("version", "data"), Input("align", "value"),
-                  State("gradients", "relayoutData"), **later)
+    @app.callback(
+        Output("gradients", "figure"),
+        Input("version", "data"),
+        Input("align", "value"),
+        State("gradients", "relayoutData"),
+        **later,
+    )
     def gradients(version, align, relayout):
         return view(V.gradients(version, align), relayout)
 
-    @app.callback(Output("meta-table", "children"), Output("quality-table", "children"), Input("version", "data"),
-                  **later)
+    @app.callback(
+        Output("meta-table", "children"), Output("quality-table", "children"), Input("version", "data"), **later
+    )
     def tables(version):
         meta, quality = V.table_rows(version)
         return table(TABLES["meta-table"], meta), table(TABLES["quality-table"], quality)
@@ -311,20 +374,38 @@ def register(app, src: RunSource) -> Views:
     for i, tid in enumerate(TABLES):
         _register_table_csv(app, tid, i, V.table_rows)
 
-    @app.callback(Output("spectrum", "figure"), Output("spec-slider", "value"), Output("spec-slider", "max"),
-                  Output("spec-slider", "marks"), Output("sel", "data"),
-                  Output("anim", "disabled", allow_duplicate=True), Output("spec-play", "children", allow_duplicate=True),
-                  Input("overview", "clickData"), Input("heatmap", "clickData"), Input("spec-slider", "value"),
-                  Input("anim", "n_intervals"), Input("version", "data"),
-                  State("sel", "data"), State("heatmap-metric", "value"), **later)
+    @app.callback(
+        Output("spectrum", "figure"),
+        Output("spec-slider", "value"),
+        Output("spec-slider", "max"),
+        Output("spec-slider", "marks"),
+        Output("sel", "data"),
+        Output("anim", "disabled", allow_duplicate=True),
+        Output("spec-play", "children", allow_duplicate=True),
+        Input("overview", "clickData"),
+        Input("heatmap", "clickData"),
+        Input("spec-slider", "value"),
+        Input("anim", "n_intervals"),
+        Input("version", "data"),
+        State("sel", "data"),
+        State("heatmap-metric", "value"),
+        **later,
+    )
     def spectrum(click_o, click_h, slider, _tick, version, sel, hm_metric):
-        return V.spectrum(version, sel, trig=ctx.triggered_id, click_o=click_o, click_h=click_h, slider=slider,
-                          hm_metric=hm_metric)
+        return V.spectrum(
+            version, sel, trig=ctx.triggered_id, click_o=click_o, click_h=click_h, slider=slider, hm_metric=hm_metric
+        )
 
-    @app.callback(Output("anim", "disabled"), Output("spec-play", "children"),
-                  Output("spec-slider", "value", allow_duplicate=True),
-                  Input("spec-play", "n_clicks"), State("anim", "disabled"), State("spec-slider", "value"),
-                  State("spec-slider", "max"), prevent_initial_call=True)
+    @app.callback(
+        Output("anim", "disabled"),
+        Output("spec-play", "children"),
+        Output("spec-slider", "value", allow_duplicate=True),
+        Input("spec-play", "n_clicks"),
+        State("anim", "disabled"),
+        State("spec-slider", "value"),
+        State("spec-slider", "max"),
+        prevent_initial_call=True,
+    )
     def play(_n, disabled, value, last):
         """Play from the current capture (from the first when at the last one); pause when playing."""
         if not disabled:
@@ -341,8 +422,19 @@ def register(app, src: RunSource) -> Views:
     def catalog_csv(_n):
         import pandas as pd
 
-        rows = [{"key": r.key, "name": r.name, "model": r.model, "steps": r.n_steps, "last_step": r.last_step,
-                 "updated": r.updated, "state": r.state, "detail": r.detail} for r in src.catalog()]
+        rows = [
+            {
+                "key": r.key,
+                "name": r.name,
+                "model": r.model,
+                "steps": r.n_steps,
+                "last_step": r.last_step,
+                "updated": r.updated,
+                "state": r.state,
+                "detail": r.detail,
+            }
+            for r in src.catalog()
+        ]
         return dcc.send_data_frame(pd.DataFrame(rows).to_csv, "runs.csv", index=False)
 
     return V
@@ -364,23 +456,34 @@ _IMAGE_FORMAT_JS = """function(fmt, ...figures) {
 
 def _register_image_format(app) -> None:
     configs = {fmt: [graph_config(fmt, name=g) for g in GRAPHS] for fmt in IMAGE_FORMATS}
-    app.clientside_callback(_IMAGE_FORMAT_JS % json.dumps(configs),
-                            [Output(g, "config") for g in GRAPHS]
-                            + [Output(g, "figure", allow_duplicate=True) for g in GRAPHS],
-                            Input("img-format", "value"), [State(g, "figure") for g in GRAPHS],
-                            prevent_initial_call=True)
+    app.clientside_callback(
+        _IMAGE_FORMAT_JS % json.dumps(configs),
+        [Output(g, "config") for g in GRAPHS] + [Output(g, "figure", allow_duplicate=True) for g in GRAPHS],
+        Input("img-format", "value"),
+        [State(g, "figure") for g in GRAPHS],
+        prevent_initial_call=True,
+    )
 
 
 def _register_stat_panel(app, V: Views, name: str, view, later: dict) -> None:
-    @app.callback(Output(f"stat-{name}", "figure"), Input("version", "data"), Input("align", "value"),
-                  State(f"stat-{name}", "relayoutData"), **later)
+    @app.callback(
+        Output(f"stat-{name}", "figure"),
+        Input("version", "data"),
+        Input("align", "value"),
+        State(f"stat-{name}", "relayoutData"),
+        **later,
+    )
     def stat_panel(version, align, relayout):
         return view(V.stat_panel(version, name, align), relayout)
 
 
 def _register_table_csv(app, tid: str, which: int, table_rows) -> None:
-    @app.callback(Output(f"{tid}-dl", "data"), Input(f"{tid}-csv", "n_clicks"), State("version", "data"),
-                  prevent_initial_call=True)
+    @app.callback(
+        Output(f"{tid}-dl", "data"),
+        Input(f"{tid}-csv", "n_clicks"),
+        State("version", "data"),
+        prevent_initial_call=True,
+    )
     def table_csv(_n, version):
         import pandas as pd
 
@@ -389,8 +492,13 @@ def _register_table_csv(app, tid: str, which: int, table_rows) -> None:
 
 
 def _register_export(app, gid: str) -> None:
-    @app.callback(Output(f"{gid}-dl", "data"), Input(f"{gid}-html", "n_clicks"), Input(f"{gid}-csv", "n_clicks"),
-                  State(gid, "figure"), prevent_initial_call=True)
+    @app.callback(
+        Output(f"{gid}-dl", "data"),
+        Input(f"{gid}-html", "n_clicks"),
+        Input(f"{gid}-csv", "n_clicks"),
+        State(gid, "figure"),
+        prevent_initial_call=True,
+    )
     def export(_h, _c, fig):
         if not fig:
             return no_update

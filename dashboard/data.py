@@ -18,6 +18,7 @@ lazy and a spectrum reads one chunk. Spectra are never computed here — eigenva
 store. The ``phases`` group (written by ``phasescope phases RUN``) is cached by the stat of its own
 ``zarr.json``, which ``write_group`` replaces on every write.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -31,7 +32,6 @@ from phasescope.errors import PhasescopeError
 from phasescope.store.catalog import LIVE_WINDOW_S, run_info
 from phasescope.store.groups import open_group
 from phasescope.store.reader import open_run
-
 
 EAGER_BYTES = 64 * 2**20  # variables up to this size are read into memory when a run is opened
 
@@ -91,8 +91,9 @@ class RunSource:
         """``live_window``: seconds without a commit after which a running run is "stale"."""
         root = Path(root).expanduser()
         if not root.exists():
-            raise PhasescopeError(f"no runs directory at {root}: the path does not exist; pass a runs "
-                                  "directory or a run store")
+            raise PhasescopeError(
+                f"no runs directory at {root}: the path does not exist; pass a runs directory or a run store"
+            )
         if not root.is_dir():
             raise PhasescopeError(f"{root} is a file; pass a runs directory or a run store")
         self.root = root.resolve()
@@ -144,8 +145,18 @@ class RunSource:
         except OSError:
             mtime_ns, updated = 0, "?"
         name = p.name if p != self.root or self.single else "."
-        return Run(self.key_of(p), p, name.removesuffix(".zarr"), str(attrs.get("model", "?")), info.n_steps,
-                   info.last_step, updated, info.state, info.describe(), mtime_ns)
+        return Run(
+            self.key_of(p),
+            p,
+            name.removesuffix(".zarr"),
+            str(attrs.get("model", "?")),
+            info.n_steps,
+            info.last_step,
+            updated,
+            info.state,
+            info.describe(),
+            mtime_ns,
+        )
 
     # -- requests ---------------------------------------------------------------------------------
     def resolve(self, key: str) -> Path:
@@ -154,8 +165,9 @@ class RunSource:
             raise PathRefused(f"refused: empty run name; pick a run under {self.root}")
         pure = PurePosixPath(key)
         if pure.is_absolute() or Path(key).is_absolute() or ".." in pure.parts or "\\" in key:
-            raise PathRefused(f"refused: {key!r} is outside the served root {self.root}; "
-                              "name a run by its path relative to the root")
+            raise PathRefused(
+                f"refused: {key!r} is outside the served root {self.root}; name a run by its path relative to the root"
+            )
         path = (self.root / pure).resolve()
         if path != self.root and self.root not in path.parents:
             raise PathRefused(f"refused: {key!r} resolves outside the served root {self.root}")

@@ -23,6 +23,7 @@ names are re-exported here. What stays here is what acts on any panel: keeping t
 refreshes (``keep_view``), the run's metadata and data-quality tables, and the CSV export of a drawn
 figure (``figure_to_frame``).
 """
+
 from __future__ import annotations
 
 import re
@@ -32,18 +33,48 @@ import numpy as np
 from phasescope.store.catalog import run_info
 from phasescope.store.lifecycle import FAILED, INTERRUPTED, STALE
 
-from ._common import (LABELS, RUN_DASHES, aligned_x, display_steps, empty_figure, label,  # noqa: F401
-                      probe_colours, sample_cap, shade, shade_log_x, title, tokens_per_step)
+# Re-exports (see the module docstring): per-file-ignores F401 in pyproject says so.
+from ._common import (
+    LABELS,
+    RUN_DASHES,
+    aligned_x,
+    display_steps,
+    empty_figure,
+    label,
+    probe_colours,
+    sample_cap,
+    shade,
+    shade_log_x,
+    title,
+    tokens_per_step,
+)
 from ._plotly import decode_array
-from .gradient_figures import figure_gradients, param_block, projection_type  # noqa: F401
-from .heatmap_figures import (OVERVIEW_METRICS, capture_metrics, decode_click, default_heatmap_metric, figure_heatmap,  # noqa: F401
-                              figure_overview, heatmap_metrics, heatmap_trace)
-from .panel_figures import figure_panel, registry_panels  # noqa: F401
-from .profile_figures import figure_profile  # noqa: F401
-from .phase_figures import (NOT_COMPUTED, event_text, figure_phase_strip, model_segments, phase_events,  # noqa: F401
-                            phase_segments, phase_text, probe_events, trajectory_overlays)
-from .spectrum_figures import MAX_MARKERS, figure_spectrum, run_fit_range  # noqa: F401
-from .trajectory_figures import MAX_TRAJ_PROBES, default_probes, figure_trajectories  # noqa: F401
+from .gradient_figures import figure_gradients, param_block, projection_type
+from .heatmap_figures import (
+    OVERVIEW_METRICS,
+    capture_metrics,
+    decode_click,
+    default_heatmap_metric,
+    figure_heatmap,
+    figure_overview,
+    heatmap_metrics,
+    heatmap_trace,
+)
+from .panel_figures import figure_panel, registry_panels
+from .phase_figures import (
+    NOT_COMPUTED,
+    event_text,
+    figure_phase_strip,
+    model_segments,
+    phase_events,
+    phase_segments,
+    phase_text,
+    probe_events,
+    trajectory_overlays,
+)
+from .profile_figures import figure_profile
+from .spectrum_figures import MAX_MARKERS, figure_spectrum, run_fit_range
+from .trajectory_figures import MAX_TRAJ_PROBES, default_probes, figure_trajectories
 
 _VIEW_KEY = re.compile(r"^([xy]axis\d*)\.(range\[[01]\]|range|autorange)$")
 
@@ -83,8 +114,11 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, (list, tuple)):
-        return ", ".join(_fmt(x) for x in v) if all(not isinstance(x, (dict, list)) for x in v) else \
-            "; ".join(f"[{_fmt(x)}]" for x in v)
+        return (
+            ", ".join(_fmt(x) for x in v)
+            if all(not isinstance(x, (dict, list)) for x in v)
+            else "; ".join(f"[{_fmt(x)}]" for x in v)
+        )
     if isinstance(v, dict):
         return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
     return "null" if v is None else str(v)
@@ -96,7 +130,7 @@ def metadata_rows(ds) -> list[dict]:
     hidden = {"phasescope_layout", "phasescope_commit"}  # store internals, shown as n_* rows below
     keys = [k for k in first if k in ds.attrs] + sorted(k for k in ds.attrs if k not in first and k not in hidden)
     rows = []
-    for k in keys:   # a dict is one row per entry ("model_config.n_layer"), not a JSON dump
+    for k in keys:  # a dict is one row per entry ("model_config.n_layer"), not a JSON dump
         v = ds.attrs[k]
         if isinstance(v, dict) and v:
             rows += [{"key": f"{k}.{sub}", "value": _fmt(x)} for sub, x in v.items()]
@@ -115,12 +149,16 @@ OK, WARN, ERROR = "ok", "warn", "error"
 #: metrics every capture computes: all-NaN there is a warning, elsewhere "not computed"
 CORE_METRICS = ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank")
 #: metrics a run computes only when asked: metric -> (the run attribute that says so, how to ask)
-OPT_IN = {"rankme_raw": ("rankme_raw", "rankme_raw=True records it"),
-          "cka_first": ("cka_samples", "a fixed probe set with cka_samples > 0 records it"),
-          "cka_previous": ("cka_samples", "a fixed probe set with cka_samples > 0 records it")}
+OPT_IN = {
+    "rankme_raw": ("rankme_raw", "rankme_raw=True records it"),
+    "cka_first": ("cka_samples", "a fixed probe set with cka_samples > 0 records it"),
+    "cka_previous": ("cka_samples", "a fixed probe set with cka_samples > 0 records it"),
+}
 RED_STATES = (INTERRUPTED, FAILED, STALE)
-LOSS_FLAGS = {"lost": "captures or rows lost to a phasescope failure",
-              "dropped": "captures dropped by the store writer's queue"}
+LOSS_FLAGS = {
+    "lost": "captures or rows lost to a phasescope failure",
+    "dropped": "captures dropped by the store writer's queue",
+}
 STAGES = ("hook", "capture", "metric", "reduce", "write", "queue", "step", "sink", "close")  # phasescope.failures
 
 
@@ -142,15 +180,17 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
     failures = attrs.get("failures")
     if isinstance(failures, dict):
         first = attrs.get("first_failures") or {}
-        bad = sorted(((s, int(n)) for s, n in failures.items() if n), key=lambda sn: (
-            STAGES.index(sn[0]) if sn[0] in STAGES else len(STAGES), sn[0]))
+        bad = sorted(
+            ((s, int(n)) for s, n in failures.items() if n),
+            key=lambda sn: (STAGES.index(sn[0]) if sn[0] in STAGES else len(STAGES), sn[0]),
+        )
         for stage, n in bad:
             msg = first.get(stage)
             rows.append(_row(f"phasescope failures: {stage}", f"{n}" + (f" (first: {msg})" if msg else ""), ERROR))
         if not bad:
             rows.append(_row("phasescope failures", "none", OK))
     flags = sorted(v.removeprefix("flag_") for v in ds.data_vars if v.startswith("flag_"))
-    for flag in [f for f in flags if f in LOSS_FLAGS]:   # phasescope's losses first: red
+    for flag in [f for f in flags if f in LOSS_FLAGS]:  # phasescope's losses first: red
         vals = np.asarray(ds[f"flag_{flag}"].values).astype(np.int64)
         n, total = int(np.count_nonzero(vals)), int(vals.sum())
         value = f"{n} step{'s' * (n != 1)}, {total} {LOSS_FLAGS[flag]}" if n else "0"
@@ -158,7 +198,7 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
     if "n_dropped_steps" in attrs:
         n = int(attrs["n_dropped_steps"] or 0)
         rows.append(_row("step rows dropped by the store writer (n_dropped_steps)", n, ERROR if n else OK))
-    for flag in [f for f in flags if f not in LOSS_FLAGS]:   # the training's own: non-finite, skipped
+    for flag in [f for f in flags if f not in LOSS_FLAGS]:  # the training's own: non-finite, skipped
         n = int(np.count_nonzero(np.asarray(ds[f"flag_{flag}"].values)))
         rows.append(_row(f"steps flagged {flag}", n, WARN if n else OK))
     if "loss" in ds.data_vars:
@@ -174,7 +214,11 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
             if n == vals.size and attr in attrs and not attrs[attr]:
                 text = f"not requested (off by default; {how})"
             else:
-                text = "not computed in this run (all NaN)" if n == vals.size else f"not computed in {n} / {vals.size} cells"
+                text = (
+                    "not computed in this run (all NaN)"
+                    if n == vals.size
+                    else f"not computed in {n} / {vals.size} cells"
+                )
             rows.append(_row(f"{m}", text, OK))
             continue
         rows.append(_row(f"NaN cells in {m}", f"{n} / {vals.size}", WARN if n else OK))
@@ -195,8 +239,11 @@ def _reading_rows(ds, ns) -> list[dict]:
     if not isinstance(reductions, dict) or "probe" not in ds.coords:
         return []
     probes = [str(p) for p in ds["probe"].values]
-    read = [f"{p}: {r.get('reduction')} of {tuple(r.get('output_shape', ()))} → {r.get('features')}"
-            for p, r in reductions.items() if isinstance(r, dict)]
+    read = [
+        f"{p}: {r.get('reduction')} of {tuple(r.get('output_shape', ()))} → {r.get('features')}"
+        for p, r in reductions.items()
+        if isinstance(r, dict)
+    ]
     rows = [_row("probe readings", "; ".join(read), OK)] if read else []
     capped = []
     for i, p in enumerate(probes):
@@ -231,8 +278,12 @@ def figure_to_frame(fig):
             xs = list(x) if x is not None else list(range(z.shape[1]))
             xs_true = np.asarray(cd)[0] if cd is not None and np.ndim(cd) == 2 else xs
             rr, cc = np.meshgrid(np.arange(z.shape[0]), np.arange(z.shape[1]), indexing="ij")
-            cols = {"trace": name, "row": np.asarray(ys, dtype=object)[rr.ravel()],
-                    "x": np.asarray(xs_true)[cc.ravel()], "value": z.ravel()}
+            cols = {
+                "trace": name,
+                "row": np.asarray(ys, dtype=object)[rr.ravel()],
+                "x": np.asarray(xs_true)[cc.ravel()],
+                "value": z.ravel(),
+            }
             if text is not None and np.shape(text) == z.shape:
                 cols["text"] = np.asarray(text, dtype=object).ravel()
             frames.append(pd.DataFrame(cols))

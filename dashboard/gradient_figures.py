@@ -3,6 +3,7 @@
 Reads ``param_<stat>`` over (step, param) and ``matrix_<stat>`` over (capture_step, matrix) of the pinned
 store layout; parameter names are grouped into transformer blocks and weight matrices into projection
 types by name (GPT-2, Llama/GPT-NeoX and BERT naming)."""
+
 from __future__ import annotations
 
 import warnings
@@ -13,6 +14,7 @@ from phasescope.gradients import block_index
 
 from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
+
 
 def param_block(name: str) -> str:
     """Block a parameter belongs to: 'block N' for transformer layers (``phasescope.gradients.block_index``,
@@ -39,8 +41,11 @@ def _groups(names, key) -> dict[str, list[int]]:
     return out
 
 
-TITLES = {"grad": "gradient norm per block", "matrix": "matrix gradient statistics per projection type",
-          "ratio": "update-to-weight ratio per block"}
+TITLES = {
+    "grad": "gradient norm per block",
+    "matrix": "matrix gradient statistics per projection type",
+    "ratio": "update-to-weight ratio per block",
+}
 
 
 def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
@@ -57,8 +62,9 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
     if ratios:
         panels.append("ratio")
     if not panels:
-        return empty_figure("no gradient statistics in this run (param_grad_norm, matrix_*, update ratios)",
-                            title="Gradients")
+        return empty_figure(
+            "no gradient statistics in this run (param_grad_norm, matrix_*, update ratios)", title="Gradients"
+        )
     layout, ks = grid(len(panels), 1, vspace=0.1, titles=[TITLES[p] for p in panels])
     data = []
     for (k,), panel in zip(ks, panels):
@@ -72,11 +78,24 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
             for n, (c, (b, idx)) in enumerate(zip(probe_colours(len(blocks)), blocks.items())):
                 with np.errstate(all="ignore"), warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps (not recorded there)
-                    y = (np.sqrt(np.nansum(vals[:, idx] ** 2, axis=1)) if panel == "grad"
-                         else np.nanmedian(vals[:, idx], axis=1))
-                tr = {"type": "scatter", "x": xd, "y": f32(y), "mode": "lines", "name": b, "line": {"color": c},
-                      "legendgroup": panel, "customdata": steps, "xaxis": xa, "yaxis": ya,
-                      "hovertemplate": f"{b}<br>step %{{customdata}}<br>{var} %{{y:.4g}}<extra></extra>"}
+                    y = (
+                        np.sqrt(np.nansum(vals[:, idx] ** 2, axis=1))
+                        if panel == "grad"
+                        else np.nanmedian(vals[:, idx], axis=1)
+                    )
+                tr = {
+                    "type": "scatter",
+                    "x": xd,
+                    "y": f32(y),
+                    "mode": "lines",
+                    "name": b,
+                    "line": {"color": c},
+                    "legendgroup": panel,
+                    "customdata": steps,
+                    "xaxis": xa,
+                    "yaxis": ya,
+                    "hovertemplate": f"{b}<br>step %{{customdata}}<br>{var} %{{y:.4g}}<extra></extra>",
+                }
                 if panel == "ratio":  # recorded on the update schedule only: join the recorded steps
                     tr.update(mode="lines+markers", connectgaps=True, marker={"size": 4, "color": c})
                 if n == 0:
@@ -93,17 +112,30 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
                     with np.errstate(all="ignore"), warnings.catch_warnings():
                         warnings.simplefilter("ignore", RuntimeWarning)
                         y = np.nanmean(vals[:, idx], axis=1)
-                    tr = {"type": "scatter", "x": xd, "y": f32(y), "mode": "lines",
-                          "name": f"{stat.removeprefix('matrix_')} · {t}", "legendgroup": "matrix",
-                          "line": {"dash": RUN_DASHES[s_i % len(RUN_DASHES)]}, "customdata": steps,
-                          "xaxis": xa, "yaxis": ya,
-                          "hovertemplate": f"{t}<br>step %{{customdata}}<br>{stat} %{{y:.4g}}<extra></extra>"}
+                    tr = {
+                        "type": "scatter",
+                        "x": xd,
+                        "y": f32(y),
+                        "mode": "lines",
+                        "name": f"{stat.removeprefix('matrix_')} · {t}",
+                        "legendgroup": "matrix",
+                        "line": {"dash": RUN_DASHES[s_i % len(RUN_DASHES)]},
+                        "customdata": steps,
+                        "xaxis": xa,
+                        "yaxis": ya,
+                        "hovertemplate": f"{t}<br>step %{{customdata}}<br>{stat} %{{y:.4g}}<extra></extra>",
+                    }
                     if s_i == 0 and t == next(iter(types)):
                         tr["legendgrouptitle"] = {"text": TITLES[panel]}
                     data.append(tr)
             ytitle = "value (mean over layers)"
         layout[f"yaxis{'' if k == 1 else k}"].update(type="log", title=title(ytitle))
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
-    layout.update(height=330 * len(panels), uirevision=uirevision, title=title("Gradients"),
-                  meta={"kind": "gradients", "panels": panels}, legend={"groupclick": "toggleitem"})
+    layout.update(
+        height=330 * len(panels),
+        uirevision=uirevision,
+        title=title("Gradients"),
+        meta={"kind": "gradients", "panels": panels},
+        legend={"groupclick": "toggleitem"},
+    )
     return figure(data, step_ticks(data, layout))

@@ -7,6 +7,7 @@ Rows are probes for spectral metrics over (capture_step, probe), parameters for 
 0 drawn at a positive position, see ``_common.display_steps``). Norm-like variables are coloured by
 log10, R² on the fixed range [0, 1].
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,8 +19,12 @@ from ._plotly import axis_name, colorscale, compact_int, f32, figure, grid
 
 # Colour scales per metric family: sequential for ranks and norms, fixed [0, 1] range for R².
 _SCALES = {
-    "rankme": "Viridis", "rankme_raw": "Viridis", "participation_ratio": "Viridis",
-    "stable_rank": "Viridis", "alpha": "Plasma", "alpha_r2": "Greens",
+    "rankme": "Viridis",
+    "rankme_raw": "Viridis",
+    "participation_ratio": "Viridis",
+    "stable_rank": "Viridis",
+    "alpha": "Plasma",
+    "alpha_r2": "Greens",
 }
 _FIXED_RANGE = {"alpha_r2": (0.0, 1.0)}
 OVERVIEW_METRICS = ("rankme", "alpha")
@@ -65,12 +70,16 @@ def capture_metrics(ds) -> list[str]:
 def default_heatmap_metric(allowed: Sequence[str]) -> str | None:
     """The heatmap panel's first metric among ``allowed``: one of ``HEATMAP_DEFAULTS``, else the first
     the overview does not draw, else the first."""
-    return next((m for m in HEATMAP_DEFAULTS if m in allowed), None) or \
-        next((m for m in allowed if m not in OVERVIEW_METRICS), None) or (allowed[0] if allowed else None)
+    return (
+        next((m for m in HEATMAP_DEFAULTS if m in allowed), None)
+        or next((m for m in allowed if m not in OVERVIEW_METRICS), None)
+        or (allowed[0] if allowed else None)
+    )
 
 
-def heatmap_trace(ds, metric: str, align: str = "step", *, colorbar_x: float | None = None,
-                  showscale: bool = True) -> tuple[dict | None, str, str]:
+def heatmap_trace(
+    ds, metric: str, align: str = "step", *, colorbar_x: float | None = None, showscale: bool = True
+) -> tuple[dict | None, str, str]:
     """(trace dict, x title, row dim) of a row × step heatmap of ``metric``; (None, reason, "") when it
     has no finite value. z is float32 (log10 for norm-like variables); customdata holds the true step
     of each column as int16/int32 (hover and clicks show step 0, drawn at a positive position, as 0)."""
@@ -89,9 +98,17 @@ def heatmap_trace(ds, metric: str, align: str = "step", *, colorbar_x: float | N
     zmin, zmax = _FIXED_RANGE.get(metric, (None, None))
     custom = np.ascontiguousarray(np.broadcast_to(compact_int(steps), z.shape))
     trace = {
-        "type": "heatmap", "z": f32(z), "x": display_steps(x), "y": [str(r) for r in ds[rdim].values],
-        "customdata": custom, "colorscale": colorscale(_SCALES.get(metric, "Inferno" if ctitle else "Cividis")),
-        "showscale": showscale, "colorbar": {"title": {**title(ctitle or metric), "side": "right"}, "len": 0.9},   # beside the bar: a long name is not clipped
+        "type": "heatmap",
+        "z": f32(z),
+        "x": display_steps(x),
+        "y": [str(r) for r in ds[rdim].values],
+        "customdata": custom,
+        "colorscale": colorscale(_SCALES.get(metric, "Inferno" if ctitle else "Cividis")),
+        "showscale": showscale,
+        "colorbar": {
+            "title": {**title(ctitle or metric), "side": "right"},
+            "len": 0.9,
+        },  # beside the bar: a long name is not clipped
         "hovertemplate": f"{rdim} %{{y}}<br>step %{{customdata}}<br>{metric} %{{z:.4g}}<extra></extra>",
         "name": metric,
     }
@@ -112,15 +129,25 @@ def figure_heatmap(ds, metric: str, *, align: str = "step", uirevision: str | No
     if trace is None:
         return empty_figure(f"{label(metric)}: {xtitle}", title=label(metric))
     n_rows = len(trace["y"])
-    return figure([trace], step_ticks([trace], {
-        "title": title(f"{label(metric)} per {rdim}"), "height": max(320, min(900, 120 + 14 * n_rows)),
-        "uirevision": uirevision or metric, "xaxis": {"type": "log", "title": title(xtitle + " (log)")},
-        "yaxis": {"title": title(rdim), "autorange": "reversed"}, "meta": {"kind": "heatmap", "metric": metric},
-    }))
+    return figure(
+        [trace],
+        step_ticks(
+            [trace],
+            {
+                "title": title(f"{label(metric)} per {rdim}"),
+                "height": max(320, min(900, 120 + 14 * n_rows)),
+                "uirevision": uirevision or metric,
+                "xaxis": {"type": "log", "title": title(xtitle + " (log)")},
+                "yaxis": {"title": title(rdim), "autorange": "reversed"},
+                "meta": {"kind": "heatmap", "metric": metric},
+            },
+        ),
+    )
 
 
-def figure_overview(data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: str = "step",
-                    uirevision: str = "overview"):
+def figure_overview(
+    data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: str = "step", uirevision: str = "overview"
+):
     """The first view: RankMe and α-ReQ per layer (probe) over capture steps, one heatmap per
     (run, metric), log-step axis. Trace order is run-major: trace i is run i // len(metrics),
     metric i % len(metrics) (see ``decode_click``)."""
@@ -139,7 +166,11 @@ def figure_overview(data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: s
                 trace, xtitle, rdim = heatmap_trace(ds, m, align, colorbar_x=cbx, showscale=(i == 0))
             if trace is None:
                 notes.append(f"{name}: {label(m)} not available")
-                trace, xtitle, rdim = {"type": "heatmap", "z": [[None]], "x": [1], "y": [""], "showscale": False}, "step", "probe"
+                trace, xtitle, rdim = (
+                    {"type": "heatmap", "z": [[None]], "x": [1], "y": [""], "showscale": False},
+                    "step",
+                    "probe",
+                )
             trace.update(xaxis=axis_name(k, "x"), yaxis=axis_name(k, "y"))
             data_.append(trace)
             last = i == len(runs) - 1  # axis title on the bottom row only: it would hit the next row's title
@@ -147,13 +178,25 @@ def figure_overview(data, *, metrics: Sequence[str] = OVERVIEW_METRICS, align: s
             layout[f"xaxis{sfx}"].update(type="log", title=title((xtitle + " (log)") if last else None))
             layout[f"yaxis{sfx}"].update(autorange="reversed", title=title(rdim if j == 0 else None))
     n_probes = max((ds.sizes.get("probe", 1) for ds in runs.values()), default=1)
-    layout.update(uirevision=uirevision, height=max(360, min(1400, len(runs) * (110 + 12 * n_probes))),
-                  meta={"kind": "overview", "runs": list(runs), "metrics": list(metrics), "notes": notes},
-                  margin={"t": 60, "r": 40})
+    layout.update(
+        uirevision=uirevision,
+        height=max(360, min(1400, len(runs) * (110 + 12 * n_probes))),
+        meta={"kind": "overview", "runs": list(runs), "metrics": list(metrics), "notes": notes},
+        margin={"t": 60, "r": 40},
+    )
     if notes:
         layout.setdefault("annotations", []).append(
-            {"text": "; ".join(notes), "x": 0, "y": -0.12, "xref": "paper", "yref": "paper", "showarrow": False,
-             "xanchor": "left", "font": {"color": "#a33"}})
+            {
+                "text": "; ".join(notes),
+                "x": 0,
+                "y": -0.12,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "xanchor": "left",
+                "font": {"color": "#a33"},
+            }
+        )
     return figure(data_, step_ticks(data_, layout))
 
 

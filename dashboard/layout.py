@@ -5,6 +5,7 @@ Every graph has the plotly toolbar (PNG or SVG, chosen with "image format") and 
 buttons; tables are plain HTML tables (``table``) with a CSV download. Component ids are listed in
 GRAPHS and TABLES and used by ``callbacks``.
 """
+
 from __future__ import annotations
 
 from dash import dcc, html
@@ -13,8 +14,7 @@ from .panel_figures import PANEL_TITLES, registry_panels
 
 # Panels the statistic registry declares (e.g. "similarity" for linear CKA) get graphs "stat-<panel>".
 STAT_PANELS = registry_panels()
-GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", *(f"stat-{p}" for p in STAT_PANELS), "phases",
-          "gradients")
+GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", *(f"stat-{p}" for p in STAT_PANELS), "phases", "gradients")
 TABLES = {"meta-table": ("key", "value"), "quality-table": ("check", "value", "status")}
 IMAGE_FORMATS = ("png", "svg")
 ROW_CLASSES = ("warn", "error")  # table rows styled by their status
@@ -22,103 +22,191 @@ ROW_CLASSES = ("warn", "error")  # table rows styled by their status
 
 def graph_config(fmt: str = "png", name: str = "phasescope") -> dict:
     """plotly config: toolbar always shown, the camera button saves ``fmt`` at 2× scale."""
-    return {"displaylogo": False, "displayModeBar": True,
-            "toImageButtonOptions": {"format": fmt, "filename": name, "scale": 2 if fmt == "png" else 1}}
+    return {
+        "displaylogo": False,
+        "displayModeBar": True,
+        "toImageButtonOptions": {"format": fmt, "filename": name, "scale": 2 if fmt == "png" else 1},
+    }
 
 
 def _exports(gid: str) -> html.Div:
-    return html.Div(className="exports", children=[
-        html.Button("HTML", id=f"{gid}-html", className="export", title="download this figure as HTML"),
-        html.Button("CSV", id=f"{gid}-csv", className="export", title="download this figure's data as CSV"),
-        dcc.Download(id=f"{gid}-dl"),
-    ])
+    return html.Div(
+        className="exports",
+        children=[
+            html.Button("HTML", id=f"{gid}-html", className="export", title="download this figure as HTML"),
+            html.Button("CSV", id=f"{gid}-csv", className="export", title="download this figure's data as CSV"),
+            dcc.Download(id=f"{gid}-dl"),
+        ],
+    )
 
 
 def panel(title: str, gid: str, controls: list | None = None, *, extra: list | None = None) -> html.Section:
-    return html.Section(className="panel", id=f"panel-{gid}", children=[
-        html.Div(className="panel-head", children=[html.H3(title), *(controls or []), _exports(gid)]),
-        # no dcc.Loading wrapper: it remounts the graph on refresh, which loses the user's zoom
-        dcc.Graph(id=gid, config=graph_config(name=gid)),
-        *(extra or []),
-    ])
+    return html.Section(
+        className="panel",
+        id=f"panel-{gid}",
+        children=[
+            html.Div(className="panel-head", children=[html.H3(title), *(controls or []), _exports(gid)]),
+            # no dcc.Loading wrapper: it remounts the graph on refresh, which loses the user's zoom
+            dcc.Graph(id=gid, config=graph_config(name=gid)),
+            *(extra or []),
+        ],
+    )
 
 
 def table(columns, rows: list[dict]) -> html.Table:
     """A plain HTML table of ``rows`` (dicts keyed by ``columns``); rows whose ``status`` is "warn" or
     "error" get that class (amber and red in the stylesheet, see ``figures.quality_rows``)."""
     head = html.Thead(html.Tr([html.Th(c) for c in columns]))
-    body = html.Tbody([html.Tr([html.Td(str(r.get(c, ""))) for c in columns],
-                               className=r.get("status") if r.get("status") in ROW_CLASSES else None) for r in rows])
+    body = html.Tbody(
+        [
+            html.Tr(
+                [html.Td(str(r.get(c, ""))) for c in columns],
+                className=r.get("status") if r.get("status") in ROW_CLASSES else None,
+            )
+            for r in rows
+        ]
+    )
     return html.Table([head, body], className="data-table")
 
 
 def _table_panel(heading: str, tid: str) -> html.Section:
-    return html.Section(className="panel", children=[
-        html.Div(className="panel-head", children=[
-            html.H3(heading),
-            html.Div(className="exports", children=[
-                html.Button("CSV", id=f"{tid}-csv", className="export", title="download this table as CSV"),
-                dcc.Download(id=f"{tid}-dl")]),
-        ]),
-        html.Div(id=tid, className="table-wrap", children=table(TABLES[tid], [])),
-    ])
+    return html.Section(
+        className="panel",
+        children=[
+            html.Div(
+                className="panel-head",
+                children=[
+                    html.H3(heading),
+                    html.Div(
+                        className="exports",
+                        children=[
+                            html.Button("CSV", id=f"{tid}-csv", className="export", title="download this table as CSV"),
+                            dcc.Download(id=f"{tid}-dl"),
+                        ],
+                    ),
+                ],
+            ),
+            html.Div(id=tid, className="table-wrap", children=table(TABLES[tid], [])),
+        ],
+    )
 
 
 def build_layout(root: str, refresh_ms: int) -> html.Div:
-    return html.Div(className="page", children=[
-        dcc.Location(id="url", refresh=False),
-        dcc.Interval(id="poll", interval=refresh_ms, n_intervals=0),  # drives only the cheap version check
-        dcc.Interval(id="catalog-poll", interval=max(refresh_ms, 2000), n_intervals=0),
-        dcc.Interval(id="anim", interval=400, disabled=True),
-        dcc.Store(id="version"), dcc.Store(id="sel"),
-        html.Header(children=[
-            html.H1("phasescope observatory"),
-            html.Span(id="status", className="status"),
-            html.Span(f"root: {root}", className="root"),
-        ]),
-        html.Div(id="notice", className="notice", role="alert"),
-        html.Section(className="panel runs", children=[
-            html.Div(className="panel-head", children=[
-                html.H3("Runs"),
-                html.Button("catalog CSV", id="catalog-csv", className="export"), dcc.Download(id="catalog-dl"),
-            ]),
-            dcc.Checklist(id="runs", options=[], value=[], className="run-picker",
-                          labelClassName="run-option"),
-            html.Div(className="controls", children=[
-                html.Label("align by "),
-                dcc.RadioItems(id="align", options=[{"label": "step", "value": "step"},
-                                                    {"label": "tokens seen", "value": "tokens"}],
-                               value="step", inline=True),
-                html.Label(" image format "),
-                dcc.RadioItems(id="img-format", options=list(IMAGE_FORMATS), value="png", inline=True),
-            ]),
-        ]),
-        panel("RankMe and α-ReQ per layer", "overview"),
-        html.Div(className="row", children=[
-            panel("Layer × step heatmap", "heatmap", [
-                dcc.Dropdown(id="heatmap-metric", options=[], value=None, clearable=False,
-                             className="dropdown"),
-            ]),
-            panel("Eigenspectrum", "spectrum", [
-                html.Button("▶ play", id="spec-play", className="export", n_clicks=0),
-            ], extra=[dcc.Slider(id="spec-slider", min=0, max=0, step=1, value=0, marks=None,
-                                 updatemode="drag", tooltip=None, allow_direct_input=False),  # its box showed the index
-                      html.Div("click a heatmap cell to open that layer's spectrum; drag the slider to move "
-                               "through training", className="hint")]),
-        ]),
-        panel("Trajectories", "trajectories", [
-            dcc.Dropdown(id="traj-metric", options=[], value="rankme", clearable=False, className="dropdown"),
-            dcc.Dropdown(id="traj-probes", options=[], value=[], multi=True, placeholder="layers (default: spread)",
-                         className="dropdown wide"),
-        ]),
-        *(panel(PANEL_TITLES.get(p, p), f"stat-{p}") for p in STAT_PANELS),
-        panel("Phases per layer", "phases"),
-        panel("Gradients", "gradients"),
-        html.Div(className="row", children=[
-            _table_panel("Run metadata", "meta-table"),
-            _table_panel("Data quality", "quality-table"),
-        ]),
-    ])
+    return html.Div(
+        className="page",
+        children=[
+            dcc.Location(id="url", refresh=False),
+            dcc.Interval(id="poll", interval=refresh_ms, n_intervals=0),  # drives only the cheap version check
+            dcc.Interval(id="catalog-poll", interval=max(refresh_ms, 2000), n_intervals=0),
+            dcc.Interval(id="anim", interval=400, disabled=True),
+            dcc.Store(id="version"),
+            dcc.Store(id="sel"),
+            html.Header(
+                children=[
+                    html.H1("phasescope observatory"),
+                    html.Span(id="status", className="status"),
+                    html.Span(f"root: {root}", className="root"),
+                ]
+            ),
+            html.Div(id="notice", className="notice", role="alert"),
+            html.Section(
+                className="panel runs",
+                children=[
+                    html.Div(
+                        className="panel-head",
+                        children=[
+                            html.H3("Runs"),
+                            html.Button("catalog CSV", id="catalog-csv", className="export"),
+                            dcc.Download(id="catalog-dl"),
+                        ],
+                    ),
+                    dcc.Checklist(id="runs", options=[], value=[], className="run-picker", labelClassName="run-option"),
+                    html.Div(
+                        className="controls",
+                        children=[
+                            html.Label("align by "),
+                            dcc.RadioItems(
+                                id="align",
+                                options=[
+                                    {"label": "step", "value": "step"},
+                                    {"label": "tokens seen", "value": "tokens"},
+                                ],
+                                value="step",
+                                inline=True,
+                            ),
+                            html.Label(" image format "),
+                            dcc.RadioItems(id="img-format", options=list(IMAGE_FORMATS), value="png", inline=True),
+                        ],
+                    ),
+                ],
+            ),
+            panel("RankMe and α-ReQ per layer", "overview"),
+            html.Div(
+                className="row",
+                children=[
+                    panel(
+                        "Layer × step heatmap",
+                        "heatmap",
+                        [
+                            dcc.Dropdown(
+                                id="heatmap-metric", options=[], value=None, clearable=False, className="dropdown"
+                            ),
+                        ],
+                    ),
+                    panel(
+                        "Eigenspectrum",
+                        "spectrum",
+                        [
+                            html.Button("▶ play", id="spec-play", className="export", n_clicks=0),
+                        ],
+                        extra=[
+                            dcc.Slider(
+                                id="spec-slider",
+                                min=0,
+                                max=0,
+                                step=1,
+                                value=0,
+                                marks=None,
+                                updatemode="drag",
+                                tooltip=None,
+                                allow_direct_input=False,
+                            ),  # its box showed the index
+                            html.Div(
+                                "click a heatmap cell to open that layer's spectrum; drag the slider to move "
+                                "through training",
+                                className="hint",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            panel(
+                "Trajectories",
+                "trajectories",
+                [
+                    dcc.Dropdown(id="traj-metric", options=[], value="rankme", clearable=False, className="dropdown"),
+                    dcc.Dropdown(
+                        id="traj-probes",
+                        options=[],
+                        value=[],
+                        multi=True,
+                        placeholder="layers (default: spread)",
+                        className="dropdown wide",
+                    ),
+                ],
+            ),
+            *(panel(PANEL_TITLES.get(p, p), f"stat-{p}") for p in STAT_PANELS),
+            panel("Phases per layer", "phases"),
+            panel("Gradients", "gradients"),
+            html.Div(
+                className="row",
+                children=[
+                    _table_panel("Run metadata", "meta-table"),
+                    _table_panel("Data quality", "quality-table"),
+                ],
+            ),
+        ],
+    )
 
 
 def fill(component, values: dict[tuple[str, str], object]):

@@ -6,6 +6,7 @@ panel name gets its panel here without a new figure builder.
 Linear CKA (Kornblith et al. 2019) is the first: ``cka_first`` (similarity to the first capture) falls
 from 1 as the representation drifts; ``cka_previous`` dips where it reorganises between captures.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,7 +15,17 @@ import numpy as np
 
 from phasescope.statistics import REGISTRY, panels_for
 
-from ._common import RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, label, probe_colours, step_ticks, title
+from ._common import (
+    RUN_DASHES,
+    aligned_x,
+    as_runs,
+    display_steps,
+    empty_figure,
+    label,
+    probe_colours,
+    step_ticks,
+    title,
+)
 from ._plotly import axis_name, compact_int, f32, figure, grid
 from .trajectory_figures import default_probes
 
@@ -41,8 +52,11 @@ def figure_panel(data, panel: str, *, probes: Sequence[str] | None = None, align
     runs = as_runs(data)
     if not runs:
         return empty_figure("no run selected: tick a run in the run picker", title=heading)
-    names = [v for v in panel_variables(panel)
-             if any(v in ds.data_vars and np.isfinite(np.asarray(ds[v].values, float)).any() for ds in runs.values())]
+    names = [
+        v
+        for v in panel_variables(panel)
+        if any(v in ds.data_vars and np.isfinite(np.asarray(ds[v].values, float)).any() for ds in runs.values())
+    ]
     if not names:
         want = ", ".join(panel_variables(panel)) or "nothing"
         return empty_figure(f"{want} not recorded in the selected run(s) (needs a fixed probe set)", title=heading)
@@ -64,22 +78,46 @@ def figure_panel(data, panel: str, *, probes: Sequence[str] | None = None, align
                 continue
             vals = np.asarray(ds[v].transpose("probe", "capture_step").values, float)
             for p in chosen:
-                traces.append({"type": "scatter", "mode": "lines+markers", "x": xd, "y": f32(vals[all_probes.index(p)]),
-                               "xaxis": axis_name(k), "yaxis": axis_name(k, "y"), "name": p + suffix,
-                               "legendgroup": f"{name}/{p}", "showlegend": k == cells[0][0],
-                               "line": {"color": colours[p], "dash": RUN_DASHES[r % len(RUN_DASHES)]},
-                               "marker": {"size": 4}, "customdata": csteps,
-                               "hovertemplate": f"{name}<br>{p}<br>step %{{customdata}}<br>{v} %{{y:.4f}}<extra></extra>"})
+                traces.append(
+                    {
+                        "type": "scatter",
+                        "mode": "lines+markers",
+                        "x": xd,
+                        "y": f32(vals[all_probes.index(p)]),
+                        "xaxis": axis_name(k),
+                        "yaxis": axis_name(k, "y"),
+                        "name": p + suffix,
+                        "legendgroup": f"{name}/{p}",
+                        "showlegend": k == cells[0][0],
+                        "line": {"color": colours[p], "dash": RUN_DASHES[r % len(RUN_DASHES)]},
+                        "marker": {"size": 4},
+                        "customdata": csteps,
+                        "hovertemplate": f"{name}<br>{p}<br>step %{{customdata}}<br>{v} %{{y:.4f}}<extra></extra>",
+                    }
+                )
     for k, v in zip(cells[0], names):
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
         vals = np.concatenate([np.asarray(ds[v].values, float).ravel() for ds in runs.values() if v in ds.data_vars])
         vals = vals[np.isfinite(vals)]
-        if vals.size and vals.min() >= 0 and vals.max() <= 1:   # similarities: the whole [0, 1] scale
+        if vals.size and vals.min() >= 0 and vals.max() <= 1:  # similarities: the whole [0, 1] scale
             layout[f"yaxis{'' if k == 1 else k}"].update(range=[0, 1.02])
     if notes:
         layout.setdefault("annotations", []).append(
-            {"text": "; ".join(notes), "x": 0, "y": -0.22, "xref": "paper", "yref": "paper", "showarrow": False,
-             "xanchor": "left", "font": {"size": 11, "color": "#775"}})
-    layout.update(title=title(heading), height=380, uirevision=f"panel-{panel}",
-                  meta={"kind": "panel", "panel": panel, "variables": names, "notes": notes})
+            {
+                "text": "; ".join(notes),
+                "x": 0,
+                "y": -0.22,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "xanchor": "left",
+                "font": {"size": 11, "color": "#775"},
+            }
+        )
+    layout.update(
+        title=title(heading),
+        height=380,
+        uirevision=f"panel-{panel}",
+        meta={"kind": "panel", "panel": panel, "variables": names, "notes": notes},
+    )
     return figure(traces, step_ticks(traces, layout))

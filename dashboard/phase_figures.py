@@ -13,8 +13,10 @@ Where present, ``rule`` (which row of ``spectra/phases/rules.RULES`` decided the
 label changes marked. ``trajectory_overlays`` gives the shading (model-level segments) and event
 markers the trajectories figure draws.
 """
+
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -25,11 +27,19 @@ from ._common import aligned_x, display_steps, empty_figure, shade, step_ticks, 
 from ._plotly import figure
 
 MODEL = "model"
-PHASE_TEXT = dict(LABEL_TEXT)      # the labeller's own names (spectra/phases/rules.py)
-PHASE_COLOURS = {"collapse": "#d62728", "entropy-seeking": "#1f77b4", "compression-seeking": "#ff7f0e",
-                 "stable": "#7f7f7f", "mixed": "#9467bd", "insufficient-data": "#c7c7c7"}
-CONFIDENCE_HOVER = ("conf = product of the rule's condition scores: erf(|Δ|/(√2·se)) for a move, "
-                    "1 − ½·|Δ|/tol for flat (`phasescope phases --explain`)")
+PHASE_TEXT = dict(LABEL_TEXT)  # the labeller's own names (spectra/phases/rules.py)
+PHASE_COLOURS = {
+    "collapse": "#d62728",
+    "entropy-seeking": "#1f77b4",
+    "compression-seeking": "#ff7f0e",
+    "stable": "#7f7f7f",
+    "mixed": "#9467bd",
+    "insufficient-data": "#c7c7c7",
+}
+CONFIDENCE_HOVER = (
+    "conf = product of the rule's condition scores: erf(|Δ|/(√2·se)) for a move, "
+    "1 − ½·|Δ|/tol for flat (`phasescope phases --explain`)"
+)
 _OTHER_COLOURS = ("#2ca02c", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 NOT_COMPUTED = "phases not computed: run `phasescope phases RUN` to find them"
 
@@ -40,7 +50,7 @@ class PhaseSegment(NamedTuple):
     start: float
     end: float
     open_end: bool
-    why: str = ""       # which rule decided it, its slopes and confidence (hover text; "" for old groups)
+    why: str = ""  # which rule decided it, its slopes and confidence (hover text; "" for old groups)
 
 
 class PhaseEvent(NamedTuple):
@@ -83,35 +93,42 @@ def phase_segments(phases) -> list[PhaseSegment]:
     n = len(starts)
     labels = to_list(phases["label"].values) if "label" in names else [f"phase {i + 1}" for i in range(n)]
     probes = to_list(phases["probe"].values) if "probe" in names else [MODEL] * n
-    open_end = (np.atleast_1d(phases["open_end"].values).astype(bool) if "open_end" in names
-                else np.zeros(n, bool))
+    open_end = np.atleast_1d(phases["open_end"].values).astype(bool) if "open_end" in names else np.zeros(n, bool)
     why = _why(phases, names, n)
-    return [PhaseSegment(p, lab, float(a), float(b), bool(o), w)
-            for p, lab, a, b, o, w in zip(probes, labels, starts, ends, open_end, why)]
+    return [
+        PhaseSegment(p, lab, float(a), float(b), bool(o), w)
+        for p, lab, a, b, o, w in zip(probes, labels, starts, ends, open_end, why)
+    ]
 
 
 def _why(phases, names: set, n: int) -> list[str]:
     """Per segment: the stored rule (which rule decided it), both slopes, the captures fitted and the
     confidence, as hover lines ("" where the group predates these fields)."""
+
     def col(name):
         return np.atleast_1d(np.asarray(phases[name].values, float)) if name in names else np.full(n, np.nan)
+
     rules = to_list(phases["rule"].values) if "rule" in names else [""] * n
     sr, sa, conf, nfit = col("slope_rankme"), col("slope_alpha"), col("confidence"), col("n_fit")
     agree = col("probes_agree")
 
     def f(v, spec):
         return format(v, spec) if np.isfinite(v) else "n/a"
+
     out = []
     for i in range(n):
         lines = []
         if rules[i]:
             lines.append(rules[i])
         if np.isfinite(sr[i]) or np.isfinite(sa[i]):
-            lines.append(f"dlnR/dlnt {f(sr[i], '+.3f')} · dα/dlnt {f(sa[i], '+.3f')}"
-                         + (f" · {nfit[i]:.0f} captures" if np.isfinite(nfit[i]) else ""))
+            lines.append(
+                f"dlnR/dlnt {f(sr[i], '+.3f')} · dα/dlnt {f(sa[i], '+.3f')}"
+                + (f" · {nfit[i]:.0f} captures" if np.isfinite(nfit[i]) else "")
+            )
         if np.isfinite(conf[i]):
-            lines.append(f"confidence {conf[i]:.2f}" + (f" · {agree[i]:.0%} of probes agree" if np.isfinite(agree[i])
-                                                          else ""))
+            lines.append(
+                f"confidence {conf[i]:.2f}" + (f" · {agree[i]:.0%} of probes agree" if np.isfinite(agree[i]) else "")
+            )
             lines.append(CONFIDENCE_HOVER)
         out.append("<br>".join(lines))
     return out
@@ -132,13 +149,23 @@ def phase_events(phases) -> list[PhaseEvent]:
     consecutive segments of a probe whose labels differ (confidence NaN)."""
     names = _names(phases)
     if {"event_probe", "event_step", "event_before", "event_after"} <= names:
-        conf = (np.atleast_1d(np.asarray(phases["event_confidence"].values, float)) if "event_confidence" in names
-                else np.full(phases.sizes.get("event", 0), np.nan))
-        return [PhaseEvent(p, float(s), b, a, float(c)) for p, s, b, a, c in zip(
-            to_list(phases["event_probe"].values), np.atleast_1d(phases["event_step"].values),
-            to_list(phases["event_before"].values), to_list(phases["event_after"].values), conf)]
+        conf = (
+            np.atleast_1d(np.asarray(phases["event_confidence"].values, float))
+            if "event_confidence" in names
+            else np.full(phases.sizes.get("event", 0), np.nan)
+        )
+        return [
+            PhaseEvent(p, float(s), b, a, float(c))
+            for p, s, b, a, c in zip(
+                to_list(phases["event_probe"].values),
+                np.atleast_1d(phases["event_step"].values),
+                to_list(phases["event_before"].values),
+                to_list(phases["event_after"].values),
+                conf,
+            )
+        ]
     out, segs = [], phase_segments(phases)
-    for prev, nxt in zip(segs, segs[1:]):
+    for prev, nxt in itertools.pairwise(segs):
         if prev.probe == nxt.probe and prev.label != nxt.label:
             out.append(PhaseEvent(nxt.probe, nxt.start, prev.label, nxt.label, float("nan")))
     return out
@@ -149,8 +176,9 @@ def event_text(ev: PhaseEvent) -> str:
     return f"{ev.probe}: {phase_text(ev.before)} → {phase_text(ev.after)} at step {ev.step:g}{conf}"
 
 
-def trajectory_overlays(phases, *, scale: float = 1.0, floor: float,
-                        band: tuple[float, float] | None = None) -> tuple[list[dict], list[dict]]:
+def trajectory_overlays(
+    phases, *, scale: float = 1.0, floor: float, band: tuple[float, float] | None = None
+) -> tuple[list[dict], list[dict]]:
     """(shapes, annotations) for the trajectories figure: model-level segments shaded in their phase
     colour and labelled, model-level events as dotted vertical lines. ``scale`` maps steps to x (1 for
     steps, tokens_per_step for tokens); ``floor`` is where step 0 is drawn. ``band`` = (y0, y1) in
@@ -160,8 +188,9 @@ def trajectory_overlays(phases, *, scale: float = 1.0, floor: float,
     y0, y1 = band if band is not None else (0.0, 1.0)
     for seg in model_segments(phases):
         x0, x1 = display_steps(np.array([seg.start * scale, seg.end * scale]), floor=floor)
-        s, a = shade(x0, x1, phase_text(seg.label), phase_colour(seg.label, others),
-                     opacity=0.08 if band is None else 0.3)
+        s, a = shade(
+            x0, x1, phase_text(seg.label), phase_colour(seg.label, others), opacity=0.08 if band is None else 0.3
+        )
         if band is not None:
             s.update(y0=y0, y1=y1)
             a.update(y=(y0 + y1) / 2, yanchor="middle", font={**a["font"], "size": 10, "color": "#222"})
@@ -175,9 +204,19 @@ def trajectory_overlays(phases, *, scale: float = 1.0, floor: float,
         if ev.probe != who:
             continue
         x = float(display_steps(np.array([ev.step * scale]), floor=floor)[0])
-        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": y0, "y1": y1,
-                       "line": {"color": phase_colour(ev.after, others), "width": 1.5, "dash": "dot"},
-                       "name": f"event {event_text(ev)}"})
+        shapes.append(
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "paper",
+                "x0": x,
+                "x1": x,
+                "y0": y0,
+                "y1": y1,
+                "line": {"color": phase_colour(ev.after, others), "width": 1.5, "dash": "dot"},
+                "name": f"event {event_text(ev)}",
+            }
+        )
     return shapes, notes
 
 
@@ -205,8 +244,10 @@ def figure_phase_strip(ds, phases, *, align: str = "step", uirevision: str = "ph
     edges = np.unique([v for s in segs for v in (s.start, s.end)])
     if edges.size == 1:
         edges = np.append(edges, edges[0] + 1)
-    present = sorted({s.label for s in segs}, key=lambda lab: (list(PHASE_COLOURS).index(lab)
-                                                                if lab in PHASE_COLOURS else len(PHASE_COLOURS), lab))
+    present = sorted(
+        {s.label for s in segs},
+        key=lambda lab: (list(PHASE_COLOURS).index(lab) if lab in PHASE_COLOURS else len(PHASE_COLOURS), lab),
+    )
     code = {lab: i for i, lab in enumerate(present)}
     z = np.full((len(rows), edges.size - 1), np.nan)
     text = np.full(z.shape, "", dtype=object)
@@ -216,7 +257,8 @@ def figure_phase_strip(ds, phases, *, align: str = "step", uirevision: str = "ph
         z[ri[s.probe], cols] = code[s.label]
         end = "on" if s.open_end else f"{s.end:g}"
         text[ri[s.probe], cols] = f"{phase_text(s.label)} · steps {s.start:g} → {end}" + (
-            f"<br>{s.why}" if s.why else "")
+            f"<br>{s.why}" if s.why else ""
+        )
     caps = ds["capture_step"].values if ds is not None and "capture_step" in ds.coords else edges
     scale_x, xtitle = aligned_x(ds, [1.0], align) if ds is not None else (np.array([1.0]), "step")
     scale = float(scale_x[0])
@@ -226,26 +268,65 @@ def figure_phase_strip(ds, phases, *, align: str = "step", uirevision: str = "ph
     n = len(present)
     scale_c = [[v, c] for i, c in enumerate(colours) for v in (i / n, (i + 1) / n)]
     starts = np.ascontiguousarray(np.broadcast_to(np.asarray(edges[:-1], dtype=np.int64), z.shape))  # true steps
-    data = [{"type": "heatmap", "z": z, "x": display_steps(edges * scale, floor=floor), "y": rows, "text": text,
-             "customdata": starts,
-             "zmin": -0.5, "zmax": n - 0.5, "colorscale": scale_c, "showscale": False, "xgap": 0, "ygap": 1,
-             "hovertemplate": "%{y}<br>%{text}<extra></extra>", "name": "phases"}]
+    data = [
+        {
+            "type": "heatmap",
+            "z": z,
+            "x": display_steps(edges * scale, floor=floor),
+            "y": rows,
+            "text": text,
+            "customdata": starts,
+            "zmin": -0.5,
+            "zmax": n - 0.5,
+            "colorscale": scale_c,
+            "showscale": False,
+            "xgap": 0,
+            "ygap": 1,
+            "hovertemplate": "%{y}<br>%{text}<extra></extra>",
+            "name": "phases",
+        }
+    ]
     for lab, c in zip(present, colours):  # legend entries for the categorical colours
-        data.append({"type": "scatter", "x": [None], "y": [None], "mode": "markers", "name": phase_text(lab),
-                     "marker": {"symbol": "square", "size": 12, "color": c}, "hoverinfo": "skip"})
+        data.append(
+            {
+                "type": "scatter",
+                "x": [None],
+                "y": [None],
+                "mode": "markers",
+                "name": phase_text(lab),
+                "marker": {"symbol": "square", "size": 12, "color": c},
+                "hoverinfo": "skip",
+            }
+        )
     evs = [e for e in phase_events(phases) if e.probe in ri]
     if evs:
-        data.append({"type": "scatter", "mode": "markers", "name": "phase change",
-                     "x": display_steps(np.array([e.step for e in evs]) * scale, floor=floor),
-                     "y": [e.probe for e in evs], "text": [event_text(e) for e in evs],
-                     "customdata": np.array([e.step for e in evs], dtype=np.int64),
-                     "marker": {"symbol": "diamond", "size": 9, "color": "white", "line": {"color": "#222", "width": 1.5}},
-                     "hovertemplate": "%{text}<extra></extra>"})
-    layout = {"title": title("Phases per layer (Li et al. 2025): collapse, entropy-seeking, compression-seeking"),
-              "height": max(240, min(900, 110 + 16 * len(rows))), "uirevision": uirevision,
-              "xaxis": {"type": "log", "title": title(f"{xtitle} (log)")},
-              "yaxis": {"title": title("probe"), "autorange": "reversed", "type": "category"},
-              "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
-              "margin": {"t": 70}, "meta": {"kind": "phases", "rows": rows, "labels": present,
-                                            "edges": [float(v) for v in edges], "events": len(evs)}}
+        data.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": "phase change",
+                "x": display_steps(np.array([e.step for e in evs]) * scale, floor=floor),
+                "y": [e.probe for e in evs],
+                "text": [event_text(e) for e in evs],
+                "customdata": np.array([e.step for e in evs], dtype=np.int64),
+                "marker": {"symbol": "diamond", "size": 9, "color": "white", "line": {"color": "#222", "width": 1.5}},
+                "hovertemplate": "%{text}<extra></extra>",
+            }
+        )
+    layout = {
+        "title": title("Phases per layer (Li et al. 2025): collapse, entropy-seeking, compression-seeking"),
+        "height": max(240, min(900, 110 + 16 * len(rows))),
+        "uirevision": uirevision,
+        "xaxis": {"type": "log", "title": title(f"{xtitle} (log)")},
+        "yaxis": {"title": title("probe"), "autorange": "reversed", "type": "category"},
+        "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
+        "margin": {"t": 70},
+        "meta": {
+            "kind": "phases",
+            "rows": rows,
+            "labels": present,
+            "edges": [float(v) for v in edges],
+            "events": len(evs),
+        },
+    }
     return figure(data, step_ticks(data, layout))

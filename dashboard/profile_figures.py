@@ -4,6 +4,7 @@ Where a trajectory follows one layer through training, a profile reads across th
 how RankMe or α-ReQ changes with depth. Runs are overlaid by probe index (0 = the first probe); the
 axis is labelled with the probe names when every run has the same probes, else with their indices.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -42,25 +43,53 @@ def figure_profile(data, *, metric: str = "rankme", step: int | Mapping[str, int
         y = np.asarray(ds[metric].transpose("capture_step", "probe").values[int(hit[-1])], float)
         probe_lists.append(probes)
         drawn.append(name)
-        traces.append({"type": "scatter", "x": np.arange(len(probes)), "y": f32(y), "mode": "lines+markers",
-                       "name": f"{name} · step {s}", "text": probes,
-                       "customdata": np.full(len(probes), s, dtype=np.int64),
-                       "line": {"dash": RUN_DASHES[r % len(RUN_DASHES)], "width": 2}, "marker": {"size": 7},
-                       "hovertemplate": f"{name}<br>%{{text}}<br>step {s}<br>{metric} %{{y:.4g}}<extra></extra>"})
+        traces.append(
+            {
+                "type": "scatter",
+                "x": np.arange(len(probes)),
+                "y": f32(y),
+                "mode": "lines+markers",
+                "name": f"{name} · step {s}",
+                "text": probes,
+                "customdata": np.full(len(probes), s, dtype=np.int64),
+                "line": {"dash": RUN_DASHES[r % len(RUN_DASHES)], "width": 2},
+                "marker": {"size": 7},
+                "hovertemplate": f"{name}<br>%{{text}}<br>step {s}<br>{metric} %{{y:.4g}}<extra></extra>",
+            }
+        )
     if not traces:
         return empty_figure("; ".join(notes) or "nothing to draw", title=f"Layer profile · {label(metric)}")
     same = all(p == probe_lists[0] for p in probe_lists)
     n = max(map(len, probe_lists))
-    xaxis = {"title": title("probe" if same else "probe index (0 = first probe)"), "tickmode": "array",
-             "tickvals": list(range(n)), "ticktext": probe_lists[0] if same else [str(i) for i in range(n)],
-             "range": [-0.3, n - 0.7], "zeroline": False}
+    xaxis = {
+        "title": title("probe" if same else "probe index (0 = first probe)"),
+        "tickmode": "array",
+        "tickvals": list(range(n)),
+        "ticktext": probe_lists[0] if same else [str(i) for i in range(n)],
+        "range": [-0.3, n - 0.7],
+        "zeroline": False,
+    }
     steps = {int(t["customdata"][0]) for t in traces}
     at = f" · step {steps.pop()}" if len(steps) == 1 else ""
-    layout = {"title": title(f"Layer profile · {label(metric)}{at}"), "height": 420, "xaxis": xaxis,
-              "showlegend": True,   # one run too: its entry names the run and the step
-              "yaxis": {"title": title(label(metric))},
-              "meta": {"kind": "profile", "metric": metric, "notes": notes, "runs": drawn}}
+    layout = {
+        "title": title(f"Layer profile · {label(metric)}{at}"),
+        "height": 420,
+        "xaxis": xaxis,
+        "showlegend": True,  # one run too: its entry names the run and the step
+        "yaxis": {"title": title(label(metric))},
+        "meta": {"kind": "profile", "metric": metric, "notes": notes, "runs": drawn},
+    }
     if notes:
-        layout["annotations"] = [{"text": "; ".join(notes), "x": 0, "y": 1.06, "xref": "paper", "yref": "paper",
-                                  "showarrow": False, "xanchor": "left", "font": {"size": 11, "color": "#775"}}]
+        layout["annotations"] = [
+            {
+                "text": "; ".join(notes),
+                "x": 0,
+                "y": 1.06,
+                "xref": "paper",
+                "yref": "paper",
+                "showarrow": False,
+                "xanchor": "left",
+                "font": {"size": 11, "color": "#775"},
+            }
+        ]
     return figure(traces, layout)

@@ -19,6 +19,7 @@ by page with pypdf. Files are written beside their target and moved into place w
 failed export never leaves half a file. The figure builders and plotly are imported when a report is
 drawn, so the CLI's ``--help`` stays instant.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,23 +29,24 @@ import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from phasescope.errors import PhasescopeError
 
-
 FIGURES = ("trajectories", "heatmap", "spectrum", "profile")
 FORMATS = (".pdf", ".svg", ".png", ".html")
-PER_RUN = ("heatmap", "spectrum")           # one page per run; the others overlay the runs
+PER_RUN = ("heatmap", "spectrum")  # one page per run; the others overlay the runs
 INSTALL = "pip install 'phasescope[report]'"
-BASE_FONT = 12                              # the dashboard's font size, which its explicit sizes assume
+BASE_FONT = 12  # the dashboard's font size, which its explicit sizes assume
 
 
 @dataclasses.dataclass(frozen=True)
 class Style:
     """Print style: size in layout pixels (PDF and SVG are vector; PNG is width·scale × height·scale
     pixels), the base font size and family."""
+
     width: int = 720
     height: int = 480
     font_size: int = 14
@@ -56,9 +58,10 @@ class Style:
 class Page:
     """One figure of a report: its kind (``FIGURES``), the run a per-run figure shows (None for an
     overlay of every run) and the plotly figure."""
+
     kind: str
     run: str | None
-    figure: object
+    figure: Any  # a plotly Figure (plotly ships no type hints)
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ def load_runs(runs) -> tuple[dict, dict]:
     if hasattr(runs, "data_vars"):
         runs = {str(runs.attrs.get("name", "run")): runs}
     if isinstance(runs, Mapping):
-        return dict(runs), {k: None for k in runs}
+        return dict(runs), dict.fromkeys(runs)
     paths = [Path(runs)] if isinstance(runs, (str, os.PathLike)) else [Path(r) for r in runs]
     if not paths:
         raise PhasescopeError("no run given; pass one or more run stores, e.g. runs/demo.zarr")
@@ -91,8 +94,9 @@ def load_runs(runs) -> tuple[dict, dict]:
     if len(set(names)) < len(names):
         names = [f"{p.resolve().parent.name}/{_name(p)}" for p in paths]
     if len(set(names)) < len(names):
-        raise PhasescopeError("two runs have the same folder and parent names; rename one so the figures "
-                              "can tell them apart")
+        raise PhasescopeError(
+            "two runs have the same folder and parent names; rename one so the figures can tell them apart"
+        )
     return {n: open_run(p) for n, p in zip(names, paths)}, dict(zip(names, paths))
 
 
@@ -133,8 +137,10 @@ def check_metric(runs: dict, metric: str, kinds: Sequence[str]) -> None:
         per_layer = capture_metrics(ds)
         allowed = heatmap_metrics(ds) if set(kinds) <= {"heatmap"} else per_layer
         if metric not in allowed:
-            raise PhasescopeError(f"metric {metric!r} is not recorded per layer in run {name}; "
-                                  f"{_closest(metric, allowed or per_layer)} (pass --metric NAME)")
+            raise PhasescopeError(
+                f"metric {metric!r} is not recorded per layer in run {name}; "
+                f"{_closest(metric, allowed or per_layer)} (pass --metric NAME)"
+            )
 
 
 def check_probes(runs: dict, probes: Sequence[str]) -> None:
@@ -152,8 +158,10 @@ def check_step(runs: dict, step: int) -> None:
             raise PhasescopeError(f"run {name} has no capture yet; wait for its first capture")
         if step not in caps:
             near = int(caps[np.argmin(np.abs(caps - step))])
-            raise PhasescopeError(f"step {step} is not a capture of run {name}; the nearest captured step is "
-                                  f"{near} (captures run {int(caps[0])}…{int(caps[-1])}; pass --step {near})")
+            raise PhasescopeError(
+                f"step {step} is not a capture of run {name}; the nearest captured step is "
+                f"{near} (captures run {int(caps[0])}…{int(caps[-1])}; pass --step {near})"
+            )
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -165,9 +173,16 @@ def _kinds(figure: str | Sequence[str]) -> list[str]:
     return kinds
 
 
-def report_figures(runs, *, figure: str | Sequence[str] = "all", metric: str = "rankme",
-                   probes: Sequence[str] | None = None, step: int | None = None, phases: bool = True,
-                   style: Style = Style()) -> tuple[list[Page], list[str]]:
+def report_figures(
+    runs,
+    *,
+    figure: str | Sequence[str] = "all",
+    metric: str = "rankme",
+    probes: Sequence[str] | None = None,
+    step: int | None = None,
+    phases: bool = True,
+    style: Style = Style(),
+) -> tuple[list[Page], list[str]]:
     """(pages, notes): the report's figures restyled for print, and one note per figure left out
     because a run lacks its data (e.g. no stored eigenvalues). ``runs`` as ``load_runs`` takes them;
     ``probes``: the layers the trajectories draw (default: up to 8 spread over depth), the first is the
@@ -192,7 +207,7 @@ def report_figures(runs, *, figure: str | Sequence[str] = "all", metric: str = "
             ph = {n: run_phases(ds, paths[n]) for n, ds in data.items()} if phases else {}
             fig = figure_trajectories(data, metric=metric, probes=probes or None, phases=ph)
             if not phases:
-                _drop_note(fig, "phases not computed")   # not asked for is not "not computed"
+                _drop_note(fig, "phases not computed")  # not asked for is not "not computed"
             pages.append(Page(kind, None, fig))
         elif kind == "profile":
             pages.append(Page(kind, None, figure_profile(data, metric=metric, step=step)))
@@ -237,7 +252,7 @@ def _titled(page: Page, names: list[str]) -> str:
     text = page.figure.layout.title.text or ""
     if page.run is not None:
         return f"{page.run} · {text}"
-    if len(names) == 1:            # an overlay of one run still names it; several are named in the legend
+    if len(names) == 1:  # an overlay of one run still names it; several are named in the legend
         head, _, sub = text.partition("<br>")
         return f"{head} · {names[0]}" + (f"<br>{sub}" if sub else "")
     return text
@@ -255,14 +270,18 @@ def print_style(page: Page, names: list[str], style: Style):
         font = note.setdefault("font", {})
         font["size"] = round(font.get("size", BASE_FONT) * k, 1)
     lay.pop("uirevision", None)
-    lay.update(width=style.width, height=style.height, paper_bgcolor="white", plot_bgcolor="white",
-               font={"family": style.font_family, "size": style.font_size, "color": "#111"})
-    small = f'<span style="font-size:{max(6, style.font_size - 2)}px">'   # a subtitle readable in print
+    lay.update(
+        width=style.width,
+        height=style.height,
+        paper_bgcolor="white",
+        plot_bgcolor="white",
+        font={"family": style.font_family, "size": style.font_size, "color": "#111"},
+    )
+    small = f'<span style="font-size:{max(6, style.font_size - 2)}px">'  # a subtitle readable in print
     text = _titled(page, names).replace("<sup>", small).replace("</sup>", "</span>")
-    lay["title"] = {"text": text, "font": {"size": round(style.font_size * 1.15, 1)},
-                    "x": 0.01, "xanchor": "left"}
+    lay["title"] = {"text": text, "font": {"size": round(style.font_size * 1.15, 1)}, "x": 0.01, "xanchor": "left"}
     legend = {**(lay.get("legend") or {}), "font": {"size": max(6, style.font_size - 2)}}
-    if page.kind == "trajectories":   # many entries and a loss axis on the right: the legend goes below
+    if page.kind == "trajectories":  # many entries and a loss axis on the right: the legend goes below
         legend.update(orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top", traceorder="normal")
         # round loss ticks of its own (an overlaying axis syncs its ticks to the left axis's grid by default)
         lay.get("yaxis2", {}).update(automargin=True, tickmode="auto")
@@ -270,7 +289,7 @@ def print_style(page: Page, names: list[str], style: Style):
     lines = 1 + lay["title"]["text"].count("<br>")
     above = any(float(a.get("y", 0)) > 1 for a in lay.get("annotations", []) or [] if a.get("yref") == "paper")
     lay["margin"] = {**(lay.get("margin") or {}), "t": round(style.font_size * (1.6 * lines + 1.4 * above) + 24)}
-    for key, ax in lay.items():   # a long axis title in two lines: "RankMe<br>(Li et al. 2025, covariance)"
+    for key, ax in lay.items():  # a long axis title in two lines: "RankMe<br>(Li et al. 2025, covariance)"
         text = ((ax.get("title") or {}).get("text") or "") if re.fullmatch(r"[xy]axis\d*", key) else ""
         if len(text) > 24 and " (" in text and "<br>" not in text:
             ax["title"]["text"] = text.replace(" (", "<br>(", 1)
@@ -289,8 +308,11 @@ def _decade_ticks(d: dict) -> None:
         if not re.fullmatch(r"[xy]axis\d*", key) or ax.get("type") != "log" or "tickvals" in ax:
             continue
         ref = key[0] + key[5:]
-        vals = [np.asarray(decode_array(t.get(key[0])), float).ravel() for t in d["data"]
-                if t.get(key[0] + "axis", key[0]) == ref and t.get(key[0]) is not None]
+        vals = [
+            np.asarray(decode_array(t.get(key[0])), float).ravel()
+            for t in d["data"]
+            if t.get(key[0] + "axis", key[0]) == ref and t.get(key[0]) is not None
+        ]
         v = np.concatenate(vals) if vals else np.array([])
         v = v[np.isfinite(v) & (v > 0)]
         if not v.size:
@@ -301,8 +323,8 @@ def _decade_ticks(d: dict) -> None:
         elif hi - lo >= 2:
             ax["dtick"] = 1
         else:
-            ticks = [m * 10.0 ** e for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1) for m in (1, 2, 5)]
-            ticks = [t for t in ticks if 10 ** lo / 1.001 <= t <= 10 ** hi * 1.001]
+            ticks = [m * 10.0**e for e in range(int(np.floor(lo)), int(np.ceil(hi)) + 1) for m in (1, 2, 5)]
+            ticks = [t for t in ticks if 10**lo / 1.001 <= t <= 10**hi * 1.001]
             if len(ticks) >= 2:
                 ax.update(tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
 
@@ -333,10 +355,14 @@ def _html(pages: list[Page]) -> str:
     """One self-contained page: plotly.js inlined once (works offline), every figure after it."""
     import plotly.io as pio
 
-    parts = [pio.to_html(p.figure, include_plotlyjs=(i == 0), full_html=False, config={"displaylogo": False})
-             for i, p in enumerate(pages)]
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>phasescope report</title></head>\n"
-            "<body style=\"background:white\">\n" + "\n".join(parts) + "\n</body></html>\n")
+    parts = [
+        pio.to_html(p.figure, include_plotlyjs=(i == 0), full_html=False, config={"displaylogo": False})
+        for i, p in enumerate(pages)
+    ]
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>phasescope report</title></head>\n'
+        '<body style="background:white">\n' + "\n".join(parts) + "\n</body></html>\n"
+    )
 
 
 def _static(pages: list[Page], files: list[Path], style: Style) -> None:
@@ -349,14 +375,21 @@ def _static(pages: list[Page], files: list[Path], style: Style) -> None:
     except ImportError:
         raise PhasescopeError(f"PDF, SVG and PNG need kaleido: {INSTALL} (or write --out FILE.html)") from None
     try:
-        pio.write_images([p.figure for p in pages], [str(f) for f in files], width=style.width,
-                         height=style.height, scale=[style.scale if f.suffix == ".png" else 1 for f in files],
-                         validate=False)
+        pio.write_images(
+            [p.figure for p in pages],
+            [str(f) for f in files],
+            width=style.width,
+            height=style.height,
+            scale=[style.scale if f.suffix == ".png" else 1 for f in files],
+            validate=False,
+        )
     except (ChromeNotFoundError, RuntimeError, FileNotFoundError, OSError) as exc:
         text = str(exc)
         if isinstance(exc, ChromeNotFoundError) or "chrome" in text.lower() or "browser" in text.lower():
-            raise PhasescopeError("PDF, SVG and PNG need Chromium, which kaleido drives: apt-get install chromium "
-                                  "(or set BROWSER_PATH to a Chrome), or write --out FILE.html") from None
+            raise PhasescopeError(
+                "PDF, SVG and PNG need Chromium, which kaleido drives: apt-get install chromium "
+                "(or set BROWSER_PATH to a Chrome), or write --out FILE.html"
+            ) from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
         raise PhasescopeError(f"the static export failed: {first}") from None
 
@@ -369,8 +402,8 @@ def write_report(pages: list[Page], out, style: Style = Style()) -> list[Path]:
         raise PhasescopeError("nothing to draw: every requested figure lacks its data in these runs")
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = out.suffix.lower()
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".phasescope-report-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".phasescope-report-") as tmp_name:
+        tmp = Path(tmp_name)
         if fmt == ".html":
             (tmp / "out").write_text(_html(pages), encoding="utf-8")
             os.replace(tmp / "out", out)
@@ -395,8 +428,9 @@ def _merge_pdf(parts: list[Path], out: Path) -> None:
     try:
         from pypdf import PdfWriter
     except ImportError:
-        raise PhasescopeError(f"a PDF of several figures needs pypdf to join its pages: {INSTALL} "
-                              "(or pass --figure to write one figure)") from None
+        raise PhasescopeError(
+            f"a PDF of several figures needs pypdf to join its pages: {INSTALL} (or pass --figure to write one figure)"
+        ) from None
     writer = PdfWriter()
     for p in parts:
         writer.append(str(p))
@@ -404,10 +438,21 @@ def _merge_pdf(parts: list[Path], out: Path) -> None:
         writer.write(f)
 
 
-def report(runs, out, *, figure: str | Sequence[str] = "all", metric: str = "rankme",
-           probe: str | Sequence[str] | None = None, step: int | None = None, width: int = Style.width,
-           height: int = Style.height, font_size: int = Style.font_size, font_family: str = Style.font_family,
-           scale: float = Style.scale, phases: bool = True) -> list[Path]:
+def report(
+    runs,
+    out,
+    *,
+    figure: str | Sequence[str] = "all",
+    metric: str = "rankme",
+    probe: str | Sequence[str] | None = None,
+    step: int | None = None,
+    width: int = Style.width,
+    height: int = Style.height,
+    font_size: int = Style.font_size,
+    font_family: str = Style.font_family,
+    scale: float = Style.scale,
+    phases: bool = True,
+) -> list[Path]:
     """Write publication figures of ``runs`` (run store paths, or Datasets) to ``out``: .pdf (one page
     per figure), .svg or .png (one file per figure: ``out`` itself for one figure, else
     ``<stem>-<figure>[-<run>]<ext>`` beside it) or .html (every figure in one file, plotly.js inlined).
@@ -420,16 +465,27 @@ def report(runs, out, *, figure: str | Sequence[str] = "all", metric: str = "ran
     extensions raise PhasescopeError naming the fix."""
     import warnings
 
-    style = Style(width=int(width), height=int(height), font_size=int(font_size), font_family=font_family,
-                  scale=float(scale))
+    style = Style(
+        width=int(width), height=int(height), font_size=int(font_size), font_family=font_family, scale=float(scale)
+    )
     check_out(out)
     probes = [probe] if isinstance(probe, str) else list(probe) if probe else None
-    pages, notes = report_figures(runs, figure=figure, metric=metric, probes=probes, step=step, phases=phases,
-                                  style=style)
+    pages, notes = report_figures(
+        runs, figure=figure, metric=metric, probes=probes, step=step, phases=phases, style=style
+    )
     for n in notes:
         warnings.warn(n, stacklevel=2)
     return write_report(pages, out, style)
 
 
-__all__ = ["FIGURES", "FORMATS", "Page", "Style", "load_runs", "print_style", "report",
-           "report_figures", "write_report"]
+__all__ = [
+    "FIGURES",
+    "FORMATS",
+    "Page",
+    "Style",
+    "load_runs",
+    "print_style",
+    "report",
+    "report_figures",
+    "write_report",
+]

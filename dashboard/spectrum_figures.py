@@ -1,6 +1,7 @@
 """The eigenspectrum panel: one probe's stored eigenvalues at one capture on log-log axes, with the
 α-ReQ power-law fit over the range the run's α used. No spectrum is computed here: eigenvalues are read
 from the store; only the α-ReQ fit line is evaluated, on the stored eigenvalues."""
+
 from __future__ import annotations
 
 import math
@@ -56,7 +57,7 @@ def _reading(ds, probe: str, c: int, p: int) -> str:
     return text
 
 
-def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: str = "spectrum"):
+def figure_spectrum(ds, probe: str, step: int | None, *, fit_range=None, uirevision: str = "spectrum"):
     """Eigenvalues λ_k of ``probe`` at capture ``step`` against rank k on log-log axes, with the
     α-ReQ power-law fit λ_k ≈ exp(b)·k^(−α) drawn over its fit range (shaded); ``fit_range`` defaults to
     the one the run's stored α used (``run_fit_range``). Reads one row of ``eigenvalues`` (a lazily
@@ -80,14 +81,31 @@ def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: st
     rank = np.arange(1, eigs.size + 1)
     # markers only on short spectra: 1,024 SVG markers cost ~90 ms of drawing per click in the browser
     mode = "lines+markers" if ok.sum() <= MAX_MARKERS else "lines"
-    data = [{"type": "scatter", "x": rank[ok], "y": eigs[ok], "mode": mode, "name": "eigenvalues",
-             "marker": {"size": 4}, "hovertemplate": "k=%{x}<br>λ=%{y:.4g}<extra></extra>"}]
+    data = [
+        {
+            "type": "scatter",
+            "x": rank[ok],
+            "y": eigs[ok],
+            "mode": mode,
+            "name": "eigenvalues",
+            "marker": {"size": 4},
+            "hovertemplate": "k=%{x}<br>λ=%{y:.4g}<extra></extra>",
+        }
+    ]
     shapes, notes = [], []
     alpha, r2, icpt, (lo, hi), reason = _fit_alpha(eigs, fit_range)
     if math.isfinite(alpha):
         k = np.arange(lo, hi) + 1.0
-        data.append({"type": "scatter", "x": k, "y": np.exp(icpt) * k ** (-alpha), "mode": "lines",
-                     "name": f"α-ReQ fit α={alpha:.3f}", "line": {"color": "crimson", "dash": "dash", "width": 3}})
+        data.append(
+            {
+                "type": "scatter",
+                "x": k,
+                "y": np.exp(icpt) * k ** (-alpha),
+                "mode": "lines",
+                "name": f"α-ReQ fit α={alpha:.3f}",
+                "line": {"color": "crimson", "dash": "dash", "width": 3},
+            }
+        )
         s, a = shade(lo + 1, hi, f"fit ranks {lo + 1}…{hi}", "crimson")
         shapes.append(s)
         notes.append(a)
@@ -98,9 +116,17 @@ def figure_spectrum(ds, probe: str, step: int, *, fit_range=None, uirevision: st
         stored = float(ds["alpha"].variable[c, p].values)
         sub += f" · stored α={stored:.3f}"
     sub += _reading(ds, probe, c, p)
-    return figure(data, {
-        "title": title(f"{head}<br><sup>{sub}</sup>"), "height": 420, "uirevision": uirevision,
-        "xaxis": {"type": "log", "title": title("rank k")}, "yaxis": {"type": "log", "exponentformat": "power", "title": title("eigenvalue λ_k")},
-        "meta": {"kind": "spectrum", "probe": probe, "step": int(step), "alpha": alpha, "r2": r2},
-        "legend": {"x": 0.99, "xanchor": "right", "y": 0.99}, "shapes": shapes, "annotations": notes,
-    })
+    return figure(
+        data,
+        {
+            "title": title(f"{head}<br><sup>{sub}</sup>"),
+            "height": 420,
+            "uirevision": uirevision,
+            "xaxis": {"type": "log", "title": title("rank k")},
+            "yaxis": {"type": "log", "exponentformat": "power", "title": title("eigenvalue λ_k")},
+            "meta": {"kind": "spectrum", "probe": probe, "step": int(step), "alpha": alpha, "r2": r2},
+            "legend": {"x": 0.99, "xanchor": "right", "y": 0.99},
+            "shapes": shapes,
+            "annotations": notes,
+        },
+    )

@@ -8,6 +8,7 @@ headless Chromium through Playwright (never a downloaded browser), waits until e
 takes a screenshot of the page's top (run picker, overview, trajectories) and writes it as an indexed
 PNG (256 colours, Pillow) so the repository stays small. Prints the path and its size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PHASESCOPE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+]
 #: every graph of the page drawn by plotly (its full layout computed; a panel the run has no data for is
 #: drawn empty, with its note), the first one with data, and no callback still pending
 ALL_DRAWN = """() => { const g = [...document.querySelectorAll('.js-plotly-plot')];
@@ -43,7 +49,7 @@ def screenshot(run: Path, width: int, height: int) -> bytes:
     from phasescope.dashboard.app import create_app
 
     class Quiet(WSGIRequestHandler):
-        def log_request(self, *a, **k):   # no access log on the terminal
+        def log_request(self, *a, **k):  # no access log on the terminal
             pass
 
     srv = make_server("127.0.0.1", _free_port(), create_app(run).server, threaded=True, request_handler=Quiet)
@@ -54,7 +60,7 @@ def screenshot(run: Path, width: int, height: int) -> bytes:
             page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(f"http://127.0.0.1:{srv.server_port}/")
             page.wait_for_function(ALL_DRAWN, timeout=60_000)
-            page.wait_for_timeout(500)   # let plotly finish its last relayout
+            page.wait_for_timeout(500)  # let plotly finish its last relayout
             png = page.screenshot(full_page=False)
             browser.close()
     finally:
@@ -74,7 +80,9 @@ def small_png(png: bytes, colours: int = 256) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", type=Path, default=REPO / "runs" / "demo.zarr", help="run store to show (default: the demo's)")
+    ap.add_argument(
+        "--run", type=Path, default=REPO / "runs" / "demo.zarr", help="run store to show (default: the demo's)"
+    )
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "dashboard.png", help="PNG to write")
     ap.add_argument("--width", type=int, default=1280, help="window width in pixels")
     ap.add_argument("--height", type=int, default=1000, help="window height in pixels (the part of the page shown)")
@@ -85,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = small_png(screenshot(args.run, args.width, args.height))
     except Exception as exc:  # noqa: BLE001 - one line, no traceback: Chromium missing, page never drawn, …
-        print(f"picture: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (Chromium at "
-              f"{CHROMIUM}: apt-get install chromium)", file=sys.stderr)
+        print(
+            f"picture: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (Chromium at "
+            f"{CHROMIUM}: apt-get install chromium)",
+            file=sys.stderr,
+        )
         return 1
     args.out.write_bytes(data)
     print(f"wrote {args.out} ({len(data) / 1024:.0f} KiB)")

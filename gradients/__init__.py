@@ -13,6 +13,18 @@ from .matrices import MATRIX_STATS, block_index, gradient_matrix_stats, matrix_g
 from .norms import array_norms, global_norm, grad_norms, nonfinite
 from .updates import UpdateTracker, update_ratios
 
-__all__ = ["array_norms", "update_ratios", "grad_norms", "global_norm", "nonfinite", "gradient_matrix_stats", "matrix_group", "block_index",
-           "select_matrices", "MATRIX_STATS",
-           "UpdateTracker", "current_scale", "scaler_enabled"]
+__all__ = [
+    "MATRIX_STATS",
+    "UpdateTracker",
+    "array_norms",
+    "block_index",
+    "current_scale",
+    "global_norm",
+    "grad_norms",
+    "gradient_matrix_stats",
+    "matrix_group",
+    "nonfinite",
+    "scaler_enabled",
+    "select_matrices",
+    "update_ratios",
+]

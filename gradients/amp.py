@@ -11,7 +11,9 @@ from __future__ import annotations
 
 
 def scaler_enabled(scaler) -> bool:
-    return scaler is not None and bool(getattr(scaler, "_enabled", False) or getattr(scaler, "is_enabled", lambda: False)())
+    return scaler is not None and bool(
+        getattr(scaler, "_enabled", False) or getattr(scaler, "is_enabled", lambda: False)()
+    )
 
 
 def current_scale(scaler, optimizer=None):

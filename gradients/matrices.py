@@ -20,21 +20,54 @@ per distinct shape. All statistics except the scale-free ones (stable rank, top 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 
-MATRIX_STATS = ("grad_nuclear", "grad_spectral", "grad_frobenius", "grad_stable_rank", "grad_top_ratio",
-                "grad_sigma_min")
+MATRIX_STATS = (
+    "grad_nuclear",
+    "grad_spectral",
+    "grad_frobenius",
+    "grad_stable_rank",
+    "grad_top_ratio",
+    "grad_sigma_min",
+)
 
 # Projection kinds by the leaf module name (and, where ambiguous, its parent).
 _KIND_BY_LEAF = {
-    "q_proj": "q", "query": "q", "wq": "q", "k_proj": "k", "key": "k", "wk": "k",
-    "v_proj": "v", "value": "v", "wv": "v", "o_proj": "o", "out_proj": "o", "wo": "o",
-    "c_attn": "qkv", "query_key_value": "qkv", "Wqkv": "qkv", "qkv_proj": "qkv", "att_proj": "qkv",
-    "gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down",
-    "c_fc": "mlp_in", "dense_h_to_4h": "mlp_in", "fc1": "mlp_in", "fc_in": "mlp_in", "gate_up_proj": "gate_up",
-    "dense_4h_to_h": "mlp_out", "fc2": "mlp_out", "fc_out": "mlp_out", "ff_out": "mlp_out",
+    "q_proj": "q",
+    "query": "q",
+    "wq": "q",
+    "k_proj": "k",
+    "key": "k",
+    "wk": "k",
+    "v_proj": "v",
+    "value": "v",
+    "wv": "v",
+    "o_proj": "o",
+    "out_proj": "o",
+    "wo": "o",
+    "c_attn": "qkv",
+    "query_key_value": "qkv",
+    "Wqkv": "qkv",
+    "qkv_proj": "qkv",
+    "att_proj": "qkv",
+    "gate_proj": "gate",
+    "w1": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "down_proj": "down",
+    "w2": "down",
+    "c_fc": "mlp_in",
+    "dense_h_to_4h": "mlp_in",
+    "fc1": "mlp_in",
+    "fc_in": "mlp_in",
+    "gate_up_proj": "gate_up",
+    "dense_4h_to_h": "mlp_out",
+    "fc2": "mlp_out",
+    "fc_out": "mlp_out",
+    "ff_out": "mlp_out",
 }
 _ATTN_PARENTS = ("attn", "attention", "self_attn", "self_attention")
 
@@ -72,7 +105,7 @@ def matrix_group(param_name: str) -> dict:
     kind = _KIND_BY_LEAF.get(leaf)
     if kind is None:
         if leaf in ("c_proj", "dense"):
-            if parent in _ATTN_PARENTS or parent == "output" and len(parts) > 2 and parts[-3] == "attention":
+            if parent in _ATTN_PARENTS or (parent == "output" and len(parts) > 2 and parts[-3] == "attention"):
                 kind = "o"
             elif parent in ("mlp", "output"):
                 kind = "mlp_out"
@@ -91,8 +124,9 @@ def select_matrices(named_params: Sequence[tuple[str, Any]], which: str | Callab
     if which in (None, "none", False):
         return []
     if not (which in ("blocks", "all") or callable(which)):
-        raise PhasescopeError(f"matrices must be 'blocks', 'all', 'none' or a predicate (name, param) -> bool, "
-                              f"got {which!r}")
+        raise PhasescopeError(
+            f"matrices must be 'blocks', 'all', 'none' or a predicate (name, param) -> bool, got {which!r}"
+        )
     out = []
     for i, (name, p) in enumerate(named_params):
         if p.ndim != 2:
@@ -103,7 +137,7 @@ def select_matrices(named_params: Sequence[tuple[str, Any]], which: str | Callab
             g = matrix_group(name)
             ok = g["block"] is not None and g["kind"] != "embedding"
         else:
-            ok = bool(which(name, p))
+            ok = callable(which) and bool(which(name, p))  # a predicate (checked above)
         if ok:
             out.append(i)
     return out
@@ -137,13 +171,17 @@ def gradient_matrix_stats(grads: Sequence, scale=None) -> dict:
         finite = xp.all(xp.reshape(xp.isfinite(stack), (len(idx), -1)), axis=1)
         # svdvals fails on non-finite input: zero those matrices (no host sync) and report NaN for them.
         stack = xp.where(finite[:, None, None], stack, xp.zeros((), dtype=stack.dtype, device=dev))
-        s = xp.linalg.svdvals(stack)                       # (B, r), descending
+        s = xp.linalg.svdvals(stack)  # (B, r), descending
         nuc = xp.sum(s, axis=1)
         top = s[:, 0]
         fro2 = xp.sum(s * s, axis=1)
         stats = {
-            "grad_nuclear": nuc, "grad_spectral": top, "grad_frobenius": xp.sqrt(fro2),
-            "grad_stable_rank": fro2 / (top * top), "grad_top_ratio": top / nuc, "grad_sigma_min": s[:, -1],
+            "grad_nuclear": nuc,
+            "grad_spectral": top,
+            "grad_frobenius": xp.sqrt(fro2),
+            "grad_stable_rank": fro2 / (top * top),
+            "grad_top_ratio": top / nuc,
+            "grad_sigma_min": s[:, -1],
         }
         if scale is not None:
             inv = 1.0 / xp.asarray(scale, dtype=xp.float32, device=dev)

@@ -10,7 +10,7 @@ A parameter without a gradient gets NaN in the vector and False in the returned 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def grad_norms(params: Sequence):
@@ -38,7 +38,7 @@ def array_norms(grads: Sequence):
     vals = [xp.linalg.vector_norm(xp.astype(xp.reshape(g, (-1,)), xp.float32)) for g in given]
     if len(given) == len(grads):
         return xp.stack(vals), present
-    out = np.full(len(grads), np.nan, dtype=np.float32)   # absent entries: one host vector
+    out = np.full(len(grads), np.nan, dtype=np.float32)  # absent entries: one host vector
     out[np.flatnonzero(present)] = [float(v) for v in vals]
     return out, present
 
@@ -49,17 +49,16 @@ def _torch_norms(grads: Sequence):
     present = [g is not None for g in grads]
     groups: dict[tuple, tuple[list[int], list]] = {}
     device = None
-    for i, g in enumerate(grads):
-        if g is None:
+    for i, grad in enumerate(grads):
+        if grad is None:
             continue
-        if g.is_sparse:
-            g = g.coalesce()._values()
+        g = grad.coalesce()._values() if grad.is_sparse else grad
         device = device or g.device
         idx, ts = groups.setdefault((g.device, g.dtype), ([], []))
         idx.append(i)
         ts.append(g)
     if len(groups) == 1 and all(present):
-        (_, ts), = groups.values()
+        ((_, ts),) = groups.values()
         return torch.stack(torch._foreach_norm(ts)).float()
     out = torch.full((len(grads),), float("nan"), dtype=torch.float32, device=device)
     for idx, ts in groups.values():

@@ -9,7 +9,7 @@ relative size of one update (Karpathy's "update/data ratio" heuristic, ~1e-3 bei
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class UpdateTracker:

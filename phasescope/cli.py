@@ -39,9 +39,13 @@ def _add_demo(sub) -> None:
 
     p.add_argument("--out", type=Path, default=Path("runs/demo.zarr"), help="run store to write (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run store at --out")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="named settings; flags given here override them. three-phases: "
-                   + ", ".join(f"{k}={v}" for k, v in PRESETS["three-phases"].items()))
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="named settings; flags given here override them. three-phases: "
+        + ", ".join(f"{k}={v}" for k, v in PRESETS["three-phases"].items()),
+    )
     opt("--steps", _positive_int, "optimizer steps")
     opt("--n-layer", _positive_int, "transformer blocks")
     opt("--n-embd", _positive_int, "width of the residual stream (d)")
@@ -52,21 +56,37 @@ def _add_demo(sub) -> None:
     opt("--lr", float, "peak learning rate (AdamW)")
     opt("--weight-decay", float, "AdamW weight decay")
     opt("--warmup", _non_negative_int, "linear warmup steps")
-    opt("--schedule", str, "learning rate after the warmup: constant, or cosine decay to 10%% at the last step",
-        choices=SCHEDULES)
-    opt("--corpus", str, "training text: kjv (the King James Bible) or zipf (a synthetic Zipfian language)",
-        choices=CORPORA)
+    opt(
+        "--schedule",
+        str,
+        "learning rate after the warmup: constant, or cosine decay to 10%% at the last step",
+        choices=SCHEDULES,
+    )
+    opt(
+        "--corpus",
+        str,
+        "training text: kjv (the King James Bible) or zipf (a synthetic Zipfian language)",
+        choices=CORPORA,
+    )
     opt("--zipf-exponent", float, "--corpus zipf: exponent s of its Zipf prior over tokens (0 = uniform)")
     opt("--probe-size", _positive_int, "held-out probe sequences")
-    opt("--probes-from", str, "probe set: midtext = windows of held-out text cut at random points (last token "
+    opt(
+        "--probes-from",
+        str,
+        "probe set: midtext = windows of held-out text cut at random points (last token "
         "inside running text), verses = whole held-out verses (last token = verse-final punctuation)",
-        choices=PROBE_SOURCES)
-    opt("--capture-every", _positive_int, "regular captures every K steps, on top of the log-spaced ones",
-        metavar="K")
+        choices=PROBE_SOURCES,
+    )
+    opt("--capture-every", _positive_int, "regular captures every K steps, on top of the log-spaced ones", metavar="K")
     opt("--seed", int, "seed of the model, the batches and the probe set")
     opt("--threads", _positive_int, "torch intra-op threads (one is fastest at this size)")
-    opt("--save-every", _non_negative_int, "also save Hugging Face checkpoints every K steps next to --out "
-        "(NAME-checkpoints/), for `phasescope analyze`; 0 = none", metavar="K")
+    opt(
+        "--save-every",
+        _non_negative_int,
+        "also save Hugging Face checkpoints every K steps next to --out "
+        "(NAME-checkpoints/), for `phasescope analyze`; 0 = none",
+        metavar="K",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--serve", action="store_true", help="start the dashboard on 127.0.0.1 afterwards")
     p.add_argument("--port", type=_port, default=8050, help="dashboard port with --serve (default: %(default)s)")
@@ -94,8 +114,12 @@ def _add_dashboard(sub) -> None:
         help="explore runs in the web dashboard",
         description="Serve the phasescope dashboard for every run under RUNS (a folder of runs or one run store).",
     )
-    p.add_argument("runs", type=Path, metavar="RUNS_DIR_OR_STORE",
-                   help="a folder of runs (searched recursively; live runs appear as they start) or one run store")
+    p.add_argument(
+        "runs",
+        type=Path,
+        metavar="RUNS_DIR_OR_STORE",
+        help="a folder of runs (searched recursively; live runs appear as they start) or one run store",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=_port, default=8050, help="port to serve on (default: %(default)s)")
     p.set_defaults(func=_run_dashboard)
@@ -118,7 +142,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="phasescope",
-        description="Training-dynamics observatory: activation spectra, gradient statistics and the phases of training.",
+        description=(
+            "Training-dynamics observatory: activation spectra, gradient statistics and the phases of training."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"phasescope {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -9,6 +9,7 @@ it was computed on; it is reused while the run has that many captures and the sa
 recomputed when the run has grown (or with ``--recompute``). The detector itself is
 ``phasescope.spectra.phases.detect_phases`` (pure: Dataset in, PhaseResult out); this module does the I/O.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,12 @@ GROUP = "phases"
 
 def _settings(penalty: float | None, metrics: tuple[str, ...], hmm: bool) -> dict:
     # the rules' version too: a result stored under other labelling rules is recomputed
-    return {"penalty": "bic" if penalty is None else float(penalty), "metrics": list(metrics), "hmm": bool(hmm),
-            "rules": RULES_VERSION}
+    return {
+        "penalty": "bic" if penalty is None else float(penalty),
+        "metrics": list(metrics),
+        "hmm": bool(hmm),
+        "rules": RULES_VERSION,
+    }
 
 
 def _stored(path: Any, n_captures: int, settings: dict):
@@ -48,8 +53,15 @@ def _stored(path: Any, n_captures: int, settings: dict):
         return None
 
 
-def phases_for_run(path: Any, *, penalty: float | None = None, metrics: tuple[str, ...] = ("rankme", "alpha"),
-                   hmm: bool = False, recompute: bool = False, save: bool = True):
+def phases_for_run(
+    path: Any,
+    *,
+    penalty: float | None = None,
+    metrics: tuple[str, ...] = ("rankme", "alpha"),
+    hmm: bool = False,
+    recompute: bool = False,
+    save: bool = True,
+):
     """PhaseResult for the run at ``path``: the stored one if fresh, else computed (and saved if ``save``).
 
     Returns ``(result, status)`` with status ``"stored"``, ``"computed"``, ``"computed, saved"`` or
@@ -88,15 +100,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Segment RankMe and alpha-ReQ over ln(1+step) into phases (Li et al. 2025), per probe and "
         "for the model; store the result in the run's 'phases' group and print it.",
     )
-    p.add_argument("run", type=Path, metavar="RUN", nargs="?", default=None,
-                   help="a run store, e.g. runs/demo.zarr (not needed with --explain)")
-    p.add_argument("--explain", action="store_true",
-                   help="print how phases are labelled (rules, tolerances, minimum captures, confidence) and exit")
+    p.add_argument(
+        "run",
+        type=Path,
+        metavar="RUN",
+        nargs="?",
+        default=None,
+        help="a run store, e.g. runs/demo.zarr (not needed with --explain)",
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="print how phases are labelled (rules, tolerances, minimum captures, confidence) and exit",
+    )
     p.add_argument("--json", action="store_true", help="print everything as JSON")
-    p.add_argument("--penalty", type=positive_number, default=None,
-                   help="change-point penalty per breakpoint, in noise units (default: BIC, (2d+1) ln n)")
-    p.add_argument("--metrics", type=_metrics, default=("rankme", "alpha"),
-                   help="comma-separated metrics to segment (default: rankme,alpha; rankme is required)")
+    p.add_argument(
+        "--penalty",
+        type=positive_number,
+        default=None,
+        help="change-point penalty per breakpoint, in noise units (default: BIC, (2d+1) ln n)",
+    )
+    p.add_argument(
+        "--metrics",
+        type=_metrics,
+        default=("rankme", "alpha"),
+        help="comma-separated metrics to segment (default: rankme,alpha; rankme is required)",
+    )
     p.add_argument("--hmm", action="store_true", help="also fit the Gaussian-HMM cross-check (needs hmmlearn)")
     p.add_argument("--recompute", action="store_true", help="ignore a stored result that is still fresh")
     p.add_argument("--no-save", action="store_true", help="do not write the result into the run")
@@ -112,12 +141,19 @@ def run(args) -> int:
         return 0
     try:
         if args.run is None:
-            raise PhasescopeError("pass a run store, e.g. `phasescope phases runs/demo.zarr` "
-                                  "(or --explain for the labelling rules)")
+            raise PhasescopeError(
+                "pass a run store, e.g. `phasescope phases runs/demo.zarr` (or --explain for the labelling rules)"
+            )
         if not Path(args.run).exists():
             raise PhasescopeError(f"{args.run} does not exist; pass a run store such as runs/demo.zarr")
-        result, status = phases_for_run(args.run, penalty=args.penalty, metrics=tuple(args.metrics), hmm=args.hmm,
-                                        recompute=args.recompute, save=not args.no_save)
+        result, status = phases_for_run(
+            args.run,
+            penalty=args.penalty,
+            metrics=tuple(args.metrics),
+            hmm=args.hmm,
+            recompute=args.recompute,
+            save=not args.no_save,
+        )
     except PhasescopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -129,15 +165,19 @@ def run(args) -> int:
     print(result.summary(per_probe=args.per_probe))
     print()
     print(result.table())
-    print("\nconf: confidence in [0, 1] computed from each phase's fit (significance of its slopes, closeness to "
-          "flat); `phasescope phases --explain` prints the rules and the formula, --json each phase's `rule`")
+    print(
+        "\nconf: confidence in [0, 1] computed from each phase's fit (significance of its slopes, closeness to "
+        "flat); `phasescope phases --explain` prints the rules and the formula, --json each phase's `rule`"
+    )
     if result.hmm is not None:
         h = result.hmm
         if "error" in h:
             print(f"\nHMM cross-check: {h['error']}")
         else:
             segs = ", ".join(f"{s['label']} from {s['start_step']}" for s in h["segments"])
-            print(f"\nHMM cross-check ({h['n_states']} states by BIC): {segs}; "
-                  f"agrees with the segmentation on {100 * h.get('agreement', float('nan')):.0f}% of captures")
+            print(
+                f"\nHMM cross-check ({h['n_states']} states by BIC): {segs}; "
+                f"agrees with the segmentation on {100 * h.get('agreement', float('nan')):.0f}% of captures"
+            )
     print(f"\n({status}; {result.n_captures} captures up to step {result.last_capture_step})", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@
 The figures and the writing are ``phasescope.dashboard.report`` (also ``phasescope.report(...)``); this
 module parses the options and prints the files written, one per line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,29 +33,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "Training stages are not recorded by phasescope yet, so no figure draws any.",
     )
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run stores, e.g. runs/a.zarr runs/b.zarr")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE",
-                   help="the file to write: .pdf, .svg, .png or .html (the extension picks the format)")
-    p.add_argument("--figure", default="all", choices=("all", "trajectories", "heatmap", "spectrum", "profile"),
-                   help="which figure: trajectories (the metric per layer over steps, with the loss and phases; runs "
-                   "overlaid), heatmap (layer x step, one per run), spectrum (eigenvalues with the alpha-ReQ fit, one "
-                   "per run), profile (the metric against layer at one step; runs overlaid), or all (default)")
-    p.add_argument("--metric", default="rankme",
-                   help="per-layer metric of trajectories, heatmaps and profiles (default: %(default)s; e.g. alpha, "
-                   "participation_ratio)")
-    p.add_argument("--probe", action="append", metavar="NAME",
-                   help="a layer to draw (repeat for several): the trajectories' layers (default: up to 8 spread over "
-                   "depth); the first is the spectrum's (default: the last probe)")
-    p.add_argument("--step", type=non_negative_int, default=None,
-                   help="capture step of the spectra and profiles (default: each run's last capture)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the file to write: .pdf, .svg, .png or .html (the extension picks the format)",
+    )
+    p.add_argument(
+        "--figure",
+        default="all",
+        choices=("all", "trajectories", "heatmap", "spectrum", "profile"),
+        help="which figure: trajectories (the metric per layer over steps, with the loss and phases; runs "
+        "overlaid), heatmap (layer x step, one per run), spectrum (eigenvalues with the alpha-ReQ fit, one "
+        "per run), profile (the metric against layer at one step; runs overlaid), or all (default)",
+    )
+    p.add_argument(
+        "--metric",
+        default="rankme",
+        help="per-layer metric of trajectories, heatmaps and profiles (default: %(default)s; e.g. alpha, "
+        "participation_ratio)",
+    )
+    p.add_argument(
+        "--probe",
+        action="append",
+        metavar="NAME",
+        help="a layer to draw (repeat for several): the trajectories' layers (default: up to 8 spread over "
+        "depth); the first is the spectrum's (default: the last probe)",
+    )
+    p.add_argument(
+        "--step",
+        type=non_negative_int,
+        default=None,
+        help="capture step of the spectra and profiles (default: each run's last capture)",
+    )
     p.add_argument("--width", type=positive_int, default=d.width, help="width in layout pixels (default: %(default)s)")
-    p.add_argument("--height", type=positive_int, default=d.height,
-                   help="height in layout pixels (default: %(default)s)")
-    p.add_argument("--font-size", type=positive_int, default=d.font_size,
-                   help="base font size in pixels (default: %(default)s)")
-    p.add_argument("--font", default=d.font_family, metavar="FAMILY",
-                   help="font family, a CSS list (default: %(default)s)")
-    p.add_argument("--scale", type=positive_number, default=d.scale,
-                   help="PNG pixels per layout pixel (default: %(default)s; PDF and SVG are vector)")
+    p.add_argument(
+        "--height", type=positive_int, default=d.height, help="height in layout pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--font-size", type=positive_int, default=d.font_size, help="base font size in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--font", default=d.font_family, metavar="FAMILY", help="font family, a CSS list (default: %(default)s)"
+    )
+    p.add_argument(
+        "--scale",
+        type=positive_number,
+        default=d.scale,
+        help="PNG pixels per layout pixel (default: %(default)s; PDF and SVG are vector)",
+    )
     p.add_argument("--no-phases", action="store_true", help="do not draw the phases on the trajectories")
     p.set_defaults(func=run)
     return p
@@ -66,10 +94,18 @@ def run(args) -> int:
 
     try:
         check_out(args.out)
-        style = Style(width=args.width, height=args.height, font_size=args.font_size, font_family=args.font,
-                      scale=args.scale)
-        pages, notes = report_figures(args.runs, figure=args.figure, metric=args.metric, probes=args.probe,
-                                      step=args.step, phases=not args.no_phases, style=style)
+        style = Style(
+            width=args.width, height=args.height, font_size=args.font_size, font_family=args.font, scale=args.scale
+        )
+        pages, notes = report_figures(
+            args.runs,
+            figure=args.figure,
+            metric=args.metric,
+            probes=args.probe,
+            step=args.step,
+            phases=not args.no_phases,
+            style=style,
+        )
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         written = write_report(pages, args.out, style)

@@ -16,6 +16,7 @@ custom C++ ops"). Nothing is imported until torchvision is; with matching builds
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.metadata
 import importlib.util
@@ -23,8 +24,10 @@ import sys
 from pathlib import Path
 
 #: the operators torchvision registers fakes for without checking that its extension loaded
-UNGUARDED_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                 "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+UNGUARDED_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
 
 
 def _version(dist: str) -> str | None:
@@ -59,7 +62,7 @@ def declare_missing_ops() -> list[str]:
         name, args = schema.split("(", 1)
         try:
             torch.library.define(f"torchvision::{name}", "(" + args)
-        except RuntimeError:   # already declared (by an earlier call or another library)
+        except RuntimeError:  # already declared (by an earlier call or another library)
             continue
         declared.append(name)
     return declared
@@ -75,18 +78,16 @@ class _TorchvisionGuard(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):
         if fullname == "torchvision" and not self.done:
             self.done = True
-            try:
+            with contextlib.suppress(Exception):  # an import helper must not break the import
                 declare_missing_ops()
-            except Exception:  # noqa: BLE001 - an import helper must not break the import
-                pass
-        return None   # the normal finders import torchvision itself
+        return  # the normal finders import torchvision itself
 
 
 def guard_torchvision_import() -> bool:
     """Install the guard when the builds mismatch and torchvision is not imported yet; returns whether it did."""
     if "torchvision" in sys.modules or not mismatched_builds():
         return False
-    if not any(type(f).__name__ == _TorchvisionGuard.__name__ for f in sys.meta_path):   # also the .pth's copy
+    if not any(type(f).__name__ == _TorchvisionGuard.__name__ for f in sys.meta_path):  # also the .pth's copy
         sys.meta_path.insert(0, _TorchvisionGuard())
     return True
 
@@ -106,8 +107,9 @@ def write_startup_guard(site_packages: str | None = None) -> str:
         # This file alone, run by path: importing the phasescope package at every start-up would shadow
         # any other copy of it on sys.path (a wheel under test, a checkout).
         here = str(Path(__file__).resolve())
-        path.write_text(f"import os, runpy; os.path.exists({here!r}) and "
-                        f"runpy.run_path({here!r})['guard_torchvision_import']()\n")
+        path.write_text(
+            f"import os, runpy; os.path.exists({here!r}) and runpy.run_path({here!r})['guard_torchvision_import']()\n"
+        )
         return f"wrote {path}: torch is a CPU build and torchvision is not (pytorch/vision#9085)"
     if path.exists():
         path.unlink()

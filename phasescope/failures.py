@@ -21,7 +21,7 @@ import contextlib
 import threading
 import time
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 #: seconds between two warnings of the same stage after the first
 WARN_INTERVAL_S = 60.0
@@ -58,9 +58,13 @@ class FailureLog:
             raise exc
         if due:
             more = "" if n == 1 else f" ({since} more since the last warning, {n} in all)"
-            warnings.warn(f"{self.name}: {stage} failed ({what + ': ' if what else ''}{text}){more}; training "
-                          "continues, failures are counted in the run's 'failures' attribute and shown in the "
-                          "dashboard's data quality", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{self.name}: {stage} failed ({what + ': ' if what else ''}{text}){more}; training "
+                "continues, failures are counted in the run's 'failures' attribute and shown in the "
+                "dashboard's data quality",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     @contextlib.contextmanager
     def guard(self, stage: str, what: str = "") -> Iterator[None]:

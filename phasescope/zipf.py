@@ -25,8 +25,19 @@ import numpy as np
 class ZipfLanguage:
     """The language of the module docstring (torch tensors on the CPU), seeded and reproducible."""
 
-    def __init__(self, vocab: int = 2048, *, zipf: float = 1.4, rank: int = 128, beta: float = 3.0,
-                 context: int = 2, decay: float = 1.0, support: int = 0, chains: int = 512, seed: int = 0):
+    def __init__(
+        self,
+        vocab: int = 2048,
+        *,
+        zipf: float = 1.4,
+        rank: int = 128,
+        beta: float = 3.0,
+        context: int = 2,
+        decay: float = 1.0,
+        support: int = 0,
+        chains: int = 512,
+        seed: int = 0,
+    ):
         import torch
 
         self.torch, self.vocab, self.support = torch, vocab, support
@@ -38,13 +49,14 @@ class ZipfLanguage:
         self.e = torch.randn(vocab, rank, generator=self.g) * (scale / scale.norm())
         self.u = torch.randn(vocab, rank, generator=self.g)
         self.beta = beta
-        self.weights = [2.0 ** -i for i in range(context)]
+        self.weights = [2.0**-i for i in range(context)]
         # β·e_c·u_y for every (c, y) when it fits (64 MiB at V = 4,096): the logits are then a weighted sum of
         # k rows, twice as fast as the (B, r) × (r, V) product per step
         self.table = beta * (self.e @ self.u.T) if vocab <= 4096 else None
-        self.state = torch.multinomial(self.log_prior.exp(), chains * context, replacement=True,
-                                       generator=self.g).view(chains, context)
-        for _ in range(4 * context):     # burn in: forget the i.i.d. start
+        self.state = torch.multinomial(self.log_prior.exp(), chains * context, replacement=True, generator=self.g).view(
+            chains, context
+        )
+        for _ in range(4 * context):  # burn in: forget the i.i.d. start
             self.advance()
 
     def logits(self, ctx):
@@ -63,9 +75,9 @@ class ZipfLanguage:
         torch = self.torch
         ctx = self.state
         logits, top = self.logits(ctx), None
-        if self.support:                 # sparse: only a context's K likeliest tokens may follow
+        if self.support:  # sparse: only a context's K likeliest tokens may follow
             logits, top = logits.topk(self.support, dim=-1)
-        cdf = logits.softmax(-1).cumsum(-1)           # inverse-CDF sampling: ~10x torch.multinomial here
+        cdf = logits.softmax(-1).cumsum(-1)  # inverse-CDF sampling: ~10x torch.multinomial here
         u = torch.rand(len(ctx), 1, generator=self.g) * cdf[:, -1:]
         nxt = torch.searchsorted(cdf, u).clamp_(max=cdf.shape[1] - 1)
         nxt = (nxt if top is None else top.gather(1, nxt)).squeeze(1)
@@ -85,8 +97,9 @@ class ZipfLanguage:
         return float(-(p * self.log_prior).sum())
 
 
-def corpus(vocab: int, tokens: int, *, heldout: int, seq_len: int, seed: int = 0, chains: int = 512,
-           **language) -> tuple[np.ndarray, np.ndarray]:
+def corpus(
+    vocab: int, tokens: int, *, heldout: int, seq_len: int, seed: int = 0, chains: int = 512, **language
+) -> tuple[np.ndarray, np.ndarray]:
     """A training stream of at least ``tokens`` tokens and ``heldout`` held-out windows of ``seq_len``.
 
     The language is sampled once as ``chains`` chains; the last ``seq_len`` tokens of each chain (after a

@@ -5,9 +5,10 @@ framework callbacks in :mod:`phasescope.probes.integrations` (Hugging Face, Ligh
 
 Names are imported lazily so ``import phasescope.probes`` does not import torch.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "Observatory": ".observatory",
@@ -31,7 +32,42 @@ _EXPORTS = {
     "union": ".schedules",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CaptureResult",
+    "HookSet",
+    "InFlight",
+    "Observatory",
+    "ObservatoryOptions",
+    "Probe",
+    "ProbeSet",
+    "Recorder",
+    "Reducer",
+    "Sink",
+    "TokenSelection",
+    "every",
+    "explicit",
+    "find_layout",
+    "log_spaced",
+    "preset_probes",
+    "resolve_probes",
+    "schedules",
+    "union",
+]
+assert sorted(__all__) == sorted(_EXPORTS)  # a literal, so linters and type checkers read it
+
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (never run)
+    from . import schedules
+    from .capture import HookSet, InFlight, ProbeSet
+    from .observatory import Observatory
+    from .options import ObservatoryOptions
+    from .presets import find_layout, preset_probes
+    from .recorder import Recorder
+    from .reduce import Reducer
+    from .registry import Probe, resolve_probes
+    from .result import CaptureResult
+    from .schedules import every, explicit, log_spaced, union
+    from .sinks import Sink
+    from .tokens import TokenSelection
 
 
 def __getattr__(name: str) -> Any:

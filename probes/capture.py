@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any, Callable, Sequence
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 from phasescope.spectra import CovarianceAccumulator
@@ -25,7 +28,8 @@ from phasescope.spectra.similarity import GramSampler
 
 from .inputs import Batch, ProbeInputs
 from .registry import Probe
-from .shapes import Reduction, activation, choose, requested_for, rows as reduce_rows
+from .shapes import Reduction, activation, choose, requested_for
+from .shapes import rows as reduce_rows
 from .tokens import TokenSelection, plan_all
 
 
@@ -57,7 +61,7 @@ class HookSet:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def __enter__(self) -> "HookSet":
+    def __enter__(self) -> HookSet:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,8 +105,16 @@ def _local_generator(seed: int):
 class ProbeSet:
     """A fixed probe set (:class:`~.inputs.ProbeInputs`), captured under no_grad/eval at scheduled steps."""
 
-    def __init__(self, model, probes: Sequence[Probe], inputs: ProbeInputs, selection: TokenSelection,
-                 reduction=None, *, raw: bool = False):
+    def __init__(
+        self,
+        model,
+        probes: Sequence[Probe],
+        inputs: ProbeInputs,
+        selection: TokenSelection,
+        reduction=None,
+        *,
+        raw: bool = False,
+    ):
         self.model, self.probes, self.selection = model, list(probes), selection
         self.raw = raw
         self.inputs = inputs
@@ -116,8 +128,13 @@ class ProbeSet:
         self.plans: list[list] | None = None
         self.dims: dict[str, int] | None = None
 
-    def _run(self, batches: Sequence[Batch], on_rows: Callable[[int, Any], None], plans=None,
-             reductions: Callable[[int, Any, str], Reduction] | None = None) -> None:
+    def _run(
+        self,
+        batches: Sequence[Batch],
+        on_rows: Callable[[int, Any], None],
+        plans=None,
+        reductions: Callable[[int, Any, str], Reduction] | None = None,
+    ) -> None:
         import torch
 
         n_probes = len(self.probes)
@@ -131,11 +148,11 @@ class ProbeSet:
                 h = h.detach()
                 red = reductions(i, h, source) if reductions else self.reductions[name]
                 plan = state["plans"][i] if state["plans"] else None
-                on_rows(i, reduce_rows(h, red, self.selection, mask=state["mask"], plan=plan,
-                                       generator=state["gen"]))
+                on_rows(i, reduce_rows(h, red, self.selection, mask=state["mask"], plan=plan, generator=state["gen"]))
                 state["fired"].add(i)
                 if len(state["fired"]) == n_probes:
                     raise _StopForward
+
             return hook
 
         with HookSet() as hooks, _EvalMode(self.model), torch.no_grad():
@@ -143,16 +160,20 @@ class ProbeSet:
                 hooks.forward(p.module, make_hook(i))
             for k, b in enumerate(batches):
                 # a generator only at discovery: afterwards sampled reductions follow their fixed plans
-                state.update(mask=b.mask, plans=plans[k] if plans else None, fired=set(),
-                             gen=_local_generator(self.selection.seed) if reductions else None)
-                try:
+                state.update(
+                    mask=b.mask,
+                    plans=plans[k] if plans else None,
+                    fired=set(),
+                    gen=_local_generator(self.selection.seed) if reductions else None,
+                )
+                with contextlib.suppress(_StopForward):
                     b(self.model, **self.extra)
-                except _StopForward:
-                    pass
                 if len(state["fired"]) < n_probes:
                     missing = [self.probes[i].name for i in range(n_probes) if i not in state["fired"]]
-                    raise PhasescopeError(f"probe(s) {', '.join(missing)} did not run during the probe "
-                                          "forward pass; select modules that the model's forward calls")
+                    raise PhasescopeError(
+                        f"probe(s) {', '.join(missing)} did not run during the probe "
+                        "forward pass; select modules that the model's forward calls"
+                    )
 
     def discover_dims(self) -> dict[str, int]:
         """Run the first two samples through the model once (two: a BatchNorm on batch statistics refuses
@@ -162,8 +183,14 @@ class ProbeSet:
 
         def reduction(i, h, source):
             name = self.probes[i].name
-            red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection, source,
-                         token_ids=self.inputs.token_ids)
+            red = choose(
+                name,
+                tuple(h.shape),
+                requested_for(name, self.reduction),
+                self.selection,
+                source,
+                token_ids=self.inputs.token_ids,
+            )
             self.reductions[name] = red
             dims[name] = red.features
             return red
@@ -173,8 +200,10 @@ class ProbeSet:
         except PhasescopeError:
             raise
         except Exception as exc:
-            raise PhasescopeError(f"the model failed on probe_inputs ({type(exc).__name__}: {exc}); pass "
-                                  "probe_inputs its forward accepts (see phasescope.probes.inputs)") from exc
+            raise PhasescopeError(
+                f"the model failed on probe_inputs ({type(exc).__name__}: {exc}); pass "
+                "probe_inputs its forward accepts (see phasescope.probes.inputs)"
+            ) from exc
         self.dims = dims
         self._plan()
         return dims
@@ -188,7 +217,7 @@ class ProbeSet:
         starts = [0]
         for b in self.batches:
             starts.append(starts[-1] + b.n)
-        per_probe = []
+        per_probe: list[list[tuple[Any, Any]] | None] = []
         for p in self.probes:
             red = self.reductions[p.name]
             if not red.sampled:
@@ -200,23 +229,35 @@ class ProbeSet:
                 grid = torch.ones((n, red.positions), dtype=torch.bool)
             rows, cols = plan_all(grid.cpu(), sel.max_tokens, _local_generator(sel.seed))
             self.samples[p.name] = int(rows.shape[0])
-            per_probe.append([((rows[keep] - s), cols[keep]) for s, e in zip(starts, starts[1:])
-                              for keep in [(rows >= s) & (rows < e)]])
+            per_probe.append(
+                [
+                    ((rows[keep] - s), cols[keep])
+                    for s, e in itertools.pairwise(starts)
+                    for keep in [(rows >= s) & (rows < e)]
+                ]
+            )
         for p in self.probes:
             if self.samples[p.name] < 2:
-                raise PhasescopeError(f"probe {p.name!r} gets {self.samples[p.name]} sample(s) per capture "
-                                      f"({self.reductions[p.name].name}); a covariance spectrum needs at least "
-                                      "2: pass more probe inputs")
+                raise PhasescopeError(
+                    f"probe {p.name!r} gets {self.samples[p.name]} sample(s) per capture "
+                    f"({self.reductions[p.name].name}); a covariance spectrum needs at least "
+                    "2: pass more probe inputs"
+                )
         if any(pl is not None for pl in per_probe):
             device = self.inputs.device
-            self.plans = [[None if pl is None else tuple(t.to(device) for t in pl[k]) for pl in per_probe]
-                          for k in range(len(self.batches))]
+            self.plans = [
+                [None if pl is None else tuple(t.to(device) for t in pl[k]) for pl in per_probe]
+                for k in range(len(self.batches))
+            ]
 
     def capture(self, gram_samples: int = 0) -> tuple[list, list]:
         """One capture: a fresh accumulator per probe fed with every batch, and (``gram_samples`` > 0)
         the centred Gram of each probe's first ``gram_samples`` selected rows — the same samples at
         every capture, in the fixed batch order — for linear CKA. Returns (accumulators, grams)."""
-        accs = [_make_acc(self.dims[p.name], self.raw) for p in self.probes]
+        dims = self.dims
+        if dims is None:
+            raise PhasescopeError("ProbeSet.capture() needs the probes' widths: call discover_dims() first")
+        accs = [_make_acc(dims[p.name], self.raw) for p in self.probes]
         samplers = [GramSampler(gram_samples) for _ in self.probes]
 
         def on_rows(i, rows):
@@ -231,7 +272,7 @@ class ProbeSet:
         import torch
 
         plans = None
-        if self.plans is not None:   # this rank may hold no batch (and no plan) of its own
+        if self.plans is not None:  # this rank may hold no batch (and no plan) of its own
             zero = torch.zeros(1, dtype=torch.long)
             plans = [[(zero, zero) if self.reductions[p.name].sampled else None for p in self.probes]]
         self._run([batch], lambda i, rows: None, plans)
@@ -253,8 +294,16 @@ class InFlight:
     lost (``lost``), the forward goes on. An output no reduction can read is a usage error, not a
     failure: it is kept in ``error`` and raised by the Observatory at that step."""
 
-    def __init__(self, model, probes: Sequence[Probe], selection: TokenSelection, failures=None, reduction=None,
-                 *, raw: bool = False):
+    def __init__(
+        self,
+        model,
+        probes: Sequence[Probe],
+        selection: TokenSelection,
+        failures=None,
+        reduction=None,
+        *,
+        raw: bool = False,
+    ):
         self.model, self.probes, self.selection = model, list(probes), selection
         self.raw = raw
         self.failures = failures
@@ -266,7 +315,7 @@ class InFlight:
         self.error: PhasescopeError | None = None
         self._mask = None
         self._token_ids = False
-        self._gen = None
+        self._gen: Any = None  # a torch.Generator once armed (torch is imported lazily)
         self.forwards = 0
         self.lost = 0
 
@@ -298,9 +347,15 @@ class InFlight:
             try:
                 h, source = activation(output)
                 if red is None:
-                    red = choose(name, tuple(h.shape), requested_for(name, self.reduction), self.selection,
-                                 source, token_ids=self._token_ids)
-            except PhasescopeError as exc:   # a usage error: raised by the Observatory at this step
+                    red = choose(
+                        name,
+                        tuple(h.shape),
+                        requested_for(name, self.reduction),
+                        self.selection,
+                        source,
+                        token_ids=self._token_ids,
+                    )
+            except PhasescopeError as exc:  # a usage error: raised by the Observatory at this step
                 self.error, self.lost = self.error or exc, 1
                 return
             h = h.detach()
@@ -310,14 +365,17 @@ class InFlight:
             if dims_only:
                 return
             rows = reduce_rows(h, red, self.selection, mask=self._mask, generator=self._gen)
-            if self.accs[i] is None:
-                self.accs[i] = _make_acc(red.features, self.raw)
-            self.accs[i].update(rows)
+            accs = self.accs
+            if accs is None:  # disarmed (arm() sets the list before attaching the hooks)
+                return
+            if accs[i] is None:
+                accs[i] = _make_acc(red.features, self.raw)
+            accs[i].update(rows)
 
         def make_hook(i: int):
             def hook(module, args, output):
                 if not self.model.training:
-                    return
+                    return None
                 if self.failures is None:
                     return body(i, output)
                 try:
@@ -325,6 +383,7 @@ class InFlight:
                 except Exception as exc:  # noqa: BLE001 - never break the user's forward
                     self.lost = 1
                     self.failures.record("hook", exc, what=f"probe {self.probes[i].name!r}")
+
             return hook
 
         for i, p in enumerate(self.probes):

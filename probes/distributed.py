@@ -12,7 +12,8 @@ dimensions that shard them, never over HSDP replicas (:func:`sharded_norms`).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 from phasescope.spectra import CovarianceAccumulator
@@ -24,23 +25,26 @@ def collective(step: int, what: str, rank: int, world: int, fn: Callable):
     """Run a torch.distributed collective; a failure (a rank died or left) becomes one clear error."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PhasescopeError(
             f"phasescope: the all-reduce of {what} at step {step} failed on rank {rank} of {world} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); a rank probably "
-            "died or stopped calling obs.step; every committed step is kept in the store") from exc
+            "died or stopped calling obs.step; every committed step is kept in the store"
+        ) from exc
 
 
-def all_reduce_accumulators(accs: list, dims: list[int], names: list[str], step: int, rank: int, world: int,
-                            device, group) -> list:
+def all_reduce_accumulators(
+    accs: list, dims: list[int], names: list[str], step: int, rank: int, world: int, device, group
+) -> list:
     """Exact merge of every rank's sufficient statistics before the eigendecomposition (in place)."""
     import torch
 
     accs = list(accs)
-    for i, acc in enumerate(accs):
-        if acc is None and dims[i]:
-            acc = accs[i] = CovarianceAccumulator(dims[i])
-            acc.update(torch.zeros((0, dims[i]), device=device))  # state on the model's device
+    for i in range(len(accs)):
+        if accs[i] is None and dims[i]:
+            accs[i] = CovarianceAccumulator(dims[i])
+            accs[i].update(torch.zeros((0, dims[i]), device=device))  # state on the model's device
+        acc = accs[i]
         if acc is not None:
             collective(step, f"probe {names[i]!r} statistics", rank, world, lambda acc=acc: acc.all_reduce(group))
     return accs
@@ -70,8 +74,10 @@ def dist_info(distributed: bool | None, group) -> tuple[int, int]:
 
     if not (dist.is_available() and dist.is_initialized()):
         if distributed:
-            raise PhasescopeError("distributed=True but torch.distributed is not initialised; call "
-                                  "torch.distributed.init_process_group(...) before creating the Observatory")
+            raise PhasescopeError(
+                "distributed=True but torch.distributed is not initialised; call "
+                "torch.distributed.init_process_group(...) before creating the Observatory"
+            )
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
@@ -121,9 +127,11 @@ def fsdp_roots(model) -> list:
 
 def check_fsdp_reset(roots: list) -> None:
     if not all(hasattr(m, "reset_iter_state") for m in roots):
-        raise PhasescopeError("probe-set capture on an FSDP2 (fully_shard) model needs "
-                              "FSDPModule.reset_iter_state (torch >= 2.13); upgrade torch or pass "
-                              "capture='in_flight'")
+        raise PhasescopeError(
+            "probe-set capture on an FSDP2 (fully_shard) model needs "
+            "FSDPModule.reset_iter_state (torch >= 2.13); upgrade torch or pass "
+            "capture='in_flight'"
+        )
 
 
 class fsdp_resharded:
@@ -163,7 +171,7 @@ def sharded_norms(params):
     present = [p.grad is not None for p in params]
     device = params[0].device if params else torch.device("cpu")
     sq = torch.zeros(len(params), dtype=torch.float64, device=device)
-    buckets: list[tuple[Any, tuple[int, ...], list[int]]] = []   # (mesh, sharded mesh dims, params)
+    buckets: list[tuple[Any, tuple[int, ...], list[int]]] = []  # (mesh, sharded mesh dims, params)
     with torch.no_grad():
         for i, p in enumerate(params):
             g = p.grad
@@ -180,7 +188,7 @@ def sharded_norms(params):
                     break
             else:
                 buckets.append((g.device_mesh, dims, [i]))
-        for mesh, dims, idx in buckets:   # same order on every rank: parameters are in the same order
+        for mesh, dims, idx in buckets:  # same order on every rank: parameters are in the same order
             part = sq[idx]
             for d in dims:
                 dist.all_reduce(part, group=mesh.get_group(d))

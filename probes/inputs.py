@@ -23,8 +23,9 @@ what was found (:meth:`ProbeInputs.describe`, stored in the run's ``probe_inputs
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Batch:
     n: int
     mask: Any = None
 
-    def head(self, k: int = 1) -> "Batch":
+    def head(self, k: int = 1) -> Batch:
         """The first ``k`` samples (discovery and padding forwards)."""
         return _cut(self.args, self.kwargs, self.n, slice(0, k), None if self.mask is None else self.mask[:k])
 
@@ -61,16 +62,21 @@ class ProbeInputs:
     token_ids: bool = False
     mask: Any = None
     notes: list[str] = field(default_factory=list)
-    rebatchable: bool = True   # False for an iterable of batches: it keeps its own batching and is read once
-    device: Any = None         # where the batches are (the model's device)
+    rebatchable: bool = True  # False for an iterable of batches: it keeps its own batching and is read once
+    device: Any = None  # where the batches are (the model's device)
 
     @property
     def n(self) -> int:
         return sum(b.n for b in self.batches)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "samples": self.n, "batches": len(self.batches), "token_ids": self.token_ids,
-                **({"notes": self.notes} if self.notes else {})}
+        return {
+            "kind": self.kind,
+            "samples": self.n,
+            "batches": len(self.batches),
+            "token_ids": self.token_ids,
+            **({"notes": self.notes} if self.notes else {}),
+        }
 
 
 def _per_sample(v, n: int) -> bool:
@@ -78,12 +84,13 @@ def _per_sample(v, n: int) -> bool:
     return _is_array(v) and bool(v.shape) and int(v.shape[0]) == n
 
 
-def _cut(args: tuple, kwargs: dict, n: int, rows: slice, mask=None) -> "Batch":
+def _cut(args: tuple, kwargs: dict, n: int, rows: slice, mask=None) -> Batch:
     """The batch of samples ``rows`` of ``n``: per-sample arrays sliced, everything else passed as is."""
+
     def take(v):
         return v[rows] if _per_sample(v, n) else v
-    return Batch(tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()},
-                 len(range(n)[rows]), mask)
+
+    return Batch(tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}, len(range(n)[rows]), mask)
 
 
 def _is_array(v) -> bool:
@@ -110,8 +117,12 @@ def _forward_params(model) -> tuple[list[str], list[str], bool, bool]:
         return [], [], True, True
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     keyword = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
-    return (positional, keyword, any(p.kind is p.VAR_POSITIONAL for p in params),
-            any(p.kind is p.VAR_KEYWORD for p in params))
+    return (
+        positional,
+        keyword,
+        any(p.kind is p.VAR_POSITIONAL for p in params),
+        any(p.kind is p.VAR_KEYWORD for p in params),
+    )
 
 
 def _batch_size(values: dict, what: str) -> int:
@@ -120,8 +131,10 @@ def _batch_size(values: dict, what: str) -> int:
         raise PhasescopeError(f"probe_inputs ({what}) hold no tensor; pass tensors whose first axis is the samples")
     if len(set(sizes.values())) > 1:
         listed = ", ".join(f"{k}: {n}" for k, n in sizes.items())
-        raise PhasescopeError(f"probe_inputs tensors disagree on the number of samples ({listed}); every "
-                              "tensor's first axis is the sample axis, so they must be equal")
+        raise PhasescopeError(
+            f"probe_inputs tensors disagree on the number of samples ({listed}); every "
+            "tensor's first axis is the sample axis, so they must be equal"
+        )
     return next(iter(sizes.values()))
 
 
@@ -130,7 +143,7 @@ def _is_token_ids(v) -> bool:
 
 
 def _floating(v) -> bool:
-    if hasattr(v, "is_floating_point"):   # torch (bfloat16 has no numpy dtype)
+    if hasattr(v, "is_floating_point"):  # torch (bfloat16 has no numpy dtype)
         return bool(v.is_floating_point() or v.is_complex())
     return np.dtype(v.dtype).kind in "fc" if hasattr(v, "dtype") else False
 
@@ -149,7 +162,7 @@ class _Builder:
 
     @property
     def notes(self) -> list[str]:
-        return list(dict.fromkeys(self._notes))   # once each, in order (a loader repeats them per batch)
+        return list(dict.fromkeys(self._notes))  # once each, in order (a loader repeats them per batch)
 
     def note(self, text: str) -> None:
         self._notes.append(text)
@@ -162,8 +175,10 @@ class _Builder:
         into a float32 model, float32 into a bfloat16 one), said in a note."""
         t = _tensor(v, self.device)
         if t.is_floating_point() and self.dtype is not None and t.dtype != self.dtype:
-            self.note(f"floating inputs cast from {str(t.dtype).removeprefix('torch.')} to the model's "
-                      f"{str(self.dtype).removeprefix('torch.')}")
+            self.note(
+                f"floating inputs cast from {str(t.dtype).removeprefix('torch.')} to the model's "
+                f"{str(self.dtype).removeprefix('torch.')}"
+            )
             t = t.to(self.dtype)
         return t
 
@@ -171,25 +186,30 @@ class _Builder:
     def tokens(self, d: Mapping) -> ProbeInputs:
         ids = _as_array(d["input_ids"])
         if len(ids.shape) != 2:
-            raise PhasescopeError(f"probe_inputs['input_ids'] must be 2-D (sequences, tokens), got shape "
-                                  f"{tuple(ids.shape)}")
+            raise PhasescopeError(
+                f"probe_inputs['input_ids'] must be 2-D (sequences, tokens), got shape {tuple(ids.shape)}"
+            )
         if _floating(ids):
-            raise PhasescopeError(f"probe_inputs['input_ids'] must hold integers, got {ids.dtype}; pass token "
-                                  "ids, or pass float inputs as a tensor or a dict without 'input_ids'")
+            raise PhasescopeError(
+                f"probe_inputs['input_ids'] must hold integers, got {ids.dtype}; pass token "
+                "ids, or pass float inputs as a tensor or a dict without 'input_ids'"
+            )
         ids = _tensor(ids, self.device)
         mask = d.get("attention_mask")
         if mask is not None:
             mask = _tensor(mask, self.device)
             if tuple(mask.shape) != tuple(ids.shape):
-                raise PhasescopeError(f"probe_inputs attention_mask {tuple(mask.shape)} does not match "
-                                      f"input_ids {tuple(ids.shape)}")
+                raise PhasescopeError(
+                    f"probe_inputs attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}"
+                )
         n = int(ids.shape[0])
         others = {}
         for k, v in d.items():
             if k in ("input_ids", "attention_mask"):
                 continue
             if k in NEVER_PASSED or not self.takes(k):
-                self.note(f"{k!r} not passed ({'a probe forward computes no loss' if k in NEVER_PASSED else 'forward does not take it'})")
+                why = "a probe forward computes no loss" if k in NEVER_PASSED else "forward does not take it"
+                self.note(f"{k!r} not passed ({why})")
                 continue
             others[k] = self.tensor(v) if _is_array(v) or isinstance(v, list) else v
         _batch_size({"input_ids": ids, **{k: v for k, v in others.items() if _is_array(v)}}, "token ids")
@@ -202,13 +222,14 @@ class _Builder:
             order = torch.argsort(lengths, stable=True)
             ids, mask = ids[order], mask[order]
             lengths = lengths[order].tolist()
-            widths = [max(1, max(lengths[s:s + self.batch_size])) for s in range(0, n, self.batch_size)]
+            widths = [max(1, *lengths[s : s + self.batch_size]) for s in range(0, n, self.batch_size)]
         batches = []
         for k, s in enumerate(range(0, n, self.batch_size)):
             w = widths[k] if widths else ids.shape[1]
             sl = slice(s, s + self.batch_size)
             kw = {}
-            for key, v in others.items():
+            for key, value in others.items():
+                v = value
                 if _per_sample(v, n):
                     v = v[order] if order is not None else v
                     v = v[sl, :w] if tuple(v.shape[:2]) == tuple(ids.shape) else v[sl]
@@ -217,8 +238,10 @@ class _Builder:
             if b_mask is not None and self.takes("attention_mask"):
                 kw = {"attention_mask": b_mask, **kw}
             elif b_mask is not None and k == 0:
-                self.note("attention_mask not passed (forward does not take it); used to find the last "
-                          "and first non-pad tokens")
+                self.note(
+                    "attention_mask not passed (forward does not take it); used to find the last "
+                    "and first non-pad tokens"
+                )
             args = () if by_keyword else (b_ids,)
             if by_keyword:
                 kw = {"input_ids": b_ids, **kw}
@@ -238,19 +261,25 @@ class _Builder:
                     continue
                 kw[k] = self.tensor(v) if _is_array(v) else v
             if not kw:
-                raise PhasescopeError(f"probe_inputs keys {', '.join(map(repr, item))} are not parameters of "
-                                      f"{type(self.model).__name__}.forward({', '.join(self.positional)}); key the "
-                                      "dict by forward's parameter names, or pass a tensor or tuple")
+                raise PhasescopeError(
+                    f"probe_inputs keys {', '.join(map(repr, item))} are not parameters of "
+                    f"{type(self.model).__name__}.forward({', '.join(self.positional)}); key the "
+                    "dict by forward's parameter names, or pass a tensor or tuple"
+                )
             if left:
-                self.note(f"keys {', '.join(map(repr, left))} not passed (forward does not take them"
-                                  f"{'; a probe forward computes no loss' if set(left) & set(NEVER_PASSED) else ''})")
+                self.note(
+                    f"keys {', '.join(map(repr, left))} not passed (forward does not take them"
+                    f"{'; a probe forward computes no loss' if set(left) & set(NEVER_PASSED) else ''})"
+                )
             return (), kw, _batch_size(kw, "a dict")
         if isinstance(item, (tuple, list)) and item:
             args = list(item)
             if not self.var_args and len(args) > max(len(self.positional), 1):
                 cut = max(len(self.positional), 1)
-                self.note(f"elements {cut}…{len(args) - 1} of each batch not passed "
-                                  f"(forward({', '.join(self.positional)}) takes {cut})")
+                self.note(
+                    f"elements {cut}…{len(args) - 1} of each batch not passed "
+                    f"(forward({', '.join(self.positional)}) takes {cut})"
+                )
                 args = args[:cut]
             args = [self.tensor(a) if _is_array(a) else a for a in args]
             return tuple(args), {}, _batch_size({f"[{i}]": a for i, a in enumerate(args)}, "a tuple")
@@ -262,8 +291,13 @@ class _Builder:
 
 def _looks_like_token_list(obj) -> bool:
     """A nested list of integers (token ids written out)."""
-    return isinstance(obj, list) and bool(obj) and isinstance(obj[0], (list, tuple)) and \
-        bool(obj[0]) and isinstance(obj[0][0], (int, np.integer))
+    return (
+        isinstance(obj, list)
+        and bool(obj)
+        and isinstance(obj[0], (list, tuple))
+        and bool(obj[0])
+        and isinstance(obj[0][0], (int, np.integer))
+    )
 
 
 def _looks_like_batches(items, b: _Builder) -> bool:
@@ -284,28 +318,40 @@ def build_probe_inputs(probe_inputs, model, device, batch_size: int = 64) -> Pro
         out = b.tokens({"input_ids": probe_inputs})
     elif isinstance(probe_inputs, (tuple, list)) and _looks_like_batches(probe_inputs, b):
         out = _from_batches(b, probe_inputs)
-    elif _is_array(probe_inputs) or isinstance(probe_inputs, Mapping) or (
-            isinstance(probe_inputs, (tuple, list)) and probe_inputs and all(_is_array(a) for a in probe_inputs)):
+    elif (
+        _is_array(probe_inputs)
+        or isinstance(probe_inputs, Mapping)
+        or (isinstance(probe_inputs, (tuple, list)) and probe_inputs and all(_is_array(a) for a in probe_inputs))
+    ):
         args, kwargs, n = b.one(probe_inputs)
-        kind = "tensor" if _is_array(probe_inputs) else "dict" if isinstance(probe_inputs, Mapping) \
+        kind = (
+            "tensor"
+            if _is_array(probe_inputs)
+            else "dict"
+            if isinstance(probe_inputs, Mapping)
             else f"tuple of {len(probe_inputs)}"
+        )
         out = ProbeInputs(b.split(args, kwargs, n), kind, notes=b.notes)
     elif hasattr(probe_inputs, "__iter__") and not isinstance(probe_inputs, (str, bytes)):
         out = _from_batches(b, probe_inputs)
     else:
-        raise PhasescopeError(f"probe_inputs of type {type(probe_inputs).__name__} is not a tensor, tuple, dict "
-                              "or an iterable of batches (a DataLoader)")
+        raise PhasescopeError(
+            f"probe_inputs of type {type(probe_inputs).__name__} is not a tensor, tuple, dict "
+            "or an iterable of batches (a DataLoader)"
+        )
     if out.n < 2:
-        raise PhasescopeError(f"probe_inputs hold {out.n} sample(s); a covariance spectrum needs at least 2: "
-                              "pass a larger probe set")
+        raise PhasescopeError(
+            f"probe_inputs hold {out.n} sample(s); a covariance spectrum needs at least 2: pass a larger probe set"
+        )
     return replace(out, device=device)
 
 
 def _from_batches(b: _Builder, batches) -> ProbeInputs:
     items = list(batches)
     if not items:
-        raise PhasescopeError(f"probe_inputs ({type(batches).__name__}) yielded no batches; pass a DataLoader "
-                              "over at least 2 samples")
+        raise PhasescopeError(
+            f"probe_inputs ({type(batches).__name__}) yielded no batches; pass a DataLoader over at least 2 samples"
+        )
     if all(isinstance(i, Mapping) and "input_ids" in i for i in items):
         return _token_batches(b, items, type(batches).__name__)
     out = []
@@ -327,12 +373,20 @@ def _token_batches(b: _Builder, items: list, what: str) -> ProbeInputs:
         m = torch.ones_like(t) if m is None else _tensor(m, "cpu")
         pad = width - t.shape[1]
         if pad and i.get("attention_mask") is None:
-            raise PhasescopeError("probe_inputs token batches differ in length and carry no attention_mask; "
-                                  "pad them to one length or include the mask")
+            raise PhasescopeError(
+                "probe_inputs token batches differ in length and carry no attention_mask; "
+                "pad them to one length or include the mask"
+            )
         ids.append(torch.nn.functional.pad(t, (0, pad)))
         masks.append(torch.nn.functional.pad(m, (0, pad)))
     out = b.tokens({"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)})
     others = sorted({k for i in items for k in i if k not in ("input_ids", "attention_mask")})
-    notes = out.notes + ([f"keys {', '.join(map(repr, others))} of the token batches not passed (only "
-                          "input_ids and attention_mask are joined across batches)"] if others else [])
+    notes = out.notes + (
+        [
+            f"keys {', '.join(map(repr, others))} of the token batches not passed (only "
+            "input_ids and attention_mask are joined across batches)"
+        ]
+        if others
+        else []
+    )
     return replace(out, kind=f"token ids ({what} of {len(items)} batches)", rebatchable=False, notes=notes)

@@ -24,18 +24,25 @@ interrupted; an Observatory never closed is closed at interpreter exit and marke
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Any
 
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
-from phasescope.gradients import (UpdateTracker, current_scale, gradient_matrix_stats, grad_norms, matrix_group,
-                                  select_matrices)
+from phasescope.gradients import (
+    UpdateTracker,
+    current_scale,
+    grad_norms,
+    gradient_matrix_stats,
+    matrix_group,
+    select_matrices,
+)
 
 from . import distributed as D
 from . import schedules as S
 from .capture import InFlight, ProbeSet
-from .inputs import build_probe_inputs
+from .inputs import Batch, build_probe_inputs
 from .options import ObservatoryOptions
 from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
@@ -84,6 +91,8 @@ class Observatory:
         ``preset``, ``reduction``, ``strict``, the writer's queue, ``sinks`` (TensorBoard, W&B, MLflow),
         torch.distributed, mixed precision.
 
+    Notes
+    -----
     Under ``torch.distributed`` (auto-detected) every rank creates the Observatory and calls ``step``
     at the same steps; each rank captures a shard of the probe set and the accumulators are
     all-reduced exactly before the eigendecomposition; gradient statistics come from rank 0's
@@ -92,9 +101,21 @@ class Observatory:
     ``grad_scaler`` and ``optimizer`` so statistics are of unscaled gradients.
     """
 
-    def __init__(self, model, store, probes="auto", schedule=None, probe_inputs=None, tokens=None,
-                 metadata: dict | None = None, overwrite: bool = False, fit_range="auto", *,
-                 options: ObservatoryOptions | None = None, **option_overrides: Any):
+    def __init__(
+        self,
+        model,
+        store,
+        probes="auto",
+        schedule=None,
+        probe_inputs=None,
+        tokens=None,
+        metadata: dict | None = None,
+        overwrite: bool = False,
+        fit_range="auto",
+        *,
+        options: ObservatoryOptions | None = None,
+        **option_overrides: Any,
+    ):
         o = self.options = ObservatoryOptions.build(options, option_overrides)
         model = D.unwrap(model)
         self.model = model
@@ -104,7 +125,9 @@ class Observatory:
         self.is_writer = self.rank == 0
         pre = S.preset(o.preset)
         self.preset = pre
-        self.capture_schedule = S.as_schedule(schedule) if schedule is not None else pre.schedule_for("spectral_geometry")
+        self.capture_schedule = (
+            S.as_schedule(schedule) if schedule is not None else pre.schedule_for("spectral_geometry")
+        )
         # A user-given capture schedule also sets when the (costly) gradient SVD and update ratios run,
         # so capture_step rows are exactly the scheduled steps; pass matrix_schedule/update_schedule to differ.
         default_m = self.capture_schedule if schedule is not None else pre.schedule_for("matrix_svd")
@@ -123,21 +146,25 @@ class Observatory:
         self.matrix_idx = select_matrices(self.named_params, o.matrices)
         mode = o.capture or ("probe_set" if probe_inputs is not None else "in_flight")
         if mode == "probe_set" and probe_inputs is None:
-            raise PhasescopeError("capture='probe_set' needs probe_inputs (token ids, a tensor, a tuple or dict of "
-                                  "tensors, or a DataLoader)")
+            raise PhasescopeError(
+                "capture='probe_set' needs probe_inputs (token ids, a tensor, a tuple or dict of "
+                "tensors, or a DataLoader)"
+            )
         self.mode = mode
         self.recorder: Recorder | None = None
-        self.failures = None
+        self.failures = FailureLog(strict=o.strict)
         self._make_recorder_args(store, overwrite, fit_range)
         self.probe_set: ProbeSet | None = None
         self.in_flight: InFlight | None = None
         dims: dict[str, int] = {}
-        self._pad_forwards, self._pad_batch = 0, None
+        self._pad_forwards = 0
+        self._pad_batch: Batch | None = None
         if mode == "probe_set":
             dims = self._setup_probe_set(probe_inputs)
         else:
-            self.in_flight = InFlight(model, self.probes, self.selection, failures=self.failures,
-                                      reduction=o.reduction, raw=o.rankme_raw)
+            self.in_flight = InFlight(
+                model, self.probes, self.selection, failures=self.failures, reduction=o.reduction, raw=o.rankme_raw
+            )
         self.sharded = D.has_dtensor(self.params)
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
         if self.sharded:
@@ -156,14 +183,22 @@ class Observatory:
     # ------------------------------------------------------------------ set-up
     def _make_recorder_args(self, store, overwrite, fit_range) -> None:
         o = self.options
-        self.failures = FailureLog(strict=o.strict)
         self.fit_range = fit_range
         self._recorder_kw = dict(
-            store=store, overwrite=overwrite, fit_range=fit_range, max_rank=o.max_rank,
-            queue_size=o.queue_size, queue_captures=o.queue_captures, put_timeout=o.put_timeout,
-            write_interval=o.write_interval, writer=self.is_writer, flush_at_exit=False,
-            cka_samples=o.cka_samples, failures=self.failures,
-            sinks=build_sinks(o.sinks, store))   # validated now; only the writing rank opens them
+            store=store,
+            overwrite=overwrite,
+            fit_range=fit_range,
+            max_rank=o.max_rank,
+            queue_size=o.queue_size,
+            queue_captures=o.queue_captures,
+            put_timeout=o.put_timeout,
+            write_interval=o.write_interval,
+            writer=self.is_writer,
+            flush_at_exit=False,
+            cka_samples=o.cka_samples,
+            failures=self.failures,
+            sinks=build_sinks(o.sinks, store),
+        )  # validated now; only the writing rank opens them
 
     def _setup_probe_set(self, probe_inputs) -> dict[str, int]:
         batch_size = self.options.probe_batch_size
@@ -172,8 +207,9 @@ class Observatory:
             per_rank = max(1, min(batch_size, -(-inputs.n // self.world)))
             if per_rank != batch_size:
                 inputs = build_probe_inputs(probe_inputs, self.model, self.device, per_rank)
-        self.probe_set = ProbeSet(self.model, self.probes, inputs, self.selection, self.options.reduction,
-                                  raw=self.options.rankme_raw)
+        self.probe_set = ProbeSet(
+            self.model, self.probes, inputs, self.selection, self.options.reduction, raw=self.options.rankme_raw
+        )
         if self.fsdp_roots:
             D.check_fsdp_reset(self.fsdp_roots)
         with D.fsdp_resharded(self.fsdp_roots):
@@ -188,10 +224,14 @@ class Observatory:
 
     def _run_attrs(self, model, tokens, fit_range, metadata) -> dict:
         attrs = dict(
-            model=type(model).__name__, probes_spec=describe_probes(self.probes),
-            schedule=self.capture_schedule.describe(), matrix_schedule=self.matrix_schedule.describe(),
-            update_schedule=self.update_schedule.describe(), preset=self.options.preset,
-            preset_statistics=self.preset.statistics(), capture_mode=self.mode,
+            model=type(model).__name__,
+            probes_spec=describe_probes(self.probes),
+            schedule=self.capture_schedule.describe(),
+            matrix_schedule=self.matrix_schedule.describe(),
+            update_schedule=self.update_schedule.describe(),
+            preset=self.options.preset,
+            preset_statistics=self.preset.statistics(),
+            capture_mode=self.mode,
             tokens=self.selection.describe(),
             fit_range=list(fit_range) if isinstance(fit_range, (tuple, list)) else fit_range,
             probe_set_size=self.probe_set.n_sequences if self.probe_set else None,
@@ -200,31 +240,38 @@ class Observatory:
             cka_samples=self.options.cka_samples if self.mode == "probe_set" else 0,
             rankme_raw=bool(self.options.rankme_raw),
             matrix_groups={self.named_params[i][0]: matrix_group(self.named_params[i][0]) for i in self.matrix_idx},
-            finished=False)
+            finished=False,
+        )
         if self.world > 1:
-            attrs["distributed"] = {"world_size": self.world, "backend": D.backend_name(self.group),
-                                    "probe_set": "sharded by batch across ranks, accumulators all-reduced",
-                                    "cka": "rank 0's shard of the probe set",
-                                    "loss": "mean over ranks" if self.options.sync_loss else "rank 0"}
+            attrs["distributed"] = {
+                "world_size": self.world,
+                "backend": D.backend_name(self.group),
+                "probe_set": "sharded by batch across ranks, accumulators all-reduced",
+                "cka": "rank 0's shard of the probe set",
+                "loss": "mean over ranks" if self.options.sync_loss else "rank 0",
+            }
         if self.sharded:
-            attrs["matrix_stats_skipped"] = ("gradients are sharded DTensors (FSDP); nuclear/spectral norms need "
-                                             "whole matrices, so matrix statistics and update ratios are not computed")
+            attrs["matrix_stats_skipped"] = (
+                "gradients are sharded DTensors (FSDP); nuclear/spectral norms need "
+                "whole matrices, so matrix statistics and update ratios are not computed"
+            )
         cfg = getattr(model, "config", None)
         if cfg is not None and hasattr(cfg, "to_dict"):
-            try:
+            with contextlib.suppress(Exception):  # metadata only
                 attrs["model_config"] = cfg.to_dict()
-            except Exception:  # noqa: BLE001 - metadata only
-                pass
         attrs.update(metadata or {})
         return attrs
 
     def _open_store(self, dims: dict[str, int]) -> None:
         """Fix the layout; the store itself is created on the writing rank only (by the Recorder)."""
         self.recorder = Recorder(
-            probes=[p.name for p in self.probes], params=[n for n, _ in self.named_params],
+            probes=[p.name for p in self.probes],
+            params=[n for n, _ in self.named_params],
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
-            matrices=[self.named_params[i][0] for i in self.matrix_idx], metadata=self._attrs,
-            **self._recorder_kw)
+            matrices=[self.named_params[i][0] for i in self.matrix_idx],
+            metadata=self._attrs,
+            **self._recorder_kw,
+        )
 
     @property
     def writer(self):
@@ -241,11 +288,18 @@ class Observatory:
 
     @property
     def max_rank(self) -> int:
-        return self.recorder.max_rank
+        return self._layout_known().max_rank
 
     @property
     def dims(self) -> list[int]:
-        return self.recorder.dims
+        return self._layout_known().dims
+
+    def _layout_known(self) -> Recorder:
+        """The Recorder, which exists once the layout is known (at once with probe_inputs, else at the
+        first in-flight capture)."""
+        if self.recorder is None:
+            raise PhasescopeError("the probes' layout is not known yet: no training forward has been captured")
+        return self.recorder
 
     # ------------------------------------------------------------------ training-loop API
     def step(self, step: int, loss=None, lr: float | None = None) -> None:
@@ -260,8 +314,12 @@ class Observatory:
         if self._last_step is not None and step <= self._last_step:
             if not self._warned_order:
                 self._warned_order = True
-                warnings.warn(f"phasescope: step {step} is not after {self._last_step}; ignored (call "
-                              "obs.step once per optimizer step with increasing steps)", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"phasescope: step {step} is not after {self._last_step}; ignored (call "
+                    "obs.step once per optimizer step with increasing steps)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return
         try:
             self._step(step, loss, lr)
@@ -269,7 +327,7 @@ class Observatory:
             raise
         except Exception as exc:  # noqa: BLE001 - never break the user's training
             self.failures.record("step", exc, what=f"step {step}")
-        finally:   # whatever failed above, the next scheduled in-flight capture is armed
+        finally:  # whatever failed above, the next scheduled in-flight capture is armed
             self._arm_next(step)
 
     def _step(self, step: int, loss, lr) -> None:
@@ -278,19 +336,21 @@ class Observatory:
         copy = HostCopier()
         if loss is not None:
             if self.world > 1 and self.options.sync_loss:
-                loss = D.collective(step, "loss", self.rank, self.world,
-                                    lambda: D.mean_over_ranks(loss, self.device, self.group))
+                loss = D.collective(
+                    step, "loss", self.rank, self.world, lambda: D.mean_over_ranks(loss, self.device, self.group)
+                )
             res.scalars["loss"] = copy(loss.detach().float()) if hasattr(loss, "detach") else float(loss)
-        self._capture(step, res)   # in-flight: also discovers dims and opens the store
+        self._capture(step, res)  # in-flight: also discovers dims and opens the store
         if self.recorder is None:  # in-flight run whose first forward has not been seen: nothing to write yet
             return
         norms = None
         if self.grad_norms_on and self.sharded:  # every rank holds a shard: sum squared norms across ranks
-            norms, res.present = D.collective(step, "gradient norms", self.rank, self.world,
-                                              lambda: D.sharded_norms(self.params))
+            norms, res.present = D.collective(
+                step, "gradient norms", self.rank, self.world, lambda: D.sharded_norms(self.params)
+            )
         self._last_step = step
         if self.device.type == "cuda":
-            copy.from_cuda = True     # spectra and Grams stay on the GPU until the writer reads them
+            copy.from_cuda = True  # spectra and Grams stay on the GPU until the writer reads them
         if self.is_writer:
             self._gradients(step, res, norms, copy)
 
@@ -309,7 +369,7 @@ class Observatory:
                 ok = True
             res.lost += not ok
         if self.matrix_idx and self.matrix_schedule(step):
-            res.capture = True        # a capture row even when the statistics fail (NaN, flag_lost)
+            res.capture = True  # a capture row even when the statistics fail (NaN, flag_lost)
             ok = False
             with self.failures.guard("capture", "gradient matrix statistics"), torch.no_grad():
                 stats = gradient_matrix_stats([self.params[i].grad for i in self.matrix_idx], scale=scale)
@@ -345,12 +405,13 @@ class Observatory:
                 accs, grams = self._capture_probe_set()
             if accs is None:
                 res.lost += 1
-                accs = [None] * len(self.probes) if self.world > 1 else None   # still join the all-reduce
+                accs = [None] * len(self.probes) if self.world > 1 else None  # still join the all-reduce
         if accs is None:
             return
         if self.world > 1:
-            accs = D.all_reduce_accumulators(accs, self.dims, [p.name for p in self.probes], step, self.rank,
-                                             self.world, self.device, self.group)
+            accs = D.all_reduce_accumulators(
+                accs, self.dims, [p.name for p in self.probes], step, self.rank, self.world, self.device, self.group
+            )
         if self.is_writer:
             spectra = [None] * len(accs)
             for i, acc in enumerate(accs):
@@ -359,31 +420,43 @@ class Observatory:
                         spectra[i] = acc.compute()
                         continue
                     res.lost += 1
-            self.recorder.add_spectra(res, spectra, grams,   # rows dropped for NaN/Inf, maybe all of them
-                                      nonfinite=any(a is not None and a.n_nonfinite for a in accs))
+            self._layout_known().add_spectra(
+                res,
+                spectra,
+                grams,  # rows dropped for NaN/Inf, maybe all of them
+                nonfinite=any(a is not None and a.n_nonfinite for a in accs),
+            )
 
     def _first_in_flight(self, accs) -> None:
         """The first training forward seen: every probe must have run and, at a capture, have 2 samples;
         then the layout (and each probe's reduction) is known and the store opens."""
         fl = self.in_flight
+        assert fl is not None  # called from the in-flight branch of _capture
         missing = [p.name for p in self.probes if p.name not in fl.dims]
         if missing:
-            raise PhasescopeError(f"probe(s) {', '.join(missing)} did not run during the training forward; "
-                                  "select modules that the model's forward calls")
+            raise PhasescopeError(
+                f"probe(s) {', '.join(missing)} did not run during the training forward; "
+                "select modules that the model's forward calls"
+            )
         few = [f"{p.name} ({a.n})" for p, a in zip(self.probes, accs or []) if a is not None and a.n < 2]
         if few:
-            raise PhasescopeError(f"probe(s) {', '.join(few)} got fewer than 2 samples from the training batch; "
-                                  "a covariance spectrum needs at least 2: pass probe_inputs or tokens='all'")
+            raise PhasescopeError(
+                f"probe(s) {', '.join(few)} got fewer than 2 samples from the training batch; "
+                "a covariance spectrum needs at least 2: pass probe_inputs or tokens='all'"
+            )
         self._attrs["probe_reductions"] = fl.describe()
         self._open_store(fl.dims)
 
     def _capture_probe_set(self) -> tuple[list, list]:
         """This rank's probe batches; under FSDP2 also padding forwards (every rank runs as many, each
         all-gathering the same parameter groups) and a reset that re-registers the sharded parameters."""
+        probe_set = self.probe_set
+        assert probe_set is not None  # called in probe_set mode only
         with D.fsdp_resharded(self.fsdp_roots):
-            accs, grams = self.probe_set.capture(self.options.cka_samples if self.rank == 0 else 0)
-            for _ in range(self._pad_forwards):
-                self.probe_set.padding_forward(self._pad_batch)
+            accs, grams = probe_set.capture(self.options.cka_samples if self.rank == 0 else 0)
+            if self._pad_batch is not None:  # set with _pad_forwards > 0 (world > 1)
+                for _ in range(self._pad_forwards):
+                    probe_set.padding_forward(self._pad_batch)
         return accs, grams
 
     def _arm_next(self, step: int) -> None:
@@ -399,7 +472,7 @@ class Observatory:
                 copy = HostCopier()
                 res.update_ratios = copy(self.updates.ratios())
                 res.event = copy.event(res.event)
-        self.recorder.submit(res)
+        self._layout_known().submit(res)
 
     # ------------------------------------------------------------------ lifetime
     def close(self, *, error: BaseException | None = None) -> None:
@@ -422,7 +495,7 @@ class Observatory:
             try:
                 with self.failures.guard("close"):
                     self._flush_pending()
-            finally:   # under strict the flush may raise: the run is still closed, and says how
+            finally:  # under strict the flush may raise: the run is still closed, and says how
                 self.recorder.close(error=error)
         finally:
             self.updates.clear()
@@ -434,12 +507,15 @@ class Observatory:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Observatory":
+    def __enter__(self) -> Observatory:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(error=exc)
 
 
-Observatory.__doc__ = (Observatory.__doc__ or "") + "\n    Options (ObservatoryOptions):" + \
-    ObservatoryOptions.described().replace("\n", "\n    ")
+Observatory.__doc__ = (
+    (Observatory.__doc__ or "")
+    + "\n    Options (ObservatoryOptions):"
+    + ObservatoryOptions.described().replace("\n", "\n    ")
+)

@@ -18,42 +18,44 @@ from phasescope.spectra.similarity import CKA_SAMPLES
 
 from .shapes import check_requested
 
-
 _FIELD = re.compile(r"^(?P<name>\w+): [^=]+= (?P<default>.+?)\s+# (?P<comment>.+)$")
 
 
+# fmt: off
+# One line per option: described() reads the comment beside each field for help() (so no wrapping here).
 @dataclass
 class ObservatoryOptions:
     # -- what runs when (probes/schedules.py) --
-    preset: str = "economy"            # cost preset: economy | business | full | norms (sets the default schedules)
-    matrix_schedule: Any = None        # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
-    update_schedule: Any = None        # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
-    grad_norms: bool = True            # per-parameter gradient L2 norms every step
-    matrices: Any = "blocks"           # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
+    preset: str = "economy"  # cost preset: economy | business | full | norms (sets the default schedules)
+    matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
+    update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
+    grad_norms: bool = True  # per-parameter gradient L2 norms every step
+    matrices: Any = "blocks"  # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
     # -- how probes are captured (probes/capture.py, probes/tokens.py) --
-    capture: str | None = None         # "probe_set" (default when probe_inputs is given) or "in_flight" (the training forward)
-    probe_batch_size: int = 64         # samples per probe forward (a DataLoader keeps its own batches)
-    reduction: Any = "auto"            # output -> samples x features per probe: auto | features | tokens | spatial_mean | positions, or {probe or glob: ...} (probes/shapes.py)
-    max_tokens: int | None = 8192      # tokens="all": seeded subsample of at most this many token states
-    seed: int = 0                      # seed of that subsample (and of in-flight subsampling)
-    max_rank: int | None = None        # cap on stored eigenvalues and metric components (Li et al. keep 2048)
-    cka_samples: int = CKA_SAMPLES     # probe samples whose Gram is kept for linear CKA (0: no CKA)
-    rankme_raw: bool = False           # also RankMe of the raw (uncentred) samples (Garrido et al. 2023): one more d×d eigvalsh per probe
+    capture: str | None = None  # "probe_set" (default when probe_inputs is given) or "in_flight" (the training forward)
+    probe_batch_size: int = 64  # samples per probe forward (a DataLoader keeps its own batches)
+    reduction: Any = "auto"  # output -> samples x features per probe: auto | features | tokens | spatial_mean | positions, or {probe or glob: ...} (probes/shapes.py)
+    max_tokens: int | None = 8192  # tokens="all": seeded subsample of at most this many token states
+    seed: int = 0  # seed of that subsample (and of in-flight subsampling)
+    max_rank: int | None = None  # cap on stored eigenvalues and metric components (Li et al. keep 2048)
+    cka_samples: int = CKA_SAMPLES  # probe samples whose Gram is kept for linear CKA (0: no CKA)
+    rankme_raw: bool = False  # also RankMe of the raw (uncentred) samples (Garrido et al. 2023): one more d×d eigvalsh per probe
     # -- mixed precision (gradients/amp.py) --
-    optimizer: Any = None              # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
-    grad_scaler: Any = None            # torch GradScaler: statistics of unscaled gradients, skipped steps flagged
+    optimizer: Any = None  # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
+    grad_scaler: Any = None  # torch GradScaler: statistics of unscaled gradients, skipped steps flagged
     # -- the background writer (store/async_writer.py) --
-    queue_size: int = 256              # entries waiting at most; then wait put_timeout, then drop the oldest
-    queue_captures: int = 32           # captures waiting at most; beyond, the oldest capture is dropped (flag_dropped)
-    put_timeout: float = 1.0           # seconds the training thread may wait for room in a full queue
-    write_interval: float = 0.5        # seconds between store commits (rows are batched)
-    strict: bool = False               # raise phasescope's own failures instead of warning and counting them
+    queue_size: int = 256  # entries waiting at most; then wait put_timeout, then drop the oldest
+    queue_captures: int = 32  # captures waiting at most; beyond, the oldest capture is dropped (flag_dropped)
+    put_timeout: float = 1.0  # seconds the training thread may wait for room in a full queue
+    write_interval: float = 0.5  # seconds between store commits (rows are batched)
+    strict: bool = False  # raise phasescope's own failures instead of warning and counting them
     # -- trackers (probes/sinks.py) --
-    sinks: Any = ()                    # also send the stored scalars to "tensorboard[:DIR]", "wandb[:PROJECT]", "mlflow[:URI]" or sink objects
+    sinks: Any = ()  # also send the stored scalars to "tensorboard[:DIR]", "wandb[:PROJECT]", "mlflow[:URI]" or sink objects
     # -- torch.distributed (probes/distributed.py) --
-    distributed: bool | None = None    # None: auto (a process group of > 1 rank); False: this process alone
-    process_group: Any = None          # the group to reduce over (default: the world)
-    sync_loss: bool = True             # store the loss averaged over ranks (else rank 0's)
+    distributed: bool | None = None  # None: auto (a process group of > 1 rank); False: this process alone
+    process_group: Any = None  # the group to reduce over (default: the world)
+    sync_loss: bool = True  # store the loss averaged over ranks (else rank 0's)
+    # fmt: on
 
     @classmethod
     def described(cls) -> str:
@@ -70,7 +72,7 @@ class ObservatoryOptions:
         return "\n".join(lines)
 
     @classmethod
-    def build(cls, options: "ObservatoryOptions | None", overrides: dict) -> "ObservatoryOptions":
+    def build(cls, options: ObservatoryOptions | None, overrides: dict) -> ObservatoryOptions:
         """``options`` (or the defaults) with keyword overrides; an unknown keyword names the closest."""
         known = [f.name for f in fields(cls)]
         bad = [k for k in overrides if k not in known]
@@ -87,6 +89,7 @@ class ObservatoryOptions:
         return opts
 
 
-ObservatoryOptions.__doc__ = ("Every option of Observatory beyond model, store, probes, schedule, probe_inputs, "
-                              "tokens, metadata, overwrite and fit_range; keywords of Observatory(...) set them."
-                              + ObservatoryOptions.described())
+ObservatoryOptions.__doc__ = (
+    "Every option of Observatory beyond model, store, probes, schedule, probe_inputs, "
+    "tokens, metadata, overwrite and fit_range; keywords of Observatory(...) set them." + ObservatoryOptions.described()
+)

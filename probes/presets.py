@@ -60,8 +60,11 @@ def _block_list(named: dict, container) -> tuple[int, str] | None:
             continue
         first = next(iter(mod.children()))
         child_names = {n for n, _ in first.named_children()}
-        looks_like_block = bool(child_names & set(ATTN_NAMES)) or "layer" in type(first).__name__.lower() \
+        looks_like_block = (
+            bool(child_names & set(ATTN_NAMES))
+            or "layer" in type(first).__name__.lower()
             or "block" in type(first).__name__.lower()
+        )
         if looks_like_block and (best is None or len(mod) > best[0]):
             best = (len(mod), name)
     return best
@@ -78,7 +81,8 @@ def find_layout(model) -> ModuleLayout:
     if best is None:
         raise PhasescopeError(
             f"cannot find a transformer block list in {type(model).__name__}; pass probes as module "
-            "names or globs (see model.named_modules())")
+            "names or globs (see model.named_modules())"
+        )
     prefix = best[1]
     blocks = tuple(f"{prefix}.{n}" for n, _ in named[prefix].named_children())
 
@@ -131,7 +135,7 @@ def short_name(module_name: str, layout: ModuleLayout | None) -> str:
     if layout is not None and layout.block_prefix:
         for i, block in enumerate(layout.blocks):
             if module_name == block or module_name.startswith(block + "."):
-                return f"block.{i}{module_name[len(block):]}"
+                return f"block.{i}{module_name[len(block) :]}"
         if module_name == layout.final_norm:
             return "final_norm"
     return module_name

@@ -29,10 +29,12 @@ recorded after the copies before it reads them.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import sys
 import threading
 import weakref
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
@@ -49,7 +51,7 @@ from .sinks import SinkSet, build_sinks
 
 PARAM_STATS = ("grad_norm", "update_ratio")
 SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
-OPEN: "weakref.WeakSet" = weakref.WeakSet()   # Observatories and Recorders to close at interpreter exit
+OPEN: weakref.WeakSet = weakref.WeakSet()  # Observatories and Recorders to close at interpreter exit
 
 
 class HostCopier:
@@ -115,16 +117,33 @@ class Recorder:
     also get the stored scalars, e.g. ``["tensorboard", "wandb", "mlflow"]`` (:mod:`phasescope.probes.sinks`).
     """
 
-    def __init__(self, store, probes: list[str] | None = None, params: list[str] | None = None, *,
-                 dims: Mapping[str, int] | None = None, matrices: list[str] | str = (),
-                 metadata: dict | None = None, overwrite: bool = False, fit_range="auto",
-                 max_rank: int | None = None, queue_size: int = 256, queue_captures: int = 32,
-                 put_timeout: float = 1.0, write_interval: float = 0.5, writer: bool | None = None,
-                 matrix_stats: tuple[str, ...] | None = None, flush_at_exit: bool = True,
-                 cka_samples: int = CKA_SAMPLES, strict: bool = False, failures: FailureLog | None = None,
-                 sinks: Any = (), rankme_raw: bool = False):
+    def __init__(
+        self,
+        store,
+        probes: list[str] | None = None,
+        params: list[str] | None = None,
+        *,
+        dims: Mapping[str, int] | None = None,
+        matrices: Sequence[str] | str = (),
+        metadata: dict | None = None,
+        overwrite: bool = False,
+        fit_range="auto",
+        max_rank: int | None = None,
+        queue_size: int = 256,
+        queue_captures: int = 32,
+        put_timeout: float = 1.0,
+        write_interval: float = 0.5,
+        writer: bool | None = None,
+        matrix_stats: tuple[str, ...] | None = None,
+        flush_at_exit: bool = True,
+        cka_samples: int = CKA_SAMPLES,
+        strict: bool = False,
+        failures: FailureLog | None = None,
+        sinks: Any = (),
+        rankme_raw: bool = False,
+    ):
         self._store_path, self._overwrite = store, overwrite
-        self._sink_list = build_sinks(sinks, store)   # validated now, opened at their first write
+        self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
         self.sinks: SinkSet | None = None
         self._flush_at_exit = flush_at_exit
         self.probe_names = list(probes) if probes is not None else None
@@ -135,10 +154,14 @@ class Recorder:
         self.fit_range = fit_range
         self.max_rank_cap = max_rank
         self.cka_samples = int(cka_samples)
-        self._queue = dict(max_pending_steps=int(queue_size), max_pending_captures=int(queue_captures),
-                           block_timeout_s=float(put_timeout), interval_s=float(write_interval))
+        self._queue: dict[str, Any] = dict(
+            max_pending_steps=int(queue_size),
+            max_pending_captures=int(queue_captures),
+            block_timeout_s=float(put_timeout),
+            interval_s=float(write_interval),
+        )
         self.attrs = dict(metadata or {})
-        self.attrs.setdefault("rankme_raw", bool(rankme_raw))   # an Observatory's metadata says it already
+        self.attrs.setdefault("rankme_raw", bool(rankme_raw))  # an Observatory's metadata says it already
         self.rankme_raw = bool(self.attrs["rankme_raw"])
         self.failures = failures if failures is not None else FailureLog(strict=strict)
         self.is_writer = bool(rank() == 0 if writer is None else writer)
@@ -152,28 +175,50 @@ class Recorder:
         self.dims: list[int] = []
         self.max_rank = 0
         self.matrix_names: list[str] = []
-        if self.probe_names is not None and self.param_names is not None and \
-                all(p in self._dims_given for p in self.probe_names) and not isinstance(matrices, str):
+        if (
+            self.probe_names is not None
+            and self.param_names is not None
+            and all(p in self._dims_given for p in self.probe_names)
+            and not isinstance(matrices, str)
+        ):
             self._open(self._dims_given)
 
     # ------------------------------------------------------------------ layout
+    @property
+    def _probes(self) -> list[str]:
+        """The probe names, fixed by probes= or the first recorded step."""
+        if self.probe_names is None:
+            raise PhasescopeError("the Recorder's probe names are not known yet (no step recorded)")
+        return self.probe_names
+
+    @property
+    def _params(self) -> list[str]:
+        """The parameter names, fixed by params= or the first recorded step."""
+        if self.param_names is None:
+            raise PhasescopeError("the Recorder's parameter names are not known yet (no step recorded)")
+        return self.param_names
+
     def _open(self, dims: Mapping[str, int]) -> None:
         """Fix the layout and (on the writing process) create the store."""
-        self.dims = [int(dims.get(p, 0)) for p in self.probe_names]
+        self.dims = [int(dims.get(p, 0)) for p in self._probes]
         max_rank = max(self.dims) if self.dims else 0
         if self.max_rank_cap is not None:
             max_rank = min(max_rank, int(self.max_rank_cap))
         self.max_rank = max_rank
         if isinstance(self._matrices, str):
-            self.matrix_names = [n for n, s in self._grad_shapes.items() if len(s) == 2] if self._matrices == "all" else []
+            self.matrix_names = (
+                [n for n, s in self._grad_shapes.items() if len(s) == 2] if self._matrices == "all" else []
+            )
         else:
             self.matrix_names = list(self._matrices)
-        unknown = [m for m in self.matrix_names if m not in self.param_names]
+        unknown = [m for m in self.matrix_names if m not in self._params]
         if unknown:
-            raise PhasescopeError(f"matrices {unknown} are not among the params {self.param_names[:6]}…; "
-                                  "name gradients that are recorded")
-        spec = RunSpec(tuple(self.probe_names), tuple(self.dims), max_rank, self.fit_range,
-                       stat_names("metric", where="live"))
+            raise PhasescopeError(
+                f"matrices {unknown} are not among the params {self._params[:6]}…; name gradients that are recorded"
+            )
+        spec = RunSpec(
+            tuple(self._probes), tuple(self.dims), max_rank, self.fit_range, stat_names("metric", where="live")
+        )
         self.reducer = Reducer(spec, self.failures)
         self._ready = True
         if not self.is_writer:
@@ -181,22 +226,35 @@ class Recorder:
         self.attrs.setdefault("finished", False)
         self.attrs.setdefault("flag_bits", FLAG_BITS)
         if self._sink_list:
-            self.sinks = SinkSet(self._sink_list, self.failures, SCALARS, self.probe_names)
+            self.sinks = SinkSet(self._sink_list, self.failures, SCALARS, self._probes)
         self.async_writer = AsyncRunWriter(
-            self._store_path, reduce=self._rows, failures=self.failures, raise_errors=self.failures.strict,
+            self._store_path,
+            reduce=self._rows,
+            failures=self.failures,
+            raise_errors=self.failures.strict,
             **self._queue,
-            probes=list(self.probe_names), params=list(self.param_names), metrics=list(spec.metrics),
-            max_rank=max_rank, scalars=SCALARS, param_stats=PARAM_STATS, matrices=self.matrix_names,
-            matrix_stats=list(self.matrix_stats) if self.matrix_names else [], flags=FLAGS, attrs=self.attrs,
-            overwrite=self._overwrite)
+            probes=list(self._probes),
+            params=list(self._params),
+            metrics=list(spec.metrics),
+            max_rank=max_rank,
+            scalars=SCALARS,
+            param_stats=PARAM_STATS,
+            matrices=self.matrix_names,
+            matrix_stats=list(self.matrix_stats) if self.matrix_names else [],
+            flags=FLAGS,
+            attrs=self.attrs,
+            overwrite=self._overwrite,
+        )
         _register_exit_hook()  # after zarr is imported
         if self._flush_at_exit:
             OPEN.add(self)
 
     def _rows(self, res: CaptureResult) -> tuple[dict, dict | None]:
         """Writer thread: the reducer's values as the writer's row arguments."""
+        if self.reducer is None:
+            raise PhasescopeError("a capture reached the writer before the Recorder's layout was fixed")
         step, cap = self.reducer.reduce(res)
-        if self.sinks is not None:   # the values the store gets, queued for the sinks thread
+        if self.sinks is not None:  # the values the store gets, queued for the sinks thread
             self.sinks.send(step, cap)
         return vars(step), (vars(cap) if cap is not None else None)
 
@@ -216,52 +274,72 @@ class Recorder:
             self.param_names = list(grads)
         dims = dict(self._dims_given)
         for name, a in activations.items():
-            if name in self.probe_names and name not in dims:
+            if name in self._probes and name not in dims:
                 dims[name] = _width(a)
-        missing = [p for p in self.probe_names if p not in dims]
+        missing = [p for p in self._probes if p not in dims]
         if missing:
-            raise PhasescopeError(f"step {step}: no width known for probe(s) {missing}; pass dims={{name: width}} "
-                                  "to Recorder or give activations for every probe at the first recorded step")
+            raise PhasescopeError(
+                f"step {step}: no width known for probe(s) {missing}; pass dims={{name: width}} "
+                "to Recorder or give activations for every probe at the first recorded step"
+            )
         for name, g in grads.items():
             if g is not None:
                 self._grad_shapes.setdefault(name, _shape(g))
         self._open(dims)
 
     def _check(self, step: int, activations: Mapping, grads: Mapping) -> None:
-        bad = [k for k in activations if k not in self.probe_names]
+        bad = [k for k in activations if k not in self._probes]
         if bad:
-            raise PhasescopeError(f"step {step}: unknown activation name(s) {bad}; this run records probes "
-                                  f"{self.probe_names} (names are fixed by the first step or probes=)")
-        bad = [k for k in grads if k not in self.param_names]
+            raise PhasescopeError(
+                f"step {step}: unknown activation name(s) {bad}; this run records probes "
+                f"{self._probes} (names are fixed by the first step or probes=)"
+            )
+        bad = [k for k in grads if k not in self._params]
         if bad:
-            raise PhasescopeError(f"step {step}: unknown gradient name(s) {bad}; this run records params "
-                                  f"{self.param_names[:8]} (names are fixed by the first step or params=)")
+            raise PhasescopeError(
+                f"step {step}: unknown gradient name(s) {bad}; this run records params "
+                f"{self._params[:8]} (names are fixed by the first step or params=)"
+            )
         for name, a in activations.items():
             if a is None:
                 continue
-            d = self.dims[self.probe_names.index(name)]
+            d = self.dims[self._probes.index(name)]
             w = _width(a)
             if w != d:
-                raise PhasescopeError(f"step {step}: activations[{name!r}] has width {w} but this run records "
-                                      f"width {d} for it; pass (samples, {d}) arrays every step")
+                raise PhasescopeError(
+                    f"step {step}: activations[{name!r}] has width {w} but this run records "
+                    f"width {d} for it; pass (samples, {d}) arrays every step"
+                )
         for name, g in grads.items():
             if g is None:
                 continue
             s, first = _shape(g), self._grad_shapes.setdefault(name, _shape(g))
             if s != first:
-                raise PhasescopeError(f"step {step}: grads[{name!r}] has shape {s} but had shape {first} before; "
-                                      "gradients must keep their parameter's shape")
+                raise PhasescopeError(
+                    f"step {step}: grads[{name!r}] has shape {s} but had shape {first} before; "
+                    "gradients must keep their parameter's shape"
+                )
 
     # ------------------------------------------------------------------ public recording
-    def record(self, step: int, activations: Mapping[str, Any] | None = None, grads: Mapping[str, Any] | None = None,
-               loss: Any = None, lr: float | None = None, *, flags: Mapping[str, int] | None = None) -> None:
+    def record(
+        self,
+        step: int,
+        activations: Mapping[str, Any] | None = None,
+        grads: Mapping[str, Any] | None = None,
+        loss: Any = None,
+        lr: float | None = None,
+        *,
+        flags: Mapping[str, int] | None = None,
+    ) -> None:
         """Record training step ``step`` (strictly increasing): see the module docstring."""
         if self._closed:
             raise PhasescopeError("this Recorder is closed; create a new one (resume is not supported here)")
         step = int(step)
         if self._last_step is not None and step <= self._last_step:
-            raise PhasescopeError(f"step {step} is not after the last recorded step {self._last_step}; "
-                                  "record each step once, with increasing step numbers")
+            raise PhasescopeError(
+                f"step {step} is not after the last recorded step {self._last_step}; "
+                "record each step once, with increasing step numbers"
+            )
         activations = dict(activations or {})
         grads = dict(grads or {})
         if not self._ready:
@@ -275,14 +353,14 @@ class Recorder:
         if grads:
             ok = False
             with self.failures.guard("step", f"gradient norms at step {step}"):
-                norms, res.present = array_norms([grads.get(n) for n in self.param_names])
+                norms, res.present = array_norms([grads.get(n) for n in self._params])
                 res.grad_norms = copy(norms)
                 ok = True
             res.lost += not ok
         if activations:
-            self.capture_arrays(res, [activations.get(p) for p in self.probe_names])
+            self.capture_arrays(res, [activations.get(p) for p in self._probes])
             for s in res.spectra or []:
-                copy.note(s.eigenvalues if s is not None else None)   # device spectra: the event covers them
+                copy.note(s.eigenvalues if s is not None else None)  # device spectra: the event covers them
             if self.matrix_names and grads:
                 ok = False
                 with self.failures.guard("capture", "matrix statistics"):
@@ -300,7 +378,7 @@ class Recorder:
         for i, v in enumerate(values):
             if v is None:
                 continue
-            with self.failures.guard("capture", f"probe {self.probe_names[i]!r}"):
+            with self.failures.guard("capture", f"probe {self._probes[i]!r}"):
                 spectra[i] = spectrum_of(v, self.dims[i], self.rankme_raw)
                 if self.cka_samples:
                     grams[i] = gram_of(v, self.cka_samples)
@@ -308,8 +386,9 @@ class Recorder:
             res.lost += 1
         self.add_spectra(res, spectra, grams)
 
-    def add_spectra(self, res: CaptureResult, spectra: list, grams: list | None = None, *,
-                    nonfinite: bool = False) -> None:
+    def add_spectra(
+        self, res: CaptureResult, spectra: list, grams: list | None = None, *, nonfinite: bool = False
+    ) -> None:
         """Attach per-probe spectra (and Grams) to ``res`` as this step's capture; rows dropped for
         NaN/Inf (in a spectrum, or ``nonfinite``: in accumulators that kept no row at all) set the
         activation bit of ``flag_nonfinite`` now, so a later drop of the capture payload keeps it."""
@@ -346,35 +425,35 @@ class Recorder:
             return
         try:
             if self.sinks is not None:
-                self._close_sinks(w, error)
+                self._close_sinks(w, self.sinks, error)
         finally:
             with self.failures.guard("close", "closing the store"):
                 if w.alive:
                     w.set_attrs(n_captures_taken=self.n_captures)
                 w.close(status=status_for(error), error=error_for(error))
 
-    def _close_sinks(self, w: AsyncRunWriter, error: BaseException | None) -> None:
+    def _close_sinks(self, w: AsyncRunWriter, sinks: SinkSet, error: BaseException | None) -> None:
         """Before the store closes (so their failures are counted in it): once every row is written and
         the sinks have taken every value, the run's phases (at a normal close); then the sinks close,
         and where they wrote is kept in the ``sinks`` attribute."""
         try:
             with self.failures.guard("close", "writing the queued rows"):
-                w.flush()   # every row reduced, so every value handed to the sinks
+                w.flush()  # every row reduced, so every value handed to the sinks
         finally:
             try:
-                if self.sinks.drain() and error is None:
-                    self.sinks.send_phases(self._store_path)
+                if sinks.drain() and error is None:
+                    sinks.send_phases(self._store_path)
             finally:
-                self.sinks.close(status_for(error))
+                sinks.close(status_for(error))
                 if w.alive:
                     with self.failures.guard("close", "the sinks attribute"):
-                        w.set_attrs(sinks=self.sinks.describe())
+                        w.set_attrs(sinks=sinks.describe())
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -407,7 +486,7 @@ def rank() -> int:
 
 
 _EXIT_HOOK = False
-_UNCAUGHT: list = []   # the exception that is ending the process, seen by sys.excepthook before atexit
+_UNCAUGHT: list = []  # the exception that is ending the process, seen by sys.excepthook before atexit
 
 
 def _register_exit_hook() -> None:
@@ -429,10 +508,11 @@ def _register_exit_hook() -> None:
 
     sys.excepthook = note_uncaught
     reg = getattr(threading, "_register_atexit", None)
-    try:
-        reg(_close_forgotten) if reg is not None else atexit.register(_close_forgotten)
-    except RuntimeError:  # already shutting down
-        pass
+    with contextlib.suppress(RuntimeError):  # already shutting down
+        if reg is not None:
+            reg(_close_forgotten)
+        else:
+            atexit.register(_close_forgotten)
 
 
 def _close_forgotten() -> None:
@@ -440,7 +520,5 @@ def _close_forgotten() -> None:
     Ctrl-C ended the process, "failed" with the uncaught error, else failed for the missing close()."""
     error = _UNCAUGHT[-1] if _UNCAUGHT else RuntimeError("the process exited without Observatory.close()")
     for obs in list(OPEN):
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit
             obs.close(error=error)
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass

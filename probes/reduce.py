@@ -47,7 +47,7 @@ class RunSpec:
     max_rank: int
     fit_range: Any = "auto"
     metrics: tuple[str, ...] = field(default_factory=lambda: stat_names("metric"))
-    flags: tuple[str, ...] = FLAGS          # the run's flag columns; other flag values are not stored
+    flags: tuple[str, ...] = FLAGS  # the run's flag columns; other flag values are not stored
 
 
 @dataclass
@@ -75,16 +75,19 @@ class Reducer:
         self.spec = spec
         self.failures = failures if failures is not None else FailureLog(strict=True)
         # Every registered per-probe statistic whose variables this run stores, in registration order.
-        self._stats = [s for s in statistics(kind="metric") if s.per_probe is not None
-                       and any(v.name in spec.metrics for v in s.variables)]
-        self._state = {s.name: [{} for _ in spec.probes] for s in self._stats}
-        self._fresh = fresh   # False: the run's first capture was reduced by another process (a resume)
+        self._stats = [
+            s
+            for s in statistics(kind="metric")
+            if s.per_probe is not None and any(v.name in spec.metrics for v in s.variables)
+        ]
+        self._state: dict[str, list[dict]] = {s.name: [{} for _ in spec.probes] for s in self._stats}
+        self._fresh = fresh  # False: the run's first capture was reduced by another process (a resume)
 
     def reduce(self, res: CaptureResult) -> tuple[StepValues, CaptureValues | None]:
         """The step row (always) and the capture row (when ``res.capture``) of one result."""
         if res.event is not None:
             res.event.synchronize()
-        cap = self._capture_values(res) if res.capture else None   # may add to res.lost
+        cap = self._capture_values(res) if res.capture else None  # may add to res.lost
         return self._step_values(res), cap
 
     def _step_values(self, res: CaptureResult) -> StepValues:
@@ -131,9 +134,11 @@ class Reducer:
             values: dict[str, float] = {}
             lost = False
             for stat in self._stats:
+                per_probe = stat.per_probe
+                assert per_probe is not None  # _stats keeps the statistics that have one
                 ok = False
                 with self.failures.guard("metric", f"{stat.name} of probe {sp.probes[i]!r} at step {res.step}"):
-                    values.update(stat.per_probe(inputs, self._state[stat.name][i]))
+                    values.update(per_probe(inputs, self._state[stat.name][i]))
                     ok = True
                 lost = lost or not ok
             res.lost += lost
@@ -149,6 +154,9 @@ def host_spectrum(s: Spectrum | None) -> Spectrum | None:
     if s is None:
         return None
     sv = s.singular_values
-    return replace(s, eigenvalues=np.asarray(to_numpy(s.eigenvalues), dtype=np.float64),
-                   singular_values=None if sv is None else np.asarray(to_numpy(sv), dtype=np.float64),
-                   mean=None)
+    return replace(
+        s,
+        eigenvalues=np.asarray(to_numpy(s.eigenvalues), dtype=np.float64),
+        singular_values=None if sv is None else np.asarray(to_numpy(sv), dtype=np.float64),
+        mean=None,
+    )

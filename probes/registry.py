@@ -14,19 +14,21 @@ Unknown selectors raise :class:`~phasescope.errors.PhasescopeError` listing the 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 
 from .presets import PRESET_KEYWORDS, ModuleLayout, find_layout, preset_probes, short_name
 from .vision import vision_layout
 
-Selector = Union[str, Callable[[str, Any], bool]]
-ProbesSpec = Union[Selector, list, tuple, dict, None]
+Selector = str | Callable[[str, Any], bool]
+ProbesSpec = Selector | list | tuple | dict | None
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,9 @@ def _match(selector: Selector, named: dict[str, Any]) -> list[str]:
     if callable(selector):
         return [n for n, m in named.items() if n and selector(n, m)]
     if not isinstance(selector, str):
-        raise PhasescopeError(f"probe selector must be a string or a predicate (name, module) -> bool, got {selector!r}")
+        raise PhasescopeError(
+            f"probe selector must be a string or a predicate (name, module) -> bool, got {selector!r}"
+        )
     if selector.startswith("re:"):
         try:
             rx = re.compile(selector[3:])
@@ -60,26 +64,27 @@ def _unknown(selector: Selector, named: dict[str, Any]) -> PhasescopeError:
     hint = f"closest: {', '.join(close)}" if close else "no close names"
     return PhasescopeError(
         f"probe selector {selector!r} matches no module ({hint}); use names from model.named_modules(), "
-        f"a glob, 're:<regex>', or a preset ({', '.join(PRESET_KEYWORDS)})")
+        f"a glob, 're:<regex>', or a preset ({', '.join(PRESET_KEYWORDS)})"
+    )
 
 
 def resolve_probes(model, probes: ProbesSpec = "auto") -> list[Probe]:
     """Resolve ``probes`` to an ordered, de-duplicated list of :class:`Probe` (done once, at attach time)."""
     named = dict(model.named_modules())
     layout: ModuleLayout | None = None
-    if vision_layout(model) is None:   # a ResNet's layer1 is no transformer block list
-        try:
+    if vision_layout(model) is None:  # a ResNet's layer1 is no transformer block list
+        with contextlib.suppress(PhasescopeError):
             layout = find_layout(model)
-        except PhasescopeError:
-            pass
     pairs: list[tuple[str, str]] = []  # (probe name, module name)
 
     def add_selector(sel: Selector, name: str | None = None) -> None:
         if isinstance(sel, str) and sel in PRESET_KEYWORDS and sel not in named:
             items = list(preset_probes(model, sel).items())
             if name is not None and len(items) > 1:
-                raise PhasescopeError(f"probe {name!r} maps to preset {sel!r}, which selects several modules; "
-                                      "name single modules in a dict")
+                raise PhasescopeError(
+                    f"probe {name!r} maps to preset {sel!r}, which selects several modules; "
+                    "name single modules in a dict"
+                )
             pairs.extend((name or n, m) for n, m in items)
             return
         found = _match(sel, named)
@@ -87,8 +92,10 @@ def resolve_probes(model, probes: ProbesSpec = "auto") -> list[Probe]:
             raise _unknown(sel, named)
         if name is not None:
             if len(found) > 1:
-                raise PhasescopeError(f"probe {name!r} selector {sel!r} matches {len(found)} modules "
-                                      f"({', '.join(found[:4])}, …); a named probe needs exactly one")
+                raise PhasescopeError(
+                    f"probe {name!r} selector {sel!r} matches {len(found)} modules "
+                    f"({', '.join(found[:4])}, …); a named probe needs exactly one"
+                )
             pairs.append((name, found[0]))
         else:
             pairs.extend((short_name(m, layout), m) for m in found)

@@ -17,17 +17,17 @@ from typing import Any
 @dataclass
 class CaptureResult:
     step: int
-    scalars: dict[str, Any] = field(default_factory=dict)   # loss, lr, loss_scale, … (floats or 0-d arrays)
-    grad_norms: Any = None                  # (P,) ‖g_i‖₂ per parameter (NaN where absent)
-    present: list | None = None             # which parameters had a gradient
-    update_ratios: Any = None               # (P,) ‖Δw‖/‖w‖
-    spectra: list | None = None             # per probe: Spectrum, or None (not captured); None = no probe capture
-    grams: list | None = None               # per probe: centred Gram of the fixed probe samples (CKA), or None
-    matrices: dict[str, Any] = field(default_factory=dict)   # matrix stat -> (M,)
-    flags: dict[str, int] = field(default_factory=dict)      # extra flag values (OR-ed into nonfinite)
-    capture: bool = False                   # write a capture row (spectra and/or matrix statistics)
-    lost: int = 0                           # captures/rows of this step lost to phasescope failures
-    event: Any = None                       # CUDA event to wait on before reading device values
+    scalars: dict[str, Any] = field(default_factory=dict)  # loss, lr, loss_scale, … (floats or 0-d arrays)
+    grad_norms: Any = None  # (P,) ‖g_i‖₂ per parameter (NaN where absent)
+    present: list | None = None  # which parameters had a gradient
+    update_ratios: Any = None  # (P,) ‖Δw‖/‖w‖
+    spectra: list | None = None  # per probe: Spectrum, or None (not captured); None = no probe capture
+    grams: list | None = None  # per probe: centred Gram of the fixed probe samples (CKA), or None
+    matrices: dict[str, Any] = field(default_factory=dict)  # matrix stat -> (M,)
+    flags: dict[str, int] = field(default_factory=dict)  # extra flag values (OR-ed into nonfinite)
+    capture: bool = False  # write a capture row (spectra and/or matrix statistics)
+    lost: int = 0  # captures/rows of this step lost to phasescope failures
+    event: Any = None  # CUDA event to wait on before reading device values
 
     def release_capture(self) -> None:
         """Drop the capture payload but keep the step row (the writer's drop policy); counted as dropped."""

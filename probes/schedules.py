@@ -19,8 +19,9 @@ Factories
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Union
+from typing import Any, SupportsIndex, cast
 
 from phasescope.errors import PhasescopeError
 from phasescope.statistics import Statistic
@@ -28,8 +29,19 @@ from phasescope.statistics import get as get_statistic
 from phasescope.statistics import statistics as registered
 
 __all__ = [
-    "Schedule", "every", "log_spaced", "explicit", "union", "never", "always", "preset",
-    "PRESETS", "Preset", "from_description", "as_schedule", "describe",
+    "PRESETS",
+    "Preset",
+    "Schedule",
+    "always",
+    "as_schedule",
+    "describe",
+    "every",
+    "explicit",
+    "from_description",
+    "log_spaced",
+    "never",
+    "preset",
+    "union",
 ]
 
 
@@ -46,14 +58,14 @@ class Schedule:
         """All steps in ``[0, end)`` at which the schedule fires (for previews and cost estimates)."""
         return [s for s in range(int(end)) if self(s)]
 
-    def __or__(self, other: "ScheduleLike") -> "Schedule":
+    def __or__(self, other: ScheduleLike) -> Schedule:
         return union(self, other)
 
     def __repr__(self) -> str:
         return f"Schedule({self.describe()})"
 
 
-ScheduleLike = Union[Schedule, Callable[[int], bool], Iterable[int], int, None]
+ScheduleLike = Schedule | Callable[[int], bool] | Iterable[int] | int | None
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -129,16 +141,20 @@ class _LogSpaced(Schedule):
         return any(_log_point(self.start, self.per_decade, j) == step for j in (i - 1, i, i + 1) if j >= 0)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "log_spaced", "per_decade": self.per_decade, "start": self.start, "end": self.end,
-                "include_zero": self.include_zero}
+        return {
+            "kind": "log_spaced",
+            "per_decade": self.per_decade,
+            "start": self.start,
+            "end": self.end,
+            "include_zero": self.include_zero,
+        }
 
 
 def _log_point(start: int, per_decade: float, i: int) -> int:
-    return int(round(start * 10.0 ** (i / per_decade)))
+    return round(start * 10.0 ** (i / per_decade))
 
 
-def log_spaced(end: int | None = None, per_decade: float = 10.0, start: int = 1,
-               include_zero: bool = True) -> Schedule:
+def log_spaced(end: int | None = None, per_decade: float = 10.0, start: int = 1, include_zero: bool = True) -> Schedule:
     """Dense early, sparse late: step 0 plus ``round(start · 10^(i/per_decade))`` for i = 0, 1, …, ≤ ``end``.
 
     ``per_decade=10`` gives 0, 1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79, 100, 126, …;
@@ -220,13 +236,14 @@ def as_schedule(s: ScheduleLike) -> Schedule:
     if isinstance(s, bool):
         raise PhasescopeError("a schedule cannot be a bool; use phasescope.probes.schedules.always()/never()")
     if isinstance(s, int) or hasattr(s, "__index__"):
-        return explicit([int(s)])
+        return explicit([int(cast(SupportsIndex, s))])  # an int or has __index__ (numpy integers)
     try:
         return explicit(list(s))
     except TypeError:
         raise PhasescopeError(
             f"not a schedule: {s!r}; pass a callable step -> bool, a list of steps, or a factory "
-            "from phasescope.probes.schedules (every, log_spaced, explicit, union)") from None
+            "from phasescope.probes.schedules (every, log_spaced, explicit, union)"
+        ) from None
 
 
 def describe(s: ScheduleLike) -> dict[str, Any]:
@@ -264,12 +281,12 @@ class Preset:
     runs, and :meth:`describe` (stored with every run) records both."""
 
     name: str
-    capture: Schedule          # probe forward + covariance spectra (and everything read from them)
-    matrices: Schedule         # batched SVD of every 2-D weight gradient
-    updates: Schedule          # ‖Δw‖/‖w‖ per parameter (needs one weight snapshot on those steps)
-    grad_norms: bool = True    # per-parameter L2 gradient norm every step
+    capture: Schedule  # probe forward + covariance spectra (and everything read from them)
+    matrices: Schedule  # batched SVD of every 2-D weight gradient
+    updates: Schedule  # ‖Δw‖/‖w‖ per parameter (needs one weight snapshot on those steps)
+    grad_norms: bool = True  # per-parameter L2 gradient norm every step
 
-    def schedule_for(self, stat: "Statistic | str") -> Schedule:
+    def schedule_for(self, stat: Statistic | str) -> Schedule:
         """The schedule of a registered statistic (by object or name) under this preset."""
         stat = get_statistic(stat) if isinstance(stat, str) else stat
         if stat.schedule == "step":
@@ -281,8 +298,14 @@ class Preset:
         return [s.name for s in registered(where=where) if self.schedule_for(s).describe() != never().describe()]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "capture": self.capture.describe(), "matrices": self.matrices.describe(),
-                "updates": self.updates.describe(), "grad_norms": self.grad_norms, "statistics": self.statistics()}
+        return {
+            "name": self.name,
+            "capture": self.capture.describe(),
+            "matrices": self.matrices.describe(),
+            "updates": self.updates.describe(),
+            "grad_norms": self.grad_norms,
+            "statistics": self.statistics(),
+        }
 
 
 def _dense_early() -> Schedule:
@@ -292,8 +315,12 @@ def _dense_early() -> Schedule:
 PRESETS: dict[str, Callable[[], Preset]] = {
     # Captures ~6 per decade (0,1,2,3,5,10,15,22,32,46,68,100,…) plus every 1000 steps.
     "economy": lambda: Preset("economy", _dense_early(), _dense_early(), _dense_early()),
-    "business": lambda: Preset("business", union(log_spaced(per_decade=10), every(500)),
-                               union(log_spaced(per_decade=10), every(100)), every(100)),
+    "business": lambda: Preset(
+        "business",
+        union(log_spaced(per_decade=10), every(500)),
+        union(log_spaced(per_decade=10), every(100)),
+        every(100),
+    ),
     "full": lambda: Preset("full", union(log_spaced(per_decade=20), every(100)), every(10), every(10)),
     # Only per-step gradient norms, loss and lr: the cheapest useful setting.
     "norms": lambda: Preset("norms", never(), never(), never()),

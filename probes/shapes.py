@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from array_api_compat import array_namespace
 
@@ -38,9 +39,11 @@ from phasescope.errors import PhasescopeError
 from .tokens import TokenSelection, select
 
 KINDS = ("features", "tokens", "spatial_mean", "positions")
-REDUCTIONS = ("auto",) + KINDS
-_OPTIONS = ("features for (N, d); tokens for (N, T, d) with tokens=last|first|mean|all; "
-            "spatial_mean or positions for channels-first (N, C, ...) maps")
+REDUCTIONS = ("auto", *KINDS)
+_OPTIONS = (
+    "features for (N, d); tokens for (N, T, d) with tokens=last|first|mean|all; "
+    "spatial_mean or positions for channels-first (N, C, ...) maps"
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,12 @@ class Reduction:
         return f"tokens:{self.token_mode}" if self.kind == "tokens" else self.kind
 
     def describe(self) -> dict:
-        return {"reduction": self.name, "source": self.source, "output_shape": ["N", *self.sample_shape],
-                "features": self.features}
+        return {
+            "reduction": self.name,
+            "source": self.source,
+            "output_shape": ["N", *self.sample_shape],
+            "features": self.features,
+        }
 
 
 def activation(output) -> tuple[Any, str]:
@@ -94,8 +101,9 @@ def activation(output) -> tuple[Any, str]:
                 return v, f"output[{key!r}]"
     elif isinstance(output, (tuple, list)) and output and hasattr(output[0], "shape"):
         return output[0], "output[0]"
-    raise PhasescopeError(f"probe output of type {type(output).__name__} holds no tensor to read; "
-                          "select a module that returns a tensor")
+    raise PhasescopeError(
+        f"probe output of type {type(output).__name__} holds no tensor to read; select a module that returns a tensor"
+    )
 
 
 def requested_for(name: str, reduction: str | Mapping[str, str] | None) -> str:
@@ -115,12 +123,20 @@ def check_requested(reduction) -> None:
     values = [reduction] if reduction is None or isinstance(reduction, str) else list(dict(reduction).values())
     for v in values:
         if v is not None and v not in REDUCTIONS:
-            raise PhasescopeError(f"reduction must be one of {', '.join(REDUCTIONS)} (or a dict of them per "
-                                  f"probe name or glob), got {v!r}")
+            raise PhasescopeError(
+                f"reduction must be one of {', '.join(REDUCTIONS)} (or a dict of them per "
+                f"probe name or glob), got {v!r}"
+            )
 
 
-def choose(probe: str, shape: tuple[int, ...], requested: str, selection: TokenSelection,
-           source: str = "output", token_ids: bool = False) -> Reduction:
+def choose(
+    probe: str,
+    shape: tuple[int, ...],
+    requested: str,
+    selection: TokenSelection,
+    source: str = "output",
+    token_ids: bool = False,
+) -> Reduction:
     """The reduction of probe ``probe`` whose output has ``shape`` (batch axis first); ``token_ids``:
     the model reads token ids, so a 4-D output is (batch, tokens, heads, …), not a conv map, and
     ``auto`` refuses to guess."""
@@ -128,20 +144,26 @@ def choose(probe: str, shape: tuple[int, ...], requested: str, selection: TokenS
     nd = len(shape)
     kind = requested
     if kind == "auto" and token_ids and nd >= 4:
-        raise PhasescopeError(f"probe {probe!r}: a token model's output of shape {_shape(shape)} is not "
-                              f"(N, T, d); name its reduction (options: {_OPTIONS}) or probe the module "
-                              "whose output is the (N, T, d) hidden state")
+        raise PhasescopeError(
+            f"probe {probe!r}: a token model's output of shape {_shape(shape)} is not "
+            f"(N, T, d); name its reduction (options: {_OPTIONS}) or probe the module "
+            "whose output is the (N, T, d) hidden state"
+        )
     if kind == "auto":
         kind = {2: "features", 3: "tokens", 4: "spatial_mean", 5: "spatial_mean"}.get(nd, "")
     fits = {"features": nd == 2, "tokens": nd == 3, "spatial_mean": nd >= 3, "positions": nd >= 3}.get(kind, False)
     if not fits:
         asked = f"reduction {requested!r}" if requested != "auto" else "any reduction"
-        raise PhasescopeError(f"probe {probe!r}: cannot read an output of shape {_shape(shape)} with {asked}; "
-                              f"options: {_OPTIONS} (Observatory(reduction={{{probe!r}: ...}}))")
+        raise PhasescopeError(
+            f"probe {probe!r}: cannot read an output of shape {_shape(shape)} with {asked}; "
+            f"options: {_OPTIONS} (Observatory(reduction={{{probe!r}: ...}}))"
+        )
     red = Reduction(kind, source, shape[1:], selection.mode if kind == "tokens" else None)
     if red.features < 2:
-        raise PhasescopeError(f"probe {probe!r} has {red.features} feature(s) (output {_shape(shape)}, {red.name}); a "
-                              "covariance spectrum needs at least 2: probe a wider module")
+        raise PhasescopeError(
+            f"probe {probe!r} has {red.features} feature(s) (output {_shape(shape)}, {red.name}); a "
+            "covariance spectrum needs at least 2: probe a wider module"
+        )
     return red
 
 

@@ -40,7 +40,8 @@ import difflib
 import math
 import threading
 from collections import deque
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
@@ -82,16 +83,20 @@ def parse_sink(spec: Any, store: Any = None) -> Any:
         if kind not in KINDS:
             close = difflib.get_close_matches(kind, KINDS, n=2, cutoff=0.5)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
-            raise PhasescopeError(f"unknown sink {spec!r}; {hint}sinks are {', '.join(KINDS)} (as 'name' or "
-                                  "'name:argument'), or an object with log_scalars, log_text and close")
+            raise PhasescopeError(
+                f"unknown sink {spec!r}; {hint}sinks are {', '.join(KINDS)} (as 'name' or "
+                "'name:argument'), or an object with log_scalars, log_text and close"
+            )
         return tracker_sink(kind, arg, store)
     adopted = adopt(spec)
     if adopted is not None:
         return adopted
     if isinstance(spec, Sink):
         return spec
-    raise PhasescopeError(f"a sink must be one of {', '.join(KINDS)} (a string), a SummaryWriter, a wandb run or "
-                          f"an object with log_scalars, log_text and close; got {type(spec).__name__}")
+    raise PhasescopeError(
+        f"a sink must be one of {', '.join(KINDS)} (a string), a SummaryWriter, a wandb run or "
+        f"an object with log_scalars, log_text and close; got {type(spec).__name__}"
+    )
 
 
 def build_sinks(specs: Any, store: Any = None) -> list:
@@ -120,13 +125,13 @@ class SinkSet:
         self.sinks = list(sinks)
         self.failures = failures
         self.scalars, self.probes = tuple(scalars), list(probes)
-        self._tags: dict[str, list[str]] = {}   # metric -> its "{metric}/{probe}" tags, made once
+        self._tags: dict[str, list[str]] = {}  # metric -> its "{metric}/{probe}" tags, made once
         self.last_step: int | None = None
         self._pending: deque = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._error: BaseException | None = None   # a failure raised under strict, for the run
+        self._error: BaseException | None = None  # a failure raised under strict, for the run
 
     def _each(self, what: str, call) -> None:
         for sink in self.sinks:
@@ -159,8 +164,10 @@ class SinkSet:
             self._pending.append((step.step, values))
             self._cond.notify()
         if behind:
-            self.failures.record("sink", _Behind(f"the trackers are {MAX_PENDING} steps behind: dropping the "
-                                                 "oldest step they have not taken"))
+            self.failures.record(
+                "sink",
+                _Behind(f"the trackers are {MAX_PENDING} steps behind: dropping the oldest step they have not taken"),
+            )
 
     def _run(self) -> None:
         while True:
@@ -173,8 +180,9 @@ class SinkSet:
                 self._pending.clear()
             try:
                 for step, values in batch:
-                    self._each(f"scalars of step {step}", lambda s, step=step, values=values:
-                               s.log_scalars(step, values))
+                    self._each(
+                        f"scalars of step {step}", lambda s, step=step, values=values: s.log_scalars(step, values)
+                    )
             except Exception as exc:  # noqa: BLE001 - strict: raised by the failure log, handed to the run
                 self._error = exc
                 return
@@ -188,8 +196,12 @@ class SinkSet:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                self.failures.record("sink", TimeoutError(f"the trackers took more than {timeout:.0f} s to take "
-                                                          "the queued steps; closing without them"))
+                self.failures.record(
+                    "sink",
+                    TimeoutError(
+                        f"the trackers took more than {timeout:.0f} s to take the queued steps; closing without them"
+                    ),
+                )
                 return False
         if self._error is not None:
             raise self._error
@@ -206,13 +218,17 @@ class SinkSet:
         with self.failures.guard("sink", "phases of the run"):
             try:
                 result, _ = phases_for_run(store, save=False)
-            except PhasescopeError as exc:   # e.g. no RankMe captures: nothing to segment
+            except PhasescopeError as exc:  # e.g. no RankMe captures: nothing to segment
                 texts["phases/summary"] = f"no phases: {exc}"
             else:
                 texts["phases/summary"] = result.summary()
-                texts["phases/events"] = "\n".join(
-                    f"step {e.step}: {e.probe} {e.before} -> {e.after} (confidence {e.confidence:.2f})"
-                    for e in result.events()) or "no phase changes"
+                texts["phases/events"] = (
+                    "\n".join(
+                        f"step {e.step}: {e.probe} {e.before} -> {e.after} (confidence {e.confidence:.2f})"
+                        for e in result.events()
+                    )
+                    or "no phase changes"
+                )
                 for probe in [MODEL, *result.probes]:
                     texts[f"phases/{probe}"] = result.sentence(probe)
         step = self.last_step

@@ -33,7 +33,7 @@ ALIASES = {"cls": "first"}
 @dataclass(frozen=True)
 class TokenSelection:
     mode: str = "last"
-    max_tokens: int | None = 8192   # cap for mode "all" (per capture for a probe set, per step in flight)
+    max_tokens: int | None = 8192  # cap for mode "all" (per capture for a probe set, per step in flight)
     seed: int = 0
 
     def __post_init__(self):
@@ -54,7 +54,7 @@ def as_selection(tokens, max_tokens: int | None = 8192, seed: int = 0) -> TokenS
     return TokenSelection(ALIASES.get(tokens, tokens), max_tokens, seed)
 
 
-def _host_index(n: int, k: int, generator) -> "np.ndarray":
+def _host_index(n: int, k: int, generator) -> np.ndarray:
     """``k`` of ``range(n)`` without replacement, sorted (numpy arrays, jax): seeded by ``generator``
     (a numpy Generator or a seed)."""
     rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
@@ -78,7 +78,7 @@ def first_positions(mask):
     return xp.where(first == n, xp.zeros_like(first), first)
 
 
-def plan_all(mask, max_tokens: int | None, generator=None) -> "tuple":
+def plan_all(mask, max_tokens: int | None, generator=None) -> tuple:
     """(row, col) indices of the non-pad positions, subsampled to ``max_tokens`` without replacement
     (torch: ``torch.randperm`` with the torch ``generator``; other backends: numpy with a numpy
     generator or seed). Not traceable under ``jax.jit``: make the plan outside, from the concrete mask."""
@@ -106,8 +106,10 @@ def select(h, mask, sel: TokenSelection, plan=None, generator=None):
     if h.ndim == 2:
         return h
     if h.ndim != 3:
-        raise PhasescopeError(f"probe output of shape {tuple(h.shape)} is not (batch, tokens, dim); choose a "
-                              "reduction for it (phasescope.probes.shapes: spatial_mean or positions)")
+        raise PhasescopeError(
+            f"probe output of shape {tuple(h.shape)} is not (batch, tokens, dim); choose a "
+            "reduction for it (phasescope.probes.shapes: spatial_mean or positions)"
+        )
     xp = array_namespace(h)
     if mask is None:
         n = h.shape[0] * h.shape[1]
@@ -121,8 +123,10 @@ def select(h, mask, sel: TokenSelection, plan=None, generator=None):
             return xp.reshape(h, (n, h.shape[-1]))
         mask = xp.ones(h.shape[:2], dtype=xp.bool, device=h.device if is_torch_array(h) else None)
     elif tuple(mask.shape) != tuple(h.shape[:2]):
-        raise PhasescopeError(f"attention_mask shape {tuple(mask.shape)} does not match the probe output "
-                              f"{tuple(h.shape[:2])}; pass the mask that goes with input_ids")
+        raise PhasescopeError(
+            f"attention_mask shape {tuple(mask.shape)} does not match the probe output "
+            f"{tuple(h.shape[:2])}; pass the mask that goes with input_ids"
+        )
     if is_torch_array(h):
         mask = mask.to(h.device) if is_torch_array(mask) else xp.asarray(mask, device=h.device)
     else:

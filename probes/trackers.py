@@ -16,15 +16,16 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 
 KINDS = ("tensorboard", "wandb", "mlflow")
-_MLFLOW_TAG_MAX = 8000                 # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
-_MLFLOW_BATCH = 1000                   # mlflow.utils.validation.MAX_METRICS_PER_BATCH
-_MLFLOW_BAD = re.compile(r"[^/\w.\- ]")   # outside MLflow's portable metric/tag name characters
+_MLFLOW_TAG_MAX = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
+_MLFLOW_BATCH = 1000  # mlflow.utils.validation.MAX_METRICS_PER_BATCH
+_MLFLOW_BAD = re.compile(r"[^/\w.\- ]")  # outside MLflow's portable metric/tag name characters
 _NOTED_FILE_STORE = False
 
 
@@ -35,7 +36,7 @@ class TrackerSink:
     kind = ""
 
     def __init__(self, handle: Any = None):
-        self.owned = handle is None     # a handle given by the user is theirs to close
+        self.owned = handle is None  # a handle given by the user is theirs to close
         self._handle = handle
         self._open_error: str | None = None
 
@@ -78,7 +79,7 @@ class TensorBoardSink(TrackerSink):
     def _open(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(log_dir=self.log_dir, flush_secs=5)   # live: at most 5 s behind the store
+        return SummaryWriter(log_dir=self.log_dir, flush_secs=5)  # live: at most 5 s behind the store
 
     def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
         w = self._opened()
@@ -102,14 +103,21 @@ class WandbSink(TrackerSink):
 
     kind = "wandb"
 
-    def __init__(self, project: str = "phasescope", dir: str | os.PathLike | None = None, name: str | None = None,
-                 *, run: Any = None, config: dict | None = None):
+    def __init__(
+        self,
+        project: str = "phasescope",
+        dir: str | os.PathLike | None = None,
+        name: str | None = None,
+        *,
+        run: Any = None,
+        config: dict | None = None,
+    ):
         super().__init__(run)
         self.project, self.name, self.config = project, name, dict(config or {})
         self.dir = os.path.abspath(dir) if dir is not None else None
         if run is None:
             self.mode, self.where = os.environ.get("WANDB_MODE") or "offline", {}
-        else:   # the user's run: its own mode; phasescope logs into it at its own step numbers
+        else:  # the user's run: its own mode; phasescope logs into it at its own step numbers
             self.mode, self.where = getattr(run.settings, "mode", None), {"run_id": run.id}
 
     def _open(self) -> Any:
@@ -119,10 +127,23 @@ class WandbSink(TrackerSink):
             os.makedirs(self.dir, exist_ok=True)
         # Nothing that reaches for a network or the console: system stats (they probe cloud metadata
         # URLs), machine info, git, code saving, stdout capture.
-        settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, x_disable_machine_info=True,
-                                  disable_git=True, save_code=False)
-        run = wandb.init(project=self.project, name=self.name, dir=self.dir, mode=self.mode, config=self.config,
-                         settings=settings, reinit="create_new")
+        settings = wandb.Settings(
+            console="off",
+            silent=True,
+            x_disable_stats=True,
+            x_disable_machine_info=True,
+            disable_git=True,
+            save_code=False,
+        )
+        run = wandb.init(
+            project=self.project,
+            name=self.name,
+            dir=self.dir,
+            mode=self.mode,
+            config=self.config,
+            settings=settings,
+            reinit="create_new",
+        )
         self.where = {"run_id": run.id, "sync_dir": os.path.abspath(run.settings.sync_dir)}
         return run
 
@@ -146,8 +167,9 @@ class MlflowSink(TrackerSink):
 
     kind = "mlflow"
 
-    def __init__(self, tracking_uri: str, name: str | None = None, experiment: str | None = None,
-                 tags: dict | None = None):
+    def __init__(
+        self, tracking_uri: str, name: str | None = None, experiment: str | None = None, tags: dict | None = None
+    ):
         super().__init__()
         self.tracking_uri, self.name = tracking_uri, name
         self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "phasescope"
@@ -172,19 +194,23 @@ class MlflowSink(TrackerSink):
         now = int(time.time() * 1000)
         metrics = [Metric(_mlflow_name(k), v, now, step) for k, v in values.items()]
         for i in range(0, len(metrics), _MLFLOW_BATCH):
-            client.log_batch(self.run_id, metrics=metrics[i:i + _MLFLOW_BATCH])
+            client.log_batch(self.run_id, metrics=metrics[i : i + _MLFLOW_BATCH])
 
     def log_text(self, step: int, tag: str, text: str) -> None:
         if len(text) > _MLFLOW_TAG_MAX:
-            text = text[:_MLFLOW_TAG_MAX - 1] + "…"
+            text = text[: _MLFLOW_TAG_MAX - 1] + "…"
         self._opened().set_tag(self.run_id, _mlflow_name(tag), text)
 
     def _finish(self, client: Any, status: str) -> None:
         client.set_terminated(self.run_id, {"finished": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED"))
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "tracking_uri": self.tracking_uri, "experiment": self.experiment,
-                "run_id": self.run_id}
+        return {
+            "kind": self.kind,
+            "tracking_uri": self.tracking_uri,
+            "experiment": self.experiment,
+            "run_id": self.run_id,
+        }
 
 
 def _mlflow_name(tag: str) -> str:
@@ -204,16 +230,20 @@ def _allow_file_store() -> None:
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     if not _NOTED_FILE_STORE:
         _NOTED_FILE_STORE = True
-        warnings.warn("phasescope: the mlflow sink writes a local file store, which MLflow 3 keeps in maintenance "
-                      "mode; MLFLOW_ALLOW_FILE_STORE=true was set for it (set it to false to refuse, or name a "
-                      "database URI such as mlflow:sqlite:///mlflow.db)", UserWarning, stacklevel=2)
+        warnings.warn(
+            "phasescope: the mlflow sink writes a local file store, which MLflow 3 keeps in maintenance "
+            "mode; MLFLOW_ALLOW_FILE_STORE=true was set for it (set it to false to refuse, or name a "
+            "database URI such as mlflow:sqlite:///mlflow.db)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 # ---------------------------------------------------------------------------------- specs
 def _available(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):   # a parent that fails to import, or sys.modules[name] = None
+    except (ImportError, ValueError):  # a parent that fails to import, or sys.modules[name] = None
         return False
 
 
@@ -238,12 +268,17 @@ def _run_place(store: Any) -> tuple[Path, str]:
 def _check_mlflow_uri(uri: str) -> None:
     if _is_file_store(uri):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("false", "0"):
-            raise PhasescopeError(f"the mlflow sink's tracking URI {uri!r} is a file store and "
-                                  "MLFLOW_ALLOW_FILE_STORE is false; unset it or name a server or database URI")
-    elif uri.split(":", 1)[0].lower().split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        if not (_available("sqlalchemy") and _available("alembic")):
-            raise PhasescopeError(f"the mlflow tracking URI {uri!r} is a database, which needs the full MLflow "
-                                  "package: pip install mlflow (or name a file store, mlflow:file:./mlruns)")
+            raise PhasescopeError(
+                f"the mlflow sink's tracking URI {uri!r} is a file store and "
+                "MLFLOW_ALLOW_FILE_STORE is false; unset it or name a server or database URI"
+            )
+    elif uri.split(":", 1)[0].lower().split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql") and not (
+        _available("sqlalchemy") and _available("alembic")
+    ):
+        raise PhasescopeError(
+            f"the mlflow tracking URI {uri!r} is a database, which needs the full MLflow "
+            "package: pip install mlflow (or name a file store, mlflow:file:./mlruns)"
+        )
 
 
 def tracker_sink(kind: str, arg: str, store: Any) -> TrackerSink:
@@ -254,8 +289,12 @@ def tracker_sink(kind: str, arg: str, store: Any) -> TrackerSink:
         return TensorBoardSink(arg or base / "tensorboard" / name)
     if kind == "wandb":
         _need(kind, "wandb")
-        return WandbSink(project=arg or "phasescope", dir=os.environ.get("WANDB_DIR") or base, name=name,
-                         config={"phasescope_store": str(store)})
+        return WandbSink(
+            project=arg or "phasescope",
+            dir=os.environ.get("WANDB_DIR") or base,
+            name=name,
+            config={"phasescope_store": str(store)},
+        )
     _need(kind, "mlflow")
     uri = arg or os.environ.get("MLFLOW_TRACKING_URI") or (base / "mlruns").resolve().as_uri()
     _check_mlflow_uri(uri)

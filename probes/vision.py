@@ -38,11 +38,17 @@ class VisionLayout:
     blocks: dict[str, str]
 
     def select(self, keyword: str, model_name: str) -> dict[str, str]:
-        chosen = {"auto": self.auto, "blocks": self.blocks, "residual": self.blocks,
-                  "all": {**self.auto, **self.blocks}}.get(keyword, {})
+        chosen = {
+            "auto": self.auto,
+            "blocks": self.blocks,
+            "residual": self.blocks,
+            "all": {**self.auto, **self.blocks},
+        }.get(keyword, {})
         if not chosen:
-            raise PhasescopeError(f"probe preset {keyword!r} found no modules in {model_name} ({self.family}); "
-                                  "use 'auto' or 'blocks', or name modules (see model.named_modules())")
+            raise PhasescopeError(
+                f"probe preset {keyword!r} found no modules in {model_name} ({self.family}); "
+                "use 'auto' or 'blocks', or name modules (see model.named_modules())"
+            )
         return dict(chosen)
 
 
@@ -66,8 +72,10 @@ def vision_layout(model) -> VisionLayout | None:
         if found is not None:
             if not prefix:
                 return found
-            return VisionLayout(f"{found.family} at {prefix}", *({k: f"{prefix}.{m}" for k, m in names.items()}
-                                                               for names in (found.auto, found.blocks)))
+            return VisionLayout(
+                f"{found.family} at {prefix}",
+                *({k: f"{prefix}.{m}" for k, m in names.items()} for names in (found.auto, found.blocks)),
+            )
     if isinstance(model, nn.Sequential) and len(model) > 0:
         kept = {n: n for n, m in model.named_children() if type(m).__name__ not in SKIPPED_IN_STACKS}
         if kept:
@@ -82,7 +90,9 @@ def _cnn_layout(model) -> VisionLayout | None:
         auto = {"stem": "maxpool", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}}
         pool = _pool(named)
         auto[pool] = pool
-        blocks = {f"layer{i}.{j}": f"layer{i}.{j}" for i in range(1, 5) for j, _ in children[f"layer{i}"].named_children()}
+        blocks = {
+            f"layer{i}.{j}": f"layer{i}.{j}" for i in range(1, 5) for j, _ in children[f"layer{i}"].named_children()
+        }
         return VisionLayout("timm ResNet" if _is_timm(model) else "ResNet", auto, blocks)
     info = getattr(model, "feature_info", None)
     if _is_timm(model) and info and not _vit_like(model):
@@ -99,8 +109,11 @@ def _cnn_layout(model) -> VisionLayout | None:
 
 def _vit_like(model) -> bool:
     """A transformer over patches (timm ViT/DeiT/BEiT…): a root ``blocks`` list and a token axis."""
-    return hasattr(model, "blocks") and (hasattr(model, "cls_token") or hasattr(model, "patch_embed")) \
+    return (
+        hasattr(model, "blocks")
+        and (hasattr(model, "cls_token") or hasattr(model, "patch_embed"))
         and not hasattr(model, "stages")
+    )
 
 
 def default_tokens(model) -> str:
@@ -109,7 +122,7 @@ def default_tokens(model) -> str:
     (causal language models; Li et al. 2025 read the last token)."""
     if getattr(getattr(model, "config", None), "model_type", None) in HF_CLASS_TOKEN_MODELS:
         return "first"
-    for m in (model, *model.children()):   # the model itself, or one it wraps (a LightningModule's self.net)
+    for m in (model, *model.children()):  # the model itself, or one it wraps (a LightningModule's self.net)
         if _vit_like(m) and getattr(m, "global_pool", None) == "avg":
             return "mean"
         if getattr(m, "class_token", None) is not None or getattr(m, "cls_token", None) is not None:

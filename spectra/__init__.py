@@ -46,4 +46,3 @@ __all__ = [
     "stable_rank",
     "to_numpy",
 ]
-

@@ -69,9 +69,7 @@ def to_float64(xp: Any, x: Any) -> Any:
     """`x` as a float64 array of the same backend and device; rejects non-real dtypes."""
     dt = x.dtype
     if xp.isdtype(dt, "complex floating") or xp.isdtype(dt, "bool"):
-        raise PhasescopeError(
-            f"spectra needs real numbers, got dtype {dt}; pass a real floating-point array"
-        )
+        raise PhasescopeError(f"spectra needs real numbers, got dtype {dt}; pass a real floating-point array")
     if dt == xp.float64:
         return x
     return xp.astype(x, xp.float64)

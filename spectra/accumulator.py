@@ -136,7 +136,7 @@ class CovarianceAccumulator:
     def _chan_add(self, n_b: int, mean_b: Any, m2_b: Any) -> None:
         """Pairwise update (Chan, Golub & LeVeque 1979) of the centred state by a block (n_b, x̄_b, M₂ᵇ):
 
-            δ = x̄_b − x̄,  n' = n + n_b,  x̄' = x̄ + δ·n_b/n',  M₂' = M₂ + M₂ᵇ + (n·n_b/n')·δδᵀ
+        δ = x̄_b − x̄,  n' = n + n_b,  x̄' = x̄ + δ·n_b/n',  M₂' = M₂ + M₂ᵇ + (n·n_b/n')·δδᵀ
         """
         if self.n == 0:
             self._shift, self._s1, self.n = mean_b, self._zeros(self.dim), n_b
@@ -151,7 +151,7 @@ class CovarianceAccumulator:
         self.n = n
 
     # ---------------------------------------------------------------- update
-    def update(self, x: Any) -> "CovarianceAccumulator":
+    def update(self, x: Any) -> CovarianceAccumulator:
         """Add the rows of `x` (samples × dim, any real dtype, any supported backend/device)."""
         x = B.as_array(x)
         if x.ndim < 2 or x.shape[-1] != self.dim:
@@ -203,7 +203,9 @@ class CovarianceAccumulator:
         delta = shift - new
         s1n = s1 + n * delta
         if s2 is not None:
-            s2 = s2 + delta[:, None] * s1[None, :] + s1[:, None] * delta[None, :] + n * (delta[:, None] * delta[None, :])
+            s2 = (
+                s2 + delta[:, None] * s1[None, :] + s1[:, None] * delta[None, :] + n * (delta[:, None] * delta[None, :])
+            )
         rows = [r + delta for r in rows]
         return s1n, s2, rows
 
@@ -214,12 +216,10 @@ class CovarianceAccumulator:
 
         return self._xp.asarray(np.asarray(B.to_numpy(a)), device=self._device)
 
-    def merge(self, other: "CovarianceAccumulator") -> "CovarianceAccumulator":
+    def merge(self, other: CovarianceAccumulator) -> CovarianceAccumulator:
         """Add another accumulator's samples to this one (as if all were fed to one); returns self."""
         if not isinstance(other, CovarianceAccumulator) or other.dim != self.dim:
-            raise PhasescopeError(
-                f"can only merge a CovarianceAccumulator of dim {self.dim}, got {other!r}"
-            )
+            raise PhasescopeError(f"can only merge a CovarianceAccumulator of dim {self.dim}, got {other!r}")
         self.n_nonfinite += other.n_nonfinite
         if other.n == 0:
             return self
@@ -246,7 +246,7 @@ class CovarianceAccumulator:
             self._chan_add(other.n, mean_b, m2_b)
         return self
 
-    def all_reduce(self, group: Any = None) -> "CovarianceAccumulator":
+    def all_reduce(self, group: Any = None) -> CovarianceAccumulator:
         """Sum this state over all ranks of `torch.distributed` (torch state; every rank calls it).
 
         The ranks first agree on a common shift, the global mean K = Σ_r(S₁ + nK_r)/Σ_r n, move
@@ -255,7 +255,7 @@ class CovarianceAccumulator:
         import torch
         import torch.distributed as dist
 
-        if self._xp is not None and not B.namespace(torch.zeros(1)) is self._xp:
+        if self._xp is not None and B.namespace(torch.zeros(1)) is not self._xp:
             raise PhasescopeError("all_reduce needs torch state; feed the accumulator torch tensors")
         dev = self._device if self._device is not None else torch.device("cpu")
         if self._xp is None:
@@ -309,7 +309,7 @@ class CovarianceAccumulator:
             "rows": _copy(xp, rows) if len(self._rows) == 1 else rows,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> "CovarianceAccumulator":
+    def load_state_dict(self, state: dict[str, Any]) -> CovarianceAccumulator:
         if int(state["dim"]) != self.dim:
             raise PhasescopeError(
                 f"state is for dim {state['dim']}, this accumulator has dim {self.dim}; build "
@@ -347,8 +347,9 @@ class CovarianceAccumulator:
                 with B.precise(self._xp):
                     return self._xp.full((d,), float("nan"), dtype=self._xp.float64, device=self._device)
 
-            return Spectrum(nan(), nan() if self.raw_singular_values else None, 0, nan(),
-                            self.n_nonfinite, d, self.route)
+            return Spectrum(
+                nan(), nan() if self.raw_singular_values else None, 0, nan(), self.n_nonfinite, d, self.route
+            )
         xp, n = self._xp, self.n
         with B.precise(xp):
             mean = self._shift + self._s1 / n

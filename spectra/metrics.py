@@ -33,9 +33,7 @@ def _prep(values: Any) -> tuple[Any, Any]:
     v = B.as_array(values)
     xp = B.namespace(v)
     if v.ndim != 1:
-        raise PhasescopeError(
-            f"expected a 1-D spectrum, got shape {tuple(v.shape)}; pass e.g. spectrum.eigenvalues"
-        )
+        raise PhasescopeError(f"expected a 1-D spectrum, got shape {tuple(v.shape)}; pass e.g. spectrum.eigenvalues")
     with B.precise(xp):
         return xp, B.strip_padding(xp, B.to_float64(xp, v))
 
@@ -170,9 +168,7 @@ def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_R
     if hi - lo < 3:
         return fail(f"fit range {lo}..{hi} has fewer than 3 points; too few eigenvalues for a power-law fit")
     if n < hi:
-        return fail(
-            f"only {n} eigenvalues, fit range {lo}..{hi} needs {hi}; use fit_range='auto' or a smaller range"
-        )
+        return fail(f"only {n} eigenvalues, fit range {lo}..{hi} needs {hi}; use fit_range='auto' or a smaller range")
     with B.precise(xp):
         if not bool(xp.all(xp.isfinite(v))):
             return fail("non-finite eigenvalue (NaN/Inf) in the spectrum")
@@ -207,7 +203,7 @@ def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_R
     else:
         r_lo, r_hi = lo + 1, (500 if n >= 512 else n - 10)
     with B.precise(xp):
-        tail = v[r_lo:max(r_lo, r_hi)]
+        tail = v[r_lo : max(r_lo, r_hi)]
         good = B.to_numpy((tail > floor) & xp.isfinite(tail))
     n_ok = 0
     while n_ok < len(good) and good[n_ok]:

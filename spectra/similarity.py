@@ -41,21 +41,20 @@ def centered_gram(x: Any, *, exact: bool = False) -> Any:
         return x @ x.T
 
 
-def linear_cka(k: Any, l: Any) -> float:
+def linear_cka(k: Any, l: Any) -> float:  # noqa: E741 - K and L: the Gram matrices of Kornblith et al.
     """Linear CKA of two centred Gram matrices of the same samples (see module docstring).
 
     NaN when the shapes differ (not the same samples) or either representation is constant.
     """
-    k, l = B.as_array(k), B.as_array(l)
+    k, l = B.as_array(k), B.as_array(l)  # noqa: E741
     if tuple(k.shape) != tuple(l.shape) or k.shape[0] < 2:
         return float("nan")
     xp = B.namespace(k, l)
     with B.precise(xp):
-        k, l = B.to_float64(xp, k), B.to_float64(xp, l)
+        k, l = B.to_float64(xp, k), B.to_float64(xp, l)  # noqa: E741
         hsic = xp.sum(k * l)
         norm = xp.sqrt(xp.sum(k * k)) * xp.sqrt(xp.sum(l * l))
-        value = B.to_python_float(hsic) / B.to_python_float(norm) if B.to_python_float(norm) > 0 else float("nan")
-    return value
+        return B.to_python_float(hsic) / B.to_python_float(norm) if B.to_python_float(norm) > 0 else float("nan")
 
 
 class GramSampler:

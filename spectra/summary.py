@@ -112,7 +112,7 @@ def spectrum_metrics(
         "top10_variance": explained_variance(eig, 10),
     }
     if not _all_finite(eig):
-        out = {k: NAN for k in out}
+        out = dict.fromkeys(out, NAN)
     return {k: float(out[k]) for k in METRICS}
 
 

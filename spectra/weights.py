@@ -21,8 +21,9 @@ of the same shape; the tail fit runs on the host on the (short) eigenvalue vecto
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -125,8 +126,12 @@ class WeightSpectrum:
     reason: str | None = None
 
     def metrics(self) -> dict[str, float]:
-        return {"alpha": self.alpha, "stable_rank": self.stable_rank,
-                "spectral_norm": self.spectral_norm, "ks_distance": self.ks_distance}
+        return {
+            "alpha": self.alpha,
+            "stable_rank": self.stable_rank,
+            "spectral_norm": self.spectral_norm,
+            "ks_distance": self.ks_distance,
+        }
 
 
 def _named_matrices(weights: Any) -> Iterable[tuple[str, Any]]:
@@ -151,10 +156,10 @@ def weight_spectra(weights: Any, *, min_tail: int = 10, select: Any = None) -> d
     `select(name) -> bool` filters names (default: all 2-D parameters; biases/norms are 1-D).
     """
     groups: dict[tuple, list[tuple[str, Any]]] = {}
-    for name, w in _named_matrices(weights):
+    for name, raw in _named_matrices(weights):
         if select is not None and not select(name):
             continue
-        w = B.as_array(w)
+        w = B.as_array(raw)
         key = (tuple(w.shape), B.namespace(w).__name__, str(B.device(w)))
         groups.setdefault(key, []).append((name, w))
     out: dict[str, WeightSpectrum] = {}
@@ -169,10 +174,16 @@ def weight_spectra(weights: Any, *, min_tail: int = 10, select: Any = None) -> d
             tail = esd_power_law(lam, min_tail=min_tail)
             top = float(lam[0]) if lam.size else NAN
             out[name] = WeightSpectrum(
-                name=name, shape=shape, eigenvalues=evs[i], alpha=tail.alpha, xmin=tail.xmin,
-                ks_distance=tail.ks_distance, n_tail=tail.n_tail,
+                name=name,
+                shape=shape,
+                eigenvalues=evs[i],
+                alpha=tail.alpha,
+                xmin=tail.xmin,
+                ks_distance=tail.ks_distance,
+                n_tail=tail.n_tail,
                 stable_rank=float(lam.sum() / top) if top > 0 else NAN,
-                spectral_norm=float(np.sqrt(top)) if top >= 0 else NAN, reason=tail.reason,
+                spectral_norm=float(np.sqrt(top)) if top >= 0 else NAN,
+                reason=tail.reason,
             )
     return {name: out[name] for name, _ in _ordered(weights, out)}
 

@@ -2,9 +2,10 @@
 
 Never imports torch. Names are imported lazily so ``import phasescope.store`` stays cheap.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "RunWriter": ".writer",
@@ -33,7 +34,52 @@ _EXPORTS = {
     "LayoutMismatchError": ".errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "SCHEMA_VERSION",
+    "AsyncRunWriter",
+    "CaptureRow",
+    "CorruptRunError",
+    "LayoutMismatchError",
+    "NotARunError",
+    "RunExistsError",
+    "RunInfo",
+    "RunWriter",
+    "SchemaVersionError",
+    "StepOrderError",
+    "StepRow",
+    "StoreError",
+    "error_for",
+    "estimate_sketch_bytes",
+    "list_groups",
+    "list_runs",
+    "make_sketch",
+    "open_group",
+    "open_run",
+    "projection_matrix",
+    "run_info",
+    "status_for",
+    "write_group",
+]
+assert sorted(__all__) == sorted(_EXPORTS)  # a literal, so linters and type checkers read it
+
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (never run)
+    from .async_writer import AsyncRunWriter
+    from .catalog import RunInfo, list_runs, run_info
+    from .errors import (
+        CorruptRunError,
+        LayoutMismatchError,
+        NotARunError,
+        RunExistsError,
+        SchemaVersionError,
+        StepOrderError,
+        StoreError,
+    )
+    from .groups import list_groups, open_group, write_group
+    from .lifecycle import error_for, status_for
+    from .reader import open_run
+    from .schema import SCHEMA_VERSION
+    from .sketch import estimate_sketch_bytes, make_sketch, projection_matrix
+    from .writer import CaptureRow, RunWriter, StepRow
 
 
 def __getattr__(name: str) -> Any:

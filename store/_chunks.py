@@ -7,12 +7,14 @@ memory and writes it whole, encoded exactly as the array's metadata declares:
 tests compare values through zarr and xarray). Each key is written to a temporary file and renamed
 into place (LocalStore), or put whole (fsspec / object stores), so readers see old or new chunks.
 """
+
 from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -202,4 +204,4 @@ class LocalArray:
         if not isinstance(k0, slice) or k0.step not in (None, 1):
             raise IndexError(f"{self.name}: only row slices are supported, got {key!r}")
         r0, r1, _ = k0.indices(self.shape[0])
-        return self.rows(r0, r1)[(slice(None),) + tuple(key[1:])]
+        return self.rows(r0, r1)[(slice(None), *tuple(key[1:]))]

@@ -5,6 +5,7 @@ and renames it into place (atomic on POSIX), so a killed writer never leaves a h
 Other URLs (``memory://``, ``s3://``, ``gs://`` ...) go through fsspec via zarr's FsspecStore; object
 stores replace whole keys atomically too.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ def local_path(path: Any) -> Path | None:
         return Path(path)
     if isinstance(path, str):
         if path.startswith("file://"):
-            return Path(path[len("file://"):])
+            return Path(path[len("file://") :])
         if "://" not in path:
             return Path(path)
     return None

@@ -26,12 +26,15 @@ The drop policy (one for everything; training never waits on a stalled disk for 
   the caller's next call; without (live capture) the batch's rows are lost — counted in ``failures``
   and ``n_lost_rows`` — and the writer goes on with the next batch.
 """
+
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from phasescope.failures import FailureLog
 
@@ -48,10 +51,19 @@ class _Drop(Exception):
 class AsyncRunWriter:
     """Same arguments as RunWriter, plus queue bounds and ``reduce``; see the module docstring."""
 
-    def __init__(self, path: Any, *, reduce: Callable[[Any], tuple] | None = None,
-                 max_pending_captures: int = 16, max_pending_steps: int = 10_000, block_timeout_s: float = 1.0,
-                 interval_s: float = 0.02, failures: FailureLog | None = None, raise_errors: bool = True,
-                 **writer_kwargs: Any) -> None:
+    def __init__(
+        self,
+        path: Any,
+        *,
+        reduce: Callable[[Any], tuple] | None = None,
+        max_pending_captures: int = 16,
+        max_pending_steps: int = 10_000,
+        block_timeout_s: float = 1.0,
+        interval_s: float = 0.02,
+        failures: FailureLog | None = None,
+        raise_errors: bool = True,
+        **writer_kwargs: Any,
+    ) -> None:
         if max_pending_captures < 1 or max_pending_steps < 1:
             raise StoreError("max_pending_captures and max_pending_steps must be >= 1")
         self.writer = RunWriter(path, **writer_kwargs)  # errors (exists, bad names) surface here
@@ -63,15 +75,15 @@ class AsyncRunWriter:
         self.max_pending_steps = int(max_pending_steps)
         self.block_timeout_s = float(block_timeout_s)
         self.interval_s = float(interval_s)
-        self._queue: deque = deque()      # ("step", StepRow) | ("capture", CaptureRow) | ("item", item)
-        self._n_caps = 0                  # queued entries that carry a capture
+        self._queue: deque = deque()  # ("step", StepRow) | ("capture", CaptureRow) | ("item", item)
+        self._n_caps = 0  # queued entries that carry a capture
         self._cond = threading.Condition()
         self._io = threading.Lock()
         self._last = dict(self.writer.last)
-        self._dropped_caps = 0            # dropped capture rows not yet flagged on a step row
-        self.n_dropped = 0                # captures, in total
+        self._dropped_caps = 0  # dropped capture rows not yet flagged on a step row
+        self.n_dropped = 0  # captures, in total
         self.n_dropped_steps = 0
-        self.n_lost_rows = 0              # rows of batches whose write failed (raise_errors=False)
+        self.n_lost_rows = 0  # rows of batches whose write failed (raise_errors=False)
         self._inflight = False
         self._flushing = False
         self._stopping = False
@@ -79,21 +91,33 @@ class AsyncRunWriter:
         self._error: BaseException | None = None
         self.batches = 0
         self._failures_written = 0
-        self.cpu_seconds = 0.0            # CPU time of the writer thread (time.thread_time)
+        self.cpu_seconds = 0.0  # CPU time of the writer thread (time.thread_time)
         self._thread = threading.Thread(target=self._run, name="phasescope-store-writer", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ training thread
-    def append_step(self, step: int, scalars: Mapping[str, float], params: Mapping[str, Any] | None = None,
-                    flags: Mapping[str, int] | None = None) -> None:
+    def append_step(
+        self,
+        step: int,
+        scalars: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        flags: Mapping[str, int] | None = None,
+    ) -> None:
         self._check()
         row = self.writer.prepare_step(step, scalars, params, flags)
         if self.writer.accept(STEP, row.step, self._last[STEP]):
             self._last[STEP] = row.step
             self._put("step", row)
 
-    def append_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
-                       matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> None:
+    def append_capture(
+        self,
+        step: int,
+        metrics: Mapping[str, Any],
+        eigenvalues: Any,
+        n_samples: Any,
+        matrices: Mapping[str, Any] | None = None,
+        sketch: Any = None,
+    ) -> None:
         self._check()
         row = self.writer.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
         if self.writer.accept(CAPTURE, row.step, self._last[CAPTURE]):
@@ -120,8 +144,10 @@ class AsyncRunWriter:
                         old_kind, old = self._queue.popleft()
                         self._n_caps -= self._carries_capture(old_kind, old)
                         self.n_dropped_steps += 1
-                        self.failures.record("queue", _Drop(
-                            "the store writer is behind: dropping the oldest queued steps (n_dropped_steps)"))
+                        self.failures.record(
+                            "queue",
+                            _Drop("the store writer is behind: dropping the oldest queued steps (n_dropped_steps)"),
+                        )
                         break
                     self._cond.wait(left)
             cap = self._carries_capture(kind, payload)
@@ -129,8 +155,11 @@ class AsyncRunWriter:
                 self._drop_oldest_capture()
             self._queue.append((kind, payload))
             self._n_caps += cap
-            if (self.interval_s == 0 or len(self._queue) >= self.max_pending_steps // 2
-                    or self._n_caps >= max(1, self.max_pending_captures // 2)):
+            if (
+                self.interval_s == 0
+                or len(self._queue) >= self.max_pending_steps // 2
+                or self._n_caps >= max(1, self.max_pending_captures // 2)
+            ):
                 self._cond.notify_all()
 
     def _drop_oldest_capture(self) -> None:
@@ -139,7 +168,7 @@ class AsyncRunWriter:
                 del self._queue[j]
                 self._dropped_caps += 1
             elif kind == "item" and getattr(payload, "capture", False):
-                payload.release_capture()   # its step row stays, with flag_dropped
+                payload.release_capture()  # its step row stays, with flag_dropped
             else:
                 continue
             self._n_caps -= 1
@@ -163,7 +192,7 @@ class AsyncRunWriter:
                     if left is not None and left <= 0:
                         raise StoreError(f"store writer did not drain within {timeout} s; the disk may be stalled")
                     self._cond.wait(left)
-            finally:   # a timed-out flush must not leave the writer waking on every append
+            finally:  # a timed-out flush must not leave the writer waking on every append
                 self._flushing = False
         self._check()
 
@@ -183,17 +212,21 @@ class AsyncRunWriter:
             with self._io:
                 if self._error is not None:
                     status, error = FAILED, error or f"store writer: {self._error!r}"
-                self.writer.set_attrs(n_dropped=self.n_dropped, n_dropped_steps=self.n_dropped_steps,
-                                      n_lost_rows=self.n_lost_rows, **self.failures.attrs())
+                self.writer.set_attrs(
+                    n_dropped=self.n_dropped,
+                    n_dropped_steps=self.n_dropped_steps,
+                    n_lost_rows=self.n_lost_rows,
+                    **self.failures.attrs(),
+                )
                 self.writer.add_dropped(self._dropped_caps)
                 self.writer.close(status=status, error=error)  # trims the arrays, one write of the root attrs
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if self._error is None:
                 raise StoreError(f"closing the run failed: {e}; committed steps are kept") from e
         if self._error is not None and self.raise_errors:
             raise StoreError(f"the background store writer failed: {self._error}") from self._error
 
-    def __enter__(self) -> "AsyncRunWriter":
+    def __enter__(self) -> AsyncRunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -201,10 +234,8 @@ class AsyncRunWriter:
         if exc_type is None:
             self.close()
         else:
-            try:
+            with contextlib.suppress(StoreError):  # the training error is the one to see
                 self.close(status=status_for(exc_type), error=error_for(exc))
-            except StoreError:
-                pass  # the training error is the one to see
 
     @property
     def n_steps(self) -> int:
@@ -225,28 +256,34 @@ class AsyncRunWriter:
 
     def _check(self) -> None:
         if self._error is not None and self.raise_errors:
-            raise StoreError(f"the background store writer failed: {self._error}; the run is committed up to "
-                             f"step {self.writer.last_step}") from self._error
+            raise StoreError(
+                f"the background store writer failed: {self._error}; the run is committed up to "
+                f"step {self.writer.last_step}"
+            ) from self._error
         if self._closed:
             raise StoreError("this AsyncRunWriter is closed; open a new one with resume=True")
 
     # ------------------------------------------------------------------ writer thread
     def _rows(self, entries: list) -> tuple[list[StepRow], list[CaptureRow]]:
-        steps, caps = [], []
+        steps: list[StepRow] = []
+        caps: list[CaptureRow] = []
         for kind, payload in entries:
             if kind == "step":
                 steps.append(payload)
             elif kind == "capture":
                 caps.append(payload)
             else:
+                reduce = self._reduce
+                assert reduce is not None  # submit() refuses entries without it
                 with self.failures.guard("reduce", f"step {getattr(payload, 'step', '?')}"):
-                    step_kw, cap_kw = self._reduce(payload)
+                    step_kw, cap_kw = reduce(payload)
                     srow = self.writer.prepare_step(**step_kw)
                     crow = self.writer.prepare_capture(**cap_kw) if cap_kw is not None else None
                     if self.writer.accept(STEP, srow.step, steps[-1].step if steps else self.writer.last[STEP]):
                         steps.append(srow)
                     if crow is not None and self.writer.accept(
-                            CAPTURE, crow.step, caps[-1].step if caps else self.writer.last[CAPTURE]):
+                        CAPTURE, crow.step, caps[-1].step if caps else self.writer.last[CAPTURE]
+                    ):
                         caps.append(crow)
         return steps, caps
 
@@ -272,18 +309,19 @@ class AsyncRunWriter:
                 self._inflight = True
                 self._cond.notify_all()
             c0 = time.thread_time()
-            steps, caps = [], []
+            steps: list[StepRow] = []
+            caps: list[CaptureRow] = []
             try:
                 steps, caps = self._rows(entries)
                 with self._io:
                     self.writer.add_dropped(dropped)
                     self.writer.write_rows(steps, caps)
                     self.batches += 1
-                    if self.failures.total != self._failures_written:   # a live reader sees them now
+                    if self.failures.total != self._failures_written:  # a live reader sees them now
                         self._failures_written = self.failures.total
                         self.writer.set_attrs(**self.failures.attrs())
             except Exception as e:  # noqa: BLE001 - never into the training loop unless asked
-                if self.raise_errors:   # handed to the caller's next call; the thread stops
+                if self.raise_errors:  # handed to the caller's next call; the thread stops
                     with self._cond:
                         self._error = e
                         self._inflight = False

@@ -8,6 +8,7 @@ old and ``"stale"`` after that (its writer was killed without closing).
 
 This is the one place that derives a run's state: the dashboard's catalog calls ``run_info``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -82,8 +83,9 @@ def run_state(attrs: dict, *, now: float | None = None, live_window: float = LIV
     return LIVE if t is not None and now - float(t) <= live_window else STALE
 
 
-def run_info(name: str, path: str, attrs: dict, *, now: float | None = None,
-             live_window: float = LIVE_WINDOW_S) -> RunInfo:
+def run_info(
+    name: str, path: str, attrs: dict, *, now: float | None = None, live_window: float = LIVE_WINDOW_S
+) -> RunInfo:
     """The catalog row of one run from its root attributes."""
     commit = attrs.get(COMMIT_ATTR) or {}
     t = commit.get("updated")
@@ -96,12 +98,18 @@ def run_info(name: str, path: str, attrs: dict, *, now: float | None = None,
     if state == FAILED and not error and attrs.get("status") not in (None, FAILED):
         error = f"unknown status {attrs.get('status')!r}"
     return RunInfo(
-        name=name, path=path, n_steps=int(commit.get("n_steps", 0)), n_captures=int(commit.get("n_captures", 0)),
+        name=name,
+        path=path,
+        n_steps=int(commit.get("n_steps", 0)),
+        n_captures=int(commit.get("n_captures", 0)),
         last_step=commit.get("last_step"),
-        updated=None if t is None else _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc),
-        model=model, state=state, error=str(error) if error and state == FAILED else None,
+        updated=None if t is None else _dt.datetime.fromtimestamp(float(t), _dt.UTC),
+        model=model,
+        state=state,
+        error=str(error) if error and state == FAILED else None,
         silent_s=None if t is None else max(0.0, now - float(t)),
-        created=attrs.get("created"), schema=attrs.get("phasescope_schema"),
+        created=attrs.get("created"),
+        schema=attrs.get("phasescope_schema"),
     )
 
 
@@ -116,8 +124,10 @@ def list_runs(root: Any, *, live_window: float = LIVE_WINDOW_S) -> list[RunInfo]
             raise NotARunError(f"run root {lp} does not exist; create it or pass the directory holding the runs")
         if not lp.is_dir():
             raise NotARunError(f"run root {lp} is a file, not a directory; pass the directory holding the runs")
-        candidates = [(lp.name, str(lp), lp)] + sorted(
-            (e.name, e.path, e.path) for e in os.scandir(lp) if e.is_dir(follow_symlinks=True))
+        candidates = [
+            (lp.name, str(lp), lp),
+            *sorted((e.name, e.path, e.path) for e in os.scandir(lp) if e.is_dir(follow_symlinks=True)),
+        ]
         for name, p, loc in candidates:
             attrs = _attrs_of(loc)
             if attrs is not None:

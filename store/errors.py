@@ -1,4 +1,5 @@
 """Errors raised by the run store; all are PhasescopeError (a ValueError) with a one-line fix."""
+
 from __future__ import annotations
 
 from phasescope.errors import PhasescopeError

@@ -5,12 +5,14 @@ touch the run's committed arrays or its root ``zarr.json`` (the writer may still
 local disk the group is written under a temporary name and renamed into place, so a reader sees the
 old or the new group, never half of one.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +52,10 @@ def _check_name(path: Any, name: str) -> dict:
     taken = set(COORDS) | set(Layout.from_json(attrs[LAYOUT_ATTR]).variable_names())
     taken |= {"eigenvalues", "n_samples", "sketch"}
     if not name or "/" in name or name.startswith(("_", ".")) or name in taken:
-        raise StoreError(f"cannot use {name!r} as a group name in a run (it is empty, nested, private or the name "
-                         f"of one of the run's arrays); choose e.g. 'phases'")
+        raise StoreError(
+            f"cannot use {name!r} as a group name in a run (it is empty, nested, private or the name "
+            f"of one of the run's arrays); choose e.g. 'phases'"
+        )
     return attrs
 
 
@@ -84,8 +88,10 @@ def open_group(path: Any, name: str):
 
     read_meta(path)
     if name not in list_groups(path):
-        raise StoreError(f"run {_io.display(path)} has no group {name!r} (it has {list_groups(path)}); "
-                         "write it first, e.g. with write_group")
+        raise StoreError(
+            f"run {_io.display(path)} has no group {name!r} (it has {list_groups(path)}); "
+            "write it first, e.g. with write_group"
+        )
     store = _io.make_store(path, read_only=True)
     return xr.open_zarr(store, group=name, consolidated=False)
 

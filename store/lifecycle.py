@@ -9,6 +9,7 @@ Catalog ``state`` (``phasescope.store.catalog``): the stored status, except that
 ``"running"`` whose last commit is older than the live window is ``"stale"`` (its writer was killed
 without closing, e.g. SIGKILL or a machine crash), and a recent one is ``"live"``.
 """
+
 from __future__ import annotations
 
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"

@@ -5,6 +5,7 @@ of rows (never to its shape: the writer may have grown capacity meanwhile). Ever
 checked to exist, and any chunk that fails to decode (bad checksum, truncation) raises
 CorruptRunError naming the array and the steps it holds, instead of returning fill values.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def read_meta(path: Any) -> dict:
     if attrs["phasescope_schema"] != SCHEMA_VERSION:
         raise SchemaVersionError(
             f"run {name} uses store schema {attrs['phasescope_schema']}, this phasescope reads schema "
-            f"{SCHEMA_VERSION}; open it with a matching phasescope version")
+            f"{SCHEMA_VERSION}; open it with a matching phasescope version"
+        )
     return attrs
 
 
@@ -59,7 +61,7 @@ class _Checked:
             k0 = slice(*k0.indices(self.shape[0]))
         try:
             return self.arr[(k0, *key[1:])]
-        except Exception as e:  # noqa: BLE001 - any decode failure means a damaged chunk
+        except Exception as e:
             raise self._locate(k0, e) from e
 
     def _locate(self, k0, err: Exception) -> CorruptRunError:
@@ -77,7 +79,8 @@ class _Checked:
                     break
         return CorruptRunError(
             f"array {self.name!r} of run {self.run} is damaged at {_rows_text(self.row_steps, bad)}: "
-            f"{type(cause).__name__}: {cause}; restore the chunk or re-run those steps")
+            f"{type(cause).__name__}: {cause}; restore the chunk or re-run those steps"
+        )
 
 
 def _rows_text(row_steps: np.ndarray | None, k0) -> str:
@@ -114,8 +117,13 @@ def open_run(path: Any, *, lazy: bool = True, verify: bool = True):
 
     data_specs = [s for s in specs if s.name not in (STEP, CAPTURE)]
     if lp is None and not lazy:
-        got = zarr_compat.sync(_read_all({k: zarr_compat.async_array(a.arr) for k, a in arrays.items()},
-                                         {s.name: n[s.rows] for s in specs}, name))
+        got = zarr_compat.sync(
+            _read_all(
+                {k: zarr_compat.async_array(a.arr) for k, a in arrays.items()},
+                {s.name: n[s.row_dim] for s in specs},
+                name,
+            )
+        )
     else:
         got = {d: _Checked(arrays[d], d, name, None, n[d])[: n[d]] for d in (STEP, CAPTURE)}
     row_steps = {STEP: np.asarray(got[STEP]), CAPTURE: np.asarray(got[CAPTURE])}
@@ -128,16 +136,22 @@ def open_run(path: Any, *, lazy: bool = True, verify: bool = True):
     data_vars = {}
     for s in data_specs:
         arr = arrays[s.name]
-        rows = n[s.rows]
-        checked = _Checked(arr, s.name, name, row_steps[s.rows], rows)
+        rows = n[s.row_dim]
+        checked = _Checked(arr, s.name, name, row_steps[s.row_dim], rows)
         if rows == 0:
             data = np.empty(checked.shape, dtype=checked.dtype)
         elif lazy:
             import dask.array as da
 
-            d = da.from_array(checked, chunks=arr.chunks, lock=False, asarray=True, fancy=False,
-                              name=f"phasescope-{s.name}-{uuid.uuid4().hex}",
-                              meta=np.empty((0,) * arr.ndim, dtype=arr.dtype))
+            d = da.from_array(
+                checked,
+                chunks=arr.chunks,
+                lock=False,
+                asarray=True,
+                fancy=False,
+                name=f"phasescope-{s.name}-{uuid.uuid4().hex}",
+                meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+            )
             data = d
         elif s.name in got:
             data = got[s.name]
@@ -154,8 +168,10 @@ def _open_local(root, specs: list[ArraySpec], run: str) -> dict:
             with open(root / s.name / "zarr.json", "rb") as f:
                 out[s.name] = LocalArray(root, s.name, json.loads(f.read()))
         except (OSError, ValueError, KeyError) as e:
-            raise CorruptRunError(f"array {s.name!r} of run {run} cannot be opened ({type(e).__name__}: {e}); "
-                                  "its metadata is missing or damaged") from None
+            raise CorruptRunError(
+                f"array {s.name!r} of run {run} cannot be opened ({type(e).__name__}: {e}); "
+                "its metadata is missing or damaged"
+            ) from None
     return out
 
 
@@ -190,8 +206,10 @@ async def _open_arrays(store, names: list[str], run: str) -> dict:
         try:
             return await za.open_array(store=store, path=nm, mode="r", zarr_format=3)
         except Exception as e:  # noqa: BLE001
-            raise CorruptRunError(f"array {nm!r} of run {run} cannot be opened ({type(e).__name__}: {e}); "
-                                  "its metadata is missing or damaged") from None
+            raise CorruptRunError(
+                f"array {nm!r} of run {run} cannot be opened ({type(e).__name__}: {e}); "
+                "its metadata is missing or damaged"
+            ) from None
 
     return dict(zip(names, await asyncio.gather(*(one(nm) for nm in names))))
 
@@ -206,11 +224,11 @@ async def _read_all(arrays: dict, want: dict[str, int | None], run: str) -> dict
             return np.empty((rows or 0, *a.shape[1:]), dtype=a.dtype) if rows is not None else np.array([])
         try:
             return np.asarray(await a.getitem((sel,) + (slice(None),) * (a.ndim - 1)))
-        except Exception as e:  # noqa: BLE001 - any decode failure means a damaged chunk
-            dim = "capture_step" if zarr_compat.dimension_names(a)[0] == CAPTURE else STEP
+        except Exception as e:
+            dim = "capture_step" if (zarr_compat.dimension_names(a) or (None,))[0] == CAPTURE else STEP
             raise CorruptRunError(
-                f"array {nm!r} of run {run} is damaged within its first {rows} rows of {dim}: "
-                f"{type(e).__name__}: {e}") from e
+                f"array {nm!r} of run {run} is damaged within its first {rows} rows of {dim}: {type(e).__name__}: {e}"
+            ) from e
 
     names = list(want)
     vals = await asyncio.gather(*(one(nm, want[nm]) for nm in names), return_exceptions=True)
@@ -220,12 +238,12 @@ async def _read_all(arrays: dict, want: dict[str, int | None], run: str) -> dict
         # Say which steps: re-read the damaged array chunk by chunk through the checking wrapper.
         for nm, v in out.items():
             if isinstance(v, CorruptRunError) and nm not in (STEP, CAPTURE) and isinstance(out.get(STEP), np.ndarray):
-                spec_dim = zarr_compat.dimension_names(arrays[nm])[0]
+                spec_dim = (zarr_compat.dimension_names(arrays[nm]) or (None,))[0]
                 rs = out[STEP] if spec_dim == STEP else out.get(CAPTURE)
                 if isinstance(rs, np.ndarray):
                     _locate(zarr_compat.sync_array(arrays[nm]), nm, run, rs)
         raise errors[0]
-    return out
+    return {k: v for k, v in out.items() if isinstance(v, np.ndarray)}  # all of them, errors raised above
 
 
 def _locate(arr, nm: str, run: str, row_steps: np.ndarray) -> None:
@@ -238,7 +256,7 @@ def _locate(arr, nm: str, run: str, row_steps: np.ndarray) -> None:
 
 def _verify_chunks(root, store, arrays: dict, specs: list[ArraySpec], n: dict[str, int], name: str) -> None:
     for s in specs:
-        rows = n[s.rows]
+        rows = n[s.row_dim]
         arr = arrays[s.name]
         if rows == 0 or 0 in arr.shape:
             continue
@@ -256,7 +274,8 @@ def _verify_chunks(root, store, arrays: dict, specs: list[ArraySpec], n: dict[st
                 r1 = min(rows, r0 + arr.chunks[0]) - 1
                 raise CorruptRunError(
                     f"array {s.name!r} of run {name} is missing chunk {key!r} holding "
-                    f"{_step_range(arrays, s.rows, r0, r1)}; the file was deleted: restore it or re-run those steps")
+                    f"{_step_range(arrays, s.row_dim, r0, r1)}; the file was deleted: restore it or re-run those steps"
+                )
 
 
 def _step_range(arrays: dict, dim: str, r0: int, r1: int) -> str:

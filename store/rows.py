@@ -5,11 +5,13 @@ validated rows into the per-array blocks the writer appends. Pure numpy, no I/O.
 validate with these functions; the writer turns a batch of rows into blocks with ``step_blocks`` /
 ``capture_blocks`` and writes each block into its array's chunks.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +41,13 @@ class CaptureRow:
     sketch: np.ndarray | None  # (n_probes, rows, width)
 
 
-def prepare_step(L: Layout, step: int, scalars: Mapping[str, float], params: Mapping[str, Any] | None = None,
-                 flags: Mapping[str, int] | None = None) -> StepRow:
+def prepare_step(
+    L: Layout,
+    step: int,
+    scalars: Mapping[str, float],
+    params: Mapping[str, Any] | None = None,
+    flags: Mapping[str, int] | None = None,
+) -> StepRow:
     """Validate one step's values against layout ``L`` and return the row (sets ``nonfinite``)."""
     step = _as_step(step)
     unknown = set(scalars) - set(L.scalars)
@@ -67,8 +74,15 @@ def prepare_step(L: Layout, step: int, scalars: Mapping[str, float], params: Map
     return StepRow(step, sv, pv, fv)
 
 
-def prepare_capture(L: Layout, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
-                    matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> CaptureRow:
+def prepare_capture(
+    L: Layout,
+    step: int,
+    metrics: Mapping[str, Any],
+    eigenvalues: Any,
+    n_samples: Any,
+    matrices: Mapping[str, Any] | None = None,
+    sketch: Any = None,
+) -> CaptureRow:
     """Validate one capture's values against layout ``L`` and return the row."""
     step = _as_step(step)
     P = len(L.probes)
@@ -85,20 +99,25 @@ def prepare_capture(L: Layout, step: int, metrics: Mapping[str, Any], eigenvalue
     if L.max_rank:
         e = np.asarray(eigenvalues, dtype=np.float64)
         if e.ndim != 2 or e.shape[0] != P or e.shape[1] > L.max_rank:
-            raise StoreError(f"eigenvalues has shape {e.shape}, expected ({P}, <= {L.max_rank}) "
-                             "(probes x max_rank, NaN-padded)")
+            raise StoreError(
+                f"eigenvalues has shape {e.shape}, expected ({P}, <= {L.max_rank}) (probes x max_rank, NaN-padded)"
+            )
         eig = np.full((P, L.max_rank), np.nan, dtype=L.eigen_dtype)
         eig[:, : e.shape[1]] = e
     ns = _vector(n_samples, P, "n_samples", np.int64)
     mats: dict[str, np.ndarray] = {}
     for stat, v in (matrices or {}).items():
         if stat not in L.matrix_stats:
-            raise StoreError(f"unknown matrix stat {stat!r}; this run stores {L.matrix_stats} (declare it in matrix_stats=)")
+            raise StoreError(
+                f"unknown matrix stat {stat!r}; this run stores {L.matrix_stats} (declare it in matrix_stats=)"
+            )
         mats[stat] = _vector(v, len(L.matrices), f"matrices[{stat!r}]", np.float32)
     sk = None
     if sketch is not None:
         if not L.sketch:
-            raise StoreError("a sketch was given but the run has none; pass sketch={'rows': r, 'width': w} to RunWriter")
+            raise StoreError(
+                "a sketch was given but the run has none; pass sketch={'rows': r, 'width': w} to RunWriter"
+            )
         shape = (P, int(L.sketch["rows"]), int(L.sketch["width"]))
         s = np.asarray(sketch)
         if s.shape != shape:
@@ -121,8 +140,7 @@ def step_blocks(L: Layout, rows: Sequence[StepRow], dropped: int = 0) -> list[tu
             fl[-1, j] = min(255, int(fl[-1, j]) + dropped)
         out += [(f"flag_{name}", fl[:, j]) for j, name in enumerate(L.flags)]
     if L.params:
-        out += [(f"param_{stat}", _stat_block([r.params for r in rows], stat, len(L.params)))
-                for stat in L.param_stats]
+        out += [(f"param_{stat}", _stat_block([r.params for r in rows], stat, len(L.params))) for stat in L.param_stats]
     out.append((STEP, np.array([r.step for r in rows], dtype=np.int64)))
     return out
 
@@ -140,8 +158,10 @@ def capture_blocks(L: Layout, rows: Sequence[CaptureRow]) -> list[tuple[str, np.
         blank = np.full(shape, np.nan, dtype=L.sketch.get("dtype", "float16"))
         out.append(("sketch", np.stack([r.sketch if r.sketch is not None else blank for r in rows])))
     if L.matrices:
-        out += [(f"matrix_{stat}", _stat_block([r.matrices for r in rows], stat, len(L.matrices)))
-                for stat in L.matrix_stats]
+        out += [
+            (f"matrix_{stat}", _stat_block([r.matrices for r in rows], stat, len(L.matrices)))
+            for stat in L.matrix_stats
+        ]
     out.append((CAPTURE, np.array([r.step for r in rows], dtype=np.int64)))
     return out
 

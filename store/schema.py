@@ -5,6 +5,7 @@ preallocated (capacity grows by doubling) and a run's root attribute ``phasescop
 many rows are committed; readers trim to it. Every array carries ``dimension_names`` so
 ``xarray.open_zarr(path, consolidated=False)`` opens a run without phasescope.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,6 +50,13 @@ class ArraySpec:
     rows: str | None
     compress: bool = True  # zstd; off for eigenvalues/sketches (noisy floats: measured 7% saving)
 
+    @property
+    def row_dim(self) -> str:
+        """``rows`` of an appended array (every array but the coordinates' own)."""
+        if self.rows is None:
+            raise ValueError(f"array {self.name!r} is not appended along a dim")
+        return self.rows
+
 
 @dataclass
 class Layout:
@@ -70,7 +78,7 @@ class Layout:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Layout":
+    def from_json(cls, d: dict) -> Layout:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def validate(self) -> None:
@@ -133,15 +141,30 @@ class Layout:
             out.append(ArraySpec("n_samples", (CAPTURE, PROBE), "int64", 0, (cr, P), CAPTURE))
             if R:
                 er = _row_chunk(P * R, 256, lo=0, elements=EIGEN_CHUNK_ELEMENTS)
-                out.append(ArraySpec("eigenvalues", (CAPTURE, PROBE, RANK), self.eigen_dtype, math.nan, (er, P, R), CAPTURE, False))
+                out.append(
+                    ArraySpec(
+                        "eigenvalues", (CAPTURE, PROBE, RANK), self.eigen_dtype, math.nan, (er, P, R), CAPTURE, False
+                    )
+                )
             if self.sketch:
                 r, w = int(self.sketch["rows"]), int(self.sketch["width"])
-                out.append(ArraySpec("sketch", (CAPTURE, PROBE, SKETCH_ROW, SKETCH_COL),
-                                     self.sketch.get("dtype", "float16"), math.nan, (1, P, r, w), CAPTURE, False))
+                out.append(
+                    ArraySpec(
+                        "sketch",
+                        (CAPTURE, PROBE, SKETCH_ROW, SKETCH_COL),
+                        self.sketch.get("dtype", "float16"),
+                        math.nan,
+                        (1, P, r, w),
+                        CAPTURE,
+                        False,
+                    )
+                )
         if M:
             cr = _row_chunk(M, 256)
-            out += [ArraySpec(f"matrix_{s}", (CAPTURE, MATRIX), "float32", math.nan, (cr, M), CAPTURE)
-                    for s in self.matrix_stats]
+            out += [
+                ArraySpec(f"matrix_{s}", (CAPTURE, MATRIX), "float32", math.nan, (cr, M), CAPTURE)
+                for s in self.matrix_stats
+            ]
         return out
 
 

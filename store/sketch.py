@@ -14,6 +14,7 @@ columns, so its size is bounded up front: ``rows * width * itemsize`` bytes per 
 Probe inputs are fixed across captures, so "the first ``rows`` samples" are the same sequences
 each time. Rows beyond n are NaN.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -48,8 +49,10 @@ def make_sketch(x: Any, rows: int, width: int, *, method: str = "projection", se
         out[: len(keep)] = keep @ projection_matrix(d, width, seed) / np.sqrt(width)
     elif method == "sample":
         if d > width:
-            raise StoreError(f"method='sample' keeps features verbatim but d={d} > width={width}; "
-                             "raise width or use method='projection'")
+            raise StoreError(
+                f"method='sample' keeps features verbatim but d={d} > width={width}; "
+                "raise width or use method='projection'"
+            )
         out[: len(keep), :d] = keep
     else:
         raise StoreError(f"unknown sketch method {method!r}; use 'projection' or 'sample'")

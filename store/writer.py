@@ -12,13 +12,15 @@ the resume is skipped with one warning and the stored values are kept (a trainin
 from an older checkpoint replays steps the store already has). Any other out-of-order append raises
 StepOrderError.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import socket
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +36,8 @@ from .errors import (
     StepOrderError,
     StoreError,
 )
+from .lifecycle import CLOSE_STATUSES, FINISHED, RUNNING, error_for, status_for
+from .rows import CaptureRow, StepRow, capture_blocks, prepare_capture, prepare_step, step_blocks
 from .schema import (
     CAPTURE,
     COMMIT_ATTR,
@@ -47,8 +51,6 @@ from .schema import (
     Layout,
     check_json,
 )
-from .lifecycle import CLOSE_STATUSES, FINISHED, RUNNING, error_for, status_for
-from .rows import CaptureRow, StepRow, capture_blocks, prepare_capture, prepare_step, step_blocks
 
 _PROTECTED = {"phasescope_schema", "phasescope_version", COMMIT_ATTR, LAYOUT_ATTR, "created", "host"}
 
@@ -58,7 +60,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat(timespec="seconds")
 
 
 class RunWriter:
@@ -94,10 +96,17 @@ class RunWriter:
         if overwrite and resume:
             raise StoreError("overwrite=True and resume=True contradict each other; pass only one")
         self.layout = Layout(
-            probes=list(probes), params=list(params), metrics=list(metrics), max_rank=int(max_rank),
-            scalars=list(scalars), param_stats=list(param_stats), matrices=list(matrices),
-            matrix_stats=list(matrix_stats), flags=list(flags),
-            sketch=dict(sketch) if sketch else None, eigen_dtype=str(np.dtype(eigen_dtype)),
+            probes=list(probes),
+            params=list(params),
+            metrics=list(metrics),
+            max_rank=int(max_rank),
+            scalars=list(scalars),
+            param_stats=list(param_stats),
+            matrices=list(matrices),
+            matrix_stats=list(matrix_stats),
+            flags=list(flags),
+            sketch=dict(sketch) if sketch else None,
+            eigen_dtype=str(np.dtype(eigen_dtype)),
         )
         self.layout.validate()
         user_attrs = check_json(dict(attrs or {}))
@@ -106,7 +115,7 @@ class RunWriter:
         self._closed = False
         self._skipped_on_resume = {STEP: 0, CAPTURE: 0}
         self._warned = False
-        self._resume_last = {STEP: None, CAPTURE: None}
+        self._resume_last: dict[str, int | None] = {STEP: None, CAPTURE: None}
         self._pending_dropped = 0
         if min(capacity) < 1:
             raise StoreError(f"capacity must be two positive row counts (steps, captures), got {capacity}")
@@ -120,10 +129,13 @@ class RunWriter:
                 if existing is not None and not overwrite:
                     raise RunExistsError(
                         f"a run already exists at {self._name}; pass overwrite=True to replace it "
-                        "or resume=True to continue it")
+                        "or resume=True to continue it"
+                    )
                 self._create(user_attrs)
         except PermissionError as e:
-            raise StoreError(f"cannot write a run at {self._name}: {e.strerror or e}; choose a writable location") from None
+            raise StoreError(
+                f"cannot write a run at {self._name}: {e.strerror or e}; choose a writable location"
+            ) from None
         except OSError as e:
             if isinstance(e, StoreError):
                 raise
@@ -137,7 +149,8 @@ class RunWriter:
             if lp is not None and lp.exists() and any(lp.iterdir()):
                 raise NotARunError(
                     f"{lp} exists and is not a phasescope run (no zarr.json); refusing to write into it, "
-                    "choose an empty or new path")
+                    "choose an empty or new path"
+                )
             return None
         if not root.get("attributes") and root.get("node_type") == "group":
             # A run whose creation was interrupted: nothing was ever committed.
@@ -145,7 +158,8 @@ class RunWriter:
         if "phasescope_schema" not in root.get("attributes", {}):
             raise NotARunError(
                 f"{self._name} holds a Zarr node that is not a phasescope run; refusing to touch it, "
-                "choose another path")
+                "choose another path"
+            )
         return root
 
     def _create(self, user_attrs: dict) -> None:
@@ -154,8 +168,11 @@ class RunWriter:
         t = _now()
         attrs = dict(user_attrs)
         attrs.update(
-            phasescope_schema=SCHEMA_VERSION, phasescope_version=__version__, created=_iso(t),
-            host=socket.gethostname(), finished=False,
+            phasescope_schema=SCHEMA_VERSION,
+            phasescope_version=__version__,
+            created=_iso(t),
+            host=socket.gethostname(),
+            finished=False,
         )
         attrs.setdefault("status", RUNNING)
         attrs[LAYOUT_ATTR] = self.layout.to_json()
@@ -175,25 +192,30 @@ class RunWriter:
             self.arrays["matrix"][:] = np.array(L.matrices, dtype=str)
         if L.max_rank:
             self.arrays["rank"][:] = np.arange(1, L.max_rank + 1, dtype=np.int32)
-        self.attrs = {}
+        self.attrs: dict[str, Any] = {}
         self._setup_fast_path()
         self._update_attrs(attrs)
         self.capacity = caps
         self.n = {STEP: 0, CAPTURE: 0}
-        self.last = {STEP: None, CAPTURE: None}
+        self.last: dict[str, int | None] = {STEP: None, CAPTURE: None}
 
     def _create_array(self, spec: ArraySpec, caps: dict[str, int]):
-        import zarr
+        from zarr.codecs import Crc32cCodec, ZstdCodec
 
         shape = tuple(self._dim_size(d, caps) for d in spec.dims)
         kw: dict[str, Any] = {}
         if spec.dtype != "str":
-            kw["compressors"] = ([zarr.codecs.ZstdCodec(level=1)] if spec.compress else []) + [zarr.codecs.Crc32cCodec()]
+            kw["compressors"] = ([ZstdCodec(level=1)] if spec.compress else []) + [Crc32cCodec()]
         return self.group.create_array(
-            spec.name, shape=shape, chunks=spec.chunks, dtype=spec.dtype, fill_value=spec.fill,
+            spec.name,
+            shape=shape,
+            chunks=spec.chunks,
+            dtype=spec.dtype,
+            fill_value=spec.fill,
             dimension_names=list(spec.dims),
             chunk_key_encoding={"name": "default", "separator": "."},
-            config={"write_empty_chunks": True}, **kw,
+            config={"write_empty_chunks": True},
+            **kw,
         )
 
     def _setup_fast_path(self) -> None:
@@ -205,16 +227,26 @@ class RunWriter:
                 continue
             a = self.arrays[s.name]
             if codec_names(a) not in CODECS:
-                raise SchemaVersionError(f"array {s.name!r} of {self._name} uses codecs {codec_names(a)}, "
-                                         f"expected one of {CODECS}; it was not written by this schema")
+                raise SchemaVersionError(
+                    f"array {s.name!r} of {self._name} uses codecs {codec_names(a)}, "
+                    f"expected one of {CODECS}; it was not written by this schema"
+                )
             self._rows[s.name] = RowChunks(a, s.fill)
 
     def _dim_size(self, dim: str, caps: dict[str, int]) -> int:
         L = self.layout
-        sizes = {STEP: caps[STEP], CAPTURE: caps[CAPTURE], "probe": len(L.probes),
-                 "param": len(L.params), "matrix": len(L.matrices), "rank": L.max_rank}
+        sizes = {
+            STEP: caps[STEP],
+            CAPTURE: caps[CAPTURE],
+            "probe": len(L.probes),
+            "param": len(L.params),
+            "matrix": len(L.matrices),
+            "rank": L.max_rank,
+        }
         if dim in sizes:
             return sizes[dim]
+        if L.sketch is None:
+            raise StoreError(f"dim {dim!r} belongs to a sketch, and this run's layout has none")
         return int(L.sketch["rows"] if dim == "sketch_row" else L.sketch["width"])
 
     def _open_existing(self, root: dict, user_attrs: dict) -> None:
@@ -225,22 +257,27 @@ class RunWriter:
         if ver != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"run {self._name} uses store schema {ver}, this phasescope writes schema {SCHEMA_VERSION}; "
-                "resume it with the phasescope version that created it, or start a new run")
+                "resume it with the phasescope version that created it, or start a new run"
+            )
         stored = Layout.from_json(attrs.get(LAYOUT_ATTR, {}))
         mine = self.layout.to_json()
         diff = [k for k, v in stored.to_json().items() if v != mine.get(k)]
         if diff:
             raise LayoutMismatchError(
                 f"cannot resume {self._name}: {', '.join(diff)} differ from the stored run "
-                f"(stored {[stored.to_json()[k] for k in diff]}); pass the same names, or start a new run")
+                f"(stored {[stored.to_json()[k] for k in diff]}); pass the same names, or start a new run"
+            )
         self.group = zarr.open_group(self.store, mode="r+", zarr_format=3)
         self.arrays = {}
         for spec in self.layout.arrays():
             try:
                 self.arrays[spec.name] = zarr.open_array(
-                    self.store, path=spec.name, mode="r+", zarr_format=3).with_config({"write_empty_chunks": True})
+                    self.store, path=spec.name, mode="r+", zarr_format=3
+                ).with_config({"write_empty_chunks": True})
             except (FileNotFoundError, KeyError, zarr.errors.NodeNotFoundError) as e:
-                raise NotARunError(f"run {self._name} lacks its array {spec.name!r} ({e}); it cannot be resumed") from None
+                raise NotARunError(
+                    f"run {self._name} lacks its array {spec.name!r} ({e}); it cannot be resumed"
+                ) from None
         commit = attrs[COMMIT_ATTR]
         self.n = {STEP: int(commit["n_steps"]), CAPTURE: int(commit["n_captures"])}
         self.last = {STEP: commit.get("last_step"), CAPTURE: commit.get("last_capture_step")}
@@ -278,13 +315,25 @@ class RunWriter:
         self._update_attrs(new)
 
     # ------------------------------------------------------------------ validation
-    def prepare_step(self, step: int, scalars: Mapping[str, float], params: Mapping[str, Any] | None = None,
-                     flags: Mapping[str, int] | None = None) -> StepRow:
+    def prepare_step(
+        self,
+        step: int,
+        scalars: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        flags: Mapping[str, int] | None = None,
+    ) -> StepRow:
         """Validate one step's values and return the row (no I/O)."""
         return prepare_step(self.layout, step, scalars, params, flags)
 
-    def prepare_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
-                        matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> CaptureRow:
+    def prepare_capture(
+        self,
+        step: int,
+        metrics: Mapping[str, Any],
+        eigenvalues: Any,
+        n_samples: Any,
+        matrices: Mapping[str, Any] | None = None,
+        sketch: Any = None,
+    ) -> CaptureRow:
         """Validate one capture's values and return the row (no I/O)."""
         return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch)
 
@@ -297,25 +346,40 @@ class RunWriter:
                 self._warned = True
                 warnings.warn(
                     f"run {self._name} was resumed with {dim}s up to {rl}; {dim} {step} and any other "
-                    f"{dim} <= {rl} are skipped and the stored values kept", stacklevel=3)
+                    f"{dim} <= {rl} are skipped and the stored values kept",
+                    stacklevel=3,
+                )
             return False
         if last_seen is not None and step <= last_seen:
             raise StepOrderError(
                 f"{dim} {step} is not after the last appended {dim} {last_seen} in {self._name}; "
-                "steps must strictly increase (use resume=True to continue a run after a restart)")
+                "steps must strictly increase (use resume=True to continue a run after a restart)"
+            )
         return True
 
     # ------------------------------------------------------------------ public appends
-    def append_step(self, step: int, scalars: Mapping[str, float], params: Mapping[str, Any] | None = None,
-                    flags: Mapping[str, int] | None = None) -> None:
+    def append_step(
+        self,
+        step: int,
+        scalars: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        flags: Mapping[str, int] | None = None,
+    ) -> None:
         """Write one training step (scalars, per-param stats, flags) and commit it."""
         self._check_open()
         row = self.prepare_step(step, scalars, params, flags)
         if self.accept(STEP, row.step, self.last[STEP]):
             self.write_rows([row], [])
 
-    def append_capture(self, step: int, metrics: Mapping[str, Any], eigenvalues: Any, n_samples: Any,
-                       matrices: Mapping[str, Any] | None = None, sketch: Any = None) -> None:
+    def append_capture(
+        self,
+        step: int,
+        metrics: Mapping[str, Any],
+        eigenvalues: Any,
+        n_samples: Any,
+        matrices: Mapping[str, Any] | None = None,
+        sketch: Any = None,
+    ) -> None:
         """Write one spectral capture (metrics and eigenvalues per probe) and commit it."""
         self._check_open()
         row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
@@ -381,13 +445,19 @@ class RunWriter:
 
     @staticmethod
     def _commit_dict(n_steps: int, n_caps: int, last_step, last_cap, t: float) -> dict:
-        return {"n_steps": n_steps, "n_captures": n_caps, "last_step": last_step,
-                "last_capture_step": last_cap, "updated": t}
+        return {
+            "n_steps": n_steps,
+            "n_captures": n_caps,
+            "last_step": last_step,
+            "last_capture_step": last_cap,
+            "updated": t,
+        }
 
     def _commit(self) -> None:
         """Publish the rows written so far: the commit attribute is the last thing written."""
-        self._update_attrs({COMMIT_ATTR: self._commit_dict(
-            self.n[STEP], self.n[CAPTURE], self.last[STEP], self.last[CAPTURE], _now())})
+        self._update_attrs(
+            {COMMIT_ATTR: self._commit_dict(self.n[STEP], self.n[CAPTURE], self.last[STEP], self.last[CAPTURE], _now())}
+        )
 
     def _update_attrs(self, new: dict) -> None:
         """Rewrite the root zarr.json (one atomic key) with the updated attributes."""
@@ -431,8 +501,11 @@ class RunWriter:
         try:
             self._trim()
         except Exception as e:  # noqa: BLE001 - untrimmed, the run still reads right (readers slice to the commit)
-            warnings.warn(f"closing {self._name}: its arrays could not be trimmed to the committed rows "
-                          f"({type(e).__name__}: {e}); plain xarray shows padding rows", stacklevel=2)
+            warnings.warn(
+                f"closing {self._name}: its arrays could not be trimmed to the committed rows "
+                f"({type(e).__name__}: {e}); plain xarray shows padding rows",
+                stacklevel=2,
+            )
         new: dict[str, Any] = {"finished": status == FINISHED, "status": status}
         if error:
             new["error"] = error[:2000]
@@ -441,10 +514,9 @@ class RunWriter:
         new[COMMIT_ATTR] = self._commit_dict(self.n[STEP], self.n[CAPTURE], self.last[STEP], self.last[CAPTURE], _now())
         self._update_attrs(new)
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         """KeyboardInterrupt closes the run "interrupted", another exception "failed" (see status_for)."""
         self.close(status=status_for(exc_type), error=error_for(exc))
-

@@ -18,10 +18,12 @@ run the store tests against it, then raise ``ZARR_BELOW`` here and in pyproject 
 
 zarr itself is imported inside the functions: reading a local run never imports zarr.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .errors import StoreError
 
@@ -63,8 +65,10 @@ def version_problem(version: str) -> str | None:
         ok = False
     if ok:
         return None
-    return (f"zarr {version} is installed but phasescope's store supports zarr {ZARR_SPECIFIER}; "
-            f'fix: pip install "{ZARR_REQUIREMENT}"')
+    return (
+        f"zarr {version} is installed but phasescope's store supports zarr {ZARR_SPECIFIER}; "
+        f'fix: pip install "{ZARR_REQUIREMENT}"'
+    )
 
 
 def check_version(version: str) -> None:

@@ -5,6 +5,7 @@ Import the fixtures into a test module with ``from browser import chromium, serv
 a context manager for a one-off server. Chromium is installed by ``make test`` on fresh machines
 (``apt-get install -y chromium chromium-driver``); tests skip with that hint when it is missing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,13 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = os.environ.get("PHASESCOPE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -41,11 +47,10 @@ class AppServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._srv = make_server("127.0.0.1", self.port, app.server, threaded=True,
-                                request_handler=Quiet)
+        self._srv = make_server("127.0.0.1", self.port, app.server, threaded=True, request_handler=Quiet)
         self._thread = threading.Thread(target=self._srv.serve_forever, daemon=True, name="dash-test-server")
 
-    def __enter__(self) -> "AppServer":
+    def __enter__(self) -> AppServer:
         self._thread.start()
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -66,8 +71,12 @@ class AppServer:
             return json.loads(r.read())
 
     def post_json(self, path: str, payload: dict):
-        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             body = r.read()
             return r.status, (json.loads(body) if body else None)
@@ -83,8 +92,10 @@ def launch(playwright):
     """Headless system Chromium. `make test` installs it; a missing browser fails the browser tests
     rather than skipping them, so CI can never pass without having run them."""
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs chromium chromium-driver) or "
-                    "apt-get install -y chromium chromium-driver")
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `make test` (it installs chromium chromium-driver) or "
+            "apt-get install -y chromium chromium-driver"
+        )
     return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 

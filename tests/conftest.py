@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
         name = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
 
-    items.sort(key=rank)   # stable: the order within each group is kept
+    items.sort(key=rank)  # stable: the order within each group is kept
 
 
 @pytest.fixture(scope="module")

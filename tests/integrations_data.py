@@ -34,8 +34,18 @@ def tiny_gpt2(seed: int = 0, d: int = 32, layers: int = 2):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=layers, n_embd=d, n_head=2, vocab_size=VOCAB, n_positions=T, bos_token_id=0,
-                     eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=layers,
+        n_embd=d,
+        n_head=2,
+        vocab_size=VOCAB,
+        n_positions=T,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg)
 
 

@@ -2,9 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from phasescope.cli import main
 
@@ -63,8 +60,12 @@ def test_every_option_of_every_command_has_help():
     from phasescope.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [f"{name} {a.option_strings or a.dest}" for name, p in sub.choices.items() for a in p._actions
-               if not a.help and not isinstance(a, argparse._HelpAction)]
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in sub.choices.items()
+        for a in p._actions
+        if not a.help and not isinstance(a, argparse._HelpAction)
+    ]
     assert not missing, missing
 
 
@@ -93,12 +94,16 @@ def test_dashboard_on_a_folder_without_runs_says_so_and_serves(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([*EXE, "dashboard", str(tmp_path), "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*EXE, "dashboard", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         deadline = time.time() + 30
-        while time.time() < deadline:   # it is serving
+        while time.time() < deadline:  # it is serving
             with socket.socket() as c:
                 if c.connect_ex(("127.0.0.1", port)) == 0:
                     break
@@ -116,8 +121,13 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     """`phasescope phases RUN | head -1`: the reader leaves early; no BrokenPipeError traceback."""
     from phasescope.testing.synthetic import write_synthetic_run
 
-    write_synthetic_run(tmp_path / "r.zarr", n_steps=300, n_probes=600, rank=16)   # > 64 KiB of table: the pipe fills
-    res = subprocess.run(f"{sys.executable} -m phasescope.cli phases {tmp_path / 'r.zarr'} | head -c 10",
-                         shell=True, capture_output=True, text=True, timeout=120)
+    write_synthetic_run(tmp_path / "r.zarr", n_steps=300, n_probes=600, rank=16)  # > 64 KiB of table: the pipe fills
+    res = subprocess.run(
+        f"{sys.executable} -m phasescope.cli phases {tmp_path / 'r.zarr'} | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert len(res.stdout) == 10
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr

@@ -28,7 +28,7 @@ class RecordingEvent:
 
     def synchronize(self) -> None:
         self.calls += 1
-        self.res.grad_norms[:] = self.norms      # the copy "lands" when the event completes
+        self.res.grad_norms[:] = self.norms  # the copy "lands" when the event completes
 
 
 def test_reducer_waits_on_the_event_before_reading():

@@ -1,13 +1,14 @@
 """The observatory in a real browser: headless Debian Chromium (Playwright) against the app served on a
 free 127.0.0.1 port, on run stores written by RunWriter. Screenshots land in each test's tmp dir."""
+
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
-
 from browser import chromium, graph_js, serve_app  # noqa: F401  (chromium is a fixture)
+
 from phasescope.dashboard import create_app
 from phasescope.store import open_run
 from phasescope.testing.synthetic import write_synthetic_run
@@ -44,8 +45,9 @@ def page(chromium):  # noqa: F811
 
 
 def wait_graph(page, gid, cond="gd.data.length > 0"):
-    page.wait_for_function(f"(() => {{ const gd = {graph_js(gid)}; return gd && gd.data && ({cond}); }})()",
-                           timeout=TIMEOUT, polling="raf")
+    page.wait_for_function(
+        f"(() => {{ const gd = {graph_js(gid)}; return gd && gd.data && ({cond}); }})()", timeout=TIMEOUT, polling="raf"
+    )
 
 
 def graph(page, gid, expr):
@@ -75,8 +77,10 @@ def user_zooms(page, gid):
     page.mouse.move(left + 0.5 * w, top + 0.5 * h, steps=5)
     page.mouse.move(left + 0.7 * w, top + 0.8 * h, steps=5)
     page.mouse.up()
-    page.wait_for_function(f"(() => {{ const gd = {graph_js(gid)}; return gd._fullLayout.xaxis.range[0] != {before[0]}; }})()",
-                           timeout=TIMEOUT)
+    page.wait_for_function(
+        f"(() => {{ const gd = {graph_js(gid)}; return gd._fullLayout.xaxis.range[0] != {before[0]}; }})()",
+        timeout=TIMEOUT,
+    )
     return graph(page, gid, "gd._fullLayout.xaxis.range.slice()")
 
 
@@ -94,7 +98,9 @@ def test_first_page_shows_rankme_and_alpha_heatmaps_and_a_click_opens_the_spectr
     step = int(ds["capture_step"].values[c])
     x, y = cell_xy(page, "overview", step, probe, axis="2")  # the α heatmap
     page.mouse.click(x, y)
-    wait_graph(page, "spectrum", f"gd.layout.meta && gd.layout.meta.step === {step} && gd.layout.meta.probe === '{probe}'")
+    wait_graph(
+        page, "spectrum", f"gd.layout.meta && gd.layout.meta.step === {step} && gd.layout.meta.probe === '{probe}'"
+    )
     eig = graph(page, "spectrum", "Array.from(gd._fullData[0].y)")
     want = ds["eigenvalues"].values[c, 3]
     assert np.allclose(eig, want[want > 0], rtol=1e-6)
@@ -145,8 +151,10 @@ def test_live_run_refreshes_keeps_zoom_and_stops_polling_when_finished(page, chr
         n0 = graph(page, "heatmap", "gd._fullData[0].z[0].length")
         assert "live" in page.locator("#status").inner_text()
         zoom = user_zooms(page, "heatmap")
-        code = ("from phasescope.testing.synthetic import write_synthetic_run as w; "
-                f"w({str(path)!r}, resume=True, delay=0.03, n_steps={kw['n_steps']}, n_probes=4, rank=64, n_layers=1)")
+        code = (
+            "from phasescope.testing.synthetic import write_synthetic_run as w; "
+            f"w({str(path)!r}, resume=True, delay=0.03, n_steps={kw['n_steps']}, n_probes=4, rank=64, n_layers=1)"
+        )
         writer = subprocess.Popen([sys.executable, "-c", code])
         try:
             wait_graph(page, "heatmap", f"gd._fullData[0].z[0].length > {n0}")
@@ -188,15 +196,18 @@ def test_export_buttons_download_the_figures_data_and_a_working_html_page(page, 
     assert csv.name == "heatmap.csv"
     table = pd.read_csv(csv).pivot(index="row", columns="x", values="value")
     assert list(table.columns) == list(ds["capture_step"].values)  # true steps, step 0 included
-    shown_metric = "alpha_r2"   # the heatmap panel opens on a metric the overview does not draw
+    shown_metric = "alpha_r2"  # the heatmap panel opens on a metric the overview does not draw
     assert np.allclose(table.loc[[str(p) for p in ds["probe"].values]].values, ds[shown_metric].values.T, rtol=1e-6)
 
     html = download(page, "#heatmap-html", tmp_path)
     assert html.name == "heatmap.html" and "Plotly.newPlot" in html.read_text()
     offline = page.context.new_page()
     offline.goto(html.as_uri())
-    offline.wait_for_function("(() => { const gd = document.querySelector('.js-plotly-plot'); "
-                              "return gd && gd._fullData && gd._fullData.length == 1; })()", timeout=TIMEOUT)
+    offline.wait_for_function(
+        "(() => { const gd = document.querySelector('.js-plotly-plot'); "
+        "return gd && gd._fullData && gd._fullData.length == 1; })()",
+        timeout=TIMEOUT,
+    )
     z = offline.evaluate("Array.from(document.querySelector('.js-plotly-plot')._fullData[0].z, r => Array.from(r))")
     assert np.allclose(np.array(z, float), ds[shown_metric].values.T, rtol=1e-6)
     offline.close()
@@ -222,22 +233,31 @@ def test_a_lossy_failed_run_shows_red_in_data_quality_and_the_run_picker(page, t
             cls: tr.className, text: tr.innerText, bg: getComputedStyle(tr.cells[0]).backgroundColor}))""")
         red = [r for r in rows if r["cls"] == "error"]
         assert [r["text"].split("\t")[0] for r in red] == [
-            "run state", "phasescope failures: hook", "phasescope failures: write", "steps flagged dropped",
-            "steps flagged lost", "step rows dropped by the store writer (n_dropped_steps)"]
+            "run state",
+            "phasescope failures: hook",
+            "phasescope failures: write",
+            "steps flagged dropped",
+            "steps flagged lost",
+            "step rows dropped by the store writer (n_dropped_steps)",
+        ]
         assert {r["bg"] for r in red} == {"rgb(248, 201, 201)"}  # style.css: tr.error td
         assert all(r["bg"] != "rgb(248, 201, 201)" for r in rows if r["cls"] != "error")
         badge = page.locator("#runs .badge.failed")
         assert "failed: store writer" in badge.inner_text()
         assert badge.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(248, 201, 201)"
-        assert page.locator("#runs .badge.finished").evaluate("e => getComputedStyle(e).backgroundColor") \
+        assert (
+            page.locator("#runs .badge.finished").evaluate("e => getComputedStyle(e).backgroundColor")
             == "rgb(229, 231, 235)"
+        )
         assert page.locator("#status .bad").evaluate("e => getComputedStyle(e).color") == "rgb(204, 0, 0)"
         page.locator("#quality-table").scroll_into_view_if_needed()
         page.screenshot(path=str(tmp_path / "quality.png"), full_page=True)
         page.goto(srv.url + "/?run=clean.zarr")
-        page.wait_for_function("document.querySelector('#quality-table tbody tr') && "
-                               "document.querySelector('#quality-table').innerText.includes('finished')",
-                               timeout=TIMEOUT)
+        page.wait_for_function(
+            "document.querySelector('#quality-table tbody tr') && "
+            "document.querySelector('#quality-table').innerText.includes('finished')",
+            timeout=TIMEOUT,
+        )
         assert page.locator("#quality-table tr.error").count() == 0
 
 
@@ -256,7 +276,7 @@ def phase_server(tmp_path_factory):
 
 
 def test_phase_strip_and_phase_shading_on_a_real_phases_group(page, phase_server, tmp_path):
-    srv, root, result = phase_server
+    srv, _root, result = phase_server
     page.goto(srv.url + "/?run=ph.zarr")
     wait_graph(page, "phases", "gd._fullData.length > 1 && gd._fullData[0].type == 'heatmap'")
     rows = graph(page, "phases", "Array.from(gd._fullData[0].y)")
@@ -284,8 +304,9 @@ def test_play_runs_to_the_last_capture_and_stops_there(page, phase_server):
     page.goto(srv.url + "/?run=tiny.zarr")
     wait_graph(page, "spectrum", f"gd.layout.meta && gd.layout.meta.step === {steps[-1]}")
     seen = []
-    page.expose_function("seenStep", lambda s: seen.append(s))
-    page.evaluate(f"""(() => {{ const gd = {graph_js('spectrum')};
+    # a Python function, not the builtin bound method: playwright sets attributes on the callback
+    page.expose_function("seenStep", lambda s: seen.append(s))  # noqa: PLW0108
+    page.evaluate(f"""(() => {{ const gd = {graph_js("spectrum")};
         gd.on('plotly_afterplot', () => window.seenStep(gd.layout.meta.step)); }})()""")
     page.click("#spec-play")  # at the last capture: play starts over from the first
     page.wait_for_function("document.querySelector('#spec-play').innerText.includes('pause')", timeout=TIMEOUT)
@@ -294,7 +315,7 @@ def test_play_runs_to_the_last_capture_and_stops_there(page, phase_server):
     assert graph(page, "spectrum", "gd.layout.meta.step") == steps[-1]
     visited = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
     assert steps[0] in visited, visited  # (a redraw of the last capture may come first: resize, hover)
-    assert visited[visited.index(steps[0]):] == steps, visited  # every capture once, in order, no wrap
+    assert visited[visited.index(steps[0]) :] == steps, visited  # every capture once, in order, no wrap
 
 
 def test_the_image_format_choice_takes_effect_on_the_next_camera_click(page, server, tmp_path):
@@ -305,7 +326,7 @@ def test_the_image_format_choice_takes_effect_on_the_next_camera_click(page, ser
     assert graph(page, "heatmap", "gd._context.toImageButtonOptions.format") == "png"
     zoomed = user_zooms(page, "heatmap")
     page.locator("#img-format label", has_text="svg").click()
-    for gid in ("overview", "heatmap", "trajectories"):   # no other redraw asked for: only the choice
+    for gid in ("overview", "heatmap", "trajectories"):  # no other redraw asked for: only the choice
         wait_graph(page, gid, "gd._context.toImageButtonOptions.format === 'svg'")
     assert graph(page, "heatmap", "gd._fullLayout.xaxis.range.slice()") == pytest.approx(zoomed)
     with page.expect_download(timeout=TIMEOUT) as info:
@@ -325,12 +346,17 @@ def test_the_readme_picture_script_draws_a_small_indexed_png_of_a_run(tmp_path):
     write_synthetic_run(run, n_steps=40, n_probes=4, rank=32, n_layers=2)
     out = tmp_path / "pic.png"
     script = Path(__file__).resolve().parents[1] / "docs" / "picture.py"
-    res = subprocess.run([sys.executable, str(script), "--run", str(run), "--out", str(out), "--width", "900",
-                          "--height", "700"], capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [sys.executable, str(script), "--run", str(run), "--out", str(out), "--width", "900", "--height", "700"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     img = Image.open(out)
-    assert img.size == (900, 700) and img.mode == "P"              # indexed colours: small
-    assert out.stat().st_size < 150_000 and len(set(img.getdata())) > 20   # a drawn page, not a blank one
-    missing = subprocess.run([sys.executable, str(script), "--run", str(tmp_path / "none.zarr")],
-                             capture_output=True, text=True, timeout=60)
+    assert img.size == (900, 700) and img.mode == "P"  # indexed colours: small
+    assert out.stat().st_size < 150_000 and len(set(img.getdata())) > 20  # a drawn page, not a blank one
+    missing = subprocess.run(
+        [sys.executable, str(script), "--run", str(tmp_path / "none.zarr")], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2 and "make demo" in missing.stderr and "Traceback" not in missing.stderr

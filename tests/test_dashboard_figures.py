@@ -1,5 +1,6 @@
 """Figure builders of the observatory, without a browser: Datasets in the pinned store layout in,
 plotly figures out; values checked against the data and an independent α-ReQ fit."""
+
 import math
 import time
 
@@ -72,7 +73,7 @@ def test_heatmap_colours_norms_by_log10_and_r2_on_unit_range(ds):
     r2 = F.figure_heatmap(ds, "alpha_r2")
     assert (r2.data[0].zmin, r2.data[0].zmax) == (0.0, 1.0)
     assert F.figure_heatmap(ds, "rankme").layout.xaxis.type == "log"
-    assert F.figure_heatmap(ds, "rankme").data[0].colorbar.title.side == "right"   # a long title is not clipped
+    assert F.figure_heatmap(ds, "rankme").data[0].colorbar.title.side == "right"  # a long title is not clipped
 
 
 def test_panels_without_data_say_so(ds):
@@ -115,7 +116,7 @@ def test_spectrum_reads_stored_eigenvalues_and_draws_the_alpha_fit(ds):
     assert fig.layout.meta["alpha"] == pytest.approx(a_ref, rel=1e-9)
     k = np.arange(12, 101.0)
     assert np.array_equal(arr(fit.x), k)
-    assert np.allclose(arr(fit.y), np.exp(b_ref) * k ** -a_ref)
+    assert np.allclose(arr(fit.y), np.exp(b_ref) * k**-a_ref)
     assert len(fig.layout.shapes) == 1  # shapes: data units on log axes; annotations: log10 units
     assert (fig.layout.shapes[0].x0, fig.layout.shapes[0].x1) == (12, 100)
     note = next(a for a in fig.layout.annotations if a.text.startswith("fit ranks"))
@@ -134,8 +135,7 @@ def test_spectrum_with_too_few_eigenvalues_says_why():
 
 def test_trajectories_overlay_runs_with_loss_on_twin_axis(ds):
     other = synthetic_dataset(n_steps=300, n_probes=5, rank=160, n_layers=2, tokens_per_step=3000)
-    fig = F.figure_trajectories({"a": ds, "b": other}, metric="alpha", probes=["layer.00", "layer.04"],
-                                align="tokens")
+    fig = F.figure_trajectories({"a": ds, "b": other}, metric="alpha", probes=["layer.00", "layer.04"], align="tokens")
     lines = [t for t in fig.data if t.name.startswith("layer")]
     assert [t.name for t in lines] == ["layer.00 · a", "layer.04 · a", "layer.00 · b", "layer.04 · b"]
     assert np.allclose(arr(lines[1].y), ds["alpha"].sel(probe="layer.04").values)
@@ -148,14 +148,21 @@ def test_trajectories_overlay_runs_with_loss_on_twin_axis(ds):
 
 
 def test_trajectories_shade_phases_from_a_phases_group(ds):
-    phases = xr.Dataset({"probe": ("segment", ["model", "model", "layer.00"]),
-                         "label": ("segment", ["warmup collapse", "entropy-seeking", "stable"]),
-                         "start_step": ("segment", [0, 40, 0]), "end_step": ("segment", [40, 299, 299])})
+    phases = xr.Dataset(
+        {
+            "probe": ("segment", ["model", "model", "layer.00"]),
+            "label": ("segment", ["warmup collapse", "entropy-seeking", "stable"]),
+            "start_step": ("segment", [0, 40, 0]),
+            "end_step": ("segment", [40, 299, 299]),
+        }
+    )
     fig = F.figure_trajectories(ds, phases={"synthetic": phases})
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     assert [(r.x0, r.x1) for r in rects] == [(0.5, 40), (40, 299)]  # model-level segments only
     notes = {a.text: a.x for a in fig.layout.annotations}
-    assert notes["warmup collapse"] == pytest.approx(math.log10(0.5)) and notes["entropy-seeking"] == pytest.approx(math.log10(40))
+    assert notes["warmup collapse"] == pytest.approx(math.log10(0.5)) and notes["entropy-seeking"] == pytest.approx(
+        math.log10(40)
+    )
     assert not fig.layout.meta["notes"]
 
 
@@ -179,19 +186,22 @@ def test_gradients_per_block_norm_and_projection_types(ds):
     assert np.allclose(arr(q.y), ds["matrix_grad_nuclear"].values[:, qi].mean(1))
 
 
-@pytest.mark.parametrize("name,block,ptype", [
-    ("transformer.h.11.attn.c_attn.weight", "block 11", "attn.c_attn"),
-    ("model.layers.3.self_attn.q_proj.weight", "block 3", "self_attn.q_proj"),
-    ("transformer.wte.weight", "wte", "wte"),
-    ("gpt_neox.layers.0.mlp.dense_h_to_4h.bias", "block 0", "mlp.dense_h_to_4h"),
-])
+@pytest.mark.parametrize(
+    ("name", "block", "ptype"),
+    [
+        ("transformer.h.11.attn.c_attn.weight", "block 11", "attn.c_attn"),
+        ("model.layers.3.self_attn.q_proj.weight", "block 3", "self_attn.q_proj"),
+        ("transformer.wte.weight", "wte", "wte"),
+        ("gpt_neox.layers.0.mlp.dense_h_to_4h.bias", "block 0", "mlp.dense_h_to_4h"),
+    ],
+)
 def test_param_naming(name, block, ptype):
     assert F.param_block(name) == block and F.projection_type(name) == ptype
 
 
 def test_metadata_and_quality_tables(ds):
     rows = {r["key"]: r["value"] for r in F.metadata_rows(ds)}
-    assert rows["model"] == "synthetic-gpt" and rows["model_config.n_layer"] == "2"   # a table, not a JSON dump
+    assert rows["model"] == "synthetic-gpt" and rows["model_config.n_layer"] == "2"  # a table, not a JSON dump
     assert not any(r["value"].lstrip().startswith("{") for r in F.metadata_rows(ds))
     assert rows["n_probe"] == "5"
     bad = ds.copy(deep=True)
@@ -217,15 +227,27 @@ def test_quality_table_shows_phasescope_losses_and_unclean_ends_red(ds):
     lossy["flag_dropped"] = ("step", np.zeros(n, np.uint8))
     lossy["flag_dropped"].values[9] = 1
     lossy["flag_nonfinite"].values[3] = 1
-    lossy.attrs.update(failures={"write": 1, "hook": 3, "metric": 0},
-                       first_failures={"hook": "PhasescopeError: attention_mask shape (8, 6) does not match",
-                                       "write": "OSError: [Errno 28] No space left on device"},
-                       n_dropped_steps=2, status="failed", error="store writer: OSError(28)")
+    lossy.attrs.update(
+        failures={"write": 1, "hook": 3, "metric": 0},
+        first_failures={
+            "hook": "PhasescopeError: attention_mask shape (8, 6) does not match",
+            "write": "OSError: [Errno 28] No space left on device",
+        },
+        n_dropped_steps=2,
+        status="failed",
+        error="store writer: OSError(28)",
+    )
     rows = F.quality_rows(lossy)
     q = {r["check"]: r for r in rows}
     red = [r["check"] for r in rows if r["status"] == "error"]
-    assert red == ["run state", "phasescope failures: hook", "phasescope failures: write", "steps flagged dropped",
-                   "steps flagged lost", "step rows dropped by the store writer (n_dropped_steps)"]
+    assert red == [
+        "run state",
+        "phasescope failures: hook",
+        "phasescope failures: write",
+        "steps flagged dropped",
+        "steps flagged lost",
+        "step rows dropped by the store writer (n_dropped_steps)",
+    ]
     assert q["run state"]["value"] == "failed: store writer: OSError(28)"
     assert q["phasescope failures: hook"]["value"].startswith("3 (first: PhasescopeError: attention_mask shape")
     assert q["steps flagged lost"]["value"].startswith("3 steps, 4 ")
@@ -256,8 +278,10 @@ def test_csv_export_table_matches_the_figure(ds):
 
 
 def test_keep_view_reapplies_the_users_zoom(ds):
-    fig = F.keep_view(F.figure_overview(ds), {"xaxis2.range[0]": 0.1, "xaxis2.range[1]": 1.5,
-                                              "yaxis.range": [3.5, -0.5], "dragmode": "pan"})
+    fig = F.keep_view(
+        F.figure_overview(ds),
+        {"xaxis2.range[0]": 0.1, "xaxis2.range[1]": 1.5, "yaxis.range": [3.5, -0.5], "dragmode": "pan"},
+    )
     assert list(fig.layout.xaxis2.range) == [0.1, 1.5] and fig.layout.xaxis2.autorange is False
     assert list(fig.layout.yaxis.range) == [3.5, -0.5] and fig.layout.xaxis.range is None
     reset = F.keep_view(F.figure_overview(ds), {"xaxis.autorange": True})
@@ -266,13 +290,26 @@ def test_keep_view_reapplies_the_users_zoom(ds):
 
 
 def all_figures(ds):
-    phases = xr.Dataset({"probe": ("segment", ["model", "model", "layer.00"]),
-                         "label": ("segment", ["collapse", "entropy-seeking", "stable"]),
-                         "start_step": ("segment", [0, 40, 0]), "end_step": ("segment", [40, 299, 299])})
-    return [F.figure_overview({"a": ds, "b": ds}), F.figure_heatmap(ds, "param_grad_norm"), F.figure_heatmap(ds, "alpha"),
-            F.figure_heatmap(ds, "matrix_grad_nuclear"), F.figure_spectrum(ds, "layer.01", 12), F.figure_gradients(ds),
-            F.figure_trajectories(ds, phases={"synthetic": phases}), F.figure_phase_strip(ds, phases),
-            F.figure_phase_strip(ds, None), F.empty_figure("nothing", title="t")]
+    phases = xr.Dataset(
+        {
+            "probe": ("segment", ["model", "model", "layer.00"]),
+            "label": ("segment", ["collapse", "entropy-seeking", "stable"]),
+            "start_step": ("segment", [0, 40, 0]),
+            "end_step": ("segment", [40, 299, 299]),
+        }
+    )
+    return [
+        F.figure_overview({"a": ds, "b": ds}),
+        F.figure_heatmap(ds, "param_grad_norm"),
+        F.figure_heatmap(ds, "alpha"),
+        F.figure_heatmap(ds, "matrix_grad_nuclear"),
+        F.figure_spectrum(ds, "layer.01", 12),
+        F.figure_gradients(ds),
+        F.figure_trajectories(ds, phases={"synthetic": phases}),
+        F.figure_phase_strip(ds, phases),
+        F.figure_phase_strip(ds, None),
+        F.empty_figure("nothing", title="t"),
+    ]
 
 
 def test_figures_built_without_validation_pass_plotlys_validator(ds):
@@ -334,12 +371,15 @@ def test_log_step_axes_label_step_zero_and_decades(ds):
     """Step 0 has no logarithm: it is drawn at half the first positive step and its tick reads "0" (plotly's
     own first tick read "5", i.e. 0.5); then 1-2-5 per decade, in steps or tokens as drawn. The
     eigenspectrum's eigenvalue axis reads powers of ten, not SI prefixes ("1μ")."""
-    figs = {"heatmap": F.figure_heatmap(ds, "rankme"), "overview": F.figure_overview(ds),
-            "trajectories": F.figure_trajectories(ds, metric="rankme")}
+    figs = {
+        "heatmap": F.figure_heatmap(ds, "rankme"),
+        "overview": F.figure_overview(ds),
+        "trajectories": F.figure_trajectories(ds, metric="rankme"),
+    }
     for name, fig in figs.items():
         ax = fig.layout.xaxis
         assert ax.tickmode == "array", name
-        assert ax.ticktext[0] == "0" and ax.tickvals[0] == 0.5, (name, ax.tickvals[:3])   # first positive step: 1
+        assert ax.ticktext[0] == "0" and ax.tickvals[0] == 0.5, (name, ax.tickvals[:3])  # first positive step: 1
         assert list(ax.ticktext[1:4]) == ["1", "2", "5"] and ax.ticktext[-1] in ("100", "200"), (name, ax.ticktext)
         assert all(v1 > v0 for v0, v1 in zip(ax.tickvals, ax.tickvals[1:]))
     assert figs["overview"].layout.xaxis2.ticktext[0] == "0"
@@ -347,7 +387,7 @@ def test_log_step_axes_label_step_zero_and_decades(ds):
     assert tokens.ticktext[0] == "0" and tokens.ticktext[1] == "1k" and tokens.tickvals[0] == 500
     spec = F.figure_spectrum(ds, str(ds["probe"].values[0]), int(ds["capture_step"].values[-1]))
     assert spec.layout.yaxis.exponentformat == "power"
-    assert figs["trajectories"].layout.yaxis2.tickformat == ".3~g"      # loss ticks read 2.5, not 2.4999
+    assert figs["trajectories"].layout.yaxis2.tickformat == ".3~g"  # loss ticks read 2.5, not 2.4999
 
 
 def test_the_heatmap_panel_opens_on_a_metric_the_overview_does_not_draw():

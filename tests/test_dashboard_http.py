@@ -1,11 +1,12 @@
 """The observatory over plain HTTP (no browser): real run stores written by RunWriter, the app served
 on a free 127.0.0.1 port, the layout and callback endpoints answering with the stored data."""
+
 import inspect
 
 import numpy as np
 import pytest
-
 from browser import serve_app
+
 from phasescope.dashboard import create_app, serve
 from phasescope.dashboard.data import PathRefused, RunSource
 from phasescope.dashboard.figures import decode_array
@@ -35,11 +36,13 @@ def update(srv, outputs, inputs, state=(), changed=None):
     "id.prop" or a list of them (multi-output callbacks are addressed by their joined id)."""
     many = not isinstance(outputs, str)
     outs = [o.split(".") for o in (outputs if many else [outputs])]
-    body = {"output": (f"..{'...'.join(outputs)}.." if many else outputs),
-            "outputs": [{"id": i, "property": p} for i, p in outs] if many else {"id": outs[0][0], "property": outs[0][1]},
-            "inputs": [{"id": i, "property": p, "value": v} for (i, p), v in inputs],
-            "changedPropIds": [changed or "{}.{}".format(*inputs[0][0])],
-            "state": [{"id": i, "property": p, "value": v} for (i, p), v in state]}
+    body = {
+        "output": (f"..{'...'.join(outputs)}.." if many else outputs),
+        "outputs": [{"id": i, "property": p} for i, p in outs] if many else {"id": outs[0][0], "property": outs[0][1]},
+        "inputs": [{"id": i, "property": p, "value": v} for (i, p), v in inputs],
+        "changedPropIds": [changed or "{}.{}".format(*inputs[0][0])],
+        "state": [{"id": i, "property": p, "value": v} for (i, p), v in state],
+    }
     status, data = srv.post_json("/_dash-update-component", body)
     assert status == 200
     return data["response"]
@@ -53,8 +56,12 @@ def test_layout_is_served_with_every_panel(server):
 
 def test_overview_callback_serves_the_stored_rankme_and_alpha(server, runs):
     version = {"runs": ["alpha.zarr"], "tokens": []}
-    resp = update(server, "overview.figure", [(("version", "data"), version), (("align", "value"), "step")],
-                  state=[(("overview", "relayoutData"), None)])
+    resp = update(
+        server,
+        "overview.figure",
+        [(("version", "data"), version), (("align", "value"), "step")],
+        state=[(("overview", "relayoutData"), None)],
+    )
     fig = resp["overview"]["figure"]
     ds = open_run(runs / "alpha.zarr")
     assert [t["type"] for t in fig["data"]] == ["heatmap", "heatmap"]
@@ -66,8 +73,9 @@ def test_overview_callback_serves_the_stored_rankme_and_alpha(server, runs):
 def test_catalog_lists_nested_runs_and_refuses_paths_outside_the_root(server):
     cat = update(server, "runs.options", [(("catalog-poll", "n_intervals"), 0)])
     assert [o["value"] for o in cat["runs"]["options"]] == ["alpha.zarr", "group/beta.zarr"]
-    out = update(server, ["runs.value", "notice.children"],
-                 [(("url", "search"), "?run=../secret.zarr&run=group/beta.zarr")])
+    out = update(
+        server, ["runs.value", "notice.children"], [(("url", "search"), "?run=../secret.zarr&run=group/beta.zarr")]
+    )
     assert out["runs"]["value"] == ["group/beta.zarr"]
     notice = str(out["notice"]["children"])
     assert "refused" in notice and "../secret.zarr" in notice and "outside the served root" in notice
@@ -78,8 +86,15 @@ def test_run_source_refuses_every_escape(runs, tmp_path):
     assert src.resolve("group/beta.zarr") == (runs / "group" / "beta.zarr").resolve()
     (runs / "link.zarr").symlink_to(runs.parent / "secret.zarr")
     try:
-        for bad in ["../secret.zarr", str(runs.parent / "secret.zarr"), "group/../../secret.zarr", "link.zarr",
-                    "group", "", "group\\..\\..\\secret.zarr"]:
+        for bad in [
+            "../secret.zarr",
+            str(runs.parent / "secret.zarr"),
+            "group/../../secret.zarr",
+            "link.zarr",
+            "group",
+            "",
+            "group\\..\\..\\secret.zarr",
+        ]:
             with pytest.raises(PathRefused, match="refused"):
                 src.resolve(bad)
     finally:
@@ -132,7 +147,7 @@ def test_first_page_comes_rendered_for_the_runs_its_url_asks_for(server, runs):
     assert find(page, "runs")["value"] == ["alpha.zarr"]
     fig = find(page, "overview")["figure"]
     assert np.allclose(decode_array(fig["data"][0]["z"]), ds["rankme"].values.T)
-    assert find(page, "heatmap-metric")["value"] == "alpha_r2"     # not a metric the overview already draws
+    assert find(page, "heatmap-metric")["value"] == "alpha_r2"  # not a metric the overview already draws
     spec = find(page, "spectrum")["figure"]["layout"]["meta"]
     assert spec["step"] == int(ds["capture_step"].values[-1]) and spec["probe"] == "layer.03"
     assert find(page, "spec-slider")["max"] == ds.sizes["capture_step"] - 1
@@ -140,7 +155,10 @@ def test_first_page_comes_rendered_for_the_runs_its_url_asks_for(server, runs):
     beta = layout(server.url + "/?run=group/beta.zarr")
     assert find(beta, "runs")["value"] == ["group/beta.zarr"] and len(find(beta, "trajectories")["figure"]["data"]) > 0
     refused = layout(server.url + "/?run=../secret.zarr")
-    assert find(refused, "runs")["value"] == [] and "no run selected" in find(refused, "overview")["figure"]["layout"]["meta"]["empty"]
+    assert (
+        find(refused, "runs")["value"] == []
+        and "no run selected" in find(refused, "overview")["figure"]["layout"]["meta"]["empty"]
+    )
     default = layout()  # no Referer: the most recently updated run
     assert find(default, "runs")["value"] == ["group/beta.zarr"]
 
@@ -148,21 +166,35 @@ def test_first_page_comes_rendered_for_the_runs_its_url_asks_for(server, runs):
 def test_play_ticks_stop_on_the_last_capture(server, runs):
     steps = open_run(runs / "alpha.zarr")["capture_step"].values
     version = {"runs": ["alpha.zarr"], "tokens": []}
-    outs = ["spectrum.figure", "spec-slider.value", "spec-slider.max", "spec-slider.marks", "sel.data",
-            "anim.disabled", "spec-play.children"]
+    outs = [
+        "spectrum.figure",
+        "spec-slider.value",
+        "spec-slider.max",
+        "spec-slider.marks",
+        "sel.data",
+        "anim.disabled",
+        "spec-play.children",
+    ]
 
     dep = next(d for d in server.get_json("/_dash-dependencies") if d["output"].startswith("..spectrum.figure"))
     spec = dep["output"].strip(".").split("...")  # duplicate outputs carry an "@hash" suffix
     assert [o.split("@")[0] for o in spec] == outs
 
     def tick(step):
-        values = {"anim.n_intervals": 5, "version.data": version, "spec-slider.value": 0,
-                  "sel.data": {"run": "alpha.zarr", "probe": "layer.01", "step": int(step)},
-                  "heatmap-metric.value": "rankme"}
-        body = {"output": dep["output"], "changedPropIds": ["anim.n_intervals"],
-                "outputs": [{"id": o.split(".")[0], "property": o.split(".", 1)[1]} for o in spec],
-                "inputs": [{**i, "value": values.get(f"{i['id']}.{i['property']}")} for i in dep["inputs"]],
-                "state": [{**i, "value": values.get(f"{i['id']}.{i['property']}")} for i in dep["state"]]}
+        values = {
+            "anim.n_intervals": 5,
+            "version.data": version,
+            "spec-slider.value": 0,
+            "sel.data": {"run": "alpha.zarr", "probe": "layer.01", "step": int(step)},
+            "heatmap-metric.value": "rankme",
+        }
+        body = {
+            "output": dep["output"],
+            "changedPropIds": ["anim.n_intervals"],
+            "outputs": [{"id": o.split(".")[0], "property": o.split(".", 1)[1]} for o in spec],
+            "inputs": [{**i, "value": values.get(f"{i['id']}.{i['property']}")} for i in dep["inputs"]],
+            "state": [{**i, "value": values.get(f"{i['id']}.{i['property']}")} for i in dep["state"]],
+        }
         status, data = server.post_json("/_dash-update-component", body)
         assert status == 200
         return data["response"]
@@ -196,17 +228,39 @@ def write_lossy_run(path, n_steps=20):
     dropped step rows, closed "failed" (as the store writer closes a run after a failed write)."""
     from phasescope.store import RunWriter
 
-    w = RunWriter(path, probes=["layer.00", "layer.01"], params=["w"], metrics=["rankme", "alpha"], max_rank=8,
-                  flags=["nonfinite", "skipped", "dropped", "lost"], attrs={"model": "lossy"})
+    w = RunWriter(
+        path,
+        probes=["layer.00", "layer.01"],
+        params=["w"],
+        metrics=["rankme", "alpha"],
+        max_rank=8,
+        flags=["nonfinite", "skipped", "dropped", "lost"],
+        attrs={"model": "lossy"},
+    )
     for s in range(n_steps):
-        w.append_step(s, {"loss": 1.0 / (s + 1), "lr": 1e-3, "grad_norm": 1.0}, params={"grad_norm": np.ones(1)},
-                      flags={"lost": int(s in (4, 5, 6)), "dropped": int(s == 9)})
+        w.append_step(
+            s,
+            {"loss": 1.0 / (s + 1), "lr": 1e-3, "grad_norm": 1.0},
+            params={"grad_norm": np.ones(1)},
+            flags={"lost": int(s in (4, 5, 6)), "dropped": int(s == 9)},
+        )
         if s % 2 == 0 and s not in (4, 6):
-            w.append_capture(s, {"rankme": np.full(2, 3.0), "alpha": np.full(2, 1.0)},
-                             eigenvalues=np.tile(1.0 / np.arange(1, 9), (2, 1)), n_samples=np.full(2, 32))
-    w.set_attrs(failures={"hook": 3, "write": 1}, errors=4, n_dropped=1, n_dropped_steps=2,
-                first_failures={"hook": "PhasescopeError: attention_mask shape (8, 6) does not match the probe output",
-                                "write": "OSError: [Errno 28] No space left on device"})
+            w.append_capture(
+                s,
+                {"rankme": np.full(2, 3.0), "alpha": np.full(2, 1.0)},
+                eigenvalues=np.tile(1.0 / np.arange(1, 9), (2, 1)),
+                n_samples=np.full(2, 32),
+            )
+    w.set_attrs(
+        failures={"hook": 3, "write": 1},
+        errors=4,
+        n_dropped=1,
+        n_dropped_steps=2,
+        first_failures={
+            "hook": "PhasescopeError: attention_mask shape (8, 6) does not match the probe output",
+            "write": "OSError: [Errno 28] No space left on device",
+        },
+    )
     w.close(status="failed", error="store writer: OSError(28, 'No space left on device')")
     return path
 
@@ -238,9 +292,18 @@ def test_first_page_shows_a_lossy_failed_run_red(tmp_path):
     page = json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=lossy.zarr"}).data)
     red = classes(find(page, "quality-table"), "error")
     text = " | ".join(r["text"] for r in red)
-    for want in ("run state", "failed: store writer: OSError", "phasescope failures: hook", "3 (first: PhasescopeError",
-                 "phasescope failures: write", "No space left on device", "steps flagged lost", "3 steps, 3 ",
-                 "steps flagged dropped", "n_dropped_steps"):
+    for want in (
+        "run state",
+        "failed: store writer: OSError",
+        "phasescope failures: hook",
+        "3 (first: PhasescopeError",
+        "phasescope failures: write",
+        "No space left on device",
+        "steps flagged lost",
+        "3 steps, 3 ",
+        "steps flagged dropped",
+        "n_dropped_steps",
+    ):
         assert want in text, (want, text)
     assert len(red) == 6, text
     badges = {b["text"]: b["className"] for b in classes(find(page, "runs"), "badge")}
@@ -285,5 +348,8 @@ def test_a_run_served_as_the_root_is_named_by_its_folder_not_dot(runs):
     titles = [a["text"] for a in find(page, "overview")["figure"]["layout"]["annotations"]]
     assert any(t.startswith("alpha · ") for t in titles), titles
     assert not any(t.startswith(". ") for t in titles), titles
-    assert {t["name"].split(" · ")[0] for t in find(page, "trajectories")["figure"]["data"]
-            if t.get("name") and " · " in t["name"]} <= {"alpha"}
+    assert {
+        t["name"].split(" · ")[0]
+        for t in find(page, "trajectories")["figure"]["data"]
+        if t.get("name") and " · " in t["name"]
+    } <= {"alpha"}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import plotly.graph_objects as go
+import pytest
 
 from phasescope.dashboard.panel_figures import figure_panel, panel_variables
 from phasescope.probes import Recorder
@@ -16,7 +16,7 @@ def _cka_run(path):
     x = rng.standard_normal((80, 12))
     with Recorder(str(path), write_interval=0.0, strict=True) as rec:
         for step in range(6):
-            x = x + 0.4 * rng.standard_normal(x.shape)          # the same 80 samples, drifting
+            x = x + 0.4 * rng.standard_normal(x.shape)  # the same 80 samples, drifting
             rec.record(step, activations={"a": x, "b": np.tanh(x)})
     return open_run(path)
 
@@ -25,12 +25,12 @@ def test_similarity_panel_draws_the_stored_cka(tmp_path):
     ds = _cka_run(tmp_path / "c.zarr")
     assert panel_variables("similarity") == ["cka_first", "cka_previous"]
     fig = figure_panel({"c": ds}, "similarity")
-    go.Figure(fig.to_dict())   # passes plotly's validator
+    go.Figure(fig.to_dict())  # passes plotly's validator
     assert fig.layout.meta["variables"] == ["cka_first", "cka_previous"]
     by = {(t.yaxis, t.name): np.asarray(t.y, float) for t in fig.data}
     np.testing.assert_allclose(by[("y", "a")], ds.cka_first.sel(probe="a").values, rtol=1e-6)
     np.testing.assert_allclose(by[("y2", "b")], ds.cka_previous.sel(probe="b").values, rtol=1e-6, equal_nan=True)
-    assert by[("y", "a")][0] == 1.0 and by[("y", "a")][-1] < 0.95     # drift shows
+    assert by[("y", "a")][0] == 1.0 and by[("y", "a")][-1] < 0.95  # drift shows
     assert list(fig.layout.yaxis.range) == [0, 1.02]
 
 
@@ -70,19 +70,25 @@ def test_the_page_has_a_panel_per_registry_panel_and_renders_the_cka(tmp_path):
     assert fig is not None and fig["layout"]["meta"]["variables"] == ["cka_first", "cka_previous"]
     from phasescope.dashboard._plotly import decode_array
 
-    first = [t for t in fig["data"] if t["name"] == "a" and t.get("yaxis", "y") == "y"][0]
+    first = next(t for t in fig["data"] if t["name"] == "a" and t.get("yaxis", "y") == "y")
     np.testing.assert_allclose(decode_array(first["y"]), ds.cka_first.sel(probe="a").values, rtol=1e-6)
 
 
 def test_quality_table_says_not_requested_for_metrics_a_run_never_asked_for(tmp_path):
     from phasescope.dashboard.figures import quality_rows
 
-    ds = _cka_run(tmp_path / "q.zarr")                   # no raw singular values requested: rankme_raw all NaN
+    ds = _cka_run(tmp_path / "q.zarr")  # no raw singular values requested: rankme_raw all NaN
     rows = {r["check"]: r for r in quality_rows(ds)}
-    assert rows["rankme_raw"] == {"check": "rankme_raw", "status": "ok",
-                                  "value": "not requested (off by default; rankme_raw=True records it)"}
-    assert rows["cka_previous"] == {"check": "cka_previous", "value": "not computed in 2 / 12 cells",
-                                    "status": "ok"}             # the first capture has no previous one
+    assert rows["rankme_raw"] == {
+        "check": "rankme_raw",
+        "status": "ok",
+        "value": "not requested (off by default; rankme_raw=True records it)",
+    }
+    assert rows["cka_previous"] == {
+        "check": "cka_previous",
+        "value": "not computed in 2 / 12 cells",
+        "status": "ok",
+    }  # the first capture has no previous one
     assert rows["NaN cells in rankme"]["status"] == "ok"
 
 
@@ -92,7 +98,7 @@ def test_rankme_raw_when_requested_is_garrido_rankme_of_the_raw_rows_and_quality
     from phasescope.dashboard.figures import quality_rows
 
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((80, 12)) @ np.diag(np.linspace(2.0, 0.1, 12)) + 3.0   # far from centred
+    x = rng.standard_normal((80, 12)) @ np.diag(np.linspace(2.0, 0.1, 12)) + 3.0  # far from centred
     with Recorder(str(tmp_path / "raw.zarr"), write_interval=0.0, strict=True, rankme_raw=True) as rec:
         rec.record(0, activations={"a": x})
     ds = open_run(tmp_path / "raw.zarr")

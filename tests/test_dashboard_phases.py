@@ -2,6 +2,7 @@
 real ``phasescope phases RUN`` command (a subprocess), read back by ``RunSource`` and drawn as the
 per-layer phase strip, shading and event markers. Expected cells are derived independently from the
 detector's own ``PhaseResult`` (segment by segment, capture by capture)."""
+
 import subprocess
 import sys
 
@@ -37,10 +38,12 @@ def test_the_stored_group_is_read_in_its_real_format(run):
     result = PhaseResult.from_dataset(open_group(path, "phases").load())
     segs = F.phase_segments(ph)
     assert [(s.probe, s.label, s.start, s.end, s.open_end) for s in segs] == [
-        (s.probe, s.label, float(s.start_step), float(s.end_step), bool(s.open_end)) for s in result.segments]
+        (s.probe, s.label, float(s.start_step), float(s.end_step), bool(s.open_end)) for s in result.segments
+    ]
     evs = F.phase_events(ph)
     assert [(e.probe, e.step, e.before, e.after) for e in evs] == [
-        (e.probe, float(e.step), e.before, e.after) for e in result.events()]
+        (e.probe, float(e.step), e.before, e.after) for e in result.events()
+    ]
     assert src.phases("ph.zarr") is ph  # cached until the group is rewritten
 
 
@@ -86,10 +89,11 @@ def test_trajectories_shade_model_phases_and_mark_events(run):
     rects = [s for s in fig.layout.shapes if s.type == "rect"]
     model = result.segments_for("model")
     half = ds["capture_step"].values[1] / 2  # step 0 is drawn at half the first positive capture
-    assert [(r.x0, r.x1) for r in rects] == [(max(s.start_step, half) if s.start_step else half, s.end_step)
-                                             for s in model]
+    assert [(r.x0, r.x1) for r in rects] == [
+        (max(s.start_step, half) if s.start_step else half, s.end_step) for s in model
+    ]
     notes = [a.text for a in fig.layout.annotations]
-    assert [F.phase_text(s.label) for s in model] == notes[:len(model)]
+    assert [F.phase_text(s.label) for s in model] == notes[: len(model)]
     lines = [s for s in fig.layout.shapes if s.type == "line"]
     assert [ln.x0 for ln in lines] == [float(e.step) for e in result.events("model")]
     per_probe = [e for p in ("layer.00", "layer.04") for e in result.events(p)]
@@ -98,12 +102,14 @@ def test_trajectories_shade_model_phases_and_mark_events(run):
         assert len(marks[0].x) == len(per_probe)
         # each diamond sits on its layer's line at the event's capture
         for x, y, e in zip(marks[0].x, marks[0].y, per_probe):
-            assert x == e.step and y == pytest.approx(float(ds["rankme"].sel(probe=e.probe, capture_step=e.step)), rel=1e-6)
+            assert x == e.step and y == pytest.approx(
+                float(ds["rankme"].sel(probe=e.probe, capture_step=e.step)), rel=1e-6
+            )
     assert not fig.layout.meta["notes"]
 
 
 def test_a_run_without_phases_says_how_to_compute_them(run):
-    src, path, _ = run
+    _src, path, _ = run
     fig = F.figure_phase_strip(open_run(path), None)
     assert "phasescope phases" in fig.layout.meta["empty"]
 
@@ -135,6 +141,6 @@ def test_hover_says_which_rule_decided_each_phase_with_slopes_and_confidence(run
         assert "dlnR/dlnt" in cell and "dα/dlnt" in cell
     traj = F.figure_trajectories({"ph.zarr": ds}, phases={"ph.zarr": ph}, probes=["layer.00"])
     model = result.segments_for("model")
-    hovers = [a.hovertext for a in traj.layout.annotations][:len(model)]
+    hovers = [a.hovertext for a in traj.layout.annotations][: len(model)]
     for seg, hover in zip(model, hovers):
         assert hover.startswith(F.phase_text(seg.label)) and seg.rule in hover and "confidence" in hover

@@ -21,9 +21,27 @@ STEPS = 160
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo.zarr"
-    cmd = [sys.executable, "-m", "phasescope.cli", "demo", "--out", str(out), "--steps", str(STEPS),
-           "--probe-size", "128", "--vocab-size", "2048", "--n-embd", str(N_EMBD), "--capture-every", "40",
-           "--warmup", "50", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phasescope.cli",
+        "demo",
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--probe-size",
+        "128",
+        "--vocab-size",
+        "2048",
+        "--n-embd",
+        str(N_EMBD),
+        "--capture-every",
+        "40",
+        "--warmup",
+        "50",
+        "--no-progress",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout
@@ -61,7 +79,9 @@ def test_values_are_real(demo_run):
     eig = ds["eigenvalues"].isel(capture_step=-1, probe=-1).values[:N_EMBD]
     assert (np.diff(eig) <= 1e-9 * eig[0]).all() and (eig >= -1e-9 * eig[0]).all()
     p = eig / eig.sum() + 1e-7
-    assert float(ds["rankme"].isel(capture_step=-1, probe=-1).values) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-6)
+    assert float(ds["rankme"].isel(capture_step=-1, probe=-1).values) == pytest.approx(
+        np.exp(-(p * np.log(p)).sum()), rel=1e-6
+    )
     # The summary names the store.
     assert str(out.resolve()) in stdout
 

@@ -15,6 +15,7 @@ and each test checks what the policy promises:
 ``strict=True`` makes each injected failure raise. The last tests replay the new user's case from the
 issue: a CNN probe whose pooled output has one feature.
 """
+
 import itertools
 import threading
 import time
@@ -110,8 +111,11 @@ def observatory(model, path, **kw):
 
 
 def policy_warnings(record, stage):
-    return [str(w.message) for w in record
-            if issubclass(w.category, RuntimeWarning) and str(w.message).startswith(f"phasescope: {stage} failed")]
+    return [
+        str(w.message)
+        for w in record
+        if issubclass(w.category, RuntimeWarning) and str(w.message).startswith(f"phasescope: {stage} failed")
+    ]
 
 
 def red(ds) -> dict:
@@ -129,7 +133,7 @@ def test_hook_failure_inside_the_training_forward_is_warned_counted_and_shown_re
     the in-flight hook's token selection finds a mask one position short of the probe output and raises
     inside the user's forward. Two bursts (3 then 2 failures) and a shortened warning interval: one warning
     per burst, the second one with the count since the first (its own failure included)."""
-    bare = train(Tiny(prefix=True), mask_at=BURST + (9, 10))
+    bare = train(Tiny(prefix=True), mask_at=(*BURST, 9, 10))
     model = Tiny(prefix=True)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -140,21 +144,21 @@ def test_hook_failure_inside_the_training_forward_is_warned_counted_and_shown_re
                 if s == 9:  # the first burst (steps 3-5) took milliseconds; the second comes after the interval
                     time.sleep(1.1)
 
-            losses = train(model, obs, before=before, mask_at=BURST + (9, 10))
-    assert losses == bare                                           # (a) training is untouched
+            losses = train(model, obs, before=before, mask_at=(*BURST, 9, 10))
+    assert losses == bare  # (a) training is untouched
     warned = policy_warnings(record, "hook")
-    assert len(warned) == 2, warned                                 # (b) one per burst
+    assert len(warned) == 2, warned  # (b) one per burst
     assert "attention_mask shape (8, 6) does not match the probe output (8, 7)" in warned[0]
     assert "(3 more since the last warning, 4 in all)" in warned[1]  # at the first failure of the second burst
     ds = open_run(tmp_path / "hook.zarr")
     assert ds.sizes["step"] == STEPS and ds.attrs["status"] == "finished"
-    assert ds.attrs["failures"] == {"hook": 5}                      # (c)
+    assert ds.attrs["failures"] == {"hook": 5}  # (c)
     assert "attention_mask shape" in ds.attrs["first_failures"]["hook"]
     assert lost_steps(ds) == [3, 4, 5, 9, 10]
     kept = [s for s in range(STEPS) if s not in (3, 4, 5, 9, 10)]
-    assert list(ds["capture_step"].values) == kept                  # every other step still captured
+    assert list(ds["capture_step"].values) == kept  # every other step still captured
     assert (ds["n_samples"].values > 0).all() and np.isfinite(ds["rankme"].values).all()
-    shown = red(ds)                                                 # (d)
+    shown = red(ds)  # (d)
     assert shown["phasescope failures: hook"].startswith("5 (first: PhasescopeError: attention_mask shape")
     assert shown["steps flagged lost"].startswith("5 steps, 5 ")
 
@@ -236,7 +240,7 @@ def test_metric_failure_on_the_writer_thread_is_warned_counted_and_shown_red(tmp
         warnings.simplefilter("always")
         with observatory(model, tmp_path / "metric.zarr") as obs:
             train(model, obs)
-    assert set(threads) == {"phasescope-store-writer"}              # reduced off the training thread
+    assert set(threads) == {"phasescope-store-writer"}  # reduced off the training thread
     warned = policy_warnings(record, "metric")
     assert len(warned) == 1 and "overflow in the eigenvalue entropy" in warned[0], warned
     ds = open_run(tmp_path / "metric.zarr")
@@ -245,7 +249,7 @@ def test_metric_failure_on_the_writer_thread_is_warned_counted_and_shown_red(tmp
     assert lost_steps(ds) == list(BURST)
     rankme = ds["rankme"].values[:, 0]
     assert np.isnan(rankme[list(BURST)]).all() and np.isfinite(np.delete(rankme, list(BURST))).all()
-    assert (ds["n_samples"].values == 12).all()                     # the capture row survives, eigenvalues too
+    assert (ds["n_samples"].values == 12).all()  # the capture row survives, eigenvalues too
     assert np.isfinite(ds["eigenvalues"].values[list(BURST), 0, 0]).all()
     shown = red(ds)
     assert shown["phasescope failures: metric"].startswith("3 (first: FloatingPointError")
@@ -299,9 +303,9 @@ def disk_full(obs, at=3, freed=6):
 
     def before(s):
         if s == at:
-            obs.async_writer.flush()   # steps before are committed
+            obs.async_writer.flush()  # steps before are committed
             w._put = no_space
-        elif s == freed:               # once the writer has tried (write_interval=0) and failed
+        elif s == freed:  # once the writer has tried (write_interval=0) and failed
             deadline = time.monotonic() + 30
             while not obs.failures.counts.get("write") and obs.async_writer.alive and time.monotonic() < deadline:
                 time.sleep(0.01)
@@ -315,16 +319,16 @@ def test_store_write_failure_is_warned_counted_and_shown_red(tmp_path):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         with observatory(model, tmp_path / "write.zarr") as obs:
-            losses = train(model, obs, before=disk_full(obs))      # nothing raises, close included
+            losses = train(model, obs, before=disk_full(obs))  # nothing raises, close included
     assert len(losses) == STEPS
     warned = policy_warnings(record, "write")
     assert len(warned) == 1 and "No space left on device" in warned[0], warned
     ds = open_run(tmp_path / "write.zarr")
-    assert ds.sizes["step"] >= 2 and list(ds["step"].values[:2]) == [0, 1]   # what was committed stays
-    n_failed = ds.attrs["failures"]["write"]        # one per batch that could not be written
+    assert ds.sizes["step"] >= 2 and list(ds["step"].values[:2]) == [0, 1]  # what was committed stays
+    n_failed = ds.attrs["failures"]["write"]  # one per batch that could not be written
     assert set(ds.attrs["failures"]) == {"write"} and n_failed >= 1 and ds.attrs["n_lost_rows"] >= n_failed
     assert "No space left on device" in ds.attrs["first_failures"]["write"]
-    assert ds.attrs["status"] == "finished"          # the writer went on once the disk had room
+    assert ds.attrs["status"] == "finished"  # the writer went on once the disk had room
     assert set(range(6, STEPS)) <= set(ds["step"].values.tolist())
     shown = red(ds)
     assert shown["phasescope failures: write"].startswith(f"{n_failed} (first: OSError: [Errno 28] No space left")
@@ -363,7 +367,7 @@ def test_strict_raises_writer_thread_failures(stage, tmp_path, monkeypatch):
     model = Tiny()
     if stage == "metric":
         failing_metric(monkeypatch, BURST)
-    with pytest.raises(Exception, match="overflow in the eigenvalue|0-dimensional|No space left"):
+    with pytest.raises(Exception, match=r"overflow in the eigenvalue|0-dimensional|No space left"):
         with observatory(model, tmp_path / f"{stage}.zarr", strict=True) as obs:
             if stage == "write":
                 # The disk gets room again before the run is closed (with a full disk no status can be
@@ -386,8 +390,13 @@ class CNN(torch.nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 1),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -399,8 +408,14 @@ def train_cnn(path, probes, steps=6):
     g = torch.Generator().manual_seed(0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        with phasescope.Observatory(model.net, store=str(path), probes=probes, capture="in_flight",
-                                    schedule=list(range(steps)), write_interval=0) as obs:
+        with phasescope.Observatory(
+            model.net,
+            store=str(path),
+            probes=probes,
+            capture="in_flight",
+            schedule=list(range(steps)),
+            write_interval=0,
+        ) as obs:
             for s in range(steps):
                 x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randn(16, 1, generator=g)
                 loss = ((model(x) - y) ** 2).mean()
@@ -428,8 +443,12 @@ def test_cnn_pooled_probe_is_read_with_its_channels_as_features(tmp_path):
     assert ds.sizes["rank"] == 8, f"the pooled probe was recorded {ds.sizes['rank']} wide, not 8 (its channels)"
     assert (ds["n_samples"].values == 16).all()
     assert np.isfinite(ds["eigenvalues"].values).all()
-    assert ds.attrs["probe_reductions"]["2"] == {"reduction": "spatial_mean", "source": "output",
-                                                 "output_shape": ["N", 8, 1, 1], "features": 8}
+    assert ds.attrs["probe_reductions"]["2"] == {
+        "reduction": "spatial_mean",
+        "source": "output",
+        "output_shape": ["N", 8, 1, 1],
+        "features": 8,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- review fixes
@@ -453,7 +472,7 @@ def test_an_in_flight_capture_is_armed_again_after_a_failed_step(tmp_path, monke
             train(model, obs)
     ds = open_run(tmp_path / "rearm.zarr")
     assert ds.attrs["failures"] == {"step": 1}
-    assert set(range(2, STEPS)) <= set(ds["capture_step"].values.tolist())   # captures go on after step 1
+    assert set(range(2, STEPS)) <= set(ds["capture_step"].values.tolist())  # captures go on after step 1
 
 
 def test_offline_metric_failure_marks_the_checkpoint_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -462,7 +481,7 @@ def test_offline_metric_failure_marks_the_checkpoint_and_the_sweep_goes_on(tmp_p
 
     train_checkpoints(tmp_path / "ck", [0, 2, 4], n_layer=1, n_embd=16, n_head=2, seq_len=16)
     write_probe_file(tmp_path / "p.txt", n=24)
-    failing_metric(monkeypatch, {3})          # call 3 (one per probe and checkpoint): a probe of the 2nd checkpoint
+    failing_metric(monkeypatch, {3})  # call 3 (one per probe and checkpoint): a probe of the 2nd checkpoint
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         report = analyze(tmp_path / "ck", str(tmp_path / "p.txt"), tmp_path / "o.zarr", workers=0, progress=False)
@@ -483,5 +502,5 @@ def test_strict_failure_seen_before_close_still_closes_the_run_failed(tmp_path, 
     with pytest.raises(StoreError, match="overflow in the eigenvalue"):
         with observatory(model, tmp_path / "s.zarr", strict=True) as obs:
             train(model, obs, steps=2)
-            obs.async_writer.flush(timeout=30)      # the writer has failed: raised here, in the user's code
+            obs.async_writer.flush(timeout=30)  # the writer has failed: raised here, in the user's code
     assert open_run(tmp_path / "s.zarr").attrs["status"] == "failed"

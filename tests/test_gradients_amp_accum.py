@@ -1,7 +1,6 @@
 """Gradient statistics through the Observatory under gradient accumulation and torch.amp.GradScaler (CPU)."""
 
 import numpy as np
-import pytest
 import torch
 
 import phasescope
@@ -15,8 +14,20 @@ def _model(seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=V, n_positions=32, bos_token_id=0,
-                                      eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            vocab_size=V,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def _data(step, n=8):
@@ -28,9 +39,16 @@ def _run(tmp_path, name, *, micro=1, scaler=None, steps=4, inject_inf_at=None):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     path = tmp_path / f"{name}.zarr"
     weights_before_skip = None
-    with phasescope.Observatory(model, store=str(path), preset="norms", matrix_schedule=S.always(),
-                                optimizer=opt, grad_scaler=scaler, strict=True,
-                                probe_inputs={"input_ids": _data(99, 4)}) as obs:
+    with phasescope.Observatory(
+        model,
+        store=str(path),
+        preset="norms",
+        matrix_schedule=S.always(),
+        optimizer=opt,
+        grad_scaler=scaler,
+        strict=True,
+        probe_inputs={"input_ids": _data(99, 4)},
+    ) as obs:
         for step in range(steps):
             x = _data(step)
             for chunk in x.chunk(micro):
@@ -54,7 +72,7 @@ def _run(tmp_path, name, *, micro=1, scaler=None, steps=4, inject_inf_at=None):
 def test_accumulated_gradient_stats_equal_full_batch(tmp_path):
     full = _run(tmp_path, "full", micro=1)
     acc = _run(tmp_path, "acc", micro=4)
-    assert acc.sizes["step"] == full.sizes["step"] == 4            # once per optimizer step
+    assert acc.sizes["step"] == full.sizes["step"] == 4  # once per optimizer step
     np.testing.assert_allclose(acc.param_grad_norm.values, full.param_grad_norm.values, rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(acc.grad_norm.values, full.grad_norm.values, rtol=2e-4)
     for stat in ("matrix_grad_nuclear", "matrix_grad_spectral", "matrix_grad_stable_rank"):
@@ -63,18 +81,18 @@ def test_accumulated_gradient_stats_equal_full_batch(tmp_path):
 
 def test_grad_scaler_stats_are_unscaled_and_skips_recorded(tmp_path):
     plain = _run(tmp_path, "plain")
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, growth_interval=1000)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
     amp = _run(tmp_path, "amp", scaler=scaler)
     np.testing.assert_allclose(amp.param_grad_norm.values, plain.param_grad_norm.values, rtol=1e-5)
     np.testing.assert_allclose(amp.matrix_grad_nuclear.values, plain.matrix_grad_nuclear.values, rtol=1e-4)
-    np.testing.assert_allclose(amp.loss_scale.values, 2.0 ** 12)
+    np.testing.assert_allclose(amp.loss_scale.values, 2.0**12)
     assert int(amp.flag_skipped.sum()) == 0
 
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12, growth_interval=1000)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=1000)
     skip = _run(tmp_path, "skip", scaler=scaler, inject_inf_at=2)
     assert list(skip.flag_skipped.values) == [0, 0, 1, 0]
     assert list(skip.flag_nonfinite.values & 1) == [0, 0, 1, 0]
-    assert list(skip.loss_scale.values) == [2.0 ** 12] * 3 + [2.0 ** 11]   # GradScaler backed off
+    assert list(skip.loss_scale.values) == [2.0**12] * 3 + [2.0**11]  # GradScaler backed off
     np.testing.assert_allclose(skip.param_grad_norm.values[:2], plain.param_grad_norm.values[:2], rtol=1e-5)
     assert skip.attrs["finished"] is True
 
@@ -84,8 +102,9 @@ def test_disabled_scaler_and_bf16_autocast(tmp_path):
     ds = _run(tmp_path, "off", scaler=scaler)
     assert np.isnan(ds.loss_scale.values).all() and int(ds.flag_skipped.sum()) == 0
     model = _model()
-    with phasescope.Observatory(model, store=str(tmp_path / "bf16.zarr"), probe_inputs={"input_ids": _data(5, 6)},
-                                schedule=[0, 1], strict=True) as obs:
+    with phasescope.Observatory(
+        model, store=str(tmp_path / "bf16.zarr"), probe_inputs={"input_ids": _data(5, 6)}, schedule=[0, 1], strict=True
+    ) as obs:
         for step in range(2):
             x = _data(step)
             with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -7,16 +7,27 @@ import pytest
 import torch
 
 from phasescope.errors import PhasescopeError
-from phasescope.gradients import (MATRIX_STATS, UpdateTracker, block_index, current_scale, global_norm, grad_norms,
-                                  gradient_matrix_stats, matrix_group, nonfinite, select_matrices)
+from phasescope.gradients import (
+    MATRIX_STATS,
+    UpdateTracker,
+    block_index,
+    current_scale,
+    global_norm,
+    grad_norms,
+    gradient_matrix_stats,
+    matrix_group,
+    nonfinite,
+    select_matrices,
+)
 
 
 def _gpt2_with_grads(seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    m = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=32,
-                                   bos_token_id=0, eos_token_id=0))
+    m = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     x = torch.randint(0, 128, (4, 16))
     m(input_ids=x, labels=x).loss.backward()
     return m
@@ -37,7 +48,7 @@ def test_grad_norms_equal_vector_norm_and_clip_grad_norm():
 def test_grad_norms_mixed_dtypes_missing_grads_and_nonfinite():
     a = torch.nn.Parameter(torch.randn(3, 4))
     b = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
-    c = torch.nn.Parameter(torch.randn(2))      # no gradient
+    c = torch.nn.Parameter(torch.randn(2))  # no gradient
     d = torch.nn.Parameter(torch.randn(6).to(torch.bfloat16))
     a.grad, b.grad, d.grad = torch.randn(3, 4), torch.randn(5, dtype=torch.float64), torch.randn(6).to(torch.bfloat16)
     norms, present = grad_norms([a, b, c, d])
@@ -60,15 +71,21 @@ def _reference(g):
     nuc = torch.linalg.matrix_norm(g, ord="nuc")
     spec = torch.linalg.matrix_norm(g, ord=2)
     fro = torch.linalg.matrix_norm(g, ord="fro")
-    return {"grad_nuclear": nuc, "grad_spectral": spec, "grad_frobenius": fro,
-            "grad_stable_rank": fro ** 2 / spec ** 2, "grad_top_ratio": spec / nuc, "grad_sigma_min": s[-1]}
+    return {
+        "grad_nuclear": nuc,
+        "grad_spectral": spec,
+        "grad_frobenius": fro,
+        "grad_stable_rank": fro**2 / spec**2,
+        "grad_top_ratio": spec / nuc,
+        "grad_sigma_min": s[-1],
+    }
 
 
 def test_matrix_stats_equal_linalg_per_matrix_batched_by_shape():
     m = _gpt2_with_grads(1)
     names = [n for n, p in m.named_parameters() if p.dim() == 2 and matrix_group(n)["block"] is not None]
     grads = [dict(m.named_parameters())[n].grad for n in names]
-    assert len({tuple(g.shape) for g in grads}) == 4 and len(grads) == 8   # shapes shared across layers
+    assert len({tuple(g.shape) for g in grads}) == 4 and len(grads) == 8  # shapes shared across layers
     stats = gradient_matrix_stats(grads)
     assert set(stats) == set(MATRIX_STATS)
     for j, g in enumerate(grads):
@@ -87,7 +104,7 @@ def test_matrix_stats_known_answer_and_nonfinite_isolated():
     u, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
     v, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
     sig = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
-    g = (u[:, :4] * sig) @ v.T                          # exact singular values 4, 2, 1, 0.5
+    g = (u[:, :4] * sig) @ v.T  # exact singular values 4, 2, 1, 0.5
     bad = g.clone()
     bad[0, 0] = float("inf")
     out = gradient_matrix_stats([g.float(), bad.float(), None])
@@ -100,20 +117,33 @@ def test_matrix_stats_known_answer_and_nonfinite_isolated():
         assert math.isnan(float(out[k][1])) and math.isnan(float(out[k][2]))
 
 
-@pytest.mark.parametrize("name,block,kind", [
-    ("transformer.h.3.attn.c_attn.weight", 3, "qkv"), ("transformer.h.0.attn.c_proj.weight", 0, "o"),
-    ("transformer.h.1.mlp.c_fc.weight", 1, "mlp_in"), ("transformer.h.1.mlp.c_proj.weight", 1, "mlp_out"),
-    ("gpt_neox.layers.2.attention.query_key_value.weight", 2, "qkv"), ("gpt_neox.layers.2.attention.dense.weight", 2, "o"),
-    ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", 0, "mlp_in"), ("gpt_neox.layers.0.mlp.dense_4h_to_h.weight", 0, "mlp_out"),
-    ("model.layers.5.self_attn.q_proj.weight", 5, "q"), ("model.layers.5.self_attn.k_proj.weight", 5, "k"),
-    ("model.layers.5.self_attn.v_proj.weight", 5, "v"), ("model.layers.5.self_attn.o_proj.weight", 5, "o"),
-    ("model.layers.5.mlp.gate_proj.weight", 5, "gate"), ("model.layers.5.mlp.up_proj.weight", 5, "up"),
-    ("model.layers.5.mlp.down_proj.weight", 5, "down"),
-    ("encoder.layer.1.attention.self.query.weight", 1, "q"), ("encoder.layer.1.attention.output.dense.weight", 1, "o"),
-    ("encoder.layer.1.intermediate.dense.weight", 1, "mlp_in"), ("encoder.layer.1.output.dense.weight", 1, "mlp_out"),
-    ("transformer.wte.weight", None, "embedding"), ("model.embed_tokens.weight", None, "embedding"),
-    ("lm_head.weight", None, "other"),
-])
+@pytest.mark.parametrize(
+    ("name", "block", "kind"),
+    [
+        ("transformer.h.3.attn.c_attn.weight", 3, "qkv"),
+        ("transformer.h.0.attn.c_proj.weight", 0, "o"),
+        ("transformer.h.1.mlp.c_fc.weight", 1, "mlp_in"),
+        ("transformer.h.1.mlp.c_proj.weight", 1, "mlp_out"),
+        ("gpt_neox.layers.2.attention.query_key_value.weight", 2, "qkv"),
+        ("gpt_neox.layers.2.attention.dense.weight", 2, "o"),
+        ("gpt_neox.layers.0.mlp.dense_h_to_4h.weight", 0, "mlp_in"),
+        ("gpt_neox.layers.0.mlp.dense_4h_to_h.weight", 0, "mlp_out"),
+        ("model.layers.5.self_attn.q_proj.weight", 5, "q"),
+        ("model.layers.5.self_attn.k_proj.weight", 5, "k"),
+        ("model.layers.5.self_attn.v_proj.weight", 5, "v"),
+        ("model.layers.5.self_attn.o_proj.weight", 5, "o"),
+        ("model.layers.5.mlp.gate_proj.weight", 5, "gate"),
+        ("model.layers.5.mlp.up_proj.weight", 5, "up"),
+        ("model.layers.5.mlp.down_proj.weight", 5, "down"),
+        ("encoder.layer.1.attention.self.query.weight", 1, "q"),
+        ("encoder.layer.1.attention.output.dense.weight", 1, "o"),
+        ("encoder.layer.1.intermediate.dense.weight", 1, "mlp_in"),
+        ("encoder.layer.1.output.dense.weight", 1, "mlp_out"),
+        ("transformer.wte.weight", None, "embedding"),
+        ("model.embed_tokens.weight", None, "embedding"),
+        ("lm_head.weight", None, "other"),
+    ],
+)
 def test_matrix_group(name, block, kind):
     assert matrix_group(name) == {"block": block, "kind": kind}
     assert block_index(name) == block
@@ -121,9 +151,13 @@ def test_matrix_group(name, block, kind):
 
 def test_select_matrices_on_names_and_ndim_only():
     """One rule live and offline: numpy arrays (or meta tensors) are enough, nothing is computed."""
-    named = [("transformer.wte.weight", np.zeros((8, 4))), ("transformer.h.0.ln_1.weight", np.zeros(4)),
-             ("transformer.h.0.attn.c_attn.weight", np.zeros((4, 12))), ("transformer.h.1.mlp.c_fc.weight", np.zeros((4, 16))),
-             ("lm_head.weight", np.zeros((8, 4)))]
+    named = [
+        ("transformer.wte.weight", np.zeros((8, 4))),
+        ("transformer.h.0.ln_1.weight", np.zeros(4)),
+        ("transformer.h.0.attn.c_attn.weight", np.zeros((4, 12))),
+        ("transformer.h.1.mlp.c_fc.weight", np.zeros((4, 16))),
+        ("lm_head.weight", np.zeros((8, 4))),
+    ]
     assert select_matrices(named, "blocks") == [2, 3]
     assert select_matrices(named, "all") == [0, 2, 3, 4]
     assert select_matrices(named, "none") == select_matrices(named, None) == []
@@ -156,8 +190,8 @@ def test_current_scale_with_cpu_grad_scaler():
     opt = torch.optim.SGD([p], lr=0.1)
     assert current_scale(None) is None
     assert current_scale(torch.amp.GradScaler("cpu", enabled=False)) is None
-    scaler.scale((p ** 2).sum()).backward()
+    scaler.scale((p**2).sum()).backward()
     assert float(current_scale(scaler, opt)) == 256.0
     scaler.unscale_(opt)
-    assert current_scale(scaler, opt) is None          # already unscaled: nothing to divide
-    assert float(current_scale(scaler)) == 256.0        # without the optimizer we cannot know
+    assert current_scale(scaler, opt) is None  # already unscaled: nothing to divide
+    assert float(current_scale(scaler)) == 256.0  # without the optimizer we cannot know

@@ -43,8 +43,10 @@ WORKER = textwrap.dedent(
         net = torch.nn.parallel.DistributedDataParallel(m) if world > 1 else m
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
         kw = dict(schedule=S.explicit([0, 3]), strict=True, write_interval=0.0)
-        probe = phasescope.Observatory(net, store=os.path.join(out, "probe.zarr"), probes=["transformer.h.0", "transformer.ln_f"],
-                                       probe_inputs={"input_ids": PROBE, "attention_mask": MASK}, probe_batch_size=4, **kw)
+        probe = phasescope.Observatory(net, store=os.path.join(out, "probe.zarr"),
+                                       probes=["transformer.h.0", "transformer.ln_f"],
+                                       probe_inputs={"input_ids": PROBE, "attention_mask": MASK},
+                                       probe_batch_size=4, **kw)
         fly = phasescope.Observatory(net, store=os.path.join(out, "flight.zarr"), probes=["transformer.ln_f"],
                                      capture="in_flight", tokens="all", max_tokens=None, grad_norms=False, **kw)
         with probe, fly:
@@ -105,14 +107,19 @@ def _port() -> int:
 def _run(tmp_path, mode, check=True):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    return subprocess.run([sys.executable, str(script), str(_port()), str(tmp_path), mode], check=check,
-                          timeout=150, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(script), str(_port()), str(tmp_path), mode],
+        check=check,
+        timeout=150,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_ddp_two_gloo_ranks_equal_single_process(tmp_path):
     _run(tmp_path, "ddp")
-    assert not (tmp_path / "ddp-r1" / "probe.zarr").exists()   # only rank 0 writes
-    assert (tmp_path / "status-seen-by-rank1.txt").read_text() == "finished"   # close waits for rank 0
+    assert not (tmp_path / "ddp-r1" / "probe.zarr").exists()  # only rank 0 writes
+    assert (tmp_path / "status-seen-by-rank1.txt").read_text() == "finished"  # close waits for rank 0
     for name in ("probe.zarr", "flight.zarr"):
         one, two = open_run(tmp_path / "single" / name), open_run(tmp_path / "ddp" / name)
         assert two.attrs["distributed"]["world_size"] == 2 and two.attrs["finished"] is True
@@ -124,7 +131,7 @@ def test_ddp_two_gloo_ranks_equal_single_process(tmp_path):
         for metric in ("rankme", "alpha", "participation_ratio", "stable_rank"):
             np.testing.assert_allclose(two[metric].values, one[metric].values, rtol=1e-6, err_msg=metric)
     one, two = open_run(tmp_path / "single" / "probe.zarr"), open_run(tmp_path / "ddp" / "probe.zarr")
-    assert two.n_samples.values.tolist() == [[10, 10], [10, 10]]   # every probe sequence, split over ranks
+    assert two.n_samples.values.tolist() == [[10, 10], [10, 10]]  # every probe sequence, split over ranks
     np.testing.assert_allclose(two.param_grad_norm.values, one.param_grad_norm.values, rtol=1e-6)
     np.testing.assert_allclose(two.matrix_grad_nuclear.values, one.matrix_grad_nuclear.values, rtol=1e-6)
     # In flight, each rank saw half of each batch: together the 8 × 12 tokens of one step.
@@ -134,7 +141,7 @@ def test_ddp_two_gloo_ranks_equal_single_process(tmp_path):
 
 def test_rank_death_gives_clear_error_and_keeps_committed_steps(tmp_path):
     res = _run(tmp_path, "die", check=False)
-    assert res.returncode != 0   # the spawner reports the dead rank
+    assert res.returncode != 0  # the spawner reports the dead rank
     msg = (tmp_path / "error0.txt").read_text()
     assert "all-reduce of loss at step 2 failed on rank 0 of 2" in msg and "rank probably died" in msg
     ds = open_run(tmp_path / "ddp" / "probe.zarr")

@@ -56,8 +56,10 @@ WORKER = textwrap.dedent(
         opt = torch.optim.SGD(m.parameters(), lr=0.1)   # after fully_shard: the sharded DTensor parameters
         # 10 probe sequences in batches of 4: rank 0 runs 2 batches, rank 1 one (plus a padding forward)
         kw = dict(schedule=S.explicit([0, 3]), strict=True, write_interval=0.0)
-        probe = phasescope.Observatory(m, store=os.path.join(out, "probe.zarr"), probes=["transformer.h.0", "transformer.ln_f"],
-                                       probe_inputs={"input_ids": PROBE, "attention_mask": MASK}, probe_batch_size=4, **kw)
+        probe = phasescope.Observatory(m, store=os.path.join(out, "probe.zarr"),
+                                       probes=["transformer.h.0", "transformer.ln_f"],
+                                       probe_inputs={"input_ids": PROBE, "attention_mask": MASK},
+                                       probe_batch_size=4, **kw)
         every = phasescope.Observatory(m, store=os.path.join(out, "all.zarr"), probes=["transformer.h.1"], tokens="all",
                                        max_tokens=60, probe_inputs={"input_ids": PROBE, "attention_mask": MASK},
                                        probe_batch_size=4, grad_norms=False, **kw)
@@ -83,7 +85,8 @@ WORKER = textwrap.dedent(
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=30))
         try:
-            train(os.path.join(out, f"{name}-r{rank}") if rank else os.path.join(out, name), rank, world, shard=True, hsdp=hsdp)
+            where = os.path.join(out, f"{name}-r{rank}") if rank else os.path.join(out, name)
+            train(where, rank, world, shard=True, hsdp=hsdp)
         finally:
             dist.destroy_process_group()
 
@@ -126,7 +129,7 @@ def _assert_equal_runs(ref, run, world: int) -> None:
 
     w1, w2 = torch.load(ref / "weights.pt"), torch.load(run / "weights.pt")
     assert w1.keys() == w2.keys()
-    for name in w1:   # training itself is untouched by the observer (probe forwards included)
+    for name in w1:  # training itself is untouched by the observer (probe forwards included)
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-9, atol=1e-12, msg=name)
     for name in ("probe.zarr", "all.zarr", "flight.zarr"):
         one, two = open_run(ref / name), open_run(run / name)
@@ -140,7 +143,7 @@ def _assert_equal_runs(ref, run, world: int) -> None:
         for metric in ("rankme", "alpha", "participation_ratio", "stable_rank"):
             np.testing.assert_allclose(two[metric].values, one[metric].values, rtol=1e-6, err_msg=metric)
     one, two = open_run(ref / "probe.zarr"), open_run(run / "probe.zarr")
-    assert two.n_samples.values.tolist() == [[10, 10], [10, 10]]   # every probe sequence (split over ranks)
+    assert two.n_samples.values.tolist() == [[10, 10], [10, 10]]  # every probe sequence (split over ranks)
     assert list(two.param.values) == list(one.param.values)
     np.testing.assert_allclose(two.param_grad_norm.values, one.param_grad_norm.values, rtol=1e-6)
     np.testing.assert_allclose(two.grad_norm.values, one.grad_norm.values, rtol=1e-6)
@@ -148,8 +151,8 @@ def _assert_equal_runs(ref, run, world: int) -> None:
     # Nuclear/spectral norms need whole matrices: skipped, with the reason in the run's attributes.
     assert "matrix_grad_nuclear" in one and "matrix_grad_nuclear" not in two
     assert "sharded DTensors" in two.attrs["matrix_stats_skipped"] and "matrix_stats_skipped" not in one.attrs
-    assert int(open_run(run / "all.zarr").n_samples.values[0, 0]) == 60   # one seeded token sample
-    assert int(open_run(run / "flight.zarr").n_samples.values[0, 0]) == 8 * 12   # every token of each batch
+    assert int(open_run(run / "all.zarr").n_samples.values[0, 0]) == 60  # one seeded token sample
+    assert int(open_run(run / "flight.zarr").n_samples.values[0, 0]) == 8 * 12  # every token of each batch
 
 
 def test_fsdp2_two_gloo_ranks_equal_single_process(tmp_path):
@@ -157,10 +160,14 @@ def test_fsdp2_two_gloo_ranks_equal_single_process(tmp_path):
     HSDP on a (replicate 2, shard 1) mesh (a replicated gradient dimension is not summed over)."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    res = subprocess.run([sys.executable, str(script), str(_port()), str(_port()), str(_port()), str(tmp_path)], timeout=150,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(script), str(_port()), str(_port()), str(_port()), str(tmp_path)],
+        timeout=150,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert not (tmp_path / "fsdp-r1" / "probe.zarr").exists()   # only rank 0 writes
+    assert not (tmp_path / "fsdp-r1" / "probe.zarr").exists()  # only rank 0 writes
     _assert_equal_runs(tmp_path / "single", tmp_path / "fsdp1", world=1)
     _assert_equal_runs(tmp_path / "single", tmp_path / "fsdp", world=2)
     # HSDP over (replicate 2, shard 1): squared norms summed over the shard dimension only, not the replicas

@@ -10,12 +10,12 @@ import torch
 
 pytest.importorskip("accelerate")
 
-from transformers import Trainer, TrainingArguments  # noqa: E402
+from integrations_data import assert_stored_eigs, corpus_blocks, ref_last_token_eigs, tiny_gpt2
+from transformers import Trainer, TrainingArguments
 
-from integrations_data import assert_stored_eigs, corpus_blocks, ref_last_token_eigs, tiny_gpt2  # noqa: E402
-from phasescope.probes import schedules as S  # noqa: E402
-from phasescope.probes.integrations.hf import NoOptimizerStepError, PhasescopeCallback  # noqa: E402
-from phasescope.store import open_run  # noqa: E402
+from phasescope.probes import schedules as S
+from phasescope.probes.integrations.hf import NoOptimizerStepError, PhasescopeCallback
+from phasescope.store import open_run
 
 
 class Blocks(torch.utils.data.Dataset):
@@ -31,9 +31,22 @@ class Blocks(torch.utils.data.Dataset):
 
 
 def _args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                max_steps=8, logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", learning_rate=3e-3,
-                lr_scheduler_type="linear", max_grad_norm=0.5, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=8,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=3e-3,
+        lr_scheduler_type="linear",
+        max_grad_norm=0.5,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -43,8 +56,13 @@ def test_trainer_callback_records_accumulated_steps(tmp_path):
     model = tiny_gpt2()
     init = copy.deepcopy(model)
     store = tmp_path / "hf.zarr"
-    cb = PhasescopeCallback(str(store), probes="auto", schedule=S.explicit([0, 4, 7]),
-                            probe_inputs={"input_ids": pids, "attention_mask": pmask}, strict=True)
+    cb = PhasescopeCallback(
+        str(store),
+        probes="auto",
+        schedule=S.explicit([0, 4, 7]),
+        probe_inputs={"input_ids": pids, "attention_mask": pmask},
+        strict=True,
+    )
     trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=Blocks(train, pad), callbacks=[cb])
     trainer.train()
     assert cb.obs.closed
@@ -63,8 +81,11 @@ def test_trainer_callback_records_accumulated_steps(tmp_path):
     assert (pre > 0.5).any()  # clipping really happened somewhere
     # Capture at step 0 = the initial weights: eigenvalues against an independent reference.
     ref = ref_last_token_eigs(init, pids, pmask)
-    assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe="final_norm").values, ref,
-                       int(ds.n_samples.sel(capture_step=0, probe="final_norm")))
+    assert_stored_eigs(
+        ds.eigenvalues.sel(capture_step=0, probe="final_norm").values,
+        ref,
+        int(ds.n_samples.sel(capture_step=0, probe="final_norm")),
+    )
     assert ds.rankme.sel(probe="final_norm").notnull().all()
 
 
@@ -72,8 +93,9 @@ def test_trainer_without_optimizer_step_event_fails_clearly(tmp_path):
     train, pids, pmask, pad = corpus_blocks(tmp_path / "tok")
     store = tmp_path / "hf-bad.zarr"
     cb = PhasescopeCallback(str(store), probe_inputs={"input_ids": pids, "attention_mask": pmask})
-    trainer = Trainer(model=tiny_gpt2(), args=_args(tmp_path, max_steps=3), train_dataset=Blocks(train, pad),
-                      callbacks=[cb])
+    trainer = Trainer(
+        model=tiny_gpt2(), args=_args(tmp_path, max_steps=3), train_dataset=Blocks(train, pad), callbacks=[cb]
+    )
     trainer.callback_handler.on_pre_optimizer_step = lambda args, state, control: control  # a loop without the event
     with pytest.raises(NoOptimizerStepError, match="without an optimizer step"):
         trainer.train()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from integrations_data import assert_stored_eigs
 import pytest
+from integrations_data import assert_stored_eigs
 
 jax = pytest.importorskip("jax")
 nn = pytest.importorskip("flax.linen")
@@ -58,8 +57,15 @@ def test_flax_optax_loop_matches_references(tmp_path):
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
     store = tmp_path / "flax.zarr"
     ref_loss, ref_norms = [], []
-    with FlaxObserver(model, str(store), params, jnp.asarray(xp), probes=["Dense_0", "hidden", "Dense_1"],
-                      schedule=S.explicit([0, 5]), matrices="all") as obs:
+    with FlaxObserver(
+        model,
+        str(store),
+        params,
+        jnp.asarray(xp),
+        probes=["Dense_0", "hidden", "Dense_1"],
+        schedule=S.explicit([0, 5]),
+        matrices="all",
+    ) as obs:
         for step in range(6):
             x, y = _data(32, seed=100 + step)
             loss, grads = grad_fn(params, jnp.asarray(x), jnp.asarray(y))
@@ -79,15 +85,20 @@ def test_flax_optax_loop_matches_references(tmp_path):
     # Step-0 capture against a numpy forward of the initial weights (pre-activation, post-ReLU sow).
     pre = xp.astype(np.float64) @ init["Dense_0"]["kernel"] + init["Dense_0"]["bias"]
     for probe, ref in (("Dense_0", _ref_eigs(pre)), ("hidden", _ref_eigs(np.maximum(pre, 0)))):
-        assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H], ref,
-                           int(ds.n_samples.sel(capture_step=0, probe=probe)))
+        assert_stored_eigs(
+            ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H],
+            ref,
+            int(ds.n_samples.sel(capture_step=0, probe=probe)),
+        )
         p = ref / ref.sum() + 1e-7
-        np.testing.assert_allclose(float(ds.rankme.sel(capture_step=0, probe=probe)),
-                                   np.exp(-(p * np.log(p)).sum()), rtol=1e-4)
+        np.testing.assert_allclose(
+            float(ds.rankme.sel(capture_step=0, probe=probe)), np.exp(-(p * np.log(p)).sum()), rtol=1e-4
+        )
     # Gradient singular values of Dense_1.kernel at the last capture, against numpy.
     s = np.linalg.svd(np.asarray(flatten_tree(grads)["Dense_1.kernel"], np.float64), compute_uv=False)
-    np.testing.assert_allclose(float(ds.matrix_grad_nuclear.sel(capture_step=5, matrix="Dense_1.kernel")), s.sum(),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        float(ds.matrix_grad_nuclear.sel(capture_step=5, matrix="Dense_1.kernel")), s.sum(), rtol=1e-4
+    )
     assert ds.attrs["finished"] is True and ds.attrs["integration"] == "flax.linen"
 
 
@@ -111,8 +122,9 @@ def test_recorder_rejects_changed_shapes_and_keeps_committed_steps(tmp_path):
     assert ds.step.values.tolist() == [0, 1] and ds.capture_step.values.tolist() == [0]
     np.testing.assert_allclose(ds.loss.values, [1.0, 0.5])
     np.testing.assert_allclose(ds.param_grad_norm.values[:, 0], [np.sqrt(12)] * 2, rtol=1e-6)
-    np.testing.assert_allclose(ds.eigenvalues.sel(capture_step=0, probe="a").values,
-                               _ref_eigs(np.asarray(acts["a"])), rtol=1e-5)
+    np.testing.assert_allclose(
+        ds.eigenvalues.sel(capture_step=0, probe="a").values, _ref_eigs(np.asarray(acts["a"])), rtol=1e-5
+    )
 
 
 class TokenMLP(nn.Module):
@@ -131,7 +143,7 @@ def _padded_batch(n=40, length=7, seed=3):
     lengths[0] = length
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     x = rng.standard_normal((n, length, D_IN)).astype(np.float32)
-    x[mask == 0] = 5.0      # pad positions hold one constant vector, nothing like a real token
+    x[mask == 0] = 5.0  # pad positions hold one constant vector, nothing like a real token
     return x, mask, lengths
 
 
@@ -140,26 +152,28 @@ def test_padded_batch_takes_the_last_non_pad_token(tmp_path):
     x, mask, lengths = _padded_batch()
     n = x.shape[0]
     model = TokenMLP()
-    params = model.init(jax.random.key(0), jnp.ones((1,) + x.shape[1:]))["params"]
+    params = model.init(jax.random.key(0), jnp.ones((1, *x.shape[1:])))["params"]
     init = jax.tree_util.tree_map(np.asarray, params)
     store = tmp_path / "padded.zarr"
-    with FlaxObserver(model, str(store), params, jnp.asarray(x), attention_mask=mask,
-                      schedule=S.explicit([0])) as obs:
-        assert obs.probes == ["Dense_0", "Dense_1", "hidden"]   # every captured output but the model's own
+    with FlaxObserver(model, str(store), params, jnp.asarray(x), attention_mask=mask, schedule=S.explicit([0])) as obs:
+        assert obs.probes == ["Dense_0", "Dense_1", "hidden"]  # every captured output but the model's own
         obs.step(0, params)
     ds = open_run(store)
-    pre = x.astype(np.float64) @ init["Dense_0"]["kernel"] + init["Dense_0"]["bias"]     # (n, seq, H)
+    pre = x.astype(np.float64) @ init["Dense_0"]["kernel"] + init["Dense_0"]["bias"]  # (n, seq, H)
     last = pre[np.arange(n), lengths - 1]
     for probe, ref in (("Dense_0", _ref_eigs(last)), ("hidden", _ref_eigs(np.maximum(last, 0)))):
-        assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H], ref,
-                           int(ds.n_samples.sel(capture_step=0, probe=probe)))
+        assert_stored_eigs(
+            ds.eigenvalues.sel(capture_step=0, probe=probe).values[:H],
+            ref,
+            int(ds.n_samples.sel(capture_step=0, probe=probe)),
+        )
     assert int(ds.n_samples.sel(capture_step=0, probe="Dense_0")) == n
-    assert not np.allclose(_ref_eigs(pre[:, -1]), _ref_eigs(last), rtol=1e-2)   # position -1 is often padding
+    assert not np.allclose(_ref_eigs(pre[:, -1]), _ref_eigs(last), rtol=1e-2)  # position -1 is often padding
     assert ds.attrs["tokens"]["mode"] == "last" and ds.attrs["tokens"]["attention_mask"] is True
 
 
 def test_jax_token_selection_is_the_torch_rule_under_jit():
-    """"last", "mean" and "all" on jax arrays (jitted, with a plan for "all") equal the torch path's select."""
+    """ "last", "mean" and "all" on jax arrays (jitted, with a plan for "all") equal the torch path's select."""
     torch = pytest.importorskip("torch")
     x, mask, _ = _padded_batch(n=6, length=5, seed=4)
     h = x[..., :4]

@@ -11,6 +11,7 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from integrations_data import assert_stored_eigs, corpus_blocks, ref_last_token_eigs, tiny_gpt2  # noqa: E402
+
 from phasescope.probes import schedules as S  # noqa: E402
 from phasescope.probes.integrations.lightning import NoOptimizerStepError, PhasescopeCallback  # noqa: E402
 from phasescope.store import open_run  # noqa: E402
@@ -39,9 +40,19 @@ class LM(pl.LightningModule):
 
 
 def _trainer(cb, **kw):
-    return pl.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, accumulate_grad_batches=ACC, callbacks=[cb],
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, **kw)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        accumulate_grad_batches=ACC,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kw,
+    )
 
 
 def test_lightning_callback_matches_plain_loop_with_accumulation(tmp_path):
@@ -56,7 +67,7 @@ def test_lightning_callback_matches_plain_loop_with_accumulation(tmp_path):
     for s in range(STEPS):
         total = 0.0
         for m in range(ACC):
-            x = train[(s * ACC + m) * BS:(s * ACC + m + 1) * BS]
+            x = train[(s * ACC + m) * BS : (s * ACC + m + 1) * BS]
             loss = ref_model(input_ids=x, labels=x).loss / ACC
             loss.backward()
             total += float(loss)
@@ -66,9 +77,13 @@ def test_lightning_callback_matches_plain_loop_with_accumulation(tmp_path):
         opt.zero_grad()
 
     store = tmp_path / "pl.zarr"
-    cb = PhasescopeCallback(str(store), probes=["model.transformer.h.0", "model.transformer.ln_f"],
-                            schedule=S.explicit([0, 5]), probe_inputs={"input_ids": pids, "attention_mask": pmask},
-                            strict=True)
+    cb = PhasescopeCallback(
+        str(store),
+        probes=["model.transformer.h.0", "model.transformer.ln_f"],
+        schedule=S.explicit([0, 5]),
+        probe_inputs={"input_ids": pids, "attention_mask": pmask},
+        strict=True,
+    )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train), batch_size=BS, shuffle=False)
     _trainer(cb).fit(LM(model), loader)
 
@@ -81,18 +96,28 @@ def test_lightning_callback_matches_plain_loop_with_accumulation(tmp_path):
     np.testing.assert_allclose(ds.lr.values, LR)
     ref = ref_last_token_eigs(init, pids, pmask)
     probe = ds.probe.values[-1]
-    assert_stored_eigs(ds.eigenvalues.sel(capture_step=0, probe=probe).values, ref,
-                       int(ds.n_samples.sel(capture_step=0, probe=probe)))
+    assert_stored_eigs(
+        ds.eigenvalues.sel(capture_step=0, probe=probe).values, ref, int(ds.n_samples.sel(capture_step=0, probe=probe))
+    )
 
 
 def test_manual_optimisation_without_step_fails_clearly(tmp_path):
     train, pids, pmask, _ = corpus_blocks(tmp_path / "tok", n_train=16)
     store = tmp_path / "pl-bad.zarr"
-    cb = PhasescopeCallback(str(store), probes=["model.transformer.ln_f"],
-                            probe_inputs={"input_ids": pids, "attention_mask": pmask})
+    cb = PhasescopeCallback(
+        str(store), probes=["model.transformer.ln_f"], probe_inputs={"input_ids": pids, "attention_mask": pmask}
+    )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(train), batch_size=BS)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, callbacks=[cb], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(NoOptimizerStepError, match="without an optimizer step"):
         trainer.fit(LM(tiny_gpt2(), manual=True), loader)
     ds = open_run(store)

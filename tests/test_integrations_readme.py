@@ -22,7 +22,7 @@ def _snippets() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index,store", [(0, "hf"), (1, "pl"), (2, "flax"), (3, "ddp"), (4, "vision")])
+@pytest.mark.parametrize(("index", "store"), [(0, "hf"), (1, "pl"), (2, "flax"), (3, "ddp"), (4, "vision")])
 def test_readme_integration_snippet_runs(tmp_path, index, store):
     code = _snippets()[index]
     script = tmp_path / "snippet.py"
@@ -35,13 +35,20 @@ def test_readme_integration_snippet_runs(tmp_path, index, store):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={port}", str(script)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            str(script),
+        ]
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     ds = open_run(tmp_path / "runs" / f"{store}.zarr")
     assert ds.sizes["step"] >= 4 and ds.sizes["capture_step"] >= 1 and ds.attrs["finished"] is True
-    if store == "vision":   # the ResNet preset, channels as features
+    if store == "vision":  # the ResNet preset, channels as features
         assert [v["features"] for v in ds.attrs["probe_reductions"].values()] == [64, 64, 128, 256, 512, 512]
 
 

@@ -8,6 +8,7 @@ passes with ``output_hidden_states=True``, last-token states, centred full SVD, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -36,8 +37,9 @@ def sweep(tmp_path_factory):
 def serial_run(sweep):
     root, _, _ = sweep
     out = root / "serial.zarr"
-    report = analyze(root / "ck", str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False,
-                     rankme_raw=True)
+    report = analyze(
+        root / "ck", str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False, rankme_raw=True
+    )
     return report, open_run(out)
 
 
@@ -58,16 +60,16 @@ def _reference_states(folder, texts, layer):
 def _reference_metrics(x):
     xc = x - x.mean(0)
     s = np.linalg.svd(xc, compute_uv=False)
-    lam = s ** 2 / (len(x) - 1)
+    lam = s**2 / (len(x) - 1)
     p = lam / lam.sum() + 1e-7
     rankme = math.exp(-(p * np.log(p)).sum())
     k = np.arange(FIT[0], FIT[1]) + 1.0
     w = 1.0 / k
     a = np.stack([-np.log(k), np.ones_like(k)], 1)
-    y = np.log(lam[FIT[0]:FIT[1]])
+    y = np.log(lam[FIT[0] : FIT[1]])
     sw = np.sqrt(w)[:, None]
     (alpha, _), *_ = np.linalg.lstsq(a * sw, y * sw[:, 0], rcond=None)
-    pr = lam.sum() ** 2 / (lam ** 2).sum()
+    pr = lam.sum() ** 2 / (lam**2).sum()
     return lam, rankme, alpha, pr
 
 
@@ -85,12 +87,12 @@ def test_metrics_equal_batch1_reference(sweep, serial_run):
             lam, rankme, alpha, pr = _reference_metrics(x)
             row = ds.sel(capture_step=step, probe=probe)
             assert float(row["rankme"]) == pytest.approx(rankme, rel=1e-5)
-            p = (s := np.linalg.svd(x, compute_uv=False)) / s.sum() + 1e-7    # Garrido et al.: raw, uncentred
+            p = (s := np.linalg.svd(x, compute_uv=False)) / s.sum() + 1e-7  # Garrido et al.: raw, uncentred
             assert float(row["rankme_raw"]) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-5)
             assert float(row["alpha"]) == pytest.approx(alpha, rel=1e-5)
             assert float(row["participation_ratio"]) == pytest.approx(pr, rel=1e-5)
             ev = row["eigenvalues"].values
-            np.testing.assert_allclose(ev[:len(lam)], lam, rtol=1e-5, atol=1e-5 * lam[0])
+            np.testing.assert_allclose(ev[: len(lam)], lam, rtol=1e-5, atol=1e-5 * lam[0])
             if probe == "final_norm":
                 rankmes.append(rankme)
     assert max(rankmes) / min(rankmes) > 1.5  # training moved the geometry: the test can tell steps apart
@@ -101,8 +103,9 @@ def test_metrics_equal_batch1_reference(sweep, serial_run):
 def test_dask_two_workers_match_serial(sweep, serial_run):
     root, _, _ = sweep
     out = root / "dask.zarr"
-    report = analyze(root / "ck", str(root / "probes.txt"), out, workers=2, threads_per_worker=1,
-                     fit_range=FIT, progress=False)
+    report = analyze(
+        root / "ck", str(root / "probes.txt"), out, workers=2, threads_per_worker=1, fit_range=FIT, progress=False
+    )
     assert report.workers == 2 and report.analyzed == STEPS
     ds, ref = open_run(out), serial_run[1]
     for m in ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank"):
@@ -132,8 +135,9 @@ def test_resume_skips_stored_and_records_failures(sweep, serial_run, tmp_path):
     assert np.isnan(ds["rankme"].sel(capture_step=48).values).all()
     assert "48" in ds.attrs["checkpoint_errors"]
     keep = [s for s in STEPS if s != 48]
-    np.testing.assert_allclose(ds["rankme"].sel(capture_step=keep).values,
-                               ref["rankme"].sel(capture_step=keep).values, rtol=1e-12)
+    np.testing.assert_allclose(
+        ds["rankme"].sel(capture_step=keep).values, ref["rankme"].sel(capture_step=keep).values, rtol=1e-12
+    )
     third = analyze(src, str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False)
     assert third.analyzed == [] and third.skipped == STEPS
 
@@ -161,23 +165,25 @@ def test_bin_weights_load_with_weights_only(sweep, serial_run, tmp_path):
     assert report.analyzed == [8] and list(report.failed) == [16]
     assert not marker.exists()  # the pickle payload never ran
     ds = open_run(tmp_path / "run.zarr")
-    np.testing.assert_allclose(ds["rankme"].sel(capture_step=8).values,
-                               serial_run[1]["rankme"].sel(capture_step=8).values, rtol=1e-12)
+    np.testing.assert_allclose(
+        ds["rankme"].sel(capture_step=8).values, serial_run[1]["rankme"].sel(capture_step=8).values, rtol=1e-12
+    )
 
 
 def test_gradients_and_weights_match_per_sequence_reference(sweep, tmp_path):
     """Response-masked mean loss, gradient SVD statistics of every block matrix, weight spectra."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    root, folders, texts = sweep
-    pairs = [{"prompt": t[: len(t) // 2], "response": t[len(t) // 2:]} for t in texts[:24]]
+    _root, folders, texts = sweep
+    pairs = [{"prompt": t[: len(t) // 2], "response": t[len(t) // 2 :]} for t in texts[:24]]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(p) for p in pairs) + "\n")
     src = tmp_path / "ck"
     shutil.copytree(folders[-1], src / "checkpoint-64")
     out = tmp_path / "run.zarr"
-    report = analyze(src, str(path), out, workers=0, fit_range=FIT, gradients=True, weights=True,
-                     batch_size=8, progress=False)
+    report = analyze(
+        src, str(path), out, workers=0, fit_range=FIT, gradients=True, weights=True, batch_size=8, progress=False
+    )
     assert report.analyzed == [64]
     ds = open_run(out)
 
@@ -194,7 +200,7 @@ def test_gradients_and_weights_match_per_sequence_reference(sweep, tmp_path):
         ids_t = torch.tensor([ids])
         logits = model(input_ids=ids_t).logits[0]
         nll = torch.nn.functional.cross_entropy(logits[:-1], ids_t[0, 1:], reduction="none")
-        loss = nll[max(1, start) - 1:].sum() / n_resp
+        loss = nll[max(1, start) - 1 :].sum() / n_resp
         loss.backward()
         total += float(loss)
     assert float(ds["loss"].sel(step=64)) == pytest.approx(total, rel=1e-5)
@@ -206,11 +212,11 @@ def test_gradients_and_weights_match_per_sequence_reference(sweep, tmp_path):
         row = ds.sel(capture_step=64, matrix=name)
         assert float(row["matrix_grad_nuclear"]) == pytest.approx(s.sum(), rel=1e-4)
         assert float(row["matrix_grad_spectral"]) == pytest.approx(s[0], rel=1e-4)
-        assert float(row["matrix_grad_stable_rank"]) == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-4)
+        assert float(row["matrix_grad_stable_rank"]) == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-4)
         assert float(row["matrix_grad_top_ratio"]) == pytest.approx(s[0] / s.sum(), rel=1e-4)
         w = torch.linalg.svdvals(params[name].detach().double()).numpy()
         assert float(row["matrix_weight_spectral"]) == pytest.approx(w[0], rel=1e-5)
-        assert float(row["matrix_weight_stable_rank"]) == pytest.approx((w ** 2).sum() / w[0] ** 2, rel=1e-5)
+        assert float(row["matrix_weight_stable_rank"]) == pytest.approx((w**2).sum() / w[0] ** 2, rel=1e-5)
 
 
 def test_live_and_offline_metrics_agree(sweep, tmp_path):
@@ -230,15 +236,30 @@ def test_live_and_offline_metrics_agree(sweep, tmp_path):
 
     def on_backward(step, loss, model):
         if "obs" not in state:
-            state["obs"] = Observatory(model, store=str(tmp_path / "live.zarr"), probes="auto",
-                                       schedule=explicit(live_steps), probe_inputs=inputs, tokens="last",
-                                       fit_range=FIT, matrices="none", strict=True)
+            state["obs"] = Observatory(
+                model,
+                store=str(tmp_path / "live.zarr"),
+                probes="auto",
+                schedule=explicit(live_steps),
+                probe_inputs=inputs,
+                tokens="last",
+                fit_range=FIT,
+                matrices="none",
+                strict=True,
+            )
         state["obs"].step(step, loss=loss)
 
     train_checkpoints(tmp_path / "ck", STEPS, n_layer=2, n_embd=32, n_head=2, seq_len=32, on_backward=on_backward)
     state["obs"].close()
-    analyze(tmp_path / "ck", str(root / "probes.txt"), tmp_path / "offline.zarr", workers=0, fit_range=FIT,
-            max_length=64, progress=False)
+    analyze(
+        tmp_path / "ck",
+        str(root / "probes.txt"),
+        tmp_path / "offline.zarr",
+        workers=0,
+        fit_range=FIT,
+        max_length=64,
+        progress=False,
+    )
     live, off = open_run(tmp_path / "live.zarr"), open_run(tmp_path / "offline.zarr")
     assert list(live["capture_step"].values) == live_steps
     assert list(live["probe"].values) == list(off["probe"].values)
@@ -253,8 +274,17 @@ def test_all_tokens_match_reference(sweep, tmp_path):
     root, folders, texts = sweep
     src = tmp_path / "ck"
     shutil.copytree(folders[4], src / "checkpoint-16")
-    report = analyze(src, str(root / "probes.txt"), tmp_path / "run.zarr", workers=0, fit_range=FIT,
-                     tokens="all", probes=["final_norm"], batch_size=16, progress=False)
+    report = analyze(
+        src,
+        str(root / "probes.txt"),
+        tmp_path / "run.zarr",
+        workers=0,
+        fit_range=FIT,
+        tokens="all",
+        probes=["final_norm"],
+        batch_size=16,
+        progress=False,
+    )
     assert report.analyzed == [16]
     ds = open_run(tmp_path / "run.zarr")
     tok = AutoTokenizer.from_pretrained(folders[4])
@@ -265,12 +295,11 @@ def test_all_tokens_match_reference(sweep, tmp_path):
             ids = tok(t, truncation=True, max_length=64, return_tensors="pt")["input_ids"]
             rows.append(model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].double().numpy())
     x = np.concatenate(rows)
-    lam, rankme, alpha, _ = _reference_metrics(x)
+    _lam, rankme, alpha, _ = _reference_metrics(x)
     row = ds.sel(capture_step=16, probe="final_norm")
     assert int(row["n_samples"]) == len(x)
     assert float(row["rankme"]) == pytest.approx(rankme, rel=1e-5)
     assert float(row["alpha"]) == pytest.approx(alpha, rel=1e-5)
-
 
 
 def _reference_cka(x, y):
@@ -287,8 +316,8 @@ def test_offline_cka_equals_reference_and_resume_does_not_invent_a_first(sweep, 
     got_prev = ds["cka_previous"].sel(probe="final_norm").values
     np.testing.assert_allclose(got_first, [_reference_cka(s, states[0]) for s in states], rtol=1e-5)
     assert np.isnan(got_prev[0])
-    np.testing.assert_allclose(got_prev[1:], [_reference_cka(b, a) for a, b in zip(states, states[1:])], rtol=1e-5)
-    assert got_first[-1] < 0.99   # training moved the representation away from the initial one
+    np.testing.assert_allclose(got_prev[1:], [_reference_cka(b, a) for a, b in itertools.pairwise(states)], rtol=1e-5)
+    assert got_first[-1] < 0.99  # training moved the representation away from the initial one
     # A resumed sweep has no Gram of the first checkpoint: cka_first is NaN, not 1 at the resume point.
     src = tmp_path / "ck"
     src.mkdir()

@@ -15,16 +15,20 @@ def _err(capsys):
 
 def test_missing_source(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("in the beginning\n")
-    assert main(["analyze", str(tmp_path / "nope"), "--text", str(tmp_path / "p.txt"),
-                 "--out", str(tmp_path / "r.zarr")]) == 2
+    assert (
+        main(["analyze", str(tmp_path / "nope"), "--text", str(tmp_path / "p.txt"), "--out", str(tmp_path / "r.zarr")])
+        == 2
+    )
     assert "does not exist" in _err(capsys)
 
 
 def test_folder_without_checkpoints(tmp_path, capsys):
     (tmp_path / "src" / "logs").mkdir(parents=True)
     (tmp_path / "p.txt").write_text("x\n")
-    assert main(["analyze", str(tmp_path / "src"), "--text", str(tmp_path / "p.txt"),
-                 "--out", str(tmp_path / "r.zarr")]) == 2
+    assert (
+        main(["analyze", str(tmp_path / "src"), "--text", str(tmp_path / "p.txt"), "--out", str(tmp_path / "r.zarr")])
+        == 2
+    )
     assert "checkpoint-1000" in _err(capsys)
 
 
@@ -32,16 +36,42 @@ def test_hub_revisions_offline_fail_clearly(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     (tmp_path / "p.txt").write_text("x\n")
-    assert main(["analyze", "EleutherAI/pythia-14m", "--revisions", "step1000,step2000", "--text",
-                 str(tmp_path / "p.txt"), "--out", str(tmp_path / "r.zarr")]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "EleutherAI/pythia-14m",
+                "--revisions",
+                "step1000,step2000",
+                "--text",
+                str(tmp_path / "p.txt"),
+                "--out",
+                str(tmp_path / "r.zarr"),
+            ]
+        )
+        == 2
+    )
     err = _err(capsys)
     assert "step1000" in err and "cache" in err
 
 
 def test_revision_without_step(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("x\n")
-    assert main(["analyze", "org/model", "--revisions", "main", "--text", str(tmp_path / "p.txt"),
-                 "--out", str(tmp_path / "r.zarr")]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                "org/model",
+                "--revisions",
+                "main",
+                "--text",
+                str(tmp_path / "p.txt"),
+                "--out",
+                str(tmp_path / "r.zarr"),
+            ]
+        )
+        == 2
+    )
     assert "no step number" in _err(capsys)
 
 
@@ -58,15 +88,42 @@ def test_bad_text_and_probe_errors(small_sweep, capsys):
     bad.write_text('{"body": "x"}\n')
     assert main(["analyze", str(root / "ck"), "--text", str(bad), "--out", str(root / "a.zarr")]) == 2
     assert "'text'" in _err(capsys)
-    assert main(["analyze", str(root / "ck"), "--text", str(root / "p.txt"), "--out", str(root / "a.zarr"),
-                 "--probes", "transformer.h.7", "--workers", "0"]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                str(root / "ck"),
+                "--text",
+                str(root / "p.txt"),
+                "--out",
+                str(root / "a.zarr"),
+                "--probes",
+                "transformer.h.7",
+                "--workers",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "matches no module" in _err(capsys)
 
 
 def test_cli_sweep_then_rerun_skips(small_sweep, capsys):
     root = small_sweep
-    args = ["analyze", str(root / "ck"), "--text", str(root / "p.txt"), "--out", str(root / "run.zarr"),
-            "--workers", "0", "--no-progress", "--fit-range", "2,12", "--weights"]
+    args = [
+        "analyze",
+        str(root / "ck"),
+        "--text",
+        str(root / "p.txt"),
+        "--out",
+        str(root / "run.zarr"),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--fit-range",
+        "2,12",
+        "--weights",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "analyzed 3 checkpoint(s)" in out
@@ -79,7 +136,9 @@ def test_cli_sweep_then_rerun_skips(small_sweep, capsys):
     assert "matrix_weight_alpha" in ds and ds.attrs["mode"] == "offline-checkpoints"
 
 
-@pytest.mark.parametrize("probes_from, expect", [(None, "kjv mid-text: 977 windows"), ("verses", "kjv held-out verses")])
+@pytest.mark.parametrize(
+    ("probes_from", "expect"), [(None, "kjv mid-text: 977 windows"), ("verses", "kjv held-out verses")]
+)
 def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, probes_from, expect):
     """`--text kjv` reads windows of held-out text cut at random points unless `--probes-from verses`
     (issue 21); the store names which set it read."""
@@ -87,8 +146,23 @@ def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, 
 
     root = small_sweep
     out = root / f"kjv-{probes_from}.zarr"
-    args = ["analyze", str(root / "ck"), "--text", "kjv", "--out", str(out), "--workers", "0", "--no-progress",
-            "--max-sequences", "48", "--max-length", "16", "--fit-range", "2,12"]
+    args = [
+        "analyze",
+        str(root / "ck"),
+        "--text",
+        "kjv",
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--max-sequences",
+        "48",
+        "--max-length",
+        "16",
+        "--fit-range",
+        "2,12",
+    ]
     assert main(args + (["--probes-from", probes_from] if probes_from else [])) == 0
     ds = open_run(out)
     assert ds.attrs["corpus"].startswith(expect), ds.attrs["corpus"]
@@ -98,8 +172,21 @@ def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, 
 
 def test_probes_from_is_refused_for_a_text_file(small_sweep, capsys):
     root = small_sweep
-    assert main(["analyze", str(root / "ck"), "--text", str(root / "p.txt"), "--out", str(root / "x.zarr"),
-                 "--probes-from", "verses"]) == 2
+    assert (
+        main(
+            [
+                "analyze",
+                str(root / "ck"),
+                "--text",
+                str(root / "p.txt"),
+                "--out",
+                str(root / "x.zarr"),
+                "--probes-from",
+                "verses",
+            ]
+        )
+        == 2
+    )
     err = _err(capsys)
     assert "--probes-from applies to a corpus" in err and "drop --probes-from" in err
     assert not (root / "x.zarr").exists()

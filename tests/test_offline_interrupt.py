@@ -57,8 +57,21 @@ def _session_processes(sid: int) -> list[psutil.Process]:
 def _interrupt(root, out, workers: int, twice: bool = False) -> tuple[int, str, int]:
     """Run analyze, Ctrl-C it after the first commit (``twice``: and again while it cleans up);
     (exit code, stderr, child processes seen)."""
-    cmd = [sys.executable, "-m", "phasescope.cli", "analyze", str(root / "ck"), "--text", str(root / "p.txt"),
-           "--out", str(out), "--workers", str(workers), "--fit-range", "2,30"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phasescope.cli",
+        "analyze",
+        str(root / "ck"),
+        "--text",
+        str(root / "p.txt"),
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        "--fit-range",
+        "2,30",
+    ]
     with open(root / f"err-{workers}.txt", "w+") as err, open(root / f"out-{workers}.txt", "w") as so:
         proc = subprocess.Popen(cmd, stdout=so, stderr=err, start_new_session=True)
         try:
@@ -78,7 +91,7 @@ def _interrupt(root, out, workers: int, twice: bool = False) -> tuple[int, str, 
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
         leftover = []
-        deadline = time.monotonic() + 10   # a worker may take a moment to exit after the parent
+        deadline = time.monotonic() + 10  # a worker may take a moment to exit after the parent
         while (leftover := _session_processes(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not leftover, f"processes left behind: {[p.cmdline() for p in leftover]}"
@@ -97,7 +110,7 @@ def _check(out, rc: int, err: str) -> int:
     kept = len(ds["capture_step"])
     assert 1 <= kept < N_CKPT and f"interrupted: {kept} of" in last
     assert list(ds["capture_step"].values) == list(range(kept))
-    assert (ds["flag_failed"].values == 0).all()    # the interrupt is not recorded as a failed checkpoint
+    assert (ds["flag_failed"].values == 0).all()  # the interrupt is not recorded as a failed checkpoint
     assert ds["rankme"].notnull().all()
     return kept
 
@@ -107,16 +120,33 @@ def test_ctrl_c_in_process_keeps_what_was_committed_and_a_rerun_continues(many, 
     out = many / "serial.zarr"
     rc, err, _ = _interrupt(many, out, workers=0, twice=True)
     kept = _check(out, rc, err)
-    assert main(["analyze", str(many / "ck"), "--text", str(many / "p.txt"), "--out", str(out), "--workers", "0",
-                 "--fit-range", "2,30", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(many / "ck"),
+                "--text",
+                str(many / "p.txt"),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--fit-range",
+                "2,30",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert f"skipped {kept} already stored" in capsys.readouterr().out
     ds = open_run(out)
     assert list(ds["capture_step"].values) == list(range(N_CKPT)) and ds.attrs["status"] == "finished"
 
 
-@pytest.mark.slow  # starts 2 worker processes (imports torch, transformers, nnsight): ~12 s quiet, ~40 s loaded (2 cores)
+# starts 2 worker processes (imports torch, transformers, nnsight): ~12 s quiet, ~40 s loaded (2 cores)
+@pytest.mark.slow
 def test_ctrl_c_on_a_cluster_shuts_it_down_quietly(many):
     out = many / "cluster.zarr"
     rc, err, children = _interrupt(many, out, workers=2)
-    assert children >= 2   # the workers were running when Ctrl-C came
+    assert children >= 2  # the workers were running when Ctrl-C came
     _check(out, rc, err)

@@ -9,11 +9,11 @@ from phasescope.cli import main
 from phasescope.probes.offline.workers import CLUSTER_STARTUP_S, choose_workers, needs_measurement
 
 
-@pytest.mark.parametrize("n, seconds", [(4, 1.2), (32, 1.2), (1000, 600.0)])
+@pytest.mark.parametrize(("n", "seconds"), [(4, 1.2), (32, 1.2), (1000, 600.0)])
 def test_one_core_never_starts_a_cluster(n, seconds):
     choice = choose_workers(n, seconds, 1)
     assert choice.workers == 0 and "1 core(s)" in choice.reason
-    assert not needs_measurement(n, 1)   # decided without timing a checkpoint
+    assert not needs_measurement(n, 1)  # decided without timing a checkpoint
 
 
 def test_two_cores_start_a_cluster_only_for_a_sweep_of_minutes():
@@ -32,11 +32,14 @@ def test_short_sweeps_stay_in_process_on_many_cores(cores):
     assert "4 checkpoints x 1.2 s" in choice.reason and f"~{CLUSTER_STARTUP_S:.0f} s start-up" in choice.reason
 
 
-@pytest.mark.parametrize("n, seconds, cores, workers", [
-    (100, 1.2, 16, 16),   # long sweep of small checkpoints: one worker per core
-    (40, 2.5, 4, 4),
-    (3, 60.0, 16, 3),     # few, expensive checkpoints: one worker each
-])
+@pytest.mark.parametrize(
+    ("n", "seconds", "cores", "workers"),
+    [
+        (100, 1.2, 16, 16),  # long sweep of small checkpoints: one worker per core
+        (40, 2.5, 4, 4),
+        (3, 60.0, 16, 3),  # few, expensive checkpoints: one worker each
+    ],
+)
 def test_long_sweeps_get_a_cluster_on_many_cores(n, seconds, cores, workers):
     choice = choose_workers(n, seconds, cores)
     assert choice.workers == workers, choice.reason
@@ -45,6 +48,7 @@ def test_long_sweeps_get_a_cluster_on_many_cores(n, seconds, cores, workers):
 
 def test_crossover_grows_with_fewer_cores():
     """The smallest sweep of 1-s checkpoints that gets a cluster: shorter with more cores."""
+
     def crossover(cores):
         return next(n for n in range(2, 10_000) if choose_workers(n, 1.0, cores).workers)
 
@@ -58,8 +62,8 @@ def test_accelerator_memory_and_single_checkpoint_stay_in_process():
     fits_one = choose_workers(500, 30.0, 16, max_workers=1)
     assert fits_one.workers == 0 and "memory" in fits_one.reason
     assert choose_workers(500, 30.0, 16, max_workers=4).workers == 4
-    with pytest.raises(ValueError):
-        choose_workers(500, None, 16)   # a cluster could pay off: the rule needs a checkpoint's time
+    with pytest.raises(ValueError, match="per-checkpoint time is needed"):
+        choose_workers(500, None, 16)  # a cluster could pay off: the rule needs a checkpoint's time
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +75,22 @@ def test_auto_choice_is_printed_and_recorded(tiny, capsys):
     from phasescope.store import open_run
 
     out = tiny / "auto.zarr"
-    assert main(["analyze", str(tiny / "ck"), "--text", str(tiny / "p.txt"), "--out", str(out), "--no-progress",
-                 "--fit-range", "2,12"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(tiny / "ck"),
+                "--text",
+                str(tiny / "p.txt"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--fit-range",
+                "2,12",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     chosen = [ln for ln in lines if ln.startswith("workers: ")]
     assert len(chosen) == 1 and chosen[0].startswith("workers: this process (auto: "), lines
@@ -87,8 +105,24 @@ def test_explicit_workers_are_recorded_and_bad_values_refused(tiny, capsys):
     from phasescope.store import open_run
 
     out = tiny / "zero.zarr"
-    assert main(["analyze", str(tiny / "ck"), "--text", str(tiny / "p.txt"), "--out", str(out), "--no-progress",
-                 "--fit-range", "2,12", "--workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(tiny / "ck"),
+                "--text",
+                str(tiny / "p.txt"),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--fit-range",
+                "2,12",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "workers: this process (as asked: --workers 0)" in capsys.readouterr().out
     assert open_run(out).attrs["analyze_workers"] == {"workers": 0, "reason": "as asked: --workers 0", "requested": 0}
     with pytest.raises(SystemExit) as exc:

@@ -34,7 +34,9 @@ def test_wheel_file_list_and_import(tmp_path):
     out = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (wheel,) = out.glob("phasescope-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -47,19 +49,28 @@ def test_wheel_file_list_and_import(tmp_path):
     assert not missing, f"not in the wheel (add them to [tool.setuptools] packages): {missing}"
     assert not any(n.startswith("phasescope/tests") or "/tests/" in n for n in names)
     assert "phasescope/cli.py" in names
-    entry_points = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "phasescope = phasescope.cli:main" in entry_points
 
     # Install the wheel alone into a folder and import from there, not from the checkout.
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                    "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target), str(wheel)],
+        check=True,
+    )
     installed = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin")
     assert installed == ["phasescope"], installed
-    code = ("import phasescope.spectra, phasescope.store, phasescope.dashboard, phasescope.spectra.phases, "
-            "phasescope.testing.synthetic; print(phasescope.spectra.__file__)")
+    code = (
+        "import phasescope.spectra, phasescope.store, phasescope.dashboard, phasescope.spectra.phases, "
+        "phasescope.testing.synthetic; print(phasescope.spectra.__file__)"
+    )
     env = {**os.environ, "PYTHONPATH": str(target)}
-    res = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
-                         check=True, capture_output=True, text=True, env=env, cwd=tmp_path)
+    res = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(target)!r}); {code}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert res.stdout.strip().startswith(str(target / "phasescope" / "spectra")), res.stdout

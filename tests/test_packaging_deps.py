@@ -3,6 +3,7 @@
 A package that is only installed because something else pulls it in (numcodecs and google-crc32c
 through zarr, pandas through xarray, flask through dash) breaks the day that dependency drops it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,10 +27,11 @@ DISTRIBUTION = {
     "attr": "attrs",
     "dateutil": "python-dateutil",
     "huggingface_hub": "huggingface-hub",
-    "mlflow": "mlflow-skinny",     # the client-only distribution of the mlflow module (probes/trackers.py)
+    "mlflow": "mlflow-skinny",  # the client-only distribution of the mlflow module (probes/trackers.py)
 }
-# The library may import from any extra (optional imports are guarded in the code), but not "test".
-TEST_ONLY_EXTRAS = {"test"}
+# The library may import from any extra (optional imports are guarded in the code), but not from the
+# development ones: "test", "lint" (the checks of `make check`) and "docs" (the documentation site).
+TEST_ONLY_EXTRAS = {"test", "lint", "docs"}
 
 
 def _normalize(name: str) -> str:
@@ -41,8 +43,9 @@ def _declared() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     where = {}
     groups = {"dependencies": project["dependencies"]}
-    groups.update({f"extra {k}": v for k, v in project.get("optional-dependencies", {}).items()
-                   if k not in TEST_ONLY_EXTRAS})
+    groups.update(
+        {f"extra {k}": v for k, v in project.get("optional-dependencies", {}).items() if k not in TEST_ONLY_EXTRAS}
+    )
     for group, reqs in groups.items():
         for r in reqs:
             where.setdefault(_normalize(Requirement(r).name), group)

@@ -1,4 +1,5 @@
 """Phase detection on synthetic trajectories with known boundaries and labels (spectra/phases/)."""
+
 from __future__ import annotations
 
 import itertools
@@ -11,9 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phasescope.errors import PhasescopeError
+from phasescope.spectra.phases import (
+    COLLAPSE,
+    COMPRESSION,
+    ENTROPY,
+    INSUFFICIENT,
+    MODEL,
+    STABLE,
+    PhaseResult,
+    detect_phases,
+    trajectory_phases,
+)
 from phasescope.spectra.phases.segmentation import segment
-from phasescope.spectra.phases import (COLLAPSE, COMPRESSION, ENTROPY, INSUFFICIENT, MODEL, STABLE, PhaseResult,
-                                       detect_phases, trajectory_phases)
 
 
 def log_steps(n: int, last: int, rng=None) -> np.ndarray:
@@ -27,7 +37,7 @@ def log_steps(n: int, last: int, rng=None) -> np.ndarray:
 def piecewise(x: np.ndarray, knots: list[float], slopes: list[float], y0: float) -> np.ndarray:
     """Continuous piecewise-linear function of x with kinks at ``knots`` (in x units)."""
     y = np.full_like(x, y0, dtype=float)
-    edges = [x[0]] + list(knots) + [np.inf]
+    edges = [x[0], *list(knots), np.inf]
     for lo, hi, s in zip(edges[:-1], edges[1:], slopes):
         y += s * (np.clip(x, lo, hi) - lo)
     return y
@@ -68,7 +78,7 @@ def test_alpha_nan_at_some_steps_and_missing_entirely():
     rng = np.random.default_rng(11)
     steps, rankme, alpha = three_phase(rng)
     holey = alpha.copy()
-    holey[[0, 1, 2, 17, 30]] = np.nan          # too few eigenvalues early on, a few gaps later
+    holey[[0, 1, 2, 17, 30]] = np.nan  # too few eigenvalues early on, a few gaps later
     for a in (holey, np.full_like(alpha, np.nan), None):
         segs = trajectory_phases(steps, rankme, a)
         assert [s.label for s in segs] == [COLLAPSE, ENTROPY, COMPRESSION]
@@ -115,6 +125,7 @@ def test_nonfinite_rankme_captures_are_dropped():
 
 # --- reference: exhaustive optimal partitioning must agree with PELT -------------------------------
 
+
 def brute_force(x, Z, pen, min_size):
     """Minimise Σ_segments SSR(linear fit per channel) + pen·(#segments) over all segmentations."""
     n = len(x)
@@ -126,13 +137,14 @@ def brute_force(x, Z, pen, min_size):
             coef, *_ = np.linalg.lstsq(X, Z[s:e, c], rcond=None)
             tot += float(((Z[s:e, c] - X @ coef) ** 2).sum())
         return tot
+
     best = (ssr(0, n) + pen, [n])
     for k in range(1, n // min_size):
         for cut in itertools.combinations(range(min_size, n - min_size + 1), k):
-            b = list(cut) + [n]
-            if any(e - s < min_size for s, e in zip([0] + b[:-1], b)):
+            b = [*list(cut), n]
+            if any(e - s < min_size for s, e in zip([0, *b[:-1]], b)):
                 continue
-            cost = sum(ssr(s, e) for s, e in zip([0] + b[:-1], b)) + pen * (k + 1)
+            cost = sum(ssr(s, e) for s, e in zip([0, *b[:-1]], b)) + pen * (k + 1)
             if cost < best[0] - 1e-9:
                 best = (cost, b)
     return best[1]
@@ -146,8 +158,9 @@ def test_pelt_matches_exhaustive_search(seed):
     steps = log_steps(14, 3000, rng)
     x = np.log1p(steps)
     knots = sorted(rng.uniform(x[3], x[-4], 2))
-    Y = np.column_stack([piecewise(x, knots, rng.normal(0, 1, 3), 0.0),
-                         piecewise(x, knots, rng.normal(0, 1, 3), 0.0)]) + rng.normal(0, 0.05, (len(x), 2))
+    Y = np.column_stack(
+        [piecewise(x, knots, rng.normal(0, 1, 3), 0.0), piecewise(x, knots, rng.normal(0, 1, 3), 0.0)]
+    ) + rng.normal(0, 0.05, (len(x), 2))
     pen = 10.0
     expected = brute_force(x, normalise(x, Y), pen, 3)
     assert segment(x, Y, penalty=pen, min_size=3) == expected
@@ -161,8 +174,9 @@ def test_vectorised_pelt_matches_ruptures(seed):
     x, Y = np.log1p(steps), np.column_stack([np.log(rankme), alpha])
     for pen in (None, 1.0, 40.0):
         for min_size in (2, 3, 5):
-            assert segment(x, Y, penalty=pen, min_size=min_size) == \
-                segment(x, Y, penalty=pen, min_size=min_size, engine="ruptures")
+            assert segment(x, Y, penalty=pen, min_size=min_size) == segment(
+                x, Y, penalty=pen, min_size=min_size, engine="ruptures"
+            )
 
 
 def test_penalty_controls_number_of_segments():
@@ -189,6 +203,7 @@ def test_invariant_to_rankme_scale_and_alpha_shift(scale, shift, seed):
 
 # --- datasets: probes, model level, events, lags, errors ---------------------------------------
 
+
 def run_dataset(n_probes=4, seed=0, lag=True):
     """A run-shaped Dataset: deeper probes start compression-seeking earlier (if ``lag``)."""
     rng = np.random.default_rng(seed)
@@ -196,28 +211,31 @@ def run_dataset(n_probes=4, seed=0, lag=True):
     x = np.log1p(steps)
     R, A = [], []
     for j in range(n_probes):
-        b2 = 4000 / (2.0 ** j) if lag else 1000
+        b2 = 4000 / (2.0**j) if lag else 1000
         kn = [math.log1p(30), math.log1p(b2)]
         R.append(np.exp(piecewise(x, kn, [-0.8, 0.5, -0.4], math.log(40 + 10 * j)) + rng.normal(0, 0.02, len(x))))
         A.append(piecewise(x, kn, [0.4, -0.3, 0.3], 1.0 + 0.1 * j) + rng.normal(0, 0.02, len(x)))
     all_steps = np.arange(steps[-1] + 1)
     return xr.Dataset(
-        {"rankme": (("capture_step", "probe"), np.array(R).T),
-         "alpha": (("capture_step", "probe"), np.array(A).T),
-         "loss": (("step",), 10.0 / np.sqrt(1 + all_steps))},
-        coords={"capture_step": steps, "probe": [f"layer_{j}" for j in range(n_probes)], "step": all_steps})
+        {
+            "rankme": (("capture_step", "probe"), np.array(R).T),
+            "alpha": (("capture_step", "probe"), np.array(A).T),
+            "loss": (("step",), 10.0 / np.sqrt(1 + all_steps)),
+        },
+        coords={"capture_step": steps, "probe": [f"layer_{j}" for j in range(n_probes)], "step": all_steps},
+    )
 
 
 def test_dataset_probes_model_and_layer_lag():
     ds = run_dataset()
     res = detect_phases(ds)
     assert res.probes == [f"layer_{j}" for j in range(4)]
-    for p in res.probes + [MODEL]:
+    for p in [*res.probes, MODEL]:
         assert res.labels(p) == [COLLAPSE, ENTROPY, COMPRESSION], p
     onsets = res.onsets(COMPRESSION)
     steps = ds.capture_step.values
     for j in range(4):
-        assert abs(int(np.searchsorted(steps, onsets[f"layer_{j}"])) - expected_index(steps, 4000 / 2 ** j)) <= 1
+        assert abs(int(np.searchsorted(steps, onsets[f"layer_{j}"])) - expected_index(steps, 4000 / 2**j)) <= 1
     lag = next(lg for lg in res.lags() if lg["label"] == COMPRESSION)
     assert lag["first_probe"] == "layer_3" and lag["last_probe"] == "layer_0"
     assert lag["spearman_rho"] == pytest.approx(-1.0)
@@ -233,10 +251,12 @@ def test_dataset_probes_model_and_layer_lag():
 def test_model_level_is_median_over_probes():
     ds = run_dataset(n_probes=3, lag=False)
     res = detect_phases(ds)
-    med = trajectory_phases(ds.capture_step.values, np.exp(np.median(np.log(ds.rankme.values), axis=1)),
-                            np.median(ds.alpha.values, axis=1))
-    assert [(s.label, s.start_step, s.end_step) for s in res.segments_for(MODEL)] == \
-        [(s.label, s.start_step, s.end_step) for s in med]
+    med = trajectory_phases(
+        ds.capture_step.values, np.exp(np.median(np.log(ds.rankme.values), axis=1)), np.median(ds.alpha.values, axis=1)
+    )
+    assert [(s.label, s.start_step, s.end_step) for s in res.segments_for(MODEL)] == [
+        (s.label, s.start_step, s.end_step) for s in med
+    ]
 
 
 def test_round_trip_dataset_and_zarr(tmp_path):
@@ -251,17 +271,19 @@ def test_round_trip_dataset_and_zarr(tmp_path):
     path = tmp_path / "phases.zarr"
     res.to_dataset().to_zarr(path, zarr_format=3, consolidated=False)
     disk = PhaseResult.from_dataset(xr.open_zarr(path, consolidated=False).load())
-    assert [(s.probe, s.label, s.start_step) for s in disk.segments] == \
-        [(s.probe, s.label, s.start_step) for s in res.segments]
+    assert [(s.probe, s.label, s.start_step) for s in disk.segments] == [
+        (s.probe, s.label, s.start_step) for s in res.segments
+    ]
     assert [e.to_dict() for e in disk.events()] == [e.to_dict() for e in res.events()]
     json_ = res.to_json()
     import json
+
     json.dumps(json_, allow_nan=False)
 
 
 def test_errors_are_clear():
     ds = run_dataset(n_probes=2)
-    with pytest.raises(PhasescopeError, match="xarray.Dataset"):
+    with pytest.raises(PhasescopeError, match=r"xarray\.Dataset"):
         detect_phases({"rankme": 1})
     with pytest.raises(PhasescopeError, match="no 'rankme' variable"):
         detect_phases(ds.drop_vars("rankme"))
@@ -309,6 +331,6 @@ def test_noisy_trough_is_not_a_stable_phase():
     b = math.log1p(45)
     ln_r = piecewise(x, [b], [-1.5, 0.5], math.log(25)) + rng.normal(0, 0.02, len(x))
     trough = np.flatnonzero((steps > 45) & (steps < 90))[:3]
-    ln_r[trough] += np.array([0.5, -0.2, 0.4])[: len(trough)]     # large, non-significant wiggle
+    ln_r[trough] += np.array([0.5, -0.2, 0.4])[: len(trough)]  # large, non-significant wiggle
     labels = [s.label for s in trajectory_phases(steps, np.exp(ln_r), None)]
     assert labels == [COLLAPSE, ENTROPY], labels

@@ -1,15 +1,16 @@
 """The optional Gaussian-HMM cross-check of phase detection (spectra/phases/hmm.py)."""
+
 import math
 
 import numpy as np
 import pytest
 
-from phasescope.spectra.phases.hmm import hmm_phases, n_params
 from phasescope.spectra.phases import COLLAPSE, COMPRESSION, ENTROPY, detect_phases
+from phasescope.spectra.phases.hmm import hmm_phases, n_params
 
 pytest.importorskip("hmmlearn")
 
-from test_phases_detect import run_dataset  # noqa: E402
+from test_phases_detect import run_dataset
 
 
 def test_hmm_agrees_with_pelt_on_three_phases():

@@ -5,6 +5,7 @@ first two phases must show in every trajectory: warmup collapse of RankMe after 
 the re-expansion (entropy-seeking, or mixed while α still rises with RankMe), with the boundary within
 the first hundred steps.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,19 +34,22 @@ def test_collapse_then_entropy_seeking(real_run):
     ds = open_run(real_run, lazy=False)
     res = detect_phases(ds)
     steps = ds["capture_step"].values
-    for probe in res.probes + [MODEL]:
+    for probe in [*res.probes, MODEL]:
         labels = res.labels(probe)
         # the re-expansion: entropy-seeking, or mixed where α still rises with RankMe (issue 15: Li et al.'s
         # entropy-seeking has α falling; in this 200-step run α peaks after the RankMe minimum)
         assert labels[0] == COLLAPSE and labels[1] in (ENTROPY, MIXED), (probe, labels, res.table())
-        assert len(labels) == 2, (probe, labels, res.table())   # nothing else in 200 steps
+        assert len(labels) == 2, (probe, labels, res.table())  # nothing else in 200 steps
         first, second = res.segments_for(probe)[:2]
         assert 0 < second.start_step <= 100, (probe, second.start_step)
         # the boundary sits at the bottom of the collapse, checked on the raw data: within one capture of
         # the RankMe minimum, or on a flat bottom (mid-text probes: 1.48, 1.47, 1.46 over steps 68-83)
         # at a capture within 5 % of it
-        rk = ds["rankme"].sel(probe=probe).values if probe != MODEL else \
-            np.exp(np.median(np.log(ds["rankme"].values), axis=1))
+        rk = (
+            ds["rankme"].sel(probe=probe).values
+            if probe != MODEL
+            else np.exp(np.median(np.log(ds["rankme"].values), axis=1))
+        )
         i_min = int(np.argmin(rk[steps <= 100]))
         i_b = int(np.searchsorted(steps, second.start_step))
         assert abs(i_b - i_min) <= 1 or rk[i_b] <= 1.05 * rk[i_min], (probe, steps[i_min], second.start_step)

@@ -6,6 +6,7 @@ Observatory. On the final norm (Li et al.'s probe) the labeller must find warmup
 entropy-seeking, then compression-seeking, and the stored values must say the same: RankMe falls to a
 minimum, rises to a peak, then falls by more than 10 % while α rises. About six minutes on one thread.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,16 +33,16 @@ def test_final_norm_shows_collapse_entropy_then_compression(run):
     res = detect_phases(ds)
     labels = res.labels("final_norm")
     assert labels[:3] == [COLLAPSE, ENTROPY, COMPRESSION], res.table()
-    collapse, entropy, compression = res.segments_for("final_norm")[:3]
+    _collapse, entropy, compression = res.segments_for("final_norm")[:3]
     # the stored values, not the labeller's fits: a minimum, a peak, then consolidation
     steps = ds["capture_step"].values
     rk = ds["rankme"].sel(probe="final_norm").values
     al = ds["alpha"].sel(probe="final_norm").values
     i_low = int(np.searchsorted(steps, entropy.start_step))
     i_peak = int(np.searchsorted(steps, compression.start_step))
-    assert rk[i_low] < 0.5 * rk[0]                                   # warmup collapse
-    assert rk[i_peak] > 2 * rk[i_low] and al[i_peak] < al[i_low]     # entropy-seeking: RankMe up, α down
-    assert rk[-1] < 0.9 * rk[i_peak] and al[-1] > al[i_peak] + 0.1   # compression: RankMe down, α up
+    assert rk[i_low] < 0.5 * rk[0]  # warmup collapse
+    assert rk[i_peak] > 2 * rk[i_low] and al[i_peak] < al[i_low]  # entropy-seeking: RankMe up, α down
+    assert rk[-1] < 0.9 * rk[i_peak] and al[-1] > al[i_peak] + 0.1  # compression: RankMe down, α up
     assert compression.slope_rankme < 0 < compression.slope_alpha and compression.confidence > 0.5
     assert steps[i_peak] < 2000 and steps[-1] == 11_999
 

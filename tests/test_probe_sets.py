@@ -66,7 +66,7 @@ def test_demo_probe_sets(tokenizer):
     assert np.mean([len(s) for s in mid]) > 55
     last = lambda seqs: np.mean([tokenizer.decode([s[-1]]).strip().endswith(FINAL) for s in seqs])  # noqa: E731
     assert last(ver) > 0.75 and last(mid) < 0.3, (last(ver), last(mid))  # long verses lose their end to truncation
-    assert probe_sequences(tokenizer, DemoConfig(probe_size=200, seed=1)) != mid   # seeded by the run's seed
+    assert probe_sequences(tokenizer, DemoConfig(probe_size=200, seed=1)) != mid  # seeded by the run's seed
 
 
 def test_schedules_after_warmup():
@@ -76,8 +76,10 @@ def test_schedules_after_warmup():
         assert lr_at(0, cfg) == pytest.approx(1e-5) and lr_at(99, cfg) == pytest.approx(1e-3)
     assert lr_at(999, cos) == pytest.approx(1e-4, rel=1e-2) and lr_at(550, cos) == pytest.approx(5.5e-4, rel=1e-2)
     assert all(lr_at(t, const) == 1e-3 for t in (100, 550, 999))
-    for bad, needle in (({"schedule": "linear"}, "--schedule must be one of cosine, constant"),
-                        ({"probes_from": "books"}, "--probes-from must be one of midtext, verses"),
-                        ({"warmup": -1}, "--warmup")):
+    for bad, needle in (
+        ({"schedule": "linear"}, "--schedule must be one of cosine, constant"),
+        ({"probes_from": "books"}, "--probes-from must be one of midtext, verses"),
+        ({"warmup": -1}, "--warmup"),
+    ):
         with pytest.raises(PhasescopeError, match=needle):
             DemoConfig(**bad).validate()

@@ -21,7 +21,7 @@ def _model():
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=1, n_embd=D, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(cfg).double().eval()   # float64: batchings agree to round-off
+    return GPT2LMHeadModel(cfg).double().eval()  # float64: batchings agree to round-off
 
 
 def _inputs():
@@ -55,12 +55,20 @@ def reference():
     x = _last_token_states(model, ids, mask)
     spec = CovarianceAccumulator(D).update(x).compute()
     assert spec.n == N < D and spec.n_components == N
-    return model, ids, mask, x, spec, spectrum_metrics(spec, fit_range="auto")   # the live default
+    return model, ids, mask, x, spec, spectrum_metrics(spec, fit_range="auto")  # the live default
 
 
 def _assert_same(got: dict, want: dict, what: str) -> None:
-    for k in ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank", "numerical_rank",
-              "top1_variance", "top10_variance"):
+    for k in (
+        "rankme",
+        "alpha",
+        "alpha_r2",
+        "participation_ratio",
+        "stable_rank",
+        "numerical_rank",
+        "top1_variance",
+        "top10_variance",
+    ):
         np.testing.assert_allclose(got[k], want[k], rtol=1e-9, err_msg=f"{what}: {k}")
 
 
@@ -68,18 +76,25 @@ def test_rule_matters_when_samples_fewer_than_width(reference):
     """The check below can fail: the length-d vector (old live rule) differs from min(n, d) well above 1e-9."""
     *_, x, spec, want = reference
     assert want["rankme"] == pytest.approx(_ref_rankme(x.numpy()), rel=1e-9)
-    full = spec.eigenvalues.detach().cpu().numpy()             # length d: trailing zeros past n
+    full = spec.eigenvalues.detach().cpu().numpy()  # length d: trailing zeros past n
     assert full.shape == (D,) and np.all(full[N:] == 0)
     old = spectrum_metrics(full, fit_range="auto")["rankme"]
-    assert abs(old - want["rankme"]) / want["rankme"] > 3e-5   # ~(d − n)·1.6e-6 / ...
+    assert abs(old - want["rankme"]) / want["rankme"] > 3e-5  # ~(d − n)·1.6e-6 / ...
 
 
 def test_observatory_live_equals_spectrum_metrics(reference, tmp_path):
     model, ids, mask, _, _, want = reference
     store = tmp_path / "live.zarr"
-    with phasescope.Observatory(model, store=str(store), probes=[PROBE], schedule=S.explicit([0]),
-                                probe_inputs={"input_ids": ids, "attention_mask": mask}, probe_batch_size=5,
-                                strict=True, write_interval=0.0) as obs:
+    with phasescope.Observatory(
+        model,
+        store=str(store),
+        probes=[PROBE],
+        schedule=S.explicit([0]),
+        probe_inputs={"input_ids": ids, "attention_mask": mask},
+        probe_batch_size=5,
+        strict=True,
+        write_interval=0.0,
+    ) as obs:
         obs.step(0)
     ds = open_run(store)
     assert int(ds.n_samples.values[0, 0]) == N
@@ -92,7 +107,7 @@ def test_recorder_live_equals_spectrum_metrics(reference, tmp_path):
     store = tmp_path / "rec.zarr"
     with Recorder(str(store), write_interval=0.0) as rec:
         rec.record(0, activations={"final": x.numpy()}, grads={"w": np.ones((2, 2))})
-        acc = CovarianceAccumulator(D).update(x[:7]).update(x[7:])    # a filled accumulator counts too
+        acc = CovarianceAccumulator(D).update(x[:7]).update(x[7:])  # a filled accumulator counts too
         rec.record(1, activations={"final": acc})
     ds = open_run(store)
     for step in (0, 1):
@@ -122,18 +137,27 @@ def test_max_rank_cap_is_the_same_rule_live_and_offline(reference, tmp_path):
 
     model, ids, mask, _, spec, full = reference
     want = spectrum_metrics(spec, fit_range="auto", max_components=8)
-    assert abs(want["rankme"] - full["rankme"]) > 1e-3           # the cap changes the numbers
-    with phasescope.Observatory(model, store=str(tmp_path / "cap.zarr"), probes=[PROBE], schedule=S.explicit([0]),
-                                probe_inputs={"input_ids": ids, "attention_mask": mask}, max_rank=8,
-                                strict=True, write_interval=0.0) as obs:
+    assert abs(want["rankme"] - full["rankme"]) > 1e-3  # the cap changes the numbers
+    with phasescope.Observatory(
+        model,
+        store=str(tmp_path / "cap.zarr"),
+        probes=[PROBE],
+        schedule=S.explicit([0]),
+        probe_inputs={"input_ids": ids, "attention_mask": mask},
+        max_rank=8,
+        strict=True,
+        write_interval=0.0,
+    ) as obs:
         obs.step(0)
     ds = open_run(tmp_path / "cap.zarr")
     _assert_same({k: float(ds[k].values[0, 0]) for k in METRICS if k in ds}, want, "Observatory max_rank=8")
     data = ProbeData(ids.numpy(), mask.numpy(), np.zeros_like(mask.numpy()))
-    res = capture_model(model, data, CaptureSpec(probes=(("final", PROBE),), dims=(D,), metrics=tuple(METRICS),
-                                                 max_rank=8))
-    _assert_same({k: float(v[0]) for k, v in _reduce(res, 8).metrics.items() if k in METRICS}, want,
-                 "offline max_rank=8")
+    res = capture_model(
+        model, data, CaptureSpec(probes=(("final", PROBE),), dims=(D,), metrics=tuple(METRICS), max_rank=8)
+    )
+    _assert_same(
+        {k: float(v[0]) for k, v in _reduce(res, 8).metrics.items() if k in METRICS}, want, "offline max_rank=8"
+    )
 
 
 def _reduce(res, max_rank: int):

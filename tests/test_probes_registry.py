@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from phasescope.errors import PhasescopeError
-from phasescope.probes.registry import resolve_probes
 from phasescope.probes.presets import find_layout
+from phasescope.probes.registry import resolve_probes
 from phasescope.probes.tokens import TokenSelection, select
 
 L = 3  # layers
@@ -17,11 +17,13 @@ def _build(family):
 
     small = dict(vocab_size=64, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_hidden_layers=L)
     if family == "gpt2":
-        return T.GPT2LMHeadModel(T.GPT2Config(n_layer=L, n_embd=16, n_head=2, vocab_size=64, n_positions=32,
-                                              bos_token_id=0, eos_token_id=0))
+        return T.GPT2LMHeadModel(
+            T.GPT2Config(n_layer=L, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+        )
     if family == "gpt2-base":
-        return T.GPT2Model(T.GPT2Config(n_layer=L, n_embd=16, n_head=2, vocab_size=64, n_positions=32,
-                                        bos_token_id=0, eos_token_id=0))
+        return T.GPT2Model(
+            T.GPT2Config(n_layer=L, n_embd=16, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+        )
     if family == "neox":
         return T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**small, bos_token_id=0, eos_token_id=0))
     if family == "llama":
@@ -79,12 +81,16 @@ def test_presets_resolve_on_each_family(family_model):
 
 def test_auto_block_outputs_equal_hidden_states(family_model):
     """The block.i probe reads exactly hidden_states[i+1] (the residual stream after block i)."""
-    family, model = family_model
+    _family, model = family_model
     ids = torch.randint(2, 60, (3, 7))
     probes = resolve_probes(model, "blocks")
     seen = {}
-    hs = [p.module.register_forward_hook(lambda m, a, o, n=p.name: seen.__setitem__(n, o[0] if isinstance(o, tuple) else o))
-          for p in probes]
+    hs = [
+        p.module.register_forward_hook(
+            lambda m, a, o, n=p.name: seen.__setitem__(n, o[0] if isinstance(o, tuple) else o)
+        )
+        for p in probes
+    ]
     try:
         with torch.no_grad():
             out = model(input_ids=ids, output_hidden_states=True)
@@ -116,7 +122,7 @@ def test_unknown_selector_lists_closest_names():
         resolve_probes(model, "transformer.h.1.mpl")
     msg = str(ei.value)
     assert "transformer.h.1.mlp" in msg and "matches no module" in msg and "\n" not in msg
-    with pytest.raises(PhasescopeError, match="transformer.ln_f"):
+    with pytest.raises(PhasescopeError, match=r"transformer\.ln_f"):
         resolve_probes(model, ["blocks", "transformer.ln_ff"])
     with pytest.raises(PhasescopeError, match="regular expression"):
         resolve_probes(model, "re:(")
@@ -145,9 +151,9 @@ def test_token_selection_against_direct_indexing():
     capped = select(h, right, TokenSelection("all", max_tokens=5), generator=g1)
     again = select(h, right, TokenSelection("all", max_tokens=5), generator=g2)
     assert capped.shape == (5, 5)
-    torch.testing.assert_close(capped, again)          # seeded
+    torch.testing.assert_close(capped, again)  # seeded
     pool = h[right.bool()]
-    for row in capped:                                  # subset of non-pad states, no repeats
+    for row in capped:  # subset of non-pad states, no repeats
         assert (pool == row).all(1).sum() == 1
     assert len({tuple(r.tolist()) for r in capped}) == 5
     torch.testing.assert_close(select(h, None, TokenSelection("last")), h[:, -1])

@@ -1,5 +1,6 @@
 """Schedules: exhaustive checks of every factory against a direct definition, JSON round trips."""
 
+import itertools
 import json
 import math
 
@@ -11,8 +12,10 @@ from phasescope.probes import schedules as S
 N = 5000
 
 
-@pytest.mark.parametrize("k,offset,start,stop", [(1, 0, 0, None), (7, 0, 0, None), (10, 3, 0, None),
-                                                 (4, 0, 9, 41), (1000, 0, 0, None), (3, 5, 2, 3)])
+@pytest.mark.parametrize(
+    ("k", "offset", "start", "stop"),
+    [(1, 0, 0, None), (7, 0, 0, None), (10, 3, 0, None), (4, 0, 9, 41), (1000, 0, 0, None), (3, 5, 2, 3)],
+)
 def test_every_matches_definition(k, offset, start, stop):
     s = S.every(k, offset, start, stop)
     for step in range(N):
@@ -24,7 +27,7 @@ def _log_reference(end, per_decade, start=1):
     pts = {0}
     i = 0
     while True:
-        p = int(round(start * 10 ** (i / per_decade)))
+        p = round(start * 10 ** (i / per_decade))
         if p > end:
             return pts
         pts.add(p)
@@ -43,12 +46,12 @@ def test_log_spaced_bounded_and_unbounded_match_reference(per_decade):
 def test_log_spaced_is_dense_early_sparse_late():
     steps = S.log_spaced(100_000, per_decade=10).steps(100_001)
     assert steps[:6] == [0, 1, 2, 3, 4, 5]
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
-    assert all(g2 >= g1 - 1 for g1, g2 in zip(gaps, gaps[1:]))   # non-decreasing up to rounding
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    assert all(g2 >= g1 - 1 for g1, g2 in itertools.pairwise(gaps))  # non-decreasing up to rounding
     assert gaps[-1] > 1000 * gaps[0]
-    assert 35 <= len(steps) <= 52                                  # ~10 per decade over 5 decades
+    assert 35 <= len(steps) <= 52  # ~10 per decade over 5 decades
     pow2 = S.log_spaced(512, per_decade=1 / math.log10(2)).steps(513)
-    assert pow2 == [0] + [2 ** i for i in range(10)]               # Pythia's early checkpoints
+    assert pow2 == [0] + [2**i for i in range(10)]  # Pythia's early checkpoints
 
 
 def test_log_spaced_options():
@@ -66,10 +69,18 @@ def test_explicit_union_and_operators():
     assert S.never().steps(100) == [] and S.always().steps(5) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("sched", [
-    S.every(5, 1, 2, 90), S.log_spaced(3000, per_decade=12), S.log_spaced(per_decade=6),
-    S.explicit([0, 2, 99]), S.union(S.every(100), S.log_spaced(400), [7]), S.never(), S.always(),
-])
+@pytest.mark.parametrize(
+    "sched",
+    [
+        S.every(5, 1, 2, 90),
+        S.log_spaced(3000, per_decade=12),
+        S.log_spaced(per_decade=6),
+        S.explicit([0, 2, 99]),
+        S.union(S.every(100), S.log_spaced(400), [7]),
+        S.never(),
+        S.always(),
+    ],
+)
 def test_describe_is_json_and_round_trips(sched):
     d2 = json.loads(json.dumps(sched.describe()))
     assert S.from_description(d2).steps(N) == sched.steps(N)
@@ -78,6 +89,7 @@ def test_describe_is_json_and_round_trips(sched):
 def test_plain_callables_are_described_not_rebuilt():
     def my_sched(step):
         return step % 3 == 0
+
     d = S.describe(my_sched)
     assert d["kind"] == "callable" and "my_sched" in d["name"]
     assert S.as_schedule(my_sched).steps(10) == [0, 3, 6, 9]
@@ -85,10 +97,19 @@ def test_plain_callables_are_described_not_rebuilt():
         S.from_description(d)
 
 
-@pytest.mark.parametrize("bad", [lambda: S.every(0), lambda: S.every(2.5), lambda: S.every(True),
-                                 lambda: S.log_spaced(per_decade=0), lambda: S.explicit([-1]),
-                                 lambda: S.explicit("12"), lambda: S.as_schedule(object()),
-                                 lambda: S.preset("deluxe")])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: S.every(0),
+        lambda: S.every(2.5),
+        lambda: S.every(True),
+        lambda: S.log_spaced(per_decade=0),
+        lambda: S.explicit([-1]),
+        lambda: S.explicit("12"),
+        lambda: S.as_schedule(object()),
+        lambda: S.preset("deluxe"),
+    ],
+)
 def test_bad_arguments_raise_clear_errors(bad):
     with pytest.raises(PhasescopeError):
         bad()
@@ -110,9 +131,11 @@ def test_presets_read_the_statistic_registry():
 
     eco, norms = S.preset("economy"), S.preset("norms")
     for stat in REGISTRY.values():
-        want = {"step": S.always(), "capture": eco.capture, "matrices": eco.matrices, "updates": eco.updates}[stat.schedule]
+        want = {"step": S.always(), "capture": eco.capture, "matrices": eco.matrices, "updates": eco.updates}[
+            stat.schedule
+        ]
         assert eco.schedule_for(stat).steps(2000) == want.steps(2000), stat.name
     assert {"spectral_geometry", "cka", "grad_norm", "matrix_svd", "update_ratio"} <= set(eco.statistics())
-    assert "weight_spectra" not in eco.statistics()            # offline only
-    assert norms.statistics() == ["grad_norm"]                  # the cheapest preset: norms every step
+    assert "weight_spectra" not in eco.statistics()  # offline only
+    assert norms.statistics() == ["grad_norm"]  # the cheapest preset: norms every step
     assert eco.describe()["statistics"] == eco.statistics()

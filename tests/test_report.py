@@ -2,6 +2,7 @@
 written as PDF, SVG, PNG and HTML from real run stores, each format read back and checked against the runs'
 data; two runs are each named and no figure claims a run it does not draw; bad input is one line and exit 2.
 Tests that start Chromium through kaleido are marked ``browser``."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ def same(a, b) -> bool:
 
 def lines_of(fig):
     """Traces drawn as lines (with at least two points): one SVG path each."""
-    return [t for t in fig.data if t.type == "scatter" and "lines" in (t.mode or "")
-            and np.isfinite(arr(t.y)).sum() >= 2]
+    return [
+        t for t in fig.data if t.type == "scatter" and "lines" in (t.mode or "") and np.isfinite(arr(t.y)).sum() >= 2
+    ]
 
 
 # -- figures (no browser) --------------------------------------------------------------------------
@@ -58,8 +60,14 @@ def test_every_figure_of_two_runs_holds_their_data_and_claims_no_run_it_does_not
     pages, notes = pages
     ds = {"north": open_run(runs[0]), "south": open_run(runs[1])}
     assert not notes
-    assert [(p.kind, p.run) for p in pages] == [("trajectories", None), ("heatmap", "north"), ("heatmap", "south"),
-                                                ("spectrum", "north"), ("spectrum", "south"), ("profile", None)]
+    assert [(p.kind, p.run) for p in pages] == [
+        ("trajectories", None),
+        ("heatmap", "north"),
+        ("heatmap", "south"),
+        ("spectrum", "north"),
+        ("spectrum", "south"),
+        ("profile", None),
+    ]
     for page in pages:
         fig, title = page.figure, page.figure.layout.title.text
         drawn = set()
@@ -69,10 +77,16 @@ def test_every_figure_of_two_runs_holds_their_data_and_claims_no_run_it_does_not
                 y = arr(t.y) if t.type == "scatter" and t.y is not None else None
                 if t.type == "heatmap" and same(arr(t.z), rankme.T):
                     drawn.add(name)
-                elif t.type == "scatter" and name in (t.name or "") and y is not None and (
-                        any(same(y, col) for col in rankme.T)       # a trajectory
-                        or same(y, rankme[-1])                      # a profile
-                        or same(y, d["loss"].values)):              # its loss
+                elif (
+                    t.type == "scatter"
+                    and name in (t.name or "")
+                    and y is not None
+                    and (
+                        any(same(y, col) for col in rankme.T)  # a trajectory
+                        or same(y, rankme[-1])  # a profile
+                        or same(y, d["loss"].values)
+                    )
+                ):  # its loss
                     drawn.add(name)
             if page.kind == "spectrum" and page.run == name:
                 eig = d["eigenvalues"].values[-1, -1]
@@ -80,24 +94,24 @@ def test_every_figure_of_two_runs_holds_their_data_and_claims_no_run_it_does_not
                 drawn.add(name)
         claimed = {n for n in ds if n in title or any(n in (t.name or "") for t in fig.data)}
         if page.run is not None:
-            assert claimed == drawn == {page.run}, (page.kind, title)      # a page per run, titled with it
+            assert claimed == drawn == {page.run}, (page.kind, title)  # a page per run, titled with it
         else:
-            assert claimed == drawn == set(ds), (page.kind, title)         # overlays name and draw both runs
+            assert claimed == drawn == set(ds), (page.kind, title)  # overlays name and draw both runs
         assert fig.layout.width == 640 and fig.layout.height == 420 and fig.layout.font.size == 13
-        assert fig.layout.uirevision is None and fig.layout.paper_bgcolor == "white"   # print: no UI state
+        assert fig.layout.uirevision is None and fig.layout.paper_bgcolor == "white"  # print: no UI state
 
 
 def test_phases_of_overlaid_runs_are_drawn_in_a_strip_of_their_own(runs, pages):
     (bare,), _ = report_figures(runs, figure="trajectories", phases=False)
-    assert not bare.figure.layout.shapes and not bare.figure.layout.annotations   # not asked for: no "not computed"
+    assert not bare.figure.layout.shapes and not bare.figure.layout.annotations  # not asked for: no "not computed"
     traj = pages[0][0].figure
     strips = traj.layout.meta["phase_strips"]
     assert strips == ["north", "south"]
     top = traj.layout.yaxis.domain[1]
     rects = [s for s in traj.layout.shapes if s.type == "rect"]
-    assert rects and all(s.y0 >= top for s in rects)                      # never behind the lines
+    assert rects and all(s.y0 >= top for s in rects)  # never behind the lines
     labels = [a.text for a in traj.layout.annotations]
-    assert "north" in labels and "south" in labels                         # each strip says whose phases
+    assert "north" in labels and "south" in labels  # each strip says whose phases
 
 
 def test_profile_at_a_chosen_step_and_one_run_named_in_title(runs):
@@ -123,7 +137,7 @@ def test_html_holds_every_figure_and_every_value_offline(runs, pages, tmp_path):
     out = tmp_path / "fig.html"
     assert phasescope.report(runs, out, width=640, height=420, font_size=13) == [out]
     text = out.read_text()
-    assert "<script src=\"http" not in text and "<script src='http" not in text   # plotly.js inlined: offline
+    assert '<script src="http' not in text and "<script src='http" not in text  # plotly.js inlined: offline
     calls = [m.end() for m in re.finditer(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*", text)]
     assert len(calls) == len(pages[0])
     for start, page in zip(calls, pages[0]):
@@ -165,22 +179,27 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path):
             out[key] = [rc, err.getvalue()]
         print(json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", driver, json.dumps({k: v[0] for k, v in cases.items()})],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", driver, json.dumps({k: v[0] for k, v in cases.items()})],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     for key, (_, needle) in cases.items():
         rc, err = got[key]
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert rc == 2 and len(lines) == 1 and "Traceback" not in err and needle in lines[0], (key, rc, err)
-    assert not list(tmp_path.glob("f.*"))                                  # nothing half-written
-    real = subprocess.run([*EXE, str(tmp_path / "nope.zarr"), "--out", out], capture_output=True, text=True,
-                          timeout=120)                                      # and the real command
+    assert not list(tmp_path.glob("f.*"))  # nothing half-written
+    real = subprocess.run(
+        [*EXE, str(tmp_path / "nope.zarr"), "--out", out], capture_output=True, text=True, timeout=120
+    )  # and the real command
     assert real.returncode == 2 and "Traceback" not in real.stderr and len(real.stderr.strip().splitlines()) == 1
 
 
 def test_missing_kaleido_or_chromium_names_the_fix(runs, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "kaleido", None)                     # makes `import kaleido` fail
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # makes `import kaleido` fail
     assert main(["report", str(runs[0]), "--out", str(tmp_path / "f.svg"), "--figure", "profile"]) == 2
     assert "pip install 'phasescope[report]'" in capsys.readouterr().err
     monkeypatch.delitem(sys.modules, "kaleido")
@@ -206,8 +225,12 @@ def _svg_line_paths(path) -> int:
 @pytest.mark.browser
 def test_svg_has_one_path_per_line_trace_and_the_command_prints_the_files(runs, pages, tmp_path):
     out = tmp_path / "fig.svg"
-    res = subprocess.run([*EXE, *map(str, runs), "--out", str(out), "--width", "640", "--height", "420",
-                          "--font-size", "13"], capture_output=True, text=True, timeout=180)
+    res = subprocess.run(
+        [*EXE, *map(str, runs), "--out", str(out), "--width", "640", "--height", "420", "--font-size", "13"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     written = res.stdout.split()
     want = [tmp_path / f"fig-{p.kind}" for p in pages[0]]
@@ -217,8 +240,8 @@ def test_svg_has_one_path_per_line_trace_and_the_command_prints_the_files(runs, 
         assert _svg_line_paths(path) == len(lines_of(page.figure)), (path, page.kind)
         text = " ".join("".join(t.itertext()) for t in ET.parse(path).getroot().iter(f"{SVG}text"))
         for name in ("north", "south"):
-            assert (name in text) == (page.run in (None, name)), (path, name)   # names only the runs it draws
-    assert _svg_line_paths(written[0]) == 2 * 4 + 2                         # 4 layers and the loss, per run
+            assert (name in text) == (page.run in (None, name)), (path, name)  # names only the runs it draws
+    assert _svg_line_paths(written[0]) == 2 * 4 + 2  # 4 layers and the loss, per run
 
 
 @pytest.mark.browser

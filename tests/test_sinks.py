@@ -31,16 +31,16 @@ STEPS = 12
 @pytest.fixture(autouse=True)
 def tracker_env(monkeypatch):
     """No tracker settings from the caller's environment; MLFLOW_ALLOW_FILE_STORE restored afterwards."""
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR", "WANDB_MODE",
-                 "MLFLOW_ALLOW_FILE_STORE"):
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR", "WANDB_MODE", "MLFLOW_ALLOW_FILE_STORE"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
 
 def _mlp():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
-                               torch.nn.Linear(32, 4))
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    )
 
 
 def _data():
@@ -51,8 +51,9 @@ def _data():
 def _train(store, sinks, steps=STEPS, **kw):
     model, (x, y) = _mlp(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with phasescope.Observatory(model, store=store, probe_inputs=x[:128], schedule=lambda s: s % 2 == 0 or
-                                s == steps - 1, sinks=sinks, **kw) as obs:
+    with phasescope.Observatory(
+        model, store=store, probe_inputs=x[:128], schedule=lambda s: s % 2 == 0 or s == steps - 1, sinks=sinks, **kw
+    ) as obs:
         for step in range(steps):
             i = torch.arange(step * 16, step * 16 + 32) % 256
             loss = torch.nn.functional.cross_entropy(model(x[i]), y[i])
@@ -71,8 +72,10 @@ def _tensorboard(log_dir):
     acc = ea.EventAccumulator(str(log_dir), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
     acc.Reload()
     scalars = {t: {e.step: e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}
-    texts = {t.removesuffix("/text_summary"): tensor_util.make_ndarray(acc.Tensors(t)[-1].tensor_proto).item().decode()
-             for t in acc.Tags()["tensors"]}
+    texts = {
+        t.removesuffix("/text_summary"): tensor_util.make_ndarray(acc.Tensors(t)[-1].tensor_proto).item().decode()
+        for t in acc.Tags()["tensors"]
+    }
     return scalars, texts
 
 
@@ -84,17 +87,17 @@ def _wandb_records(path):
     data, pos, parts, out = Path(path).read_bytes(), 7, b"", []
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:            # block trailer: padding
+        if 32768 - pos % 32768 < 7:  # block trailer: padding
             pos += 32768 - pos % 32768
             continue
-        crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0:
             continue
         assert crc == zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
         parts = chunk if kind in (1, 2) else parts + chunk
-        if kind in (1, 4):                      # full, or last chunk of a record
+        if kind in (1, 4):  # full, or last chunk of a record
             rec = pb.Record()
             rec.ParseFromString(parts)
             out.append(rec)
@@ -103,8 +106,11 @@ def _wandb_records(path):
 
 def _wandb_history(sync_dir):
     (log,) = Path(sync_dir).glob("*.wandb")
-    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
-            for r in _wandb_records(log) if r.WhichOneof("record_type") == "history"]
+    rows = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in _wandb_records(log)
+        if r.WhichOneof("record_type") == "history"
+    ]
     return {row["_step"]: row for row in rows}
 
 
@@ -116,6 +122,7 @@ def _mlflow(entry):
 
     def history(key):
         return {m.step: m.value for m in client.get_metric_history(entry["run_id"], key)}
+
     return run, history
 
 
@@ -128,7 +135,7 @@ def test_three_trackers_get_exactly_the_stored_values(tmp_path, monkeypatch):
         ds = _train(store, ["tensorboard", "wandb", "mlflow"])
     assert ds.attrs["status"] == "finished" and ds.attrs["failures"] == {}
     notes = [str(w.message) for w in caught if "MLFLOW_ALLOW_FILE_STORE" in str(w.message)]
-    assert len(notes) == 1                                  # the file-store opt-in is said once
+    assert len(notes) == 1  # the file-store opt-in is said once
     where = {e["kind"]: e for e in ds.attrs["sinks"]}
     assert where["tensorboard"]["log_dir"] == str(tmp_path / "runs" / "tensorboard" / "mlp")
     assert where["mlflow"]["tracking_uri"] == (tmp_path / "runs" / "mlruns").as_uri()
@@ -146,18 +153,18 @@ def test_three_trackers_get_exactly_the_stored_values(tmp_path, monkeypatch):
     wb = _wandb_history(where["wandb"]["sync_dir"])
     ml_run, ml = _mlflow(where["mlflow"])
     assert ml_run.info.status == "FINISHED" and ml_run.info.run_name == "mlp"
-    assert "loss_scale" not in tb and all("loss_scale" not in row for row in wb.values())   # no scaler: not sent
+    assert "loss_scale" not in tb and all("loss_scale" not in row for row in wb.values())  # no scaler: not sent
     for name, values in stored.items():
         want = dict(zip(steps, values.tolist()))
-        assert tb[name] == {s: float(np.float32(v)) for s, v in want.items()}   # TensorBoard keeps float32
-        assert {s: wb[s][name] for s in steps} == want                          # W&B and MLflow: float64
+        assert tb[name] == {s: float(np.float32(v)) for s, v in want.items()}  # TensorBoard keeps float32
+        assert {s: wb[s][name] for s in steps} == want  # W&B and MLflow: float64
         assert ml(name) == want
     for p in probes:
         want = dict(zip(caps, rankme[p].tolist()))
         assert tb[f"rankme/{p}"] == {s: float(np.float32(v)) for s, v in want.items()}
         assert {s: wb[s][f"rankme/{p}"] for s in caps} == want
         assert ml(f"rankme/{p}") == want
-        finite = {s: v for s, v in zip(caps, alpha[p].tolist()) if np.isfinite(v)}   # NaN is not sent
+        finite = {s: v for s, v in zip(caps, alpha[p].tolist()) if np.isfinite(v)}  # NaN is not sent
         assert ml(f"alpha/{p}") == finite and set(tb.get(f"alpha/{p}", {})) == set(finite)
         assert all(f"rankme/{p}" not in wb[s] for s in set(steps) - set(caps))
 
@@ -165,11 +172,14 @@ def test_three_trackers_get_exactly_the_stored_values(tmp_path, monkeypatch):
     from phasescope.cli_phases import phases_for_run
 
     result, _ = phases_for_run(store, save=False)
-    want = {"phases/summary": result.summary(), "phases/model": result.sentence("model"),
-            **{f"phases/{p}": result.sentence(p) for p in probes}}
+    want = {
+        "phases/summary": result.summary(),
+        "phases/model": result.sentence("model"),
+        **{f"phases/{p}": result.sentence(p) for p in probes},
+    }
     for tag, text in want.items():
         assert tb_text[tag] == text and wb[STEPS - 1][tag] == text and ml_run.data.tags[tag] == text
-    assert "phases" not in list_groups(store)                # sent, not written into the run
+    assert "phases" not in list_groups(store)  # sent, not written into the run
 
 
 class Collect:
@@ -201,14 +211,14 @@ def test_a_failing_sink_is_counted_warned_once_and_stops_nothing(tmp_path):
     msgs = [str(w.message) for w in caught if "sink failed" in str(w.message)]
     assert len(msgs) == 1 and "tracker unreachable" in msgs[0] and "sink Broken" in msgs[0]
     assert ds.attrs["status"] == "finished" and ds.sizes["step"] == STEPS and ds.sizes["capture_step"] == 7
-    assert ds.attrs["failures"] == {"sink": STEPS}                       # one per step, in the store
+    assert ds.attrs["failures"] == {"sink": STEPS}  # one per step, in the store
     assert sorted(good.scalars) == list(range(STEPS)) and good.closed == 1 and bad.closed == 1
     assert good.scalars[3]["loss"] == float(ds.loss.sel(step=3)) and "rankme/0" in good.scalars[2]
-    assert good.texts["phases/summary"][0] == STEPS - 1 and "phases/summary" in bad.texts   # texts still go
+    assert good.texts["phases/summary"][0] == STEPS - 1 and "phases/summary" in bad.texts  # texts still go
     assert {e["kind"] for e in ds.attrs["sinks"]} == {"Broken", "Collect"}
     from phasescope.dashboard.figures import quality_rows
 
-    row = {r["check"]: r for r in quality_rows(ds)}["phasescope failures: sink"]    # red in data quality
+    row = {r["check"]: r for r in quality_rows(ds)}["phasescope failures: sink"]  # red in data quality
     assert row["status"] == "error" and row["value"].startswith(f"{STEPS} (first: OSError: tracker unreachable")
 
 
@@ -224,7 +234,7 @@ def test_recorder_sends_numpy_runs_too(tmp_path):
     assert [good.scalars[s]["grad_norm"] for s in range(4)] == ds.grad_norm.values.tolist()
     assert [good.scalars[s]["rankme/h"] for s in (0, 2)] == ds.rankme.sel(probe="h").values.tolist()
     assert "rankme/h" not in good.scalars[1] and good.closed == 1
-    other = Collect()                                  # a rank that does not write uses no sink
+    other = Collect()  # a rank that does not write uses no sink
     with phasescope.probes.Recorder(tmp_path / "rank1.zarr", sinks=other, writer=False) as rec:
         rec.record(0, activations={"h": rng.normal(size=(64, 8))}, loss=1.0)
     assert other.scalars == {} and other.closed == 0 and not (tmp_path / "rank1.zarr").exists()
@@ -237,20 +247,23 @@ def test_a_failing_sink_raises_under_strict(tmp_path):
 
 
 def test_sinks_are_closed_on_ctrl_c_without_phases(tmp_path):
-    model, (x, y) = _mlp(), _data()
+    model, (x, _y) = _mlp(), _data()
     good = Collect()
-    with pytest.raises(KeyboardInterrupt):
-        with phasescope.Observatory(model, store=tmp_path / "r.zarr", probe_inputs=x[:64], sinks=[good,
-                                    f"mlflow:file:{tmp_path / 'ml'}"]) as obs:
-            for step in range(3):
-                model(x[:8]).sum().backward()
-                obs.step(step, loss=float(step))
-            raise KeyboardInterrupt
+    with (
+        pytest.raises(KeyboardInterrupt),
+        phasescope.Observatory(
+            model, store=tmp_path / "r.zarr", probe_inputs=x[:64], sinks=[good, f"mlflow:file:{tmp_path / 'ml'}"]
+        ) as obs,
+    ):
+        for step in range(3):
+            model(x[:8]).sum().backward()
+            obs.step(step, loss=float(step))
+        raise KeyboardInterrupt
     ds = open_run(tmp_path / "r.zarr")
     run, history = _mlflow({e["kind"]: e for e in ds.attrs["sinks"]}["mlflow"])
     assert ds.attrs["status"] == "interrupted" and run.info.status == "KILLED"
     assert history("loss") == {0: 0.0, 1: 1.0, 2: 2.0} and sorted(good.scalars) == [0, 1, 2]
-    assert good.closed == 1 and good.texts == {}                    # closed; no phases after Ctrl-C
+    assert good.closed == 1 and good.texts == {}  # closed; no phases after Ctrl-C
 
 
 def test_sink_specs_are_checked_before_training(tmp_path, monkeypatch):
@@ -259,7 +272,7 @@ def test_sink_specs_are_checked_before_training(tmp_path, monkeypatch):
     assert "\n" not in str(err.value) and not (tmp_path / "x.zarr").exists()
     with pytest.raises(PhasescopeError, match="an object with log_scalars"):
         phasescope.Observatory(_mlp(), tmp_path / "x.zarr", probe_inputs=torch.randn(8, 16), sinks=[object()])
-    monkeypatch.setitem(sys.modules, "wandb", None)   # Python's own way to make an import fail
+    monkeypatch.setitem(sys.modules, "wandb", None)  # Python's own way to make an import fail
     with pytest.raises(PhasescopeError, match=r"pip install 'phasescope\[wandb\]'"):
         phasescope.Observatory(_mlp(), tmp_path / "x.zarr", probe_inputs=torch.randn(8, 16), sinks="wandb")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
@@ -288,11 +301,22 @@ def test_lightning_callback_passes_sinks_through(tmp_path):
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
     tb, ml = tmp_path / "tb", tmp_path / "ml"
-    cb = PhasescopeCallback(str(tmp_path / "pl.zarr"), probes=["net.1", "net.3"], probe_inputs=x[:64],
-                            schedule=lambda s: s % 3 == 0,
-                            sinks=[f"tensorboard:{tb}", f"mlflow:file:{ml}"])
-    pl.Trainer(accelerator="cpu", max_steps=6, callbacks=[cb], logger=False, enable_checkpointing=False,
-               enable_progress_bar=False, enable_model_summary=False).fit(Module(), loader)
+    cb = PhasescopeCallback(
+        str(tmp_path / "pl.zarr"),
+        probes=["net.1", "net.3"],
+        probe_inputs=x[:64],
+        schedule=lambda s: s % 3 == 0,
+        sinks=[f"tensorboard:{tb}", f"mlflow:file:{ml}"],
+    )
+    pl.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(Module(), loader)
     ds = open_run(tmp_path / "pl.zarr")
     entry = {e["kind"]: e for e in ds.attrs["sinks"]}["mlflow"]
     run, history = _mlflow(entry)
@@ -312,11 +336,18 @@ def test_readme_sinks_snippet_runs_as_written(tmp_path):
     import subprocess
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", text.split("## Sinks to trackers", 1)[1].split("\n## ", 1)[0],
-                         flags=re.S)
+    (code,) = re.findall(
+        r"```python\n(.*?)```", text.split("## Sinks to trackers", 1)[1].split("\n## ", 1)[0], flags=re.S
+    )
     (tmp_path / "snippet.py").write_text(code)
-    res = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = subprocess.run(
+        [sys.executable, "snippet.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ds = open_run(tmp_path / "runs" / "sinks.zarr")
     assert ds.attrs["status"] == "finished" and ds.attrs["failures"] == {}

@@ -24,7 +24,7 @@ jnp = pytest.importorskip("jax.numpy")
 BACKENDS = {
     "numpy": lambda a: a,
     "torch": lambda a: torch.from_numpy(np.ascontiguousarray(a)),
-    "jax": lambda a: jnp.asarray(a),
+    "jax": jnp.asarray,
 }
 
 
@@ -90,8 +90,10 @@ def test_torch_and_jax_dtypes_accepted():
 
 def test_import_is_light():
     """Importing phasescope.spectra must not import torch or jax (CLI start-up stays fast)."""
-    code = ("import sys, phasescope.spectra, phasescope.spectra.weights; "
-            "print('torch' in sys.modules, 'jax' in sys.modules)")
+    code = (
+        "import sys, phasescope.spectra, phasescope.spectra.weights; "
+        "print('torch' in sys.modules, 'jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -117,8 +119,12 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=12, deadline=None)  # few shapes: eager jax compiles each op per shape
-@given(seed=st.integers(0, 2**31), n=st.sampled_from([3, 30, 90]), d=st.sampled_from([8, 40]),
-       offset=st.sampled_from([0.0, 10.0, 1e4]))
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.sampled_from([3, 30, 90]),
+    d=st.sampled_from([8, 40]),
+    offset=st.sampled_from([0.0, 10.0, 1e4]),
+)
 def test_backends_agree_property(seed, n, d, offset):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, d)) * rng.uniform(0.1, 3, d) + offset).astype(np.float32)

@@ -148,7 +148,7 @@ def test_alpha_bad_range_raises():
         alpha_req(np.ones(200), fit_range="sometimes")
 
 
-@pytest.mark.parametrize("d,expected", [(64, (6, 58)), (32, (3, 29)), (512, (11, 100))])
+@pytest.mark.parametrize(("d", "expected"), [(64, (6, 58)), (32, (3, 29)), (512, (11, 100))])
 def test_auto_fit_range_rule_and_small_model_alpha(d, expected):
     lam = np.arange(1, d + 1, dtype=float) ** -1.3
     assert auto_fit_range(lam) == expected
@@ -207,12 +207,13 @@ def gpt2_hidden_states() -> list[np.ndarray]:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, n_positions=64,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(n_layer=2, n_embd=128, n_head=4, vocab_size=1000, n_positions=64, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()
-    text = ("In the beginning God created the heaven and the earth. And the earth was without form, "
-            "and void; and darkness was upon the face of the deep.") * 8
-    ids = torch.tensor([[b % 1000 for b in text.encode()][:64 * 12]]).reshape(12, 64)
+    text = (
+        "In the beginning God created the heaven and the earth. And the earth was without form, "
+        "and void; and darkness was upon the face of the deep."
+    ) * 8
+    ids = torch.tensor([[b % 1000 for b in text.encode()][: 64 * 12]]).reshape(12, 64)
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
     return [h.reshape(-1, 128).numpy() for h in out.hidden_states]

@@ -61,7 +61,9 @@ def test_scale_and_shift_invariance_of_rankme_and_alpha(seed, scale, shift):
     x = data(seed, 400, 160, 1.0)
     a = CovarianceAccumulator(160).update(x).compute()
     b = CovarianceAccumulator(160).update(x * scale + shift).compute()
-    np.testing.assert_allclose(b.eigenvalues, a.eigenvalues * scale**2, rtol=1e-7, atol=1e-9 * scale**2 * a.eigenvalues[0])
+    np.testing.assert_allclose(
+        b.eigenvalues, a.eigenvalues * scale**2, rtol=1e-7, atol=1e-9 * scale**2 * a.eigenvalues[0]
+    )
     ma, mb = spectrum_metrics(a), spectrum_metrics(b)
     for key in ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank"):
         assert abs(mb[key] - ma[key]) <= 1e-7 * abs(ma[key]), key

@@ -78,8 +78,9 @@ def test_torch_module_batched():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32,
-                                       bos_token_id=0, eos_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=300, n_positions=32, bos_token_id=0, eos_token_id=0)
+    )
     out = weight_spectra(model, select=lambda name: ".h." in name)
     assert len(out) == 8 and all(".h." in k for k in out)  # 4 matrices × 2 blocks
     w = model.transformer.h[1].mlp.c_fc.weight.detach().double().numpy()

@@ -37,16 +37,16 @@ def test_cka_known_answers_and_invariances():
     x = rng.standard_normal((200, 16))
     q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
     assert cka(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert cka(x, 3.5 * x @ q + 7.0) == pytest.approx(1.0, abs=1e-6)     # orthogonal map, scale, shift
-    assert cka(x, 3.5 * x @ q + 1e4) == pytest.approx(1.0, abs=1e-6)     # a large offset cancels (float64 centring)
-    wide = np.hstack([x, np.zeros((200, 5))])                             # width does not matter
+    assert cka(x, 3.5 * x @ q + 7.0) == pytest.approx(1.0, abs=1e-6)  # orthogonal map, scale, shift
+    assert cka(x, 3.5 * x @ q + 1e4) == pytest.approx(1.0, abs=1e-6)  # a large offset cancels (float64 centring)
+    wide = np.hstack([x, np.zeros((200, 5))])  # width does not matter
     assert cka(x, wide) == pytest.approx(1.0, abs=1e-12)
     # Independent directions: CKA of two independent Gaussian blocks is small (→ 0 as n grows).
     assert cka(x, rng.standard_normal((200, 16))) < 0.2
     # Not 1 for a non-isotropic rescaling of features.
     assert cka(x, x * np.linspace(0.1, 3, 16)) < 0.99
-    assert np.isnan(linear_cka(centered_gram(x), centered_gram(x[:10])))     # not the same samples
-    assert np.isnan(cka(np.ones((5, 3)), x[:5]))                             # a constant representation
+    assert np.isnan(linear_cka(centered_gram(x), centered_gram(x[:10])))  # not the same samples
+    assert np.isnan(cka(np.ones((5, 3)), x[:5]))  # a constant representation
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
@@ -62,11 +62,11 @@ def test_cka_equals_the_feature_space_reference(backend):
         xs, ys = jnp.asarray(x, dtype=jnp.float32), jnp.asarray(y, dtype=jnp.float32)
     else:
         xs, ys = x, y
-    assert cka(xs, ys) == pytest.approx(want, rel=1e-5)       # the n × n product in float32 (the default)
+    assert cka(xs, ys) == pytest.approx(want, rel=1e-5)  # the n × n product in float32 (the default)
     if backend == "numpy":
         exact = linear_cka(centered_gram(xs, exact=True), centered_gram(ys, exact=True))
         assert exact == pytest.approx(want, rel=1e-12)
-    assert 0.2 < want < 0.95   # a case where the value itself is informative
+    assert 0.2 < want < 0.95  # a case where the value itself is informative
 
 
 def test_registry_declares_statistics_and_refuses_clashes():
@@ -87,9 +87,20 @@ def _gpt2(d=32):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=d, n_head=2, vocab_size=128, n_positions=16,
-                                      bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0,
-                                      attn_pdrop=0.0))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=d,
+            n_head=2,
+            vocab_size=128,
+            n_positions=16,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
 
 
 def test_live_cka_matches_hidden_state_reference(tmp_path):
@@ -98,14 +109,22 @@ def test_live_cka_matches_hidden_state_reference(tmp_path):
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(1, 128, (40, 12), generator=g)
     ref = {}
-    with phasescope.Observatory(model, store=str(tmp_path / "cka.zarr"), probes=["transformer.ln_f"],
-                                schedule=S.explicit([0, 4, 9]), probe_inputs={"input_ids": ids}, strict=True,
-                                write_interval=0.0) as obs:
+    with phasescope.Observatory(
+        model,
+        store=str(tmp_path / "cka.zarr"),
+        probes=["transformer.ln_f"],
+        schedule=S.explicit([0, 4, 9]),
+        probe_inputs={"input_ids": ids},
+        strict=True,
+        write_interval=0.0,
+    ) as obs:
         for step in range(10):
             if step in (0, 4, 9):
                 model.eval()
                 with torch.no_grad():
-                    ref[step] = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1].double().numpy()
+                    ref[step] = (
+                        model(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, -1].double().numpy()
+                    )
                 model.train()
             x = torch.randint(0, 128, (8, 12), generator=g)
             model(input_ids=x, labels=x).loss.backward()
@@ -118,19 +137,25 @@ def test_live_cka_matches_hidden_state_reference(tmp_path):
     assert first[0] == 1.0 and np.isnan(prev[0])
     np.testing.assert_allclose(first[1:], [reference_cka(ref[4], ref[0]), reference_cka(ref[9], ref[0])], rtol=1e-5)
     np.testing.assert_allclose(prev[1:], [reference_cka(ref[4], ref[0]), reference_cka(ref[9], ref[4])], rtol=1e-5)
-    assert first[2] < 0.999   # training moved the representation
+    assert first[2] < 0.999  # training moved the representation
 
 
 def test_in_flight_captures_store_no_cka(tmp_path):
     model = _gpt2()
-    with phasescope.Observatory(model, store=str(tmp_path / "fly.zarr"), probes=["transformer.ln_f"],
-                                capture="in_flight", schedule=S.explicit([0, 1]), strict=True) as obs:
+    with phasescope.Observatory(
+        model,
+        store=str(tmp_path / "fly.zarr"),
+        probes=["transformer.ln_f"],
+        capture="in_flight",
+        schedule=S.explicit([0, 1]),
+        strict=True,
+    ) as obs:
         for step in range(2):
             x = torch.randint(0, 128, (8, 12))
             model(input_ids=x, labels=x).loss.backward()
             obs.step(step)
     ds = open_run(tmp_path / "fly.zarr")
-    assert ds.rankme.notnull().all() and ds.cka_first.isnull().all()   # different samples every step
+    assert ds.rankme.notnull().all() and ds.cka_first.isnull().all()  # different samples every step
 
 
 def test_a_new_statistic_is_one_registration(tmp_path):
@@ -143,8 +168,17 @@ def test_a_new_statistic_is_one_registration(tmp_path):
         lam = inputs.spectrum.eigenvalues[: inputs.spectrum.n_components]
         return {"top_share": float(lam[0] / lam.sum())}
 
-    stat = register(Statistic("top_share", "capture", "capture", ("spectrum",),
-                              (Variable("top_share", "metric", "λ₁ / Σλ"),), compute=lambda x: x, per_probe=top_share))
+    stat = register(
+        Statistic(
+            "top_share",
+            "capture",
+            "capture",
+            ("spectrum",),
+            (Variable("top_share", "metric", "λ₁ / Σλ"),),
+            compute=lambda x: x,
+            per_probe=top_share,
+        )
+    )
     try:
         x = np.random.default_rng(3).standard_normal((64, 6)) * np.arange(1, 7)
         with Recorder(str(tmp_path / "new.zarr"), write_interval=0.0, strict=True) as rec:
@@ -168,14 +202,17 @@ def test_readme_statistic_example_runs_as_written(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
     (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    script = snippet + f"""
+    script = (
+        snippet
+        + f"""
 import numpy as np
 from phasescope.probes import Recorder
 from phasescope.dashboard.layout import GRAPHS
-with Recorder({str(tmp_path / 'r.zarr')!r}, write_interval=0.0, strict=True) as rec:
+with Recorder({str(tmp_path / "r.zarr")!r}, write_interval=0.0, strict=True) as rec:
     rec.record(0, activations={{"h": np.random.default_rng(0).standard_normal((50, 4)) * [4, 3, 2, 1]}})
 print("stat-shares" in GRAPHS)
 """
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"

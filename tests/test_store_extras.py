@@ -1,4 +1,5 @@
 """AsyncRunWriter (queue, drops, errors), fsspec/memory stores, derived groups, sketches."""
+
 from __future__ import annotations
 
 import threading
@@ -107,9 +108,8 @@ def test_async_writer_reports_background_errors(tmp_path):
     with pytest.raises(PhasescopeError):
         w.close()
     # errors in the caller's own arguments are raised on the caller's thread, immediately
-    with AsyncRunWriter(tmp_path / "f.zarr", **KW) as w2:
-        with pytest.raises(PhasescopeError, match="unknown scalars"):
-            w2.append_step(0, {"acc": 1.0})
+    with AsyncRunWriter(tmp_path / "f.zarr", **KW) as w2, pytest.raises(PhasescopeError, match="unknown scalars"):
+        w2.append_step(0, {"acc": 1.0})
 
 
 def test_memory_fsspec_store_round_trip_and_catalog():
@@ -146,8 +146,9 @@ def test_file_url_and_fsspec_local_filesystem(tmp_path):
     assert open_run(tmp_path / "f.zarr").loss.values.tolist() == [1.5]
     # A zarr FsspecStore over fsspec's local filesystem goes through the generic (zarr) path.
     fs = fsspec.filesystem("file", auto_mkdir=True)
-    store = FsspecStore(fsspec.implementations.asyn_wrapper.AsyncFileSystemWrapper(fs, asynchronous=True),
-                        path=str(tmp_path / "g.zarr"))
+    store = FsspecStore(
+        fsspec.implementations.asyn_wrapper.AsyncFileSystemWrapper(fs, asynchronous=True), path=str(tmp_path / "g.zarr")
+    )
     with RunWriter(store, **KW) as w:
         for s in range(3):
             w.append_step(s, {"loss": s + 0.5})
@@ -162,7 +163,8 @@ def test_phases_group_written_beside_a_live_run(tmp_path):
         w.append_step(s, {"loss": float(s)})
     phases = xr.Dataset(
         {"start": ("segment", np.array([0, 4])), "label": ("segment", np.array(["collapse", "expansion"]))},
-        attrs={"method": "pelt", "penalty": 3.0})
+        attrs={"method": "pelt", "penalty": 3.0},
+    )
     write_group(path, "phases", phases)
     w.append_step(10, {"loss": 10.0})  # the writer is unaffected
     w.close()
@@ -198,20 +200,21 @@ def test_sketch_size_estimate_and_projection_preserves_gram_in_expectation(tmp_p
     with RunWriter(path, sketch={"rows": 16, "width": 8}, **KW) as w:
         assert estimate_sketch_bytes(3, 2, 16, 8) == 3 * 2 * 16 * 8 * 2
         for i in range(3):
-            w.append_capture(i, {}, np.ones((2, 4)), [16, 16],
-                             sketch=np.stack([make_sketch(x + i, 16, 8), make_sketch(-x, 16, 8)]))
+            w.append_capture(
+                i, {}, np.ones((2, 4)), [16, 16], sketch=np.stack([make_sketch(x + i, 16, 8), make_sketch(-x, 16, 8)])
+            )
         with pytest.raises(PhasescopeError, match="sketch has shape"):
             w.append_capture(5, {}, np.ones((2, 4)), [16, 16], sketch=np.ones((2, 3, 8)))
     ds = open_run(path)
     assert ds.sketch.dims == ("capture_step", "probe", "sketch_row", "sketch_col")
     np.testing.assert_allclose(ds.sketch.values[2, 0], make_sketch(x + 2, 16, 8), rtol=1e-3, atol=1e-2)
-    with RunWriter(tmp_path / "n.zarr", **KW) as w:
-        with pytest.raises(PhasescopeError, match="run has none"):
-            w.append_capture(0, {}, np.ones((2, 4)), [1, 1], sketch=np.ones((2, 16, 8)))
+    with RunWriter(tmp_path / "n.zarr", **KW) as w, pytest.raises(PhasescopeError, match="run has none"):
+        w.append_capture(0, {}, np.ones((2, 4)), [1, 1], sketch=np.ones((2, 16, 8)))
 
 
 def test_async_writer_reduce_failures_are_counted_while_the_run_is_live(tmp_path):
     """A result that cannot be reduced loses its row, warns once, and is counted in the store at once."""
+
     def reduce(item):
         if item.step == 2:
             raise ValueError("bad item")

@@ -2,6 +2,7 @@
 finished / interrupted (SIGINT) / failed (an exception) — or, for a writer killed outright (SIGKILL),
 derived as stale once its last commit is older than the live window. Real Zarr stores, real
 writer processes, and the dashboard's catalog and page reporting the same states."""
+
 import json
 import os
 import signal
@@ -54,8 +55,13 @@ with W(path, probes=["p0", "p1"], params=["w"], metrics=["rankme"], max_rank=4) 
 
 
 def start(path, kind, end):
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), kind, end], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), kind, end],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def wait_ready(proc):
@@ -246,9 +252,11 @@ def test_catalog_states_from_attributes():
 def ended_runs(tmp_path_factory):
     """A runs directory with one run of each state, the writers being real processes."""
     root = tmp_path_factory.mktemp("lifecycle")
-    procs = {"interrupted": start(root / "interrupted.zarr", "async", "wait"),
-             "failed": start(root / "failed.zarr", "sync", "raise"),
-             "killed": start(root / "killed.zarr", "sync", "wait")}
+    procs = {
+        "interrupted": start(root / "interrupted.zarr", "async", "wait"),
+        "failed": start(root / "failed.zarr", "sync", "raise"),
+        "killed": start(root / "killed.zarr", "sync", "wait"),
+    }
     end_by(procs["interrupted"], signal.SIGINT)
     end_by(procs["killed"], signal.SIGKILL)
     procs["failed"].communicate(timeout=60)
@@ -270,15 +278,19 @@ def test_dashboard_catalog_reports_each_state_and_polls_only_live_runs(ended_run
     src = RunSource(root, live_window=0.3)
     cat = {r.key: r for r in src.catalog()}
     assert {k: r.state for k, r in cat.items()} == {
-        "finished.zarr": "finished", "interrupted.zarr": "interrupted", "failed.zarr": "failed",
-        "killed.zarr": "stale", "live.zarr": "live"}
+        "finished.zarr": "finished",
+        "interrupted.zarr": "interrupted",
+        "failed.zarr": "failed",
+        "killed.zarr": "stale",
+        "live.zarr": "live",
+    }
     assert cat["failed.zarr"].detail == "failed: RuntimeError: boom at step 20"
     assert cat["killed.zarr"].detail.startswith("stale: no commit for ")
     assert [k for k, r in cat.items() if r.live] == ["live.zarr"]
     views = Views(src, refresh_ms=1000)
     for key in ("interrupted.zarr", "failed.zarr", "killed.zarr", "finished.zarr"):
         _, done, status = views.version([key])
-        text = getattr(status, "children", status)            # red states come as a Span with class "bad"
+        text = getattr(status, "children", status)  # red states come as a Span with class "bad"
         assert done and text == f"{cat[key].detail} · live refresh off", key
         assert (getattr(status, "className", None) == "bad") == (key != "finished.zarr"), key
     _, done, status = views.version(["live.zarr", "interrupted.zarr"])

@@ -1,6 +1,7 @@
 """Reliability of the run store with real processes: SIGKILL at random moments, a reader polling a
 live writer, damaged chunk files. Values are deterministic functions of the step, so a torn or
 shifted row is detectable."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,12 @@ VALUES = textwrap.dedent(f"""
     def step_vals(s):
         return {{"loss": 1000.0 + s, "lr": s * 1e-4, "grad_norm": s * 0.5}}
     def cap_vals(s):
-        return ({{"rankme": np.arange(P) + s * 10.0}}, (np.arange(1, R + 1)[None, :] + 1000.0 * s + np.arange(P)[:, None] * 0.5),
-                np.full(P, s, dtype=np.int64))
+        eig = np.arange(1, R + 1)[None, :] + 1000.0 * s + np.arange(P)[:, None] * 0.5
+        return ({{"rankme": np.arange(P) + s * 10.0}}, eig, np.full(P, s, dtype=np.int64))
 """)
-exec(VALUES)  # defines step_vals, cap_vals here too
+_values: dict = {}
+exec(VALUES, _values)  # the parent's own copy of the definition
+step_vals, cap_vals = _values["step_vals"], _values["cap_vals"]
 
 WRITER = VALUES + textwrap.dedent("""
     import sys, time
@@ -54,8 +57,13 @@ WRITER = VALUES + textwrap.dedent("""
 
 def spawn(path, mode="sync", n_max=10**9, sleep=0.0):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), mode, str(n_max), str(sleep)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), mode, str(n_max), str(sleep)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def check_run(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +81,7 @@ def check_run(ds) -> tuple[np.ndarray, np.ndarray]:
     np.testing.assert_array_equal(ds.eigenvalues.values, eig.astype(np.float32))
     np.testing.assert_array_equal(ds.n_samples.values, np.repeat(caps[:, None], P, axis=1))
     if len(caps):  # and the vectorised form agrees with the definition
-        m, e, n = cap_vals(int(caps[-1]))
+        _m, e, _n = cap_vals(int(caps[-1]))
         np.testing.assert_array_equal(ds.eigenvalues.values[-1], e.astype(np.float32))
     return steps, caps
 
@@ -160,8 +168,16 @@ def test_concurrent_reader_sees_no_errors_and_no_torn_rows(tmp_path):
 def _small_run(path, n=300):
     from phasescope.store import RunWriter
 
-    with RunWriter(path, probes=["p0", "p1", "p2", "p3"], params=[], param_stats=(), metrics=["rankme"],
-                   max_rank=R, flags=("nonfinite",), capacity=(64, 8)) as w:
+    with RunWriter(
+        path,
+        probes=["p0", "p1", "p2", "p3"],
+        params=[],
+        param_stats=(),
+        metrics=["rankme"],
+        max_rank=R,
+        flags=("nonfinite",),
+        capacity=(64, 8),
+    ) as w:
         for s in range(n):
             w.append_step(s, step_vals(s))
             if s % 3 == 0:
@@ -176,7 +192,7 @@ def test_truncated_chunk_names_array_and_steps(tmp_path):
     chunk.write_bytes(data[: len(data) // 2])
     for lazy in (False, True):
         with pytest.raises(CorruptRunError, match=r"'loss'.*steps 0\.\.299"):
-            open_run(path, lazy=lazy).loss.values
+            _ = open_run(path, lazy=lazy).loss.values
     # other arrays still read
     assert open_run(path).lr.values[5] == 5e-4
 
@@ -200,7 +216,7 @@ def test_flipped_byte_in_eigenvalue_chunk_is_detected(tmp_path):
     ds = open_run(path)
     np.testing.assert_array_equal(ds.eigenvalues[6].values, eig(6).astype(np.float32))
     with pytest.raises(CorruptRunError, match=r"'eigenvalues'.*steps 70\.\.70.*checksum"):
-        ds.eigenvalues.values
+        _ = ds.eigenvalues.values
     with pytest.raises(CorruptRunError, match=r"'eigenvalues'.*steps 70\.\.70"):
         open_run(path, lazy=False)
 
@@ -214,7 +230,7 @@ def test_deleted_chunk_is_an_error_not_fill_values(tmp_path):
     ds = open_run(path, verify=False)  # lazy: nothing read yet, so opening works ...
     assert ds.loss.values[3] == 1003.0
     with pytest.raises(CorruptRunError, match=r"'rankme'.*steps 0\.\.297"):  # ... reading does not
-        ds.rankme.values
+        _ = ds.rankme.values
     (path / "loss" / "c.0").unlink()
-    with pytest.raises(CorruptRunError, match="missing chunk 'c.0'"):
+    with pytest.raises(CorruptRunError, match=r"missing chunk 'c\.0'"):
         open_run(path)

@@ -1,4 +1,5 @@
 """RunWriter / open_run / list_runs: round trips through zarr, xarray and phasescope, order and resume rules."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,15 @@ def vals(step: int) -> dict:
 
 
 def make(path, **kw):
-    args = dict(probes=PROBES, params=PARAMS, metrics=["rankme", "alpha"], max_rank=6,
-                matrices=MATS, matrix_stats=["grad_nuclear"], attrs={"model": "gpt2-test", "seed": 3})
+    args = dict(
+        probes=PROBES,
+        params=PARAMS,
+        metrics=["rankme", "alpha"],
+        max_rank=6,
+        matrices=MATS,
+        matrix_stats=["grad_nuclear"],
+        attrs={"model": "gpt2-test", "seed": 3},
+    )
     args.update(kw)
     return RunWriter(path, **args)
 
@@ -72,7 +80,7 @@ def check(ds, steps, capture_every=3):
         np.testing.assert_array_equal(ds.rankme.values[i], v["metrics"]["rankme"])
         e = v["eig"]
         np.testing.assert_allclose(ds.eigenvalues.values[i, :, : e.shape[1]], e, rtol=1e-6)
-        assert np.isnan(ds.eigenvalues.values[i, :, e.shape[1]:]).all()
+        assert np.isnan(ds.eigenvalues.values[i, :, e.shape[1] :]).all()
         np.testing.assert_array_equal(ds.n_samples.values[i], v["n_samples"])
         np.testing.assert_array_equal(ds.matrix_grad_nuclear.values[i], v["matrices"]["grad_nuclear"])
 
@@ -262,12 +270,14 @@ def test_list_runs_catalog(tmp_path):
 
 
 def test_store_does_not_import_torch():
-    code = ("import sys, numpy as np, tempfile, os\n"
-            "from phasescope.store import RunWriter, AsyncRunWriter, open_run, list_runs, write_group\n"
-            "d = tempfile.mkdtemp()\n"
-            "w = RunWriter(os.path.join(d, 'r'), probes=['a'], params=[], metrics=['m'], max_rank=2)\n"
-            "w.append_step(0, {'loss': 1.0}); w.close(); open_run(os.path.join(d, 'r')).load(); list_runs(d)\n"
-            "assert 'torch' not in sys.modules, 'store imported torch'\n")
+    code = (
+        "import sys, numpy as np, tempfile, os\n"
+        "from phasescope.store import RunWriter, AsyncRunWriter, open_run, list_runs, write_group\n"
+        "d = tempfile.mkdtemp()\n"
+        "w = RunWriter(os.path.join(d, 'r'), probes=['a'], params=[], metrics=['m'], max_rank=2)\n"
+        "w.append_step(0, {'loss': 1.0}); w.close(); open_run(os.path.join(d, 'r')).load(); list_runs(d)\n"
+        "assert 'torch' not in sys.modules, 'store imported torch'\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -295,11 +305,13 @@ def test_read_only_directory_is_a_clear_error():
         ro = os.path.join(base, "ro")
         os.mkdir(ro, 0o555)
         os.chmod(ro, 0o555)
-        code = ("from phasescope.store import RunWriter\n"
-                "from phasescope.errors import PhasescopeError\n"
-                "try:\n"
-                f"    RunWriter({os.path.join(ro, 'run.zarr')!r}, probes=['a'], params=[], metrics=[], max_rank=1)\n"
-                "except PhasescopeError as e:\n    print('ERR', e)\n")
+        code = (
+            "from phasescope.store import RunWriter\n"
+            "from phasescope.errors import PhasescopeError\n"
+            "try:\n"
+            f"    RunWriter({os.path.join(ro, 'run.zarr')!r}, probes=['a'], params=[], metrics=[], max_rank=1)\n"
+            "except PhasescopeError as e:\n    print('ERR', e)\n"
+        )
         cmd = [sys.executable, "-c", code]
         if os.geteuid() == 0:
             if not shutil.which("setpriv"):

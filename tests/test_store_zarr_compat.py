@@ -4,6 +4,7 @@ The range is declared once in the module; pyproject's requirement must agree wit
 zarr must be inside it, and a zarr outside it is refused with one line: installed version, supported
 range, and the pip command that fixes it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -52,7 +53,7 @@ def test_pyproject_declares_the_same_zarr_range():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (zreq,) = [Requirement(d) for d in deps if Requirement(d).name == "zarr"]
     assert zreq.specifier == SpecifierSet(ZARR_SPECIFIER), (str(zreq.specifier), ZARR_SPECIFIER)
-    assert ZARR_REQUIREMENT == f"zarr{ZARR_SPECIFIER}"
+    assert f"zarr{ZARR_SPECIFIER}" == ZARR_REQUIREMENT
     # The module's first docstring line names the supported range too.
     first_line = zarr_compat.__doc__.strip().splitlines()[0]
     assert "only module" in first_line and ZARR_SPECIFIER in first_line, first_line

@@ -1,6 +1,7 @@
 """Any model: probe inputs of any kind, one named reduction per activation shape, honest spectra, and
 the one-line errors of bad input (issue 13). Real modules, real Zarr stores; every spectrum is checked
 against an independent numpy computation from activations captured by a plain forward hook."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def rankme_ref(rows: np.ndarray) -> float:
     """RankMe of the covariance eigenvalues of centred rows (Li et al. 2025; ε = 1e-7, not renormalised),
     over the min(N, d) components a PCA of the data returns (the ε term counts per component)."""
     x = rows.astype(np.float64) - rows.astype(np.float64).mean(0)
-    lam = np.clip(np.sort(np.linalg.eigvalsh(x.T @ x))[::-1][:min(x.shape)], 0, None)
+    lam = np.clip(np.sort(np.linalg.eigvalsh(x.T @ x))[::-1][: min(x.shape)], 0, None)
     p = lam / lam.sum() + 1e-7
     return float(np.exp(-(p * np.log(p)).sum()))
 
@@ -87,8 +88,14 @@ def test_every_kind_of_probe_input_gives_the_spectrum_of_the_same_samples(tmp_pa
     y = torch.zeros(90, dtype=torch.long)
     ref = rankme_ref(hooked(model, model.body, x).numpy())
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
-    kinds = {"tensor": x, "numpy": x.numpy(), "tuple": (x,), "dict": {"x": x}, "loader": loader,
-             "dicts": [{"x": x[:50], "labels": y[:50]}, {"x": x[50:], "labels": y[50:]}]}
+    kinds = {
+        "tensor": x,
+        "numpy": x.numpy(),
+        "tuple": (x,),
+        "dict": {"x": x},
+        "loader": loader,
+        "dicts": [{"x": x[:50], "labels": y[:50]}, {"x": x[50:], "labels": y[50:]}],
+    }
     for name, inputs in kinds.items():
         ds = capture_once(model, tmp_path / f"{name}.zarr", probes=["body"], probe_inputs=inputs, probe_batch_size=40)
         assert int(ds["n_samples"].values[0, 0]) == 90, name
@@ -96,7 +103,7 @@ def test_every_kind_of_probe_input_gives_the_spectrum_of_the_same_samples(tmp_pa
         assert ds.attrs["probe_reductions"]["body"]["reduction"] == "features"
         assert ds.attrs["probe_inputs"]["samples"] == 90 and not ds.attrs["probe_inputs"]["token_ids"]
     assert ds.attrs["probe_inputs"]["kind"] == "list of 2 batches"
-    assert any("'labels'" in n for n in ds.attrs["probe_inputs"]["notes"])      # left out, and said so
+    assert any("'labels'" in n for n in ds.attrs["probe_inputs"]["notes"])  # left out, and said so
 
 
 def test_a_loader_of_image_label_pairs_passes_only_what_forward_takes(tmp_path):
@@ -122,23 +129,39 @@ def test_conv_maps_are_read_by_channels_spatial_mean_or_sampled_positions(tmp_pa
     sample, capped and seeded like tokens="all". Both equal numpy on the hooked map; the reduction is stored."""
     cnn = SmallCNN()
     imgs = torch.randn(24, 3, 5, 5, generator=torch.Generator().manual_seed(5))
-    h = hooked(cnn, cnn.conv, imgs)                                        # (24, 12, 5, 5)
+    h = hooked(cnn, cnn.conv, imgs)  # (24, 12, 5, 5)
     ds = capture_once(cnn, tmp_path / "mean.zarr", probes=["conv", "pool"], probe_inputs=imgs)
     red = ds.attrs["probe_reductions"]
-    assert red["conv"] == {"reduction": "spatial_mean", "source": "output", "output_shape": ["N", 12, 5, 5],
-                           "features": 12, "samples": 24, "rank_cap": 12}
+    assert red["conv"] == {
+        "reduction": "spatial_mean",
+        "source": "output",
+        "output_shape": ["N", 12, 5, 5],
+        "features": 12,
+        "samples": 24,
+        "rank_cap": 12,
+    }
     assert red["pool"]["features"] == 12 and red["pool"]["output_shape"] == ["N", 12, 1, 1]
     got = dict(zip(ds["probe"].values.tolist(), ds["rankme"].values[0]))
     assert abs(got["conv"] - rankme_ref(h.mean((2, 3)).numpy())) < 1e-6 * got["conv"]
-    every = capture_once(cnn, tmp_path / "all.zarr", probes=["conv"], probe_inputs=imgs, reduction="positions",
-                         max_tokens=None)
+    every = capture_once(
+        cnn, tmp_path / "all.zarr", probes=["conv"], probe_inputs=imgs, reduction="positions", max_tokens=None
+    )
     assert int(every["n_samples"].values[0, 0]) == 24 * 25
     pixels = h.permute(0, 2, 3, 1).reshape(-1, 12).numpy()
     assert abs(float(every["rankme"].values[0, 0]) - rankme_ref(pixels)) < 1e-6 * 12
-    capped = [capture_once(cnn, tmp_path / f"cap{i}.zarr", probes=["conv"], probe_inputs=imgs,
-                           reduction={"con*": "positions"}, max_tokens=100) for i in range(2)]
+    capped = [
+        capture_once(
+            cnn,
+            tmp_path / f"cap{i}.zarr",
+            probes=["conv"],
+            probe_inputs=imgs,
+            reduction={"con*": "positions"},
+            max_tokens=100,
+        )
+        for i in range(2)
+    ]
     assert int(capped[0]["n_samples"].values[0, 0]) == 100
-    assert capped[0]["rankme"].values[0, 0] == capped[1]["rankme"].values[0, 0]   # seeded: the same pixels
+    assert capped[0]["rankme"].values[0, 0] == capped[1]["rankme"].values[0, 0]  # seeded: the same pixels
 
 
 def test_honest_spectra_cap_is_recorded_and_flagged_in_data_quality(tmp_path):
@@ -161,25 +184,30 @@ def test_honest_spectra_cap_is_recorded_and_flagged_in_data_quality(tmp_path):
     ds = open_run(path)
     assert ds.attrs["capture_mode"] == "in_flight"
     assert ds.attrs["probe_reductions"]["body"]["features"] == 64
-    assert "body: 32 samples for 64 features" in {r["check"]: r for r in quality_rows(ds)}[
-        "spectrum capped by samples"]["value"]
-    sub = figure_spectrum(ds, "body", 0).layout.title.text                  # and the spectrum explorer says it
+    assert (
+        "body: 32 samples for 64 features"
+        in {r["check"]: r for r in quality_rows(ds)}["spectrum capped by samples"]["value"]
+    )
+    sub = figure_spectrum(ds, "body", 0).layout.title.text  # and the spectrum explorer says it
     assert "read by features of N×64 → 64 features · 32 samples (spectrum capped at 31 eigenvalues)" in sub
     wide = capture_once(model, tmp_path / "wide.zarr", probes=["body"], probe_inputs=torch.randn(100, 20))
     assert "spectrum capped by samples" not in {r["check"] for r in quality_rows(wide)}
 
 
-@pytest.mark.parametrize("case, match", [
-    ("float_ids", r"input_ids'\] must hold integers"),
-    ("mismatched", r"disagree on the number of samples \(\[0\]: 10, \[1\]: 7\)"),
-    ("empty_loader", r"yielded no batches"),
-    ("unknown_keys", r"keys 'image', 'target' are not parameters of MLP.forward\(x\)"),
-    ("one_sample", r"hold 1 sample\(s\); a covariance spectrum needs at least 2"),
-    ("never_called", r"probe\(s\) unused did not run during the probe forward pass"),
-    ("one_feature", r"probe 'head.0' has 1 feature\(s\)"),
-    ("bad_shape", r"probe 'conv': cannot read an output of shape \(N, 12, 6, 6\) with reduction 'features'"),
-    ("bad_reduction", r"reduction must be one of auto, features, tokens, spatial_mean, positions"),
-])
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("float_ids", r"input_ids'\] must hold integers"),
+        ("mismatched", r"disagree on the number of samples \(\[0\]: 10, \[1\]: 7\)"),
+        ("empty_loader", r"yielded no batches"),
+        ("unknown_keys", r"keys 'image', 'target' are not parameters of MLP.forward\(x\)"),
+        ("one_sample", r"hold 1 sample\(s\); a covariance spectrum needs at least 2"),
+        ("never_called", r"probe\(s\) unused did not run during the probe forward pass"),
+        ("one_feature", r"probe 'head.0' has 1 feature\(s\)"),
+        ("bad_shape", r"probe 'conv': cannot read an output of shape \(N, 12, 6, 6\) with reduction 'features'"),
+        ("bad_reduction", r"reduction must be one of auto, features, tokens, spatial_mean, positions"),
+    ],
+)
 def test_bad_input_gets_one_line_naming_the_problem_and_the_fix(tmp_path, case, match):
     mlp, cnn = MLP(), SmallCNN()
     x = torch.randn(10, 20)
@@ -206,10 +234,12 @@ def test_bad_input_gets_one_line_naming_the_problem_and_the_fix(tmp_path, case, 
         "one_sample": lambda: dict(model=mlp, probe_inputs=x[:1]),
         "never_called": lambda: dict(model=Unused(), probes=["body", "unused"], probe_inputs=x),
         "one_feature": lambda: dict(model=OneOut(), probes=["head.0"], probe_inputs=x),
-        "bad_shape": lambda: dict(model=cnn, probes=["conv"], probe_inputs=torch.randn(4, 3, 6, 6),
-                                  reduction="features"),
-        "bad_reduction": lambda: dict(model=cnn, probes=["conv"], probe_inputs=torch.randn(4, 3, 6, 6),
-                                      reduction="pixels"),
+        "bad_shape": lambda: dict(
+            model=cnn, probes=["conv"], probe_inputs=torch.randn(4, 3, 6, 6), reduction="features"
+        ),
+        "bad_reduction": lambda: dict(
+            model=cnn, probes=["conv"], probe_inputs=torch.randn(4, 3, 6, 6), reduction="pixels"
+        ),
     }[case]()
     model = build.pop("model")
     build.setdefault("probes", ["body"])
@@ -222,13 +252,16 @@ def test_bad_input_gets_one_line_naming_the_problem_and_the_fix(tmp_path, case, 
 def test_in_flight_bad_probes_raise_at_the_first_capture(tmp_path):
     """In flight the outputs are first seen in the training forward: a probe that never runs, or one sample
     per capture, is raised at that step — one line — never left to the store's counters."""
+
     class Unused(MLP):
         def __init__(self):
             super().__init__()
             self.unused = torch.nn.Linear(3, 3)
 
-    for model, probes, n, match in ((Unused(), ["body", "unused"], 8, r"unused did not run during the training"),
-                                    (MLP(), ["body"], 1, r"body \(1\) got fewer than 2 samples")):
+    for model, probes, n, match in (
+        (Unused(), ["body", "unused"], 8, r"unused did not run during the training"),
+        (MLP(), ["body"], 1, r"body \(1\) got fewer than 2 samples"),
+    ):
         obs = phasescope.Observatory(model, store=str(tmp_path / f"f{n}.zarr"), probes=probes, schedule=[0])
         model(torch.randn(n, 20)).sum().backward()
         with pytest.raises(PhasescopeError, match=match):
@@ -242,11 +275,16 @@ def test_model_outputs_and_tuples_are_read_at_their_hidden_state(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    lm = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=12,
-                                    bos_token_id=0, eos_token_id=0))
+    lm = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=12, bos_token_id=0, eos_token_id=0)
+    )
     ids = torch.randint(0, 64, (20, 12), generator=torch.Generator().manual_seed(7))
-    ds = capture_once(lm, tmp_path / "hf.zarr", probes={"trunk": "transformer", "attn0": "transformer.h.0.attn"},
-                      probe_inputs={"input_ids": ids})
+    ds = capture_once(
+        lm,
+        tmp_path / "hf.zarr",
+        probes={"trunk": "transformer", "attn0": "transformer.h.0.attn"},
+        probe_inputs={"input_ids": ids},
+    )
     red = ds.attrs["probe_reductions"]
     assert red["trunk"]["source"] == "last_hidden_state" and red["trunk"]["reduction"] == "tokens:last"
     assert red["attn0"]["source"] == "output[0]" and red["attn0"]["output_shape"] == ["N", 12, 32]
@@ -275,8 +313,9 @@ def test_review_cases_keyword_only_mask_wrappers_batches_lists_and_dtypes(tmp_pa
     got = build_probe_inputs({"input_ids": ids, "attention_mask": mask}, KeywordMask(), "cpu")
     assert "attention_mask" in got.batches[0].kwargs
     cnn = SmallCNN()
-    pairs = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.zeros(8)),
-                                        batch_size=4)
+    pairs = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 3, 4, 4), torch.zeros(8)), batch_size=4
+    )
     wrapped = build_probe_inputs(pairs, torch.nn.DataParallel(cnn), "cpu")
     assert all(len(b.args) == 1 for b in wrapped.batches)
     chunks = list(torch.utils.data.DataLoader(torch.randn(12, 3, 4, 4), batch_size=4))
@@ -290,6 +329,7 @@ def test_review_cases_keyword_only_mask_wrappers_batches_lists_and_dtypes(tmp_pa
 
 def test_a_token_models_4d_output_is_not_guessed_as_a_conv_map(tmp_path):
     """(batch, tokens, heads, head_dim) from a token model must not be read as channels = tokens."""
+
     class Heads(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -322,4 +362,4 @@ def test_padding_forward_on_a_rank_without_batches(tmp_path):
     pad = ps.batches[0].head(1)
     D.shard_probe_set(ps, rank=3, world=4)
     assert ps.batches == [] and ps.plans == []
-    ps.padding_forward(pad)          # no IndexError
+    ps.padding_forward(pad)  # no IndexError

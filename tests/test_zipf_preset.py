@@ -33,7 +33,7 @@ def test_language_is_seeded_and_skewed_as_asked():
     assert counts[:8].sum() > 10 * counts[256:264].sum()
     # the context matters: the next token is far more predictable from the previous one than from nothing
     lang = ZipfLanguage(512, zipf=1.4, chains=4096, seed=3)
-    ctx, nxt = lang.advance()
+    ctx, _nxt = lang.advance()
     lp = lang.logits(ctx).log_softmax(-1)
     cond = float(-lp.exp().mul(lp).sum(-1).mean())
     assert cond < lang.unigram_entropy() - 0.5
@@ -76,11 +76,14 @@ def test_preset_values_reach_the_config_and_flags_override_them():
     assert parse("--preset", "three-phases", "--weight-decay", "0.1").weight_decay == 0.1
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--corpus", "zipf", "--save-every", "10"], "drop --save-every"),
-    (["--corpus", "zipf", "--probe-size", "600"], "at most 512"),
-    (["--weight-decay", "-1"], "must be 0 or positive"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--corpus", "zipf", "--save-every", "10"], "drop --save-every"),
+        (["--corpus", "zipf", "--probe-size", "600"], "at most 512"),
+        (["--weight-decay", "-1"], "must be 0 or positive"),
+    ],
+)
 def test_preset_mistakes_are_one_line_errors(tmp_path, capsys, argv, needle):
     assert main(["demo", "--out", str(tmp_path / "x.zarr"), "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -99,4 +102,4 @@ def test_a_short_zipf_run_records_its_corpus(tmp_path):
     assert ds.attrs["corpus"].startswith("synthetic Zipfian language") and "2048 tokens" in ds.attrs["corpus"]
     assert ds.attrs["probe_set"].startswith("held-out windows") and ds.attrs["demo_config"]["probes_from"] is None
     assert ds.sizes["step"] == 60 and np.isfinite(ds["rankme"].values).all()
-    assert (ds["rankme"].values <= 16).all()   # d = 16
+    assert (ds["rankme"].values <= 16).all()  # d = 16

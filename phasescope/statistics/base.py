@@ -25,8 +25,9 @@ Adding a statistic is one new module in this package that calls :func:`register`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from phasescope.errors import PhasescopeError
 
@@ -62,11 +63,11 @@ class Variable:
 class ProbeInputs:
     """What a per-probe statistic may read at one capture (host numpy values)."""
 
-    spectrum: Any            # phasescope.spectra.Spectrum (float64 numpy eigenvalues) or None
-    gram: Any                # centred Gram of the fixed probe samples (numpy) or None
+    spectrum: Any  # phasescope.spectra.Spectrum (float64 numpy eigenvalues) or None
+    gram: Any  # centred Gram of the fixed probe samples (numpy) or None
     fit_range: Any = "auto"  # α-ReQ fit range of the run
     max_rank: int | None = None
-    resumed: bool = False    # the run's first capture was reduced by another process
+    resumed: bool = False  # the run's first capture was reduced by another process
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,8 @@ class Statistic:
     panels: tuple[str, ...] = ()
     doc: str = ""
     per_probe: Callable[[ProbeInputs, dict], dict] | None = None
-    live: bool = True          # computed by live capture (Observatory/Recorder)
-    offline: bool = True       # computed by `phasescope analyze`
+    live: bool = True  # computed by live capture (Observatory/Recorder)
+    offline: bool = True  # computed by `phasescope analyze`
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -23,8 +23,10 @@ def cka_to_history(gram: Any, first: Any, previous: Any, *, is_first: bool = Fal
     NaN where a reference is unknown (no previous capture; the first one reduced elsewhere)."""
     if gram is None:
         return {"cka_first": NAN, "cka_previous": NAN}
-    return {"cka_first": 1.0 if is_first else (linear_cka(gram, first) if first is not None else NAN),
-            "cka_previous": linear_cka(gram, previous) if previous is not None else NAN}
+    return {
+        "cka_first": 1.0 if is_first else (linear_cka(gram, first) if first is not None else NAN),
+        "cka_previous": linear_cka(gram, previous) if previous is not None else NAN,
+    }
 
 
 def _per_probe(inputs: ProbeInputs, state: dict) -> dict[str, float]:
@@ -40,8 +42,19 @@ def _per_probe(inputs: ProbeInputs, state: dict) -> dict[str, float]:
     return out
 
 
-CKA = register(Statistic(
-    name="cka", cost="capture", schedule="capture", needs=("gram",),
-    variables=(Variable("cka_first", "metric", "linear CKA to the first capture (Kornblith et al. 2019)"),
-               Variable("cka_previous", "metric", "linear CKA to the previous capture (Kornblith et al. 2019)")),
-    compute=cka_to_history, per_probe=_per_probe, panels=("similarity", "trajectory"), doc=__doc__ or ""))
+CKA = register(
+    Statistic(
+        name="cka",
+        cost="capture",
+        schedule="capture",
+        needs=("gram",),
+        variables=(
+            Variable("cka_first", "metric", "linear CKA to the first capture (Kornblith et al. 2019)"),
+            Variable("cka_previous", "metric", "linear CKA to the previous capture (Kornblith et al. 2019)"),
+        ),
+        compute=cka_to_history,
+        per_probe=_per_probe,
+        panels=("similarity", "trajectory"),
+        doc=__doc__ or "",
+    )
+)

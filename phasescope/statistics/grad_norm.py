@@ -8,8 +8,18 @@ from phasescope.gradients import array_norms
 
 from .base import Statistic, Variable, register
 
-GRAD_NORM = register(Statistic(
-    name="grad_norm", cost="step", schedule="step", needs=("grads",),
-    variables=(Variable("grad_norm", "param", "L2 norm of each parameter's gradient"),
-               Variable("grad_norm", "scalar", "global gradient L2 norm (what clip_grad_norm_ returns)")),
-    compute=array_norms, panels=("gradients", "scalars"), doc=__doc__ or ""))
+GRAD_NORM = register(
+    Statistic(
+        name="grad_norm",
+        cost="step",
+        schedule="step",
+        needs=("grads",),
+        variables=(
+            Variable("grad_norm", "param", "L2 norm of each parameter's gradient"),
+            Variable("grad_norm", "scalar", "global gradient L2 norm (what clip_grad_norm_ returns)"),
+        ),
+        compute=array_norms,
+        panels=("gradients", "scalars"),
+        doc=__doc__ or "",
+    )
+)

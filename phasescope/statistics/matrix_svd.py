@@ -7,11 +7,24 @@ from phasescope.gradients import MATRIX_STATS, gradient_matrix_stats
 
 from .base import Statistic, Variable, register
 
-_INFO = {"grad_nuclear": "nuclear norm Σσ of the gradient", "grad_spectral": "spectral norm σ₁ of the gradient",
-         "grad_frobenius": "Frobenius norm of the gradient", "grad_stable_rank": "stable rank Σσ²/σ₁² of the gradient",
-         "grad_top_ratio": "σ₁ / Σσ of the gradient", "grad_sigma_min": "smallest singular value of the gradient"}
+_INFO = {
+    "grad_nuclear": "nuclear norm Σσ of the gradient",
+    "grad_spectral": "spectral norm σ₁ of the gradient",
+    "grad_frobenius": "Frobenius norm of the gradient",
+    "grad_stable_rank": "stable rank Σσ²/σ₁² of the gradient",
+    "grad_top_ratio": "σ₁ / Σσ of the gradient",
+    "grad_sigma_min": "smallest singular value of the gradient",
+}
 
-MATRIX_SVD = register(Statistic(
-    name="matrix_svd", cost="matrix", schedule="matrices", needs=("matrix_grads",),
-    variables=tuple(Variable(k, "matrix", _INFO[k]) for k in MATRIX_STATS),
-    compute=gradient_matrix_stats, panels=("gradients",), doc=__doc__ or ""))
+MATRIX_SVD = register(
+    Statistic(
+        name="matrix_svd",
+        cost="matrix",
+        schedule="matrices",
+        needs=("matrix_grads",),
+        variables=tuple(Variable(k, "matrix", _INFO[k]) for k in MATRIX_STATS),
+        compute=gradient_matrix_stats,
+        panels=("gradients",),
+        doc=__doc__ or "",
+    )
+)

@@ -17,10 +17,12 @@ from .base import ProbeInputs, Statistic, Variable, register
 NAN = float("nan")
 
 
-def spectral_metrics(spectrum: Spectrum | None, *, fit_range: Any = "auto", max_rank: int | None = None) -> dict[str, float]:
+def spectral_metrics(
+    spectrum: Spectrum | None, *, fit_range: Any = "auto", max_rank: int | None = None
+) -> dict[str, float]:
     """Every metric of METRIC_INFO for one probe's spectrum; NaN for all when fewer than 2 samples."""
     if spectrum is None or spectrum.n < 2:
-        return {k: NAN for k in METRIC_INFO}
+        return dict.fromkeys(METRIC_INFO, NAN)
     return spectrum_metrics(spectrum, fit_range=fit_range, max_components=max_rank)
 
 
@@ -30,8 +32,16 @@ def _per_probe(inputs: ProbeInputs, state: dict) -> dict[str, float]:
     return spectral_metrics(inputs.spectrum, fit_range=inputs.fit_range, max_rank=inputs.max_rank)
 
 
-SPECTRAL = register(Statistic(
-    name="spectral_geometry", cost="capture", schedule="capture", needs=("spectrum",),
-    variables=tuple(Variable(k, "metric", v) for k, v in METRIC_INFO.items()),
-    compute=spectral_metrics, per_probe=_per_probe, panels=("overview", "heatmap", "trajectory", "layers"),
-    doc=__doc__ or ""))
+SPECTRAL = register(
+    Statistic(
+        name="spectral_geometry",
+        cost="capture",
+        schedule="capture",
+        needs=("spectrum",),
+        variables=tuple(Variable(k, "metric", v) for k, v in METRIC_INFO.items()),
+        compute=spectral_metrics,
+        per_probe=_per_probe,
+        panels=("overview", "heatmap", "trajectory", "layers"),
+        doc=__doc__ or "",
+    )
+)

@@ -5,7 +5,16 @@ from phasescope.gradients.updates import update_ratios
 
 from .base import Statistic, Variable, register
 
-UPDATE_RATIO = register(Statistic(
-    name="update_ratio", cost="matrix", schedule="updates", needs=("updates",),
-    variables=(Variable("update_ratio", "param", "‖Δw‖/‖w‖ of one optimizer step"),),
-    compute=update_ratios, panels=("gradients",), doc=__doc__ or "", offline=False))
+UPDATE_RATIO = register(
+    Statistic(
+        name="update_ratio",
+        cost="matrix",
+        schedule="updates",
+        needs=("updates",),
+        variables=(Variable("update_ratio", "param", "‖Δw‖/‖w‖ of one optimizer step"),),
+        compute=update_ratios,
+        panels=("gradients",),
+        doc=__doc__ or "",
+        offline=False,
+    )
+)

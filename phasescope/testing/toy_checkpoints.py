@@ -8,8 +8,8 @@ handy to try ``phasescope analyze`` without downloading anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -24,10 +24,22 @@ def kjv_tokenizer(vocab_size: int = 8192):
     return hf_tokenizer(train_tokenizer(split.train, vocab_size)), split
 
 
-def train_checkpoints(out: str | Path, save_steps: Sequence[int], *, n_layer: int = 2, n_embd: int = 32,
-                      n_head: int = 2, seq_len: int = 32, batch_size: int = 8, lr: float = 3e-3,
-                      vocab_size: int = 8192, seed: int = 0, safe_serialization: bool = True,
-                      return_model: bool = False, on_backward=None):
+def train_checkpoints(
+    out: str | Path,
+    save_steps: Sequence[int],
+    *,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    seq_len: int = 32,
+    batch_size: int = 8,
+    lr: float = 3e-3,
+    vocab_size: int = 8192,
+    seed: int = 0,
+    safe_serialization: bool = True,
+    return_model: bool = False,
+    on_backward=None,
+):
     """Train and save ``checkpoint-<step>`` folders (model + tokenizer) at ``save_steps`` (step 0 = init).
 
     Trains on the first 4,000 training verses. ``on_backward(step, loss, model)`` is called after each
@@ -42,22 +54,40 @@ def train_checkpoints(out: str | Path, save_steps: Sequence[int], *, n_layer: in
     eos, pad = tok.eos_token_id, tok.pad_token_id
     stream = token_stream(tok(split.train[:4000], add_special_tokens=False)["input_ids"], eos)
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tok), n_positions=max(64, seq_len), n_embd=n_embd, n_layer=n_layer,
-                        n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=pad)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=max(64, seq_len),
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     rng = np.random.default_rng(seed)
-    saves = sorted(set(int(s) for s in save_steps))
+    saves = sorted({int(s) for s in save_steps})
     folders: list[Path] = []
 
     def save(step: int) -> None:
         if step in saves:
-            folders.append(save_checkpoint(out / f"checkpoint-{step}", model, tok,
-                                           safe_serialization=safe_serialization))
+            folders.append(
+                save_checkpoint(out / f"checkpoint-{step}", model, tok, safe_serialization=safe_serialization)
+            )
 
     hook = None if on_backward is None else (lambda step, loss, _lr: on_backward(step, loss, model))
-    train(model, opt, stream, saves[-1], seq_len=seq_len, batch_size=batch_size, rng=rng,
-          before_step=save, on_backward=hook)
+    train(
+        model,
+        opt,
+        stream,
+        saves[-1],
+        seq_len=seq_len,
+        batch_size=batch_size,
+        rng=rng,
+        before_step=save,
+        on_backward=hook,
+    )
     save(saves[-1])  # the weights after the last update
     return (folders, model) if return_model else folders
 

@@ -20,4 +20,5 @@ def current_lr(optimizer) -> float | None:
 def no_step_error(framework: str, n: int, hint: str) -> NoOptimizerStepError:
     return NoOptimizerStepError(
         f"phasescope {framework} callback: {n} training batches ended without an optimizer step it could record; "
-        f"{hint}; steps committed so far are kept in the store")
+        f"{hint}; steps committed so far are kept in the store"
+    )

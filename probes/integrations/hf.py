@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from ..observatory import Observatory
 from ._common import NoOptimizerStepError, current_lr, no_step_error
 
-__all__ = ["PhasescopeCallback", "NoOptimizerStepError"]
+__all__ = ["NoOptimizerStepError", "PhasescopeCallback"]
 
 
 class PhasescopeCallback(TrainerCallback):
@@ -62,15 +62,28 @@ class PhasescopeCallback(TrainerCallback):
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if model is None:
-            raise NoOptimizerStepError("PhasescopeCallback.on_train_begin got no model; add the callback to a "
-                                       "transformers.Trainer (callbacks=[...]) rather than calling it yourself")
-        meta = {"integration": "transformers.Trainer", "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "max_grad_norm": args.max_grad_norm, "step_convention": "global_step before the update (0-based)"}
+            raise NoOptimizerStepError(
+                "PhasescopeCallback.on_train_begin got no model; add the callback to a "
+                "transformers.Trainer (callbacks=[...]) rather than calling it yourself"
+            )
+        meta = {
+            "integration": "transformers.Trainer",
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "max_grad_norm": args.max_grad_norm,
+            "step_convention": "global_step before the update (0-based)",
+        }
         kw = dict(self.kwargs)
         meta.update(kw.pop("metadata", None) or {})
         kw.setdefault("optimizer", optimizer)
-        self.obs = Observatory(model, store=self.store, probes=self.probes, schedule=self.schedule,
-                               probe_inputs=self.probe_inputs, metadata=meta, **kw)
+        self.obs = Observatory(
+            model,
+            store=self.store,
+            probes=self.probes,
+            schedule=self.schedule,
+            probe_inputs=self.probe_inputs,
+            metadata=meta,
+            **kw,
+        )
         self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -83,9 +96,12 @@ class PhasescopeCallback(TrainerCallback):
         if self.obs is None:
             return
         if not self._stepped:
-            err = no_step_error("Hugging Face", args.gradient_accumulation_steps,
-                                "this Trainer never called on_pre_optimizer_step (transformers >= 4.45 does); "
-                                "use a Trainer whose training loop calls it, or phasescope.Observatory directly")
+            err = no_step_error(
+                "Hugging Face",
+                args.gradient_accumulation_steps,
+                "this Trainer never called on_pre_optimizer_step (transformers >= 4.45 does); "
+                "use a Trainer whose training loop calls it, or phasescope.Observatory directly",
+            )
             self._close(err)
             raise err
         self._stepped = False

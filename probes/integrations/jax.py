@@ -23,8 +23,9 @@ non-pad token; without one every position counts. (batch, dim) outputs are used 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -111,9 +112,22 @@ class FlaxObserver:
     none). Remaining keyword arguments go to :class:`Recorder`.
     """
 
-    def __init__(self, module, store, params, probe_inputs, *, probes: list[str] | None = None, schedule=None,
-                 tokens: str = "last", attention_mask=None, apply_kwargs: dict | None = None, matrices=(),
-                 metadata: dict | None = None, **recorder_kwargs: Any):
+    def __init__(
+        self,
+        module,
+        store,
+        params,
+        probe_inputs,
+        *,
+        probes: list[str] | None = None,
+        schedule=None,
+        tokens: str = "last",
+        attention_mask=None,
+        apply_kwargs: dict | None = None,
+        matrices=(),
+        metadata: dict | None = None,
+        **recorder_kwargs: Any,
+    ):
         self.module, self.tokens = module, tokens
         selection = as_selection(tokens, max_tokens=None)
         self.schedule = S.as_schedule(schedule) if schedule is not None else S.preset("economy").capture
@@ -135,21 +149,35 @@ class FlaxObserver:
             probes = [k for k, v in shapes.items() if k != "output" and (mask is None or _masked_by(v.shape, mask))]
         missing = [p for p in probes if p not in shapes]
         if missing:
-            raise PhasescopeError(f"probe(s) {missing} are not among the captured intermediates {sorted(shapes)}; "
-                                  "name submodules (or sown values) the model's forward produces")
+            raise PhasescopeError(
+                f"probe(s) {missing} are not among the captured intermediates {sorted(shapes)}; "
+                "name submodules (or sown values) the model's forward produces"
+            )
         self.probes = list(probes)
         self._forward = jax.jit(partial(forward, names=tuple(self.probes)))
         acts = self._forward(params)
         names = flatten_tree(params)
         if matrices == "all":
             matrices = [n for n, a in names.items() if a.ndim == 2]
-        meta = {"integration": "flax.linen", "model": type(module).__name__, "schedule": self.schedule.describe(),
-                "tokens": {**selection.describe(), "attention_mask": mask is not None}, "probes_spec": {p: p for p in self.probes}, "capture_mode": "probe_set",
-                "probe_set_size": int(jax.tree_util.tree_leaves(self.inputs)[0].shape[0])}
+        meta = {
+            "integration": "flax.linen",
+            "model": type(module).__name__,
+            "schedule": self.schedule.describe(),
+            "tokens": {**selection.describe(), "attention_mask": mask is not None},
+            "probes_spec": {p: p for p in self.probes},
+            "capture_mode": "probe_set",
+            "probe_set_size": int(jax.tree_util.tree_leaves(self.inputs)[0].shape[0]),
+        }
         meta.update(metadata or {})
-        self.recorder = Recorder(store, probes=self.probes, params=list(names),
-                                 dims={p: int(acts[p].shape[-1]) for p in self.probes}, matrices=list(matrices),
-                                 metadata=meta, **recorder_kwargs)
+        self.recorder = Recorder(
+            store,
+            probes=self.probes,
+            params=list(names),
+            dims={p: int(acts[p].shape[-1]) for p in self.probes},
+            matrices=list(matrices),
+            metadata=meta,
+            **recorder_kwargs,
+        )
 
     def step(self, step: int, params, grads=None, loss=None, lr: float | None = None) -> None:
         """Record one optimizer step: call with the parameters the gradients were taken at (before the update)."""
@@ -157,13 +185,14 @@ class FlaxObserver:
         if self.schedule(int(step)):
             out = self._forward(params)
             acts = {p: out[p] for p in self.probes}
-        self.recorder.record(step, activations=acts, grads=flatten_tree(grads) if grads is not None else None,
-                             loss=loss, lr=lr)
+        self.recorder.record(
+            step, activations=acts, grads=flatten_tree(grads) if grads is not None else None, loss=loss, lr=lr
+        )
 
     def close(self, *, error: BaseException | None = None) -> None:
         self.recorder.close(error=error)
 
-    def __enter__(self) -> "FlaxObserver":
+    def __enter__(self) -> FlaxObserver:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

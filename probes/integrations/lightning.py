@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 from ..observatory import Observatory
 from ._common import NoOptimizerStepError, current_lr, no_step_error
 
-__all__ = ["PhasescopeCallback", "NoOptimizerStepError"]
+__all__ = ["NoOptimizerStepError", "PhasescopeCallback"]
 
 
 class PhasescopeCallback(pl.Callback):
@@ -38,14 +38,24 @@ class PhasescopeCallback(pl.Callback):
         self._loss = None
         self._batches_since_step = 0
 
-    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         kw = dict(self.kwargs)
-        meta = {"integration": "lightning.Trainer", "accumulate_grad_batches": trainer.accumulate_grad_batches,
-                "gradient_clip_val": trainer.gradient_clip_val,
-                "step_convention": "trainer.global_step before the update (0-based)"}
+        meta = {
+            "integration": "lightning.Trainer",
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "gradient_clip_val": trainer.gradient_clip_val,
+            "step_convention": "trainer.global_step before the update (0-based)",
+        }
         meta.update(kw.pop("metadata", None) or {})
-        self.obs = Observatory(pl_module, store=self.store, probes=self.probes, schedule=self.schedule,
-                               probe_inputs=self.probe_inputs, metadata=meta, **kw)
+        self.obs = Observatory(
+            pl_module,
+            store=self.store,
+            probes=self.probes,
+            schedule=self.schedule,
+            probe_inputs=self.probe_inputs,
+            metadata=meta,
+            **kw,
+        )
         self._loss, self._batches_since_step = None, 0
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
@@ -64,9 +74,12 @@ class PhasescopeCallback(pl.Callback):
             return
         self._batches_since_step += 1
         if self._batches_since_step > max(1, int(trainer.accumulate_grad_batches)):
-            raise no_step_error("Lightning", self._batches_since_step,
-                                "with automatic_optimization=False call opt.step() on the optimizer from "
-                                "self.optimizers() (Lightning runs on_before_optimizer_step there)")
+            raise no_step_error(
+                "Lightning",
+                self._batches_since_step,
+                "with automatic_optimization=False call opt.step() on the optimizer from "
+                "self.optimizers() (Lightning runs on_before_optimizer_step there)",
+            )
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.obs is not None:

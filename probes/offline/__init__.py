@@ -17,5 +17,14 @@ from .analyze import AnalyzeInterrupted, AnalyzeOptions, AnalyzeReport, analyze
 from .capture import CaptureSpec, CheckpointResult, capture_model
 from .sources import Checkpoint, find_checkpoints
 
-__all__ = ["analyze", "AnalyzeOptions", "AnalyzeReport", "AnalyzeInterrupted", "find_checkpoints", "Checkpoint", "CheckpointResult",
-           "CaptureSpec", "capture_model"]
+__all__ = [
+    "AnalyzeInterrupted",
+    "AnalyzeOptions",
+    "AnalyzeReport",
+    "CaptureSpec",
+    "Checkpoint",
+    "CheckpointResult",
+    "analyze",
+    "capture_model",
+    "find_checkpoints",
+]

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
-
+from typing import Any
 
 from tqdm import tqdm
 
@@ -64,38 +64,38 @@ SCALARS = ("loss", "load_seconds", "capture_seconds", "tokens_per_second")
 FLAGS = ("failed",)
 MODE = "offline-checkpoints"
 
-__all__ = ["AnalyzeOptions", "AnalyzeReport", "AnalyzeInterrupted", "analyze", "probe_layout"]
+__all__ = ["AnalyzeInterrupted", "AnalyzeOptions", "AnalyzeReport", "analyze", "probe_layout"]
 
 
 @dataclass
 class AnalyzeOptions:
     """Options of :func:`analyze` (the CLI flags of ``phasescope analyze``)."""
 
-    probes: Any = "auto"                 # preset keyword, module names/globs (see probes.registry)
-    tokens: str = "last"                 # last | all | mean (probes.tokens)
-    max_tokens: int | None = None        # tokens="all": seeded subsample of the probe set's tokens
-    max_length: int = 128                # truncate probe sequences (Li et al.: 128 for Pythia)
-    min_tokens: int = 1                  # drop shorter sequences (Li et al. keep > 10 tokens: 11)
-    max_sequences: int | None = None     # keep the first N sequences
+    probes: Any = "auto"  # preset keyword, module names/globs (see probes.registry)
+    tokens: str = "last"  # last | all | mean (probes.tokens)
+    max_tokens: int | None = None  # tokens="all": seeded subsample of the probe set's tokens
+    max_length: int = 128  # truncate probe sequences (Li et al.: 128 for Pythia)
+    min_tokens: int = 1  # drop shorter sequences (Li et al. keep > 10 tokens: 11)
+    max_sequences: int | None = None  # keep the first N sequences
     batch_size: int = 64
-    fit_range: Any = "auto"              # α-ReQ fit range: "auto" or (start, stop)
-    gradients: bool = False              # per-matrix gradient statistics of the probe-set loss
-    weights: bool = False                # per-matrix weight singular-value statistics
-    rankme_raw: bool = False             # also RankMe of the raw rows' singular values (Garrido et al. 2023)
-    matrices: Any = "blocks"             # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
-    max_rank: int | None = None          # cap stored eigenvalues (Li et al. keep 2048)
+    fit_range: Any = "auto"  # α-ReQ fit range: "auto" or (start, stop)
+    gradients: bool = False  # per-matrix gradient statistics of the probe-set loss
+    weights: bool = False  # per-matrix weight singular-value statistics
+    rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
+    matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
+    max_rank: int | None = None  # cap stored eigenvalues (Li et al. keep 2048)
     revisions: Sequence[str] | None = None
     tokenizer: str | None = None
     trust_remote_code: bool = False
     device: str = "cpu"
-    dtype: str | None = None             # e.g. "float32", "bfloat16"; None = as saved
-    workers: int | str = "auto"          # "auto" (a LocalCluster only if it pays off, see .workers), 0 = this process, N
+    dtype: str | None = None  # e.g. "float32", "bfloat16"; None = as saved
+    workers: int | str = "auto"  # "auto" (a LocalCluster only if it pays off, see .workers), 0 = this process, N
     threads_per_worker: int = 1
-    scheduler: str | None = None         # tcp://host:8786 of an existing Dask cluster
+    scheduler: str | None = None  # tcp://host:8786 of an existing Dask cluster
     overwrite: bool = False
     progress: bool = True
     seed: int = 0
-    probes_from: str | None = None       # corpus probe sets only: "midtext" (default) or "verses"
+    probes_from: str | None = None  # corpus probe sets only: "midtext" (default) or "verses"
 
 
 @dataclass
@@ -110,8 +110,8 @@ class AnalyzeReport:
     workers: int = 0
     seconds: float = 0.0
     choice: WorkerChoice | None = None
-    total: int = 0                       # checkpoints found at the source
-    unwritten: int = 0                   # finished out of step order when the sweep was interrupted: not stored
+    total: int = 0  # checkpoints found at the source
+    unwritten: int = 0  # finished out of step order when the sweep was interrupted: not stored
 
     def where(self) -> str:
         """Where the checkpoints ran, in words."""
@@ -126,13 +126,17 @@ class AnalyzeReport:
     def interrupted(self) -> str:
         """The one line of a sweep ended by Ctrl-C."""
         extra = f" ({self.unwritten} more had finished out of step order and were not kept)" if self.unwritten else ""
-        return (f"interrupted: {self.kept()} of {self.total} checkpoints analysed and kept in {self.path}{extra}; "
-                "rerun the same command without --overwrite to continue (stored checkpoints are skipped)")
+        return (
+            f"interrupted: {self.kept()} of {self.total} checkpoints analysed and kept in {self.path}{extra}; "
+            "rerun the same command without --overwrite to continue (stored checkpoints are skipped)"
+        )
 
     def summary(self) -> str:
         ok = [r for r in self.results if r.ok]
-        lines = [f"analyzed {len(self.analyzed)} checkpoint(s) in {self.seconds:.1f} s ({self.where()}); "
-                 f"skipped {len(self.skipped)} already stored; {len(self.failed)} failed"]
+        lines = [
+            f"analyzed {len(self.analyzed)} checkpoint(s) in {self.seconds:.1f} s ({self.where()}); "
+            f"skipped {len(self.skipped)} already stored; {len(self.failed)} failed"
+        ]
         if ok:
             load = sum(r.load_seconds for r in ok) / len(ok)
             tps = sum(r.n_tokens for r in ok) / max(sum(r.capture_seconds for r in ok), 1e-9)
@@ -173,19 +177,24 @@ def probe_layout(meta_model, probes: Any) -> tuple[list[tuple[str, str]], list[i
     order: list[str] = []
     hooks = []
     for p in resolved:
+
         def hook(mod, args, out, name=p.name):
             if name not in seen:
                 seen[name] = int(first_tensor(out).shape[-1])
                 order.append(name)
+
         hooks.append(p.module.register_forward_hook(hook))
     try:
         with torch.no_grad():
             # No mask and no pad id: the padding checks would call .item(), which meta tensors refuse.
             meta_model.config.pad_token_id = None
             meta_model(input_ids=torch.zeros((1, 4), dtype=torch.long, device="meta"))
-    except Exception as exc:  # some architectures cannot run on meta: fall back to config widths
-        warnings.warn(f"could not trace {type(meta_model).__name__} without weights ({type(exc).__name__}); "
-                      "probe widths taken from the config", stacklevel=2)
+    except Exception as exc:  # noqa: BLE001 - some architectures cannot run on meta: fall back to config widths
+        warnings.warn(
+            f"could not trace {type(meta_model).__name__} without weights ({type(exc).__name__}); "
+            "probe widths taken from the config",
+            stacklevel=2,
+        )
         width = int(getattr(meta_model.config, "hidden_size", 0) or 0)
         return [(p.name, p.module_name) for p in resolved], [width] * len(resolved)
     finally:
@@ -193,8 +202,10 @@ def probe_layout(meta_model, probes: Any) -> tuple[list[tuple[str, str]], list[i
             h.remove()
     missing = [p.name for p in resolved if p.name not in seen]
     if missing:
-        raise PhasescopeError(f"probe(s) {', '.join(missing)} are not called by the model's forward pass; "
-                              "choose modules that run (see model.named_modules())")
+        raise PhasescopeError(
+            f"probe(s) {', '.join(missing)} are not called by the model's forward pass; "
+            "choose modules that run (see model.named_modules())"
+        )
     by_name = {p.name: p.module_name for p in resolved}
     return [(n, by_name[n]) for n in order], [seen[n] for n in order]
 
@@ -203,13 +214,16 @@ def _stored_steps(out: Path) -> tuple[list[int], dict]:
     """Capture steps committed in an existing run and its attributes; refuses non-offline runs."""
     ds = open_run(out)
     if ds.attrs.get("mode") != MODE:
-        raise PhasescopeError(f"{out} is a run store not written by `phasescope analyze`; pass --overwrite "
-                              "to replace it or choose another --out")
+        raise PhasescopeError(
+            f"{out} is a run store not written by `phasescope analyze`; pass --overwrite "
+            "to replace it or choose another --out"
+        )
     return [int(s) for s in ds["capture_step"].values], dict(ds.attrs)
 
 
-def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOptions | None = None,
-            **overrides: Any) -> AnalyzeReport:
+def analyze(
+    source: str | Path, text: str, out: str | Path, options: AnalyzeOptions | None = None, **overrides: Any
+) -> AnalyzeReport:
     """Analyse every checkpoint of ``source`` on the probe texts ``text`` into the run store ``out``."""
     opts = options or AnalyzeOptions()
     for k, v in overrides.items():
@@ -239,8 +253,9 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     max_length = min(opts.max_length, int(n_pos)) if n_pos else opts.max_length
     tok_src = opts.tokenizer or ckpts[0].location
     tokenizer = load_tokenizer(tok_src, None if opts.tokenizer else ckpts[0].revision, opts.trust_remote_code)
-    data: ProbeData = tokenize(texts, tokenizer, max_length, min_tokens=opts.min_tokens,
-                               max_sequences=opts.max_sequences)
+    data: ProbeData = tokenize(
+        texts, tokenizer, max_length, min_tokens=opts.min_tokens, max_sequences=opts.max_sequences
+    )
     if opts.tokens == "last" and data.input_ids.shape[0] < 2:
         raise PhasescopeError("the probe set has fewer than 2 sequences; a covariance spectrum needs at least 2")
 
@@ -249,12 +264,24 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
         max_rank = min(max_rank, int(opts.max_rank))
     matrix_stats = ([*MATRIX_STATS] if opts.gradients else []) + ([*WEIGHT_STATS] if opts.weights else [])
     spec = CaptureSpec(
-        probes=tuple(probes), dims=tuple(dims), metrics=stat_names("metric", where="offline"), max_rank=max_rank,
+        probes=tuple(probes),
+        dims=tuple(dims),
+        metrics=stat_names("metric", where="offline"),
+        max_rank=max_rank,
         tokens=opts.tokens,
-        max_tokens=opts.max_tokens, seed=opts.seed, batch_size=opts.batch_size, fit_range=fit_range,
-        gradients=opts.gradients, weights=opts.weights, matrices=tuple(matrices),
-        grad_stats=tuple(MATRIX_STATS) if opts.gradients else (), device=opts.device, dtype=opts.dtype,
-        trust_remote_code=opts.trust_remote_code, rankme_raw=opts.rankme_raw)
+        max_tokens=opts.max_tokens,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        fit_range=fit_range,
+        gradients=opts.gradients,
+        weights=opts.weights,
+        matrices=tuple(matrices),
+        grad_stats=tuple(MATRIX_STATS) if opts.gradients else (),
+        device=opts.device,
+        dtype=opts.dtype,
+        trust_remote_code=opts.trust_remote_code,
+        rankme_raw=opts.rankme_raw,
+    )
 
     # Resume: keep what is stored, do only checkpoints after the last stored step.
     resume = out.exists() and not opts.overwrite
@@ -271,29 +298,54 @@ def analyze(source: str | Path, text: str, out: str | Path, options: AnalyzeOpti
     skipped = [c.step for c in ckpts if c.step in set(stored)]
     unreachable = [c.step for c in ckpts if c.step <= last and c.step not in set(stored)]
     if unreachable:
-        warnings.warn(f"{len(unreachable)} checkpoint(s) (steps {unreachable[:5]}…) come before the last stored "
-                      f"step {last} and cannot be appended; pass --overwrite to analyse every checkpoint",
-                      stacklevel=2)
+        warnings.warn(
+            f"{len(unreachable)} checkpoint(s) (steps {unreachable[:5]}…) come before the last stored "
+            f"step {last} and cannot be appended; pass --overwrite to analyse every checkpoint",
+            stacklevel=2,
+        )
 
     attrs = {
-        "mode": MODE, "model": type_name(config), "model_config": _json_config(config),
-        "source": str(source), "revisions": list(opts.revisions) if opts.revisions else None,
+        "mode": MODE,
+        "model": type_name(config),
+        "model_config": _json_config(config),
+        "source": str(source),
+        "revisions": list(opts.revisions) if opts.revisions else None,
         "checkpoints": {str(c.step): c.label for c in ckpts},
-        "corpus": texts.source, "probes_spec": dict(probes), "tokens": opts.tokens,
-        "max_length": max_length, "n_sequences": int(data.input_ids.shape[0]), "n_tokens": data.n_tokens,
+        "corpus": texts.source,
+        "probes_spec": dict(probes),
+        "tokens": opts.tokens,
+        "max_length": max_length,
+        "n_sequences": int(data.input_ids.shape[0]),
+        "n_tokens": data.n_tokens,
         "fit_range": list(fit_range) if isinstance(fit_range, tuple) else fit_range,
         "analyze_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
-        "seed": opts.seed, "rankme_raw": bool(opts.rankme_raw),
+        "seed": opts.seed,
+        "rankme_raw": bool(opts.rankme_raw),
     }
-    writer = RunWriter(out, probes=[p for p, _ in probes], params=[], metrics=list(metrics), max_rank=max_rank,
-                       scalars=SCALARS, param_stats=(), matrices=matrices, matrix_stats=matrix_stats,
-                       flags=FLAGS, attrs=attrs, overwrite=opts.overwrite, resume=resume)
+    writer = RunWriter(
+        out,
+        probes=[p for p, _ in probes],
+        params=[],
+        metrics=list(metrics),
+        max_rank=max_rank,
+        scalars=SCALARS,
+        param_stats=(),
+        matrices=matrices,
+        matrix_stats=matrix_stats,
+        flags=FLAGS,
+        attrs=attrs,
+        overwrite=opts.overwrite,
+        resume=resume,
+    )
     report = AnalyzeReport(str(out), skipped=skipped, total=len(ckpts))
     with sigint_guard() as guard:
         try:
             # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
-            reducer = Reducer(RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics,
-                                      flags=FLAGS), FailureLog(), fresh=not stored)
+            reducer = Reducer(
+                RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics, flags=FLAGS),
+                FailureLog(),
+                fresh=not stored,
+            )
             _sweep(todo, data, spec, writer, reducer, report, errors, opts, guard)
         except BaseException as exc:
             writer.close(status=status_for(exc), error=error_for(exc))
@@ -317,8 +369,14 @@ def _plan(todo: list[Checkpoint], opts: AnalyzeOptions) -> WorkerChoice | None:
     return choose_workers(len(todo), None, cores, device=opts.device, max_workers=fit)
 
 
-def _results(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, opts: AnalyzeOptions, guard: Guard,
-             chosen: Callable[[WorkerChoice], None]) -> Iterator[CheckpointResult]:
+def _results(
+    todo: list[Checkpoint],
+    data: ProbeData,
+    spec: CaptureSpec,
+    opts: AnalyzeOptions,
+    guard: Guard,
+    chosen: Callable[[WorkerChoice], None],
+) -> Iterator[CheckpointResult]:
     """Checkpoint results in completion order, from where the workers choice puts them. Under "auto", when
     a cluster might pay off, the first checkpoint runs here and its time decides the rest."""
     choice, rest = _plan(todo, opts), todo
@@ -327,8 +385,9 @@ def _results(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, opts: A
         first = next(run_serial(todo[:1], data, spec))
         seconds = time.perf_counter() - t
         rest = todo[1:]
-        choice = choose_workers(len(rest), seconds, usable_cores(), device=opts.device,
-                                max_workers=memory_workers(todo))
+        choice = choose_workers(
+            len(rest), seconds, usable_cores(), device=opts.device, max_workers=memory_workers(todo)
+        )
         chosen(WorkerChoice(choice.workers, f"{choice.reason}, timed on the first checkpoint"))
         yield first
     else:
@@ -336,12 +395,28 @@ def _results(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, opts: A
     if choice.workers == 0 and not opts.scheduler:
         yield from run_serial(rest, data, spec)
     elif rest:
-        yield from run_dask(rest, data, spec, workers=max(1, choice.workers), threads_per_worker=opts.threads_per_worker,
-                            scheduler=opts.scheduler, critical=guard.critical)
+        yield from run_dask(
+            rest,
+            data,
+            spec,
+            workers=max(1, choice.workers),
+            threads_per_worker=opts.threads_per_worker,
+            scheduler=opts.scheduler,
+            critical=guard.critical,
+        )
 
 
-def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, reducer: Reducer, report: AnalyzeReport,
-           errors: dict[str, str], opts: AnalyzeOptions, guard: Guard) -> None:
+def _sweep(
+    todo: list[Checkpoint],
+    data: ProbeData,
+    spec: CaptureSpec,
+    writer,
+    reducer: Reducer,
+    report: AnalyzeReport,
+    errors: dict[str, str],
+    opts: AnalyzeOptions,
+    guard: Guard,
+) -> None:
     """Run the tasks and write their results in step order as soon as each prefix is complete."""
     if not todo:
         return
@@ -361,23 +436,26 @@ def _sweep(todo: list[Checkpoint], data: ProbeData, spec: CaptureSpec, writer, r
     nxt = 0
     try:
         for res in results:
-            if guard.raised:   # Ctrl-C came inside a checkpoint and was caught there as its failure: stop, keep it out
+            if guard.raised:  # Ctrl-C came inside a checkpoint and was caught there as its failure: stop, keep it out
                 raise KeyboardInterrupt
             pending[res.step] = res
             if bar is not None:
                 bar.update(1)
                 if res.ok:
-                    bar.set_postfix(step=res.step, load=f"{res.load_seconds:.1f}s",
-                                    tok_s=f"{res.n_tokens / max(res.capture_seconds, 1e-9):,.0f}")
+                    bar.set_postfix(
+                        step=res.step,
+                        load=f"{res.load_seconds:.1f}s",
+                        tok_s=f"{res.n_tokens / max(res.capture_seconds, 1e-9):,.0f}",
+                    )
                 else:
                     bar.set_postfix(step=res.step, failed=True)
             while nxt < len(order) and order[nxt] in pending:
-                with guard.critical():   # a checkpoint's rows are written whole, even under Ctrl-C
+                with guard.critical():  # a checkpoint's rows are written whole, even under Ctrl-C
                     _write(writer, reducer, pending.pop(order[nxt]), report, errors)
                 nxt += 1
     finally:
         report.unwritten = len(pending)
-        results.close()   # shuts a cluster down now, not when the generator is collected
+        results.close()  # shuts a cluster down now, not when the generator is collected
         if bar is not None:
             bar.close()
 
@@ -386,14 +464,17 @@ def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeRepor
     """One checkpoint through the one reducer (the live path's), then into the store."""
     report.results.append(res)
     tps = res.n_tokens / res.capture_seconds if res.ok and res.capture_seconds > 0 else float("nan")
-    cap = res.capture if res.ok else CaptureResult(res.step, capture=True)   # a failed checkpoint: a NaN row
-    cap.scalars.update(loss=res.loss, load_seconds=res.load_seconds, capture_seconds=res.capture_seconds,
-                       tokens_per_second=tps)
+    cap = res.capture if res.ok else CaptureResult(res.step, capture=True)  # a failed checkpoint: a NaN row
+    cap.scalars.update(
+        loss=res.loss, load_seconds=res.load_seconds, capture_seconds=res.capture_seconds, tokens_per_second=tps
+    )
     cap.flags["failed"] = 0 if res.ok else 1
-    step, row = reducer.reduce(cap)   # a metric that fails gives NaN for that probe (counted, warned)
-    if res.ok and cap.lost:           # ... and marks the checkpoint failed; the sweep goes on
-        res.error = (f"metrics failed for {cap.lost} probe(s) (first failure of the sweep: "
-                     f"{reducer.failures.first.get('metric', '?')})")
+    step, row = reducer.reduce(cap)  # a metric that fails gives NaN for that probe (counted, warned)
+    if res.ok and cap.lost:  # ... and marks the checkpoint failed; the sweep goes on
+        res.error = (
+            f"metrics failed for {cap.lost} probe(s) (first failure of the sweep: "
+            f"{reducer.failures.first.get('metric', '?')})"
+        )
         step.flags["failed"] = 1
     writer.append_step(step.step, step.scalars, step.params, step.flags)
     writer.append_capture(row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices)

@@ -9,9 +9,10 @@ per probe, on the model's device. The forward pass is stopped right after the la
 Options, per checkpoint:
 - gradients: the mean next-token cross-entropy over the probe set (only response tokens for
   prompt/response pairs) is back-propagated, batch by batch; logits are formed by the model's output
-  embedding (``get_output_embeddings()``) at the counted positions only (no logit soft-capping), and every selected 2-D weight gradient is
-  summarised by :func:`phasescope.gradients.gradient_matrix_stats` (nuclear norm Σσ, spectral norm σ₁,
-  stable rank Σσ²/σ₁², σ₁/Σσ, …; after Layer_Gradient, Li et al. 2024 "Fast vs. slow thinking");
+  embedding (``get_output_embeddings()``) at the counted positions only (no logit soft-capping), and
+  every selected 2-D weight gradient is summarised by :func:`phasescope.gradients.gradient_matrix_stats`
+  (nuclear norm Σσ, spectral norm σ₁, stable rank Σσ²/σ₁², σ₁/Σσ, …; after Layer_Gradient, Li et al. 2024
+  "Fast vs. slow thinking");
 - weights: spectra of the weights themselves (``weight_*``: ESD power-law α à la WeightWatcher, stable
   rank, spectral and nuclear norms; :mod:`phasescope.spectra.weights`).
 
@@ -39,29 +40,28 @@ from ..tokens import TokenSelection, select
 from .sources import Checkpoint, ProbeData, load_model
 
 
-
 @dataclass(frozen=True)
 class CaptureSpec:
     """What to capture (picklable; identical for every checkpoint of a sweep)."""
 
-    probes: tuple[tuple[str, str], ...]      # (stored name, module name), in the order modules finish
-    dims: tuple[int, ...]                    # output width of each probe
+    probes: tuple[tuple[str, str], ...]  # (stored name, module name), in the order modules finish
+    dims: tuple[int, ...]  # output width of each probe
     metrics: tuple[str, ...]
     max_rank: int
     tokens: str = "last"
-    max_tokens: int | None = None            # cap for tokens="all" (seeded subsample of the probe set)
+    max_tokens: int | None = None  # cap for tokens="all" (seeded subsample of the probe set)
     seed: int = 0
     batch_size: int = 64
     fit_range: Any = "auto"
     gradients: bool = False
     weights: bool = False
-    matrices: tuple[str, ...] = ()           # parameter names of the 2-D weights summarised
+    matrices: tuple[str, ...] = ()  # parameter names of the 2-D weights summarised
     grad_stats: tuple[str, ...] = ()
     device: str = "cpu"
     dtype: str | None = None
     trust_remote_code: bool = False
-    cka_samples: int = CKA_SAMPLES           # first probe samples whose Gram is kept for linear CKA
-    rankme_raw: bool = False                 # keep the raw rows' singular values too (rankme_raw)
+    cka_samples: int = CKA_SAMPLES  # first probe samples whose Gram is kept for linear CKA
+    rankme_raw: bool = False  # keep the raw rows' singular values too (rankme_raw)
 
 
 @dataclass
@@ -97,7 +97,7 @@ def analyze_checkpoint(ckpt: Checkpoint, data: ProbeData, spec: CaptureSpec) -> 
         res.load_seconds = load
         del model
         return res
-    except Exception as exc:  # recorded with the checkpoint; the sweep goes on
+    except Exception as exc:  # noqa: BLE001 - recorded with the checkpoint; the sweep goes on
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         msg = f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
         tb = traceback.extract_tb(exc.__traceback__)
@@ -108,7 +108,7 @@ def analyze_checkpoint(ckpt: Checkpoint, data: ProbeData, spec: CaptureSpec) -> 
 def batches(data: ProbeData, batch_size: int) -> list[np.ndarray]:
     """Index batches of sequences sorted by length (stable), so each batch is padded to a near width."""
     order = np.argsort(data.lengths, kind="stable")
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 def all_tokens_plan(data: ProbeData, max_tokens: int | None, seed: int) -> np.ndarray:
@@ -136,14 +136,16 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     sel = TokenSelection(spec.tokens, None, spec.seed)
     plan_all = all_tokens_plan(data, spec.max_tokens, spec.seed) if spec.tokens == "all" else None
     accs = [CovarianceAccumulator(d, spec.rankme_raw) for d in spec.dims]
-    samplers = [GramSampler(spec.cka_samples) for _ in spec.dims]   # CKA: the first rows, fixed order
+    samplers = [GramSampler(spec.cka_samples) for _ in spec.dims]  # CKA: the first rows, fixed order
     params = dict(model.named_parameters())
     mats = [params[n] for n in spec.matrices]
     grads = spec.gradients and bool(mats)
     n_loss = int(data.loss_mask.sum())
     head = model.get_output_embeddings() if grads else None
     if grads and head is None:
-        raise RuntimeError(f"{type(model).__name__} has no output embeddings (LM head); gradients need a language model")
+        raise RuntimeError(
+            f"{type(model).__name__} has no output embeddings (LM head); gradients need a language model"
+        )
     head_name = next((n for n, m in model.named_modules() if m is head), None) if grads else None
     loss_sum = 0.0
     if grads:
@@ -162,14 +164,13 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
         # Values leave the trace through containers created outside it: nnsight runs the body in its
         # own frame and does not hand back names first bound inside a function's trace block.
         saved: list = []
-        with torch.set_grad_enabled(grads):
-            with envoy.trace(input_ids=ids, attention_mask=mask, **extra) as tracer:
-                for name in module_names:
-                    h = first_tensor(envoy.get(name).output).detach()
-                    saved.append(select(h, mask, sel, plan=plan).save())
-                if grads:  # the head's input; logits are formed below at loss positions only
-                    saved.append(envoy.get(head_name).input.save())
-                tracer.stop()
+        with torch.set_grad_enabled(grads), envoy.trace(input_ids=ids, attention_mask=mask, **extra) as tracer:
+            for name in module_names:
+                h = first_tensor(envoy.get(name).output).detach()
+                saved.append(select(h, mask, sel, plan=plan).save())
+            if grads:  # the head's input; logits are formed below at loss positions only
+                saved.append(envoy.get(head_name).input.save())
+            tracer.stop()
         hidden = saved.pop() if grads else None
         if len(saved) != len(accs):
             raise RuntimeError(f"the trace returned {len(saved)} of {len(accs)} probe outputs")
@@ -187,7 +188,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             loss_sum += float(batch_loss.detach())
             del hidden, logits, batch_loss
 
-    spectra = [host_spectrum(acc.compute()) for acc in accs]   # numpy: small enough to leave a Dask worker
+    spectra = [host_spectrum(acc.compute()) for acc in accs]  # numpy: small enough to leave a Dask worker
     grams = [None if (g := s.gram()) is None else to_numpy(g) for s in samplers]
     cap = CaptureResult(step, spectra=spectra, grams=grams, capture=True)
     res = CheckpointResult(step, capture=cap, n_tokens=data.n_tokens)

@@ -9,9 +9,9 @@ failure comes back as an error result for that checkpoint.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from multiprocessing import resource_tracker
-from typing import Callable, Iterator, Sequence
 
 from phasescope.errors import PhasescopeError
 
@@ -41,14 +41,26 @@ def local_cluster(workers: int, threads_per_worker: int):
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                            silence_logs=logging.CRITICAL)
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+            silence_logs=logging.CRITICAL,
+        )
 
 
-def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *, workers: int,
-             threads_per_worker: int = 1, scheduler: str | None = None,
-             critical: Callable[[], AbstractContextManager] = nullcontext) -> Iterator[CheckpointResult]:
+def run_dask(
+    ckpts: Sequence[Checkpoint],
+    data: ProbeData,
+    spec: CaptureSpec,
+    *,
+    workers: int,
+    threads_per_worker: int = 1,
+    scheduler: str | None = None,
+    critical: Callable[[], AbstractContextManager] = nullcontext,
+) -> Iterator[CheckpointResult]:
     """Yield one result per checkpoint from Dask (a new LocalCluster unless ``scheduler`` is given).
 
     The cluster starts inside ``critical()`` (see :mod:`.interrupts`: its worker processes never see a
@@ -56,16 +68,20 @@ def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *,
     try:
         from distributed import Client, as_completed
     except ImportError:
-        raise PhasescopeError("Dask's distributed scheduler is not installed: `pip install distributed` "
-                              "(or pass --workers 0 to analyze in this process)") from None
+        raise PhasescopeError(
+            "Dask's distributed scheduler is not installed: `pip install distributed` "
+            "(or pass --workers 0 to analyze in this process)"
+        ) from None
     cluster = client = None
     try:
         if scheduler:
             try:
                 client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as exc:
-                raise PhasescopeError(f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); "
-                                      "check the address or omit --scheduler for a local cluster") from None
+                raise PhasescopeError(
+                    f"cannot reach the Dask scheduler at {scheduler} ({type(exc).__name__}); "
+                    "check the address or omit --scheduler for a local cluster"
+                ) from None
         else:
             # CPython starts its resource tracker on the first spawn and then unblocks SIGINT in that thread:
             # start it now, so the workers spawned inside critical() inherit a blocked SIGINT.
@@ -76,13 +92,23 @@ def run_dask(ckpts: Sequence[Checkpoint], data: ProbeData, spec: CaptureSpec, *,
         shared = client.scatter(data, broadcast=True)
         # Earlier steps first (Dask's priority: higher runs sooner), so results arrive nearly in the order the
         # writer stores them: few wait in memory, and few are lost to a Ctrl-C.
-        futures = {client.submit(analyze_checkpoint, c, shared, spec, key=f"phasescope-ckpt-{c.step}-{id(spec)}",
-                                 pure=False, priority=len(ckpts) - i): c for i, c in enumerate(ckpts)}
+        futures = {
+            client.submit(
+                analyze_checkpoint,
+                c,
+                shared,
+                spec,
+                key=f"phasescope-ckpt-{c.step}-{id(spec)}",
+                pure=False,
+                priority=len(ckpts) - i,
+            ): c
+            for i, c in enumerate(ckpts)
+        }
         for fut in as_completed(futures):
             c = futures[fut]
             try:
                 yield fut.result()
-            except Exception as exc:  # e.g. KilledWorker: the process died on this checkpoint
+            except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: the process died on this checkpoint
                 yield CheckpointResult(c.step, error=f"{type(exc).__name__}: {str(exc)[:300]}")
             fut.release()
     finally:

@@ -10,6 +10,7 @@ Loading is safe by default: ``trust_remote_code`` is off unless asked, safetenso
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -52,17 +53,24 @@ def find_checkpoints(source: str | os.PathLike, revisions: list[str] | None = No
         for rev in revisions:
             step = step_of(rev)
             if step is None:
-                raise PhasescopeError(f"revision {rev!r} has no step number in its name; "
-                                      "pass revisions such as step1000 (Pythia's naming)")
+                raise PhasescopeError(
+                    f"revision {rev!r} has no step number in its name; "
+                    "pass revisions such as step1000 (Pythia's naming)"
+                )
             out.append(Checkpoint(step, str(source), rev))
         return _sorted_unique(out)
     root = Path(source)
     if not root.exists():
-        hint = (" (to analyze revisions of a hub model id, add --revisions step1000,step2000,…)"
-                if "/" in str(source) and not str(source).startswith((".", "/")) else "")
+        hint = (
+            " (to analyze revisions of a hub model id, add --revisions step1000,step2000,…)"
+            if "/" in str(source) and not str(source).startswith((".", "/"))
+            else ""
+        )
         raise PhasescopeError(f"checkpoint source {source} does not exist; pass a folder of checkpoints{hint}")
     if not root.is_dir():
-        raise PhasescopeError(f"checkpoint source {source} is a file; pass the folder holding checkpoint-<step> folders")
+        raise PhasescopeError(
+            f"checkpoint source {source} is a file; pass the folder holding checkpoint-<step> folders"
+        )
     out = []
     for child in root.iterdir():
         step = step_of(child.name)
@@ -70,16 +78,20 @@ def find_checkpoints(source: str | os.PathLike, revisions: list[str] | None = No
             out.append(Checkpoint(step, str(child)))
     if not out:
         if (root / "config.json").is_file():
-            raise PhasescopeError(f"{source} is a single model, not a folder of checkpoints; pass its parent, "
-                                  "or name checkpoint folders with their step (checkpoint-<step>)")
-        raise PhasescopeError(f"no checkpoints in {source}: expected sub-folders named with a step "
-                              "(e.g. checkpoint-1000) that hold a config.json")
+            raise PhasescopeError(
+                f"{source} is a single model, not a folder of checkpoints; pass its parent, "
+                "or name checkpoint folders with their step (checkpoint-<step>)"
+            )
+        raise PhasescopeError(
+            f"no checkpoints in {source}: expected sub-folders named with a step "
+            "(e.g. checkpoint-1000) that hold a config.json"
+        )
     return _sorted_unique(out)
 
 
 def _sorted_unique(items: list[Checkpoint]) -> list[Checkpoint]:
     items = sorted(items, key=lambda c: c.step)
-    for a, b in zip(items, items[1:]):
+    for a, b in itertools.pairwise(items):
         if a.step == b.step:
             raise PhasescopeError(f"two checkpoints have step {a.step} ({a.label}, {b.label}); keep one of them")
     return items
@@ -90,14 +102,14 @@ def load_config(ckpt: Checkpoint, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision,
-                                          trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(ckpt.location, revision=ckpt.revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         if ckpt.revision:
             raise PhasescopeError(
                 f"cannot load revision {ckpt.revision} of {ckpt.location}: it is not in the local Hugging Face "
                 "cache and the hub cannot be reached; download it with network access first "
-                f"({type(exc).__name__})") from None
+                f"({type(exc).__name__})"
+            ) from None
         raise PhasescopeError(f"cannot read the config of {ckpt.location}: {str(exc).splitlines()[0]}") from None
 
 
@@ -126,8 +138,9 @@ def load_model(ckpt: Checkpoint, *, trust_remote_code: bool = False, device: str
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our own bar counts checkpoints; theirs would print per load
     try:
-        model = cls.from_pretrained(ckpt.location, revision=ckpt.revision, trust_remote_code=trust_remote_code,
-                                    weights_only=True, dtype=dtype)
+        model = cls.from_pretrained(
+            ckpt.location, revision=ckpt.revision, trust_remote_code=trust_remote_code, weights_only=True, dtype=dtype
+        )
     finally:
         if bar:
             hf_logging.enable_progress_bar()
@@ -172,12 +185,16 @@ def load_texts(spec: str, *, probes_from: str | None = None, seed: int = 0) -> P
         texts = heldout_probe_texts(kind, seed=seed)
         return ProbeTexts(texts, source=CORPUS_PROBE_SETS[kind].format(n=len(texts), seed=seed))
     if probes_from is not None:
-        raise PhasescopeError(f"--probes-from applies to a corpus (--text {' or '.join(CORPORA)}); the lines of "
-                              f"{spec} are the probes: drop --probes-from")
+        raise PhasescopeError(
+            f"--probes-from applies to a corpus (--text {' or '.join(CORPORA)}); the lines of "
+            f"{spec} are the probes: drop --probes-from"
+        )
     path = Path(spec)
     if not path.is_file():
-        raise PhasescopeError(f"--text {spec}: no such file; pass a text file (one sequence per line), "
-                              f"a JSONL file with a 'text' field, or a corpus name ({', '.join(CORPORA)})")
+        raise PhasescopeError(
+            f"--text {spec}: no such file; pass a text file (one sequence per line), "
+            f"a JSONL file with a 'text' field, or a corpus name ({', '.join(CORPORA)})"
+        )
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -198,7 +215,9 @@ def _jsonl(lines: list[str], spec: str) -> ProbeTexts:
         try:
             rec = json.loads(ln)
         except json.JSONDecodeError as exc:
-            raise PhasescopeError(f"--text {spec} line {i} is not valid JSON ({exc.msg}); one object per line") from None
+            raise PhasescopeError(
+                f"--text {spec} line {i} is not valid JSON ({exc.msg}); one object per line"
+            ) from None
         if isinstance(rec, dict) and isinstance(rec.get("text"), str):
             texts.append(rec["text"])
             prompts.append(None)
@@ -206,8 +225,10 @@ def _jsonl(lines: list[str], spec: str) -> ProbeTexts:
             texts.append(rec["prompt"] + rec["response"])
             prompts.append(rec["prompt"])
         else:
-            raise PhasescopeError(f"--text {spec} line {i} has no string 'text' field (nor 'prompt' and "
-                                  "'response'); give each line {\"text\": ...}")
+            raise PhasescopeError(
+                f"--text {spec} line {i} has no string 'text' field (nor 'prompt' and "
+                "'response'); give each line {\"text\": ...}"
+            )
     if not texts:
         raise PhasescopeError(f"--text {spec} holds no records; put one JSON object per line")
     mixed = any(p is not None for p in prompts)
@@ -223,12 +244,16 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     try:
         tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as exc:
-        raise PhasescopeError(f"cannot load a tokenizer from {path} ({type(exc).__name__}); save one with the "
-                              "checkpoints (tokenizer.save_pretrained) or pass --tokenizer PATH") from None
+        raise PhasescopeError(
+            f"cannot load a tokenizer from {path} ({type(exc).__name__}); save one with the "
+            "checkpoints (tokenizer.save_pretrained) or pass --tokenizer PATH"
+        ) from None
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
-            raise PhasescopeError(f"the tokenizer at {path} has neither a pad nor an eos token; pass --tokenizer "
-                                  "with one that has a pad token")
+            raise PhasescopeError(
+                f"the tokenizer at {path} has neither a pad nor an eos token; pass --tokenizer "
+                "with one that has a pad token"
+            )
         tok.pad_token = tok.eos_token
     return tok
 
@@ -251,8 +276,9 @@ class ProbeData:
         return int(self.attention_mask.sum())
 
 
-def tokenize(texts: ProbeTexts, tokenizer, max_length: int, *, min_tokens: int = 1,
-             max_sequences: int | None = None) -> ProbeData:
+def tokenize(
+    texts: ProbeTexts, tokenizer, max_length: int, *, min_tokens: int = 1, max_sequences: int | None = None
+) -> ProbeData:
     """Tokenize and truncate to ``max_length`` tokens; drop sequences shorter than ``min_tokens``
     (Li et al. 2025 keep > 10 tokens: ``min_tokens=11``); keep the first ``max_sequences``."""
     seqs: list[list[int]] = []
@@ -260,7 +286,9 @@ def tokenize(texts: ProbeTexts, tokenizer, max_length: int, *, min_tokens: int =
     enc = tokenizer(texts.texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
     if texts.prompts is not None:
         penc = tokenizer(texts.prompts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        renc = tokenizer([t[len(p):] for t, p in zip(texts.texts, texts.prompts)], add_special_tokens=False)["input_ids"]
+        renc = tokenizer([t[len(p) :] for t, p in zip(texts.texts, texts.prompts)], add_special_tokens=False)[
+            "input_ids"
+        ]
         enc = [(p + r)[:max_length] for p, r in zip(penc, renc)]
         first = [len(p) for p in penc]
     else:
@@ -272,7 +300,9 @@ def tokenize(texts: ProbeTexts, tokenizer, max_length: int, *, min_tokens: int =
         if max_sequences is not None and len(seqs) >= max_sequences:
             break
     if not seqs:
-        raise PhasescopeError(f"no probe sequence has at least {min_tokens} tokens; lower --min-tokens or pass longer texts")
+        raise PhasescopeError(
+            f"no probe sequence has at least {min_tokens} tokens; lower --min-tokens or pass longer texts"
+        )
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), tokenizer.pad_token_id, dtype=np.int64)
     att = np.zeros((len(seqs), width), dtype=np.int64)
@@ -280,5 +310,5 @@ def tokenize(texts: ProbeTexts, tokenizer, max_length: int, *, min_tokens: int =
     for i, (s, f) in enumerate(zip(seqs, starts)):
         ids[i, : len(s)] = s
         att[i, : len(s)] = 1
-        lm[i, max(1, f): len(s)] = True
+        lm[i, max(1, f) : len(s)] = True
     return ProbeData(ids, att, lm)

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 from .sources import Checkpoint, checkpoint_bytes
 
-CLUSTER_STARTUP_S = 20.0   # S: LocalCluster start, worker imports, first trace, close (measured 12 s quiet, 22 s loaded)
-WORKER_SLOWDOWN = 1.5      # f: a checkpoint in a worker process vs in this one (measured: 1.4 s a pair vs 0.94 s each)
-MIN_GAIN = 0.8             # the cluster must save at least a fifth of the in-process time
+CLUSTER_STARTUP_S = 20.0  # S: LocalCluster start, worker imports, first trace, close (measured 12 s quiet, 22 s loaded)
+WORKER_SLOWDOWN = 1.5  # f: a checkpoint in a worker process vs in this one (measured: 1.4 s a pair vs 0.94 s each)
+MIN_GAIN = 0.8  # the cluster must save at least a fifth of the in-process time
 
-__all__ = ["WorkerChoice", "choose_workers", "needs_measurement", "usable_cores", "memory_workers"]
+__all__ = ["WorkerChoice", "choose_workers", "memory_workers", "needs_measurement", "usable_cores"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class WorkerChoice:
 
     workers: int
     reason: str
-    requested: str | int = "auto"     # what was asked: "auto", an explicit count, or "scheduler"
+    requested: str | int = "auto"  # what was asked: "auto", an explicit count, or "scheduler"
 
     def describe(self) -> str:
         """One line for the terminal: ``workers: this process (auto: …)``."""
@@ -81,8 +81,14 @@ def needs_measurement(n_checkpoints: int, cores: int, *, device: str = "cpu", ma
     return device == "cpu" and n_checkpoints >= 2 and _cluster_size(n_checkpoints, cores, max_workers) >= 2
 
 
-def choose_workers(n_checkpoints: int, seconds_per_checkpoint: float | None, cores: int, *, device: str = "cpu",
-                   max_workers: int | None = None) -> WorkerChoice:
+def choose_workers(
+    n_checkpoints: int,
+    seconds_per_checkpoint: float | None,
+    cores: int,
+    *,
+    device: str = "cpu",
+    max_workers: int | None = None,
+) -> WorkerChoice:
     """``workers="auto"``: this process or a LocalCluster for ``n_checkpoints`` still to analyse, each taking
     ``seconds_per_checkpoint`` here (None when not measured: only the cases that need no time are decided)."""
     n = n_checkpoints
@@ -92,16 +98,21 @@ def choose_workers(n_checkpoints: int, seconds_per_checkpoint: float | None, cor
         return WorkerChoice(0, f"auto: device {device} is one accelerator, checkpoints take turns on it")
     w = _cluster_size(n, cores, max_workers)
     if w < 2:
-        why = (f"{cores} core(s): a cluster needs 2 or more to pay off"
-               if cores < 2 else f"memory fits {max_workers} worker(s) of this checkpoint size")
+        why = (
+            f"{cores} core(s): a cluster needs 2 or more to pay off"
+            if cores < 2
+            else f"memory fits {max_workers} worker(s) of this checkpoint size"
+        )
         return WorkerChoice(0, f"auto: {why}")
     if seconds_per_checkpoint is None:
         raise ValueError("choose_workers: the per-checkpoint time is needed for this sweep (see needs_measurement)")
     t = max(float(seconds_per_checkpoint), 0.0)
     here = n * t
     cluster = CLUSTER_STARTUP_S + math.ceil(n / w) * t * WORKER_SLOWDOWN
-    est = f"{n} checkpoints x {t:.1f} s = ~{here:.0f} s here vs ~{cluster:.0f} s on {w} workers incl. " \
-          f"~{CLUSTER_STARTUP_S:.0f} s start-up"
+    est = (
+        f"{n} checkpoints x {t:.1f} s = ~{here:.0f} s here vs ~{cluster:.0f} s on {w} workers incl. "
+        f"~{CLUSTER_STARTUP_S:.0f} s start-up"
+    )
     if cluster <= MIN_GAIN * here:
         return WorkerChoice(w, f"auto: {est}")
     return WorkerChoice(0, f"auto: {est}")

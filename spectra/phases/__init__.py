@@ -20,21 +20,61 @@ Method (details and formulas in ``segmentation`` and ``label``; ``detect`` runs 
    merged. ``explain()`` (``phasescope phases --explain``) prints the rules and the confidence formula.
 5. The model-level trajectory is, at each capture, the median over probes of each probe's ln RankMe and
    α relative to its own median level (plus the median level), treated the same way (probe name
-   ``"model"``); a model phase that fewer than half of the probes' own slopes support becomes mixed. Events are the steps where a label changes; lags compare when each
-   probe enters a phase and whether deeper layers go first (Spearman ρ of onset step against depth).
+   ``"model"``); a model phase that fewer than half of the probes' own slopes support becomes mixed.
+   Events are the steps where a label changes; lags compare when each probe enters a phase and whether
+   deeper layers go first (Spearman ρ of onset step against depth).
 
 An optional cross-check, a Gaussian HMM over the same channels with the number of states chosen by BIC
 (Hu et al. 2023, "Latent State Models of Training Dynamics"), lives in ``hmm``.
 """
+
 from __future__ import annotations
 
 from .detect import LOG_METRICS, MIN_POINTS, detect_phases, trajectory_phases
-from .label import (COLLAPSE, COMPRESSION, DEFAULT_TOL, DEFAULT_Z, ENTROPY, INSUFFICIENT, LABEL_TEXT, LABELS,
-                    STABLE, Segment, insufficient, label_segments)
+from .label import (
+    COLLAPSE,
+    COMPRESSION,
+    DEFAULT_TOL,
+    DEFAULT_Z,
+    ENTROPY,
+    INSUFFICIENT,
+    STABLE,
+    Segment,
+    insufficient,
+    label_segments,
+)
 from .result import MODEL, Event, PhaseResult
-from .rules import MIN_CAPTURES, MIXED, RULES, RULES_VERSION, Rule, explain
+from .rules import LABEL_TEXT, LABELS, MIN_CAPTURES, MIXED, RULES, RULES_VERSION, Rule, explain
 from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
 
-__all__ = ["detect_phases", "PhaseResult", "Segment", "Event", "LABELS", "LABEL_TEXT", "MODEL",
-           "COLLAPSE", "ENTROPY", "COMPRESSION", "STABLE", "MIXED", "INSUFFICIENT", "trajectory_phases",
-           "RULES", "Rule", "MIN_CAPTURES", "explain"]
+__all__ = [
+    "COLLAPSE",
+    "COMPRESSION",
+    "DEFAULT_MIN_EFFECT",
+    "DEFAULT_MIN_SIZE",
+    "DEFAULT_TOL",
+    "DEFAULT_Z",
+    "ENTROPY",
+    "INSUFFICIENT",
+    "LABELS",
+    "LABEL_TEXT",
+    "LOG_METRICS",
+    "MIN_CAPTURES",
+    "MIN_POINTS",
+    "MIXED",
+    "MODEL",
+    "RULES",
+    "RULES_VERSION",
+    "STABLE",
+    "Event",
+    "PhaseResult",
+    "Rule",
+    "Segment",
+    "detect_phases",
+    "explain",
+    "insufficient",
+    "label_segments",
+    "log_step",
+    "segment",
+    "trajectory_phases",
+]

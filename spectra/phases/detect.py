@@ -1,15 +1,17 @@
 """detect_phases: segment and label a run's RankMe / α-ReQ trajectories (the method is described in
 the package docstring, ``phasescope.spectra.phases``); ``trajectory_phases`` does one trajectory."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from phasescope.errors import PhasescopeError
 
-from .hmm import hmm_phases
 from . import rules as R
+from .hmm import hmm_phases
 from .label import DEFAULT_TOL, DEFAULT_Z, MIN_CAPTURES, Segment, _fit, insufficient, label_segments
 from .result import MODEL, PhaseResult
 from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
@@ -18,7 +20,7 @@ LOG_METRICS = {"rankme", "rankme_raw", "participation_ratio", "stable_rank"}
 MIN_POINTS = MIN_CAPTURES
 
 
-def _transform(name: str, values: np.ndarray) -> np.ndarray:
+def _transform(name: str, values: ArrayLike) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if name in LOG_METRICS:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -26,35 +28,45 @@ def _transform(name: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
-def trajectory_phases(steps: Sequence[int], rankme: Sequence[float], alpha: Sequence[float] | None = None, *,
-                      extra: dict[str, Sequence[float]] | None = None, probe: str = MODEL,
-                      penalty: float | None = None, min_size: int = DEFAULT_MIN_SIZE,
-                      min_effect: float = DEFAULT_MIN_EFFECT, tol: dict | None = None, z: float = DEFAULT_Z,
-                      loss=None, _log_rankme: bool = False) -> list[Segment]:
+def trajectory_phases(
+    steps: ArrayLike,
+    rankme: ArrayLike,
+    alpha: ArrayLike | None = None,
+    *,
+    extra: Mapping[str, ArrayLike] | None = None,
+    probe: str = MODEL,
+    penalty: float | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    tol: dict | None = None,
+    z: float = DEFAULT_Z,
+    loss=None,
+    _log_rankme: bool = False,
+) -> list[Segment]:
     """Segment and label one trajectory (arrays over captures); the core of :func:`detect_phases`.
 
     ``rankme`` is RankMe itself (ln is taken here) unless ``_log_rankme``; ``alpha`` may hold NaN.
     Captures with non-finite RankMe are dropped; fewer than 3 left → one ``insufficient-data`` segment.
     """
-    steps = np.asarray(steps, dtype=np.float64)
+    st = np.asarray(steps, dtype=np.float64)
     lr = np.asarray(rankme, dtype=np.float64) if _log_rankme else _transform("rankme", rankme)
     al = None if alpha is None else np.asarray(alpha, dtype=np.float64)
-    extra = {k: _transform(k, v) for k, v in (extra or {}).items()}
-    order = np.argsort(steps, kind="stable")
-    keep = order[np.isfinite(lr[order]) & np.isfinite(steps[order])]
-    steps, lr = steps[keep], lr[keep]
+    ex = {k: _transform(k, v) for k, v in (extra or {}).items()}
+    order = np.argsort(st, kind="stable")
+    keep = order[np.isfinite(lr[order]) & np.isfinite(st[order])]
+    st, lr = st[keep], lr[keep]
     al = None if al is None else al[keep]
-    extra = {k: v[keep] for k, v in extra.items()}
-    if len(steps) < MIN_POINTS:
-        return [insufficient(probe, steps)]
-    x = log_step(steps)
+    ex = {k: v[keep] for k, v in ex.items()}
+    if len(st) < MIN_POINTS:
+        return [insufficient(probe, st)]
+    x = log_step(st)
     channels = [lr]
-    for v in ([al] if al is not None else []) + list(extra.values()):
+    for v in ([al] if al is not None else []) + list(ex.values()):
         fin = np.isfinite(v)
         if fin.sum() >= MIN_POINTS and fin.mean() > 0.5:
             channels.append(np.interp(x, x[fin], v[fin]) if not fin.all() else v)
     bkps = segment(x, np.column_stack(channels), penalty=penalty, min_size=min_size, min_effect=min_effect)
-    return label_segments(probe, steps.astype(np.int64), x, lr, al, bkps, tol=tol, z=z, loss=loss)
+    return label_segments(probe, st.astype(np.int64), x, lr, al, bkps, tol=tol, z=z, loss=loss)
 
 
 def _loss_lookup(ds, name: str = "loss"):
@@ -70,13 +82,23 @@ def _loss_lookup(ds, name: str = "loss"):
 
     def lookup(step: int) -> float:
         return float(v[int(np.argmin(np.abs(s - step)))])
+
     return lookup
 
 
-def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: float | None = None,
-                  probes: Sequence[str] | None = None, model_level: bool = True,
-                  min_size: int = DEFAULT_MIN_SIZE, min_effect: float = DEFAULT_MIN_EFFECT,
-                  tol: dict | None = None, z: float = DEFAULT_Z, hmm: bool = False) -> PhaseResult:
+def detect_phases(
+    ds,
+    *,
+    metrics: Sequence[str] = ("rankme", "alpha"),
+    penalty: float | None = None,
+    probes: Sequence[str] | None = None,
+    model_level: bool = True,
+    min_size: int = DEFAULT_MIN_SIZE,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    tol: dict | None = None,
+    z: float = DEFAULT_Z,
+    hmm: bool = False,
+) -> PhaseResult:
     """Find and label the phases of a run's representation geometry, per probe and for the model.
 
     Parameters
@@ -93,21 +115,28 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
     import xarray as xr
 
     if not isinstance(ds, xr.Dataset):
-        raise PhasescopeError(f"detect_phases needs an xarray.Dataset (a run opened with phasescope.store.open_run), "
-                     f"got {type(ds).__name__}")
+        raise PhasescopeError(
+            f"detect_phases needs an xarray.Dataset (a run opened with phasescope.store.open_run), "
+            f"got {type(ds).__name__}"
+        )
     metrics = list(metrics)
     if "rankme" not in metrics:
         raise PhasescopeError(f"metrics must include 'rankme' (got {metrics}); RankMe decides the phase direction")
     missing = [m for m in metrics if m not in ds.data_vars]
     if "rankme" in missing:
-        raise PhasescopeError("run has no 'rankme' variable: phase detection needs spectral captures "
-                     "(record the run with probes and a capture schedule)")
+        raise PhasescopeError(
+            "run has no 'rankme' variable: phase detection needs spectral captures "
+            "(record the run with probes and a capture schedule)"
+        )
     if missing:
-        raise PhasescopeError(f"run has no variable(s) {missing}; available metrics: "
-                     f"{sorted(v for v in ds.data_vars if 'capture_step' in ds[v].dims)}")
+        raise PhasescopeError(
+            f"run has no variable(s) {missing}; available metrics: "
+            f"{sorted(str(v) for v in ds.data_vars if 'capture_step' in ds[v].dims)}"
+        )
     if "capture_step" not in ds["rankme"].dims:
-        raise PhasescopeError("'rankme' must be indexed by 'capture_step' (the store's layout); "
-                     f"it has dims {ds['rankme'].dims}")
+        raise PhasescopeError(
+            f"'rankme' must be indexed by 'capture_step' (the store's layout); it has dims {ds['rankme'].dims}"
+        )
     if "probe" not in ds["rankme"].dims:
         ds = ds.expand_dims(probe=[MODEL])
     all_probes = [str(p) for p in ds["probe"].values]
@@ -118,33 +147,52 @@ def detect_phases(ds, *, metrics: Sequence[str] = ("rankme", "alpha"), penalty: 
         all_probes = [p for p in all_probes if p in probes]
     steps = np.asarray(ds["capture_step"].values)
     loss = _loss_lookup(ds)
-    data = {m: ds[m].transpose("capture_step", "probe").sel(probe=all_probes).values.astype(np.float64)
-            for m in metrics}
+    data = {
+        m: ds[m].transpose("capture_step", "probe").sel(probe=all_probes).values.astype(np.float64) for m in metrics
+    }
     opts = dict(penalty=penalty, min_size=min_size, min_effect=min_effect, tol=tol, z=z, loss=loss)
     extra_names = [m for m in metrics if m not in ("rankme", "alpha")]
     segments: list[Segment] = []
     for j, p in enumerate(all_probes):
         segments += trajectory_phases(
-            steps, data["rankme"][:, j], data["alpha"][:, j] if "alpha" in data else None,
-            extra={m: data[m][:, j] for m in extra_names}, probe=p, **opts)
+            steps,
+            data["rankme"][:, j],
+            data["alpha"][:, j] if "alpha" in data else None,
+            extra={m: data[m][:, j] for m in extra_names},
+            probe=p,
+            **opts,
+        )
     if model_level and len(all_probes) > 1:
         with np.errstate(all="ignore"), _quiet():
             med_lr = _aligned_median(_transform("rankme", data["rankme"]))
             med_a = _aligned_median(data["alpha"]) if "alpha" in data else None
-            med_x = {m: np.exp(_aligned_median(_transform(m, data[m]))) if m in LOG_METRICS
-                     else _aligned_median(data[m]) for m in extra_names}
+            med_x = {
+                m: np.exp(_aligned_median(_transform(m, data[m]))) if m in LOG_METRICS else _aligned_median(data[m])
+                for m in extra_names
+            }
         model = trajectory_phases(steps, med_lr, med_a, extra=med_x, probe=MODEL, _log_rankme=True, **opts)
         segments += _check_against_probes(model, steps, data, {**DEFAULT_TOL, **(tol or {})}, z)
     elif model_level:
         segments += [Segment(**{**s.to_dict(), "probe": MODEL}) for s in segments if s.probe == all_probes[0]]
-    params = {"method": "pelt-piecewise-linear-log1p-step", "metrics": metrics,
-              "penalty": "bic" if penalty is None else float(penalty), "min_size": min_size,
-              "min_effect": min_effect, "tol": {**DEFAULT_TOL, **(tol or {})}, "z": z,
-              "min_captures": MIN_CAPTURES, "rules_version": R.RULES_VERSION}
+    params = {
+        "method": "pelt-piecewise-linear-log1p-step",
+        "metrics": metrics,
+        "penalty": "bic" if penalty is None else float(penalty),
+        "min_size": min_size,
+        "min_effect": min_effect,
+        "tol": {**DEFAULT_TOL, **(tol or {})},
+        "z": z,
+        "min_captures": MIN_CAPTURES,
+        "rules_version": R.RULES_VERSION,
+    }
     fin = np.isfinite(data["rankme"]).any(axis=1)
-    result = PhaseResult(segments=segments, probes=all_probes, params=params,
-                         n_captures=int(len(steps)),
-                         last_capture_step=int(steps[fin].max()) if fin.any() else -1)
+    result = PhaseResult(
+        segments=segments,
+        probes=all_probes,
+        params=params,
+        n_captures=len(steps),
+        last_capture_step=int(steps[fin].max()) if fin.any() else -1,
+    )
     if hmm:
         pelt = [s.label for s in result.segments_for(MODEL) for _ in range(s.n_points)]
         result.hmm = hmm_phases(steps, data, all_probes, pelt_labels=pelt)
@@ -156,8 +204,8 @@ def _aligned_median(v: np.ndarray) -> np.ndarray:
     each probe's deviation from its own median level, plus the median level. A plain median of levels
     follows whichever probe sits in the middle (probes' RankMe differ by factors of 10), so the model
     could go one way while most probes go the other; the median of the shapes moves as most probes do."""
-    level = np.nanmedian(v, axis=0)                         # per probe
-    shape = np.nanmedian(v - level[None, :], axis=1)        # per capture
+    level = np.nanmedian(v, axis=0)  # per probe
+    shape = np.nanmedian(v - level[None, :], axis=1)  # per capture
     return shape + np.nanmedian(level)
 
 
@@ -191,17 +239,34 @@ def _check_against_probes(model: list[Segment], steps, data: dict, tol: dict, z:
             continue
         frac = float(np.mean(votes))
         if frac >= 0.5:
-            out.append(Segment(**{**seg.to_dict(), "probes_agree": frac,
-                                  "rule": f"{seg.rule}; {sum(votes)} of {len(votes)} probes agree"}))
+            out.append(
+                Segment(
+                    **{
+                        **seg.to_dict(),
+                        "probes_agree": frac,
+                        "rule": f"{seg.rule}; {sum(votes)} of {len(votes)} probes agree",
+                    }
+                )
+            )
         else:
             span = seg.change_alpha / seg.slope_alpha if seg.slope_alpha else float("nan")
             r_dir = R.rankme_direction(seg.change_rankme, tol["rankme"])
             a_dir = R.alpha_direction(seg.change_alpha, abs(seg.slope_alpha_se * span), tol["alpha"], z)
-            mixed = R.rule_text(R.MIXED, r_dir, a_dir, seg.change_rankme, seg.change_alpha, seg.n_fit,
-                                f"the median says {seg.label}, but only {sum(votes)} of {len(votes)} probes' "
-                                f"own slopes satisfy its rule")
-            out.append(Segment(**{**seg.to_dict(), "label": R.MIXED, "probes_agree": frac, "rule": mixed,
-                                  "confidence": 1.0 - frac}))
+            mixed = R.rule_text(
+                R.MIXED,
+                r_dir,
+                a_dir,
+                seg.change_rankme,
+                seg.change_alpha,
+                seg.n_fit,
+                f"the median says {seg.label}, but only {sum(votes)} of {len(votes)} probes' "
+                f"own slopes satisfy its rule",
+            )
+            out.append(
+                Segment(
+                    **{**seg.to_dict(), "label": R.MIXED, "probes_agree": frac, "rule": mixed, "confidence": 1.0 - frac}
+                )
+            )
     return out
 
 
@@ -210,10 +275,10 @@ class _quiet:
 
     def __enter__(self):
         import warnings
+
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("ignore", RuntimeWarning)
 
     def __exit__(self, *exc):
         self._w.__exit__(*exc)
-

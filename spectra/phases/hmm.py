@@ -13,6 +13,7 @@ best likelihood kept. The Viterbi path cuts the trajectory into runs of one stat
 by the same rule as the PELT segments, and ``agreement`` is the fraction of captures whose HMM label
 equals the PELT label of the model. Needs ``hmmlearn`` (``pip install phasescope[all]``).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,7 @@ from .segmentation import log_step
 
 MAX_STATES = 5
 SEEDS = 4
-SLOPES_ONLY = True   # states from directions (d/dx) only; levels too gave spurious extra states
+SLOPES_ONLY = True  # states from directions (d/dx) only; levels too gave spurious extra states
 
 
 def _features(steps, data) -> tuple:
@@ -57,6 +58,7 @@ class _quiet_logs:
 
     def __enter__(self):
         import logging
+
         self._log = logging.getLogger("hmmlearn")
         self._level = self._log.level
         self._log.setLevel(logging.ERROR)
@@ -70,8 +72,9 @@ def n_params(k: int, d: int) -> int:
     return (k - 1) + k * (k - 1) + 2 * k * d
 
 
-def hmm_phases(steps, data: dict, probes: list[str], *, max_states: int = MAX_STATES,
-               pelt_labels: list[str] | None = None) -> dict:
+def hmm_phases(
+    steps, data: dict, probes: list[str], *, max_states: int = MAX_STATES, pelt_labels: list[str] | None = None
+) -> dict:
     """Fit Gaussian HMMs with 1…max_states states, keep the BIC-best, return its segments as a dict."""
     try:
         from hmmlearn.hmm import GaussianHMM
@@ -85,8 +88,15 @@ def hmm_phases(steps, data: dict, probes: list[str], *, max_states: int = MAX_ST
     for k in range(1, min(max_states, n // 4) + 1):
         best = None
         for seed in range(SEEDS):
-            m = GaussianHMM(n_components=k, covariance_type="diag", n_iter=200, tol=1e-4,
-                            random_state=seed, min_covar=1e-3, implementation="log")
+            m = GaussianHMM(
+                n_components=k,
+                covariance_type="diag",
+                n_iter=200,
+                tol=1e-4,
+                random_state=seed,
+                min_covar=1e-3,
+                implementation="log",
+            )
             with warnings.catch_warnings(), _quiet_logs():
                 warnings.simplefilter("ignore")
                 try:
@@ -106,10 +116,23 @@ def hmm_phases(steps, data: dict, probes: list[str], *, max_states: int = MAX_ST
     bkps = [i for i in range(1, n) if states[i] != states[i - 1]] + [n]
     segs = label_segments("model", steps.astype(np.int64), x, lr, al, bkps)
     # label per capture, HMM vs PELT, for the agreement score
-    out = {"method": "gaussian-hmm-bic", "n_states": int(k), "bic": {int(j): float(b) for j, b in bic.items()},
-           "states": [int(s) for s in states], "capture_steps": [int(s) for s in steps],
-           "segments": [{"label": s.label, "start_step": s.start_step, "end_step": s.end_step,
-                         "open_end": s.open_end, "n_points": s.n_points} for s in segs]}
+    out = {
+        "method": "gaussian-hmm-bic",
+        "n_states": int(k),
+        "bic": {int(j): float(b) for j, b in bic.items()},
+        "states": [int(s) for s in states],
+        "capture_steps": [int(s) for s in steps],
+        "segments": [
+            {
+                "label": s.label,
+                "start_step": s.start_step,
+                "end_step": s.end_step,
+                "open_end": s.open_end,
+                "n_points": s.n_points,
+            }
+            for s in segs
+        ],
+    }
     if pelt_labels is not None and len(pelt_labels) == n:
         hmm_labels = []
         for s in segs:

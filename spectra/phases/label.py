@@ -29,19 +29,29 @@ Two stages:
    that decided it (``rule``), the captures it was fitted over (``n_fit``) and the confidence of
    ``rules.CONFIDENCE_TEXT``.
 """
+
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import rules as R
+from .rules import (
+    COLLAPSE,
+    COMPRESSION,
+    DEFAULT_TOL,
+    DEFAULT_Z,
+    ENTROPY,
+    INSUFFICIENT,
+    MIN_CAPTURES,
+    MIXED,
+    STABLE,
+)
 from .segmentation import linear_fit
 from .sparse import sparse_spans
-
-from . import rules as R
-from .rules import (COLLAPSE, COMPRESSION, DEFAULT_TOL, DEFAULT_Z, ENTROPY, INSUFFICIENT, LABEL_TEXT, LABELS,  # noqa: F401
-                    MIN_CAPTURES, MIXED, RULES, STABLE)
 
 
 @dataclass
@@ -75,9 +85,9 @@ class Segment:
     confidence: float
     loss_start: float = math.nan
     loss_end: float = math.nan
-    n_fit: int = 0            # captures the slopes are fitted over: its own + the next phase's first
-    rule: str = ""            # which rule of rules.RULES decided the label, with the changes it saw
-    probes_agree: float = math.nan   # model level: fraction of probes whose own slopes satisfy the rule
+    n_fit: int = 0  # captures the slopes are fitted over: its own + the next phase's first
+    rule: str = ""  # which rule of rules.RULES decided the label, with the changes it saw
+    probes_agree: float = math.nan  # model level: fraction of probes whose own slopes satisfy the rule
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,30 +140,39 @@ def _direction(f: _Fit, tol: dict, z: float) -> tuple[int, int, int]:
     if trend:
         return trend, mr, ma
     se = f.se_dr if math.isfinite(f.se_dr) else 0.0
-    if abs(f.d_r) + z * se < tol["rankme"]:      # RankMe confidently flat: α alone may decide
+    if abs(f.d_r) + z * se < tol["rankme"]:  # RankMe confidently flat: α alone may decide
         return -ma, mr, ma
     return 2 * (1 if f.d_r > 0 else -1), mr, ma  # undecided, leaning this way
 
 
-def label_segments(probe: str, steps: np.ndarray, x: np.ndarray, lr: np.ndarray, al: np.ndarray | None,
-                   bkps: list[int], *, tol: dict | None = None, z: float = DEFAULT_Z,
-                   loss: "callable | None" = None) -> list[Segment]:
+def label_segments(
+    probe: str,
+    steps: np.ndarray,
+    x: np.ndarray,
+    lr: np.ndarray,
+    al: np.ndarray | None,
+    bkps: list[int],
+    *,
+    tol: dict | None = None,
+    z: float = DEFAULT_Z,
+    loss: callable | None = None,
+) -> list[Segment]:
     """Label the segments [b_{j−1}, b_j) of one trajectory, then merge neighbours with equal labels.
 
     ``lr`` is ln RankMe (finite), ``al`` α (may hold NaN, or None), ``loss`` a function step → loss.
     """
     tol = {**DEFAULT_TOL, **(tol or {})}
-    bounds = [0] + list(bkps)
-    pieces = list(zip(bounds[:-1], bounds[1:]))
+    bounds = [0, *list(bkps)]
+    pieces = list(itertools.pairwise(bounds))
     dirs = []
     for s_, e_ in pieces:
         dirs.append(_direction(_fit(x[s_:e_], lr[s_:e_], None if al is None else al[s_:e_]), tol, z)[0])
     # undecided pieces (a noisy stretch, e.g. the bottom of the collapse) join the neighbour they lean
     # towards, the next one first; otherwise they count as flat
-    soft = np.zeros(len(lr), dtype=bool)      # captures in undecided pieces: boundaries there are soft
+    soft = np.zeros(len(lr), dtype=bool)  # captures in undecided pieces: boundaries there are soft
     for i, d in enumerate(dirs):
         if abs(d) == 2:
-            soft[pieces[i][0]:pieces[i][1]] = True
+            soft[pieces[i][0] : pieces[i][1]] = True
             lean = d // 2
             nxt = dirs[i + 1] if i + 1 < len(dirs) else 0
             prv = dirs[i - 1] if i > 0 else 0
@@ -178,11 +197,13 @@ def label_segments(probe: str, steps: np.ndarray, x: np.ndarray, lr: np.ndarray,
         merged = _merge([(m[0], m[1]) for m in merged], labels)
     merged = _turning_points(merged, x, lr, pieces, soft)
     spans = [(s_, e_) for s_, e_, _ in merged]
-    if len(lr) < 3 * MIN_CAPTURES:       # too short for PELT to cut twice: cut where RankMe turns
+    if len(lr) < 3 * MIN_CAPTURES:  # too short for PELT to cut twice: cut where RankMe turns
         spans = sparse_spans(spans, lr, tol["rankme"])
     spans = _refine(spans, [p[0] for p in pieces], x, lr, al, tol, z)
-    return [_segment(probe, steps, x, lr, al, s_, e_, lab, rule, conf, loss)
-            for s_, e_, lab, rule, conf in _final_labels(spans, x, lr, al, tol, z)]
+    return [
+        _segment(probe, steps, x, lr, al, s_, e_, lab, rule, conf, loss)
+        for s_, e_, lab, rule, conf in _final_labels(spans, x, lr, al, tol, z)
+    ]
 
 
 def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict, z: float) -> list[tuple[int, int]]:
@@ -248,7 +269,7 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
     """Label every phase by the rules on its own (closed) fit; merge equal neighbours; repeat until stable.
     Returns [(s, e, label, rule text, confidence)]."""
     for _ in range(len(spans) + 1):
-        labs, rises, after_rise = [], [], False     # rises[i]: had RankMe risen before phase i
+        labs, rises, after_rise = [], [], False  # rises[i]: had RankMe risen before phase i
         for s_, e_ in spans:
             f, n_fit = _phase_fit(s_, e_, x, lr, al)
             lab, r_dir, a_dir, conf = decide_phase(f, n_fit, after_rise, tol, z)
@@ -259,7 +280,11 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
         extra = [""] * len(spans)
         # the warmup: a first phase where RankMe stays flat (stable, or mixed because only α moved) and
         # then the collapse is one phase: the collapse rule does not use α
-        if len(names) > 1 and names[1] == COLLAPSE and (names[0] == STABLE or names[0] == MIXED and labs[0][1] == R.FLAT):
+        if (
+            len(names) > 1
+            and names[1] == COLLAPSE
+            and (names[0] == STABLE or (names[0] == MIXED and labs[0][1] == R.FLAT))
+        ):
             names[0], extra[0] = COLLAPSE, R.WARMUP_TEXT
         absorbed = _absorb_noisy(spans, labs, rises, names, x, lr, al, tol, z)
         if absorbed is not None:
@@ -278,7 +303,7 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
             out = []
             for (s_, e_), lab, t, ex in zip(spans, names, labs, extra):
                 _, r_dir, a_dir, f, n_fit, conf = t
-                if lab != t[0]:      # the warmup rule renamed it: score it as the label it now has
+                if lab != t[0]:  # the warmup rule renamed it: score it as the label it now has
                     conf = R.confidence(lab, r_dir, a_dir, f.d_r, f.se_dr, f.d_a, f.se_da, tol)
                 out.append((s_, e_, lab, R.rule_text(lab, r_dir, a_dir, f.d_r, f.d_a, n_fit, ex), conf))
             return out
@@ -286,15 +311,16 @@ def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
     raise AssertionError("labels did not settle")
 
 
-def _absorb_noisy(spans: list[tuple[int, int]], labs: list, rises: list[bool], names: list[str], x, lr, al,
-                  tol: dict, z: float) -> list[tuple[int, int]] | None:
+def _absorb_noisy(
+    spans: list[tuple[int, int]], labs: list, rises: list[bool], names: list[str], x, lr, al, tol: dict, z: float
+) -> list[tuple[int, int]] | None:
     """Join a short phase whose label rests on noise to a longer neighbour: the phase has fewer than
     2·MIN_CAPTURES captures, its α changed by at least the tolerance yet counts as flat only because of its
     standard error, and the two together are labelled as the neighbour is. (Four captures at the bottom
     of the collapse, α 2.1 → 2.6 too noisy to call, were 'entropy-seeking' between the collapse and a
     mixed rise with α climbing.) Neither may be the collapse. ``rises[i]``: RankMe rose before phase i.
     The new spans, or None."""
-    for i, (lab, _, a_dir, f, n_fit, _) in enumerate(labs):
+    for i, (_lab, _, a_dir, f, n_fit, _) in enumerate(labs):
         noisy = a_dir == R.FLAT and math.isfinite(f.d_a) and abs(f.d_a) >= tol["alpha"]
         if n_fit >= 2 * MIN_CAPTURES or not noisy or names[i] in (INSUFFICIENT, COLLAPSE):
             continue
@@ -304,7 +330,7 @@ def _absorb_noisy(spans: list[tuple[int, int]], labs: list, rises: list[bool], n
             lo, hi = min(i, j), max(i, j)
             fu, nu = _phase_fit(spans[lo][0], spans[hi][1], x, lr, al)
             if decide_phase(fu, nu, rises[lo], tol, z)[0] == names[j]:
-                return spans[:lo] + [(spans[lo][0], spans[hi][1])] + spans[hi + 1:]
+                return [*spans[:lo], (spans[lo][0], spans[hi][1]), *spans[hi + 1 :]]
     return None
 
 
@@ -316,15 +342,28 @@ def _segment(probe, steps, x, lr, al, s: int, e: int, lab: str, rule: str, conf:
     a_fin = a_seg[np.isfinite(a_seg)]
     start, end = int(steps[s]), int(steps[e] if e < n else steps[n - 1])
     return Segment(
-        probe=probe, label=lab, start_step=start, end_step=end, open_end=e >= n, n_points=e - s,
-        slope_rankme=f.s_r, slope_rankme_se=f.se_r, slope_alpha=f.s_a, slope_alpha_se=f.se_a,
-        change_rankme=f.d_r, change_alpha=f.d_a,
-        rankme_start=float(np.exp(lr[c.start])), rankme_end=float(np.exp(lr[c.stop - 1])),
+        probe=probe,
+        label=lab,
+        start_step=start,
+        end_step=end,
+        open_end=e >= n,
+        n_points=e - s,
+        slope_rankme=f.s_r,
+        slope_rankme_se=f.se_r,
+        slope_alpha=f.s_a,
+        slope_alpha_se=f.se_a,
+        change_rankme=f.d_r,
+        change_alpha=f.d_a,
+        rankme_start=float(np.exp(lr[c.start])),
+        rankme_end=float(np.exp(lr[c.stop - 1])),
         alpha_start=float(a_fin[0]) if len(a_fin) else math.nan,
         alpha_end=float(a_fin[-1]) if len(a_fin) else math.nan,
         confidence=conf,
-        loss_start=loss(start) if loss else math.nan, loss_end=loss(end) if loss else math.nan,
-        n_fit=n_fit, rule=rule)
+        loss_start=loss(start) if loss else math.nan,
+        loss_end=loss(end) if loss else math.nan,
+        n_fit=n_fit,
+        rule=rule,
+    )
 
 
 def _name(dirs: list[int]) -> list[str]:
@@ -361,8 +400,9 @@ def _hinge_ssr(x: np.ndarray, y: np.ndarray, k: int) -> tuple[float, float, floa
     return float(((y - X @ coef) ** 2).sum()), float(coef[1]), float(coef[2])
 
 
-def _turning_points(merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.ndarray,
-                    pieces: list[tuple[int, int]], soft: np.ndarray) -> list[tuple[int, int, str]]:
+def _turning_points(
+    merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.ndarray, pieces: list[tuple[int, int]], soft: np.ndarray
+) -> list[tuple[int, int, str]]:
     """Where RankMe turns (falling → entropy-seeking, entropy-seeking → compression-seeking), put the
     boundary at the vertex of the best continuous two-line (hinge) fit of ln RankMe over the PELT
     pieces on either side of it (widened over undecided pieces), among vertices where the two lines
@@ -373,12 +413,12 @@ def _turning_points(merged: list[tuple[int, int, str]], x: np.ndarray, lr: np.nd
     for i in range(len(out) - 1):
         (s, m, a), (_, e, b) = out[i], out[i + 1]
         if b == ENTROPY and a in (COLLAPSE, COMPRESSION):
-            turn = -1     # a minimum: falling, then rising
+            turn = -1  # a minimum: falling, then rising
         elif a == ENTROPY and b == COMPRESSION:
             turn = +1
         else:
             continue
-        j = int(np.searchsorted(starts, m))             # piece starting at m
+        j = int(np.searchsorted(starts, m))  # piece starting at m
         lo_p, hi_p = j - 1, j
         while lo_p > 0 and soft[pieces[lo_p - 1][0]] and pieces[lo_p - 1][0] >= s:
             lo_p -= 1
@@ -404,6 +444,24 @@ def insufficient(probe: str, steps: np.ndarray) -> Segment:
     start = int(steps[0]) if len(steps) else 0
     end = int(steps[-1]) if len(steps) else 0
     n = len(steps)
-    return Segment(probe, INSUFFICIENT, start, end, True, n, nan, nan, nan, nan, nan, nan,
-                   nan, nan, nan, nan, 0.0, n_fit=n,
-                   rule=R.rule_text(INSUFFICIENT, R.MISSING, R.MISSING, nan, nan, n))
+    return Segment(
+        probe,
+        INSUFFICIENT,
+        start,
+        end,
+        True,
+        n,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        nan,
+        0.0,
+        n_fit=n,
+        rule=R.rule_text(INSUFFICIENT, R.MISSING, R.MISSING, nan, nan, n),
+    )

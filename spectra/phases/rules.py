@@ -24,6 +24,7 @@ Language Models from Pretraining to Post-training": warmup collapse (RankMe fall
 (RankMe rises, α falls: variance spreads over more directions) and compression-seeking (RankMe falls
 *and* α rises: anisotropic consolidation onto the leading directions).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,13 +38,19 @@ STABLE = "stable"
 MIXED = "mixed"
 INSUFFICIENT = "insufficient-data"
 LABELS = (COLLAPSE, ENTROPY, COMPRESSION, STABLE, MIXED, INSUFFICIENT)
-LABEL_TEXT = {COLLAPSE: "warmup collapse", ENTROPY: "entropy-seeking", COMPRESSION: "compression-seeking",
-              STABLE: "stable", MIXED: "mixed", INSUFFICIENT: "insufficient data"}
+LABEL_TEXT = {
+    COLLAPSE: "warmup collapse",
+    ENTROPY: "entropy-seeking",
+    COMPRESSION: "compression-seeking",
+    STABLE: "stable",
+    MIXED: "mixed",
+    INSUFFICIENT: "insufficient data",
+}
 
-DEFAULT_TOL = {"rankme": 0.1, "alpha": 0.1}   # |Δ ln RankMe| ≈ 10 %, |Δα| = 0.1
+DEFAULT_TOL = {"rankme": 0.1, "alpha": 0.1}  # |Δ ln RankMe| ≈ 10 %, |Δα| = 0.1
 DEFAULT_Z = 2.0
-MIN_CAPTURES = 3       # captures a phase is fitted over (its own + the shared boundary capture)
-RULES_VERSION = 3      # bump when a rule changes: stored results computed under another version are redone
+MIN_CAPTURES = 3  # captures a phase is fitted over (its own + the shared boundary capture)
+RULES_VERSION = 3  # bump when a rule changes: stored results computed under another version are redone
 
 UP, DOWN, FLAT, MISSING = "rises", "falls", "flat", "missing"
 ANY = frozenset({UP, DOWN, FLAT, MISSING})
@@ -62,38 +69,63 @@ class Rule(NamedTuple):
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(INSUFFICIENT, ANY, ANY, "any",
-         f"fewer than {MIN_CAPTURES} captures: too few to fit a slope with an error"),
-    Rule(COLLAPSE, frozenset({DOWN}), ANY, "before-rise",
-         "RankMe falls before it has first risen (warmup collapse; α is not used)"),
-    Rule(ENTROPY, frozenset({UP}), frozenset({DOWN, FLAT, MISSING}), "any",
-         "RankMe rises and α falls or stays flat (the spectrum flattens)"),
-    Rule(COMPRESSION, frozenset({DOWN}), frozenset({UP, MISSING}), "after-rise",
-         "RankMe falls after it has risen and α rises (anisotropic consolidation); "
-         "with α missing RankMe decides alone"),
-    Rule(STABLE, frozenset({FLAT}), frozenset({FLAT, MISSING}), "any",
-         "neither RankMe nor α moves beyond its tolerance"),
-    Rule(MIXED, ANY, ANY, "any",
-         "the slopes match no rule above (e.g. RankMe falls while α falls after the rise, "
-         "RankMe rises while α rises, or α moves while RankMe is flat)"),
+    Rule(INSUFFICIENT, ANY, ANY, "any", f"fewer than {MIN_CAPTURES} captures: too few to fit a slope with an error"),
+    Rule(
+        COLLAPSE,
+        frozenset({DOWN}),
+        ANY,
+        "before-rise",
+        "RankMe falls before it has first risen (warmup collapse; α is not used)",
+    ),
+    Rule(
+        ENTROPY,
+        frozenset({UP}),
+        frozenset({DOWN, FLAT, MISSING}),
+        "any",
+        "RankMe rises and α falls or stays flat (the spectrum flattens)",
+    ),
+    Rule(
+        COMPRESSION,
+        frozenset({DOWN}),
+        frozenset({UP, MISSING}),
+        "after-rise",
+        "RankMe falls after it has risen and α rises (anisotropic consolidation); with α missing RankMe decides alone",
+    ),
+    Rule(
+        STABLE, frozenset({FLAT}), frozenset({FLAT, MISSING}), "any", "neither RankMe nor α moves beyond its tolerance"
+    ),
+    Rule(
+        MIXED,
+        ANY,
+        ANY,
+        "any",
+        "the slopes match no rule above (e.g. RankMe falls while α falls after the rise, "
+        "RankMe rises while α rises, or α moves while RankMe is flat)",
+    ),
 )
 RULE_BY_LABEL = {r.label: r for r in RULES}
 
-WARMUP_TEXT = ("a first phase in which RankMe stays flat (stable, or mixed because only α moves) followed by the "
-               "collapse is part of the warmup (the learning rate is still small) and joins it")
-MERGE_TEXT = ("neighbouring phases with the same label merge (and are fitted again); a phase's start is "
-              "moved to the RankMe minimum (maximum) where RankMe turns; a phase is split at a change point "
-              "where α turns (rises beyond its tolerance on one side and falls on the other), even when one side "
-              f"is then mixed; a phase of fewer than {2 * MIN_CAPTURES} captures whose α moved by its tolerance but too "
-              "noisily to call joins a longer neighbour (not the collapse) when the two together get the "
-              f"neighbour's label; every phase keeps at least "
-              f"{MIN_CAPTURES} captures, shorter pieces are insufficient-data; a trajectory too short for the "
-              f"change-point search to cut twice (< {3 * MIN_CAPTURES} captures) is also cut where RankMe "
-              "turns by at least its tolerance on both sides")
-MODEL_TEXT = ("model level: at each capture the median over probes of each probe's ln RankMe (and α) relative "
-              "to its own median level, plus the median level, labelled by the same rules; a model phase "
-              "whose RankMe and α conditions fewer than half of the probes' own slopes over the same steps "
-              "satisfy becomes mixed (its rule says how many probes agree)")
+WARMUP_TEXT = (
+    "a first phase in which RankMe stays flat (stable, or mixed because only α moves) followed by the "
+    "collapse is part of the warmup (the learning rate is still small) and joins it"
+)
+MERGE_TEXT = (
+    "neighbouring phases with the same label merge (and are fitted again); a phase's start is "
+    "moved to the RankMe minimum (maximum) where RankMe turns; a phase is split at a change point "
+    "where α turns (rises beyond its tolerance on one side and falls on the other), even when one side "
+    f"is then mixed; a phase of fewer than {2 * MIN_CAPTURES} captures whose α moved by its tolerance but too "
+    "noisily to call joins a longer neighbour (not the collapse) when the two together get the "
+    f"neighbour's label; every phase keeps at least "
+    f"{MIN_CAPTURES} captures, shorter pieces are insufficient-data; a trajectory too short for the "
+    f"change-point search to cut twice (< {3 * MIN_CAPTURES} captures) is also cut where RankMe "
+    "turns by at least its tolerance on both sides"
+)
+MODEL_TEXT = (
+    "model level: at each capture the median over probes of each probe's ln RankMe (and α) relative "
+    "to its own median level, plus the median level, labelled by the same rules; a model phase "
+    "whose RankMe and α conditions fewer than half of the probes' own slopes over the same steps "
+    "satisfy becomes mixed (its rule says how many probes agree)"
+)
 
 CONFIDENCE_TEXT = (
     "confidence = product over the rule's conditions of a score in [0, 1] computed from the fit:\n"
@@ -102,7 +134,8 @@ CONFIDENCE_TEXT = (
     "  falls or flat (α in entropy-seeking): the score of what it does\n"
     "  missing α where the rule would use it: 0.5 (stable: 1);  α not used (collapse): 1\n"
     "  mixed: the product of both metrics' scores for what they do;  insufficient-data: 0\n"
-    "  model level made mixed because the probes disagree: 1 − the fraction of probes that agree")
+    "  model level made mixed because the probes disagree: 1 − the fraction of probes that agree"
+)
 
 
 def alpha_direction(d_a: float, se_da: float, tol: float, z: float) -> str:
@@ -128,7 +161,7 @@ def decide(r_dir: str, a_dir: str, after_rise: bool, n_captures: int) -> Rule:
             continue
         if r_dir not in rule.rankme or a_dir not in rule.alpha:
             continue
-        if rule.when == "before-rise" and after_rise or rule.when == "after-rise" and not after_rise:
+        if (rule.when == "before-rise" and after_rise) or (rule.when == "after-rise" and not after_rise):
             continue
         return rule
     raise AssertionError("the mixed rule matches everything")
@@ -156,8 +189,9 @@ def _score(direction: str, delta: float, se: float, tol: float) -> float:
     return significance(delta, se)
 
 
-def confidence(label: str, r_dir: str, a_dir: str, d_r: float, se_dr: float, d_a: float, se_da: float,
-               tol: dict) -> float:
+def confidence(
+    label: str, r_dir: str, a_dir: str, d_r: float, se_dr: float, d_a: float, se_da: float, tol: dict
+) -> float:
     """The formula of ``CONFIDENCE_TEXT``."""
     if label == INSUFFICIENT:
         return 0.0
@@ -174,8 +208,7 @@ def _fmt(v: float, spec: str) -> str:
     return format(v, spec) if math.isfinite(v) else "n/a"
 
 
-def rule_text(label: str, r_dir: str, a_dir: str, d_r: float, d_a: float, n_captures: int,
-              extra: str = "") -> str:
+def rule_text(label: str, r_dir: str, a_dir: str, d_r: float, d_a: float, n_captures: int, extra: str = "") -> str:
     """One line saying which rule decided a phase and with what: stored with the segment (``rule``)."""
     rule = RULE_BY_LABEL[label]
     if label == INSUFFICIENT:
@@ -206,12 +239,19 @@ def explain(tol: dict | None = None, z: float = DEFAULT_Z, min_captures: int = M
         "Rules, first match wins:",
     ]
     for i, rule in enumerate(RULES, 1):
-        cond = "" if rule.label == INSUFFICIENT else (
-            f" [RankMe {_dirs(rule.rankme)}; alpha {_dirs(rule.alpha)}"
-            + ("" if rule.when == "any" else f"; {rule.when}") + "]")
-        lines += textwrap.wrap(f"{i}. {rule.label}{cond}: {rule.text}", 100, initial_indent="  ",
-                               subsequent_indent="     ")
+        cond = (
+            ""
+            if rule.label == INSUFFICIENT
+            else (
+                f" [RankMe {_dirs(rule.rankme)}; alpha {_dirs(rule.alpha)}"
+                + ("" if rule.when == "any" else f"; {rule.when}")
+                + "]"
+            )
+        )
+        lines += textwrap.wrap(
+            f"{i}. {rule.label}{cond}: {rule.text}", 100, initial_indent="  ", subsequent_indent="     "
+        )
     for para in ("Then: " + WARMUP_TEXT + "; " + MERGE_TEXT + ".", MODEL_TEXT + "."):
-        lines += [""] + textwrap.wrap(para, 100)
+        lines += ["", *textwrap.wrap(para, 100)]
     lines += ["", CONFIDENCE_TEXT]
     return "\n".join(lines)

@@ -20,14 +20,15 @@ interpolation residuals) with a floor of ``min_effect`` times the channel's stan
 an almost noiseless smooth curve is not cut into many pieces by its curvature alone. The cost is
 evaluated in O(1) per segment from cumulative sums, for all candidate starts at once.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-DEFAULT_MIN_EFFECT = 0.05   # noise floor, in units of each channel's standard deviation
-DEFAULT_MIN_SIZE = 3        # captures per segment: a line and one degree of freedom for its error
+DEFAULT_MIN_EFFECT = 0.05  # noise floor, in units of each channel's standard deviation
+DEFAULT_MIN_SIZE = 3  # captures per segment: a line and one degree of freedom for its error
 
 
 def log_step(steps: np.ndarray) -> np.ndarray:
@@ -116,9 +117,15 @@ def normalise(x: np.ndarray, Y: np.ndarray, min_effect: float = DEFAULT_MIN_EFFE
     return Z
 
 
-def segment(x: np.ndarray, Y: np.ndarray, *, penalty: float | None = None,
-            min_size: int = DEFAULT_MIN_SIZE, min_effect: float = DEFAULT_MIN_EFFECT,
-            engine: str = "numpy") -> list[int]:
+def segment(
+    x: np.ndarray,
+    Y: np.ndarray,
+    *,
+    penalty: float | None = None,
+    min_size: int = DEFAULT_MIN_SIZE,
+    min_effect: float = DEFAULT_MIN_EFFECT,
+    engine: str = "numpy",
+) -> list[int]:
     """Breakpoints of the piecewise-linear fit of Y (n, d) over x (n,), as ruptures returns them.
 
     Returns sorted indices [b_1, …, b_k, n]: segment j covers captures [b_{j−1}, b_j) with b_0 = 0.
@@ -156,7 +163,7 @@ def pelt(x: np.ndarray, Z: np.ndarray, penalty: float, min_size: int) -> list[in
     with the cost above (checked in the tests), without its per-step dictionary copies.
     """
     n = len(x)
-    cs = lambda a: np.concatenate([np.zeros((1,) + a.shape[1:]), np.cumsum(a, axis=0)])  # noqa: E731
+    cs = lambda a: np.concatenate([np.zeros((1, *a.shape[1:])), np.cumsum(a, axis=0)])  # noqa: E731
     X = x[:, None]
     Sx, Sxx = cs(x), cs(x * x)
     Sy, Syy, Sxy = cs(Z), cs(Z * Z), cs(X * Z)
@@ -176,7 +183,7 @@ def pelt(x: np.ndarray, Z: np.ndarray, penalty: float, min_size: int) -> list[in
     last = np.zeros(n + 1, dtype=np.int64)
     R = np.array([0], dtype=np.int64)
     for t in range(min_size, n + 1):
-        if t - min_size >= min_size:                      # a new start becomes admissible
+        if t - min_size >= min_size:  # a new start becomes admissible
             R = np.append(R, t - min_size)
         R_ok = R[(t - R) >= min_size]
         total = F[R_ok] + cost(R_ok, t)

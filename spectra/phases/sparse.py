@@ -3,6 +3,7 @@
 The change-point search needs MIN_CAPTURES captures per piece, so it cannot cut a trajectory of fewer
 than 3·MIN_CAPTURES captures twice; :func:`sparse_spans` cuts such trajectories at RankMe's turns.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,10 +42,10 @@ def split_turns(spans: list[tuple[int, int]], lr: np.ndarray, tol: float) -> lis
             last = min(e, n - 1)
             if last - s < 2:
                 continue
-            inner = lr[s + 1:last]
+            inner = lr[s + 1 : last]
             best = None
             for k, sign in ((s + 1 + int(np.argmin(inner)), -1), (s + 1 + int(np.argmax(inner)), +1)):
-                d1, d2 = lr[k] - lr[s], lr[last] - lr[k]    # a minimum: d1 < 0 < d2; a maximum: d1 > 0 > d2
+                d1, d2 = lr[k] - lr[s], lr[last] - lr[k]  # a minimum: d1 < 0 < d2; a maximum: d1 > 0 > d2
                 if sign * d1 >= tol and -sign * d2 >= tol:
                     turn = min(abs(d1), abs(d2))
                     if best is None or turn > best[0]:
@@ -60,7 +61,7 @@ def split_turns(spans: list[tuple[int, int]], lr: np.ndarray, tol: float) -> lis
                             best = (turn, k)
             if best is not None:
                 k = best[1]
-                out[i:i + 1] = [(s, k), (k, e)]
+                out[i : i + 1] = [(s, k), (k, e)]
                 changed = True
                 break
     return out
