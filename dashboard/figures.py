@@ -213,6 +213,9 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
             attr, how = OPT_IN.get(m, (None, ""))
             if n == vals.size and attr in attrs and not attrs[attr]:
                 text = f"not requested (off by default; {how})"
+            elif attr is not None and attrs.get(attr) and n == vals.size:  # asked for, yet never computed
+                rows.append(_row(f"NaN cells in {m}", f"{n} / {vals.size} (requested: {attr}={attrs[attr]})", WARN))
+                continue
             else:
                 text = (
                     "not computed in this run (all NaN)"

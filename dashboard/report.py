@@ -348,6 +348,11 @@ def check_out(out) -> Path:
         raise PhasescopeError(f"cannot write {out.name!r}: --out must end in {', '.join(FORMATS)}")
     if out.is_dir():
         raise PhasescopeError(f"{out} is a folder; pass a file name such as {out / ('figures' + out.suffix)}")
+    folder = next((p for p in out.absolute().parents if p.exists()), None)  # the nearest existing folder
+    if folder is None or not folder.is_dir():
+        raise PhasescopeError(f"cannot write {out}: {folder} is not a folder; pass --out in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PhasescopeError(f"cannot write {out}: {folder} is not writable; pass --out in a folder you can write")
     return out
 
 
@@ -400,6 +405,13 @@ def write_report(pages: list[Page], out, style: Style = Style()) -> list[Path]:
     out = check_out(out)
     if not pages:
         raise PhasescopeError("nothing to draw: every requested figure lacks its data in these runs")
+    try:
+        return _write(pages, out, style)
+    except OSError as exc:  # a full disk, a folder that vanished, …: one line, and nothing half-written
+        raise PhasescopeError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def _write(pages: list[Page], out: Path, style: Style) -> list[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     fmt = out.suffix.lower()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".phasescope-report-") as tmp_name:

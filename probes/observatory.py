@@ -410,7 +410,15 @@ class Observatory:
             return
         if self.world > 1:
             accs = D.all_reduce_accumulators(
-                accs, self.dims, [p.name for p in self.probes], step, self.rank, self.world, self.device, self.group
+                accs,
+                self.dims,
+                [p.name for p in self.probes],
+                step,
+                self.rank,
+                self.world,
+                self.device,
+                self.group,
+                raw=self.options.rankme_raw,
             )
         if self.is_writer:
             spectra = [None] * len(accs)

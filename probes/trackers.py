@@ -99,9 +99,15 @@ class TensorBoardSink(TrackerSink):
 
 
 class WandbSink(TrackerSink):
-    """One W&B run; ``run.log(values, step=step)``, text events as string values of the same step."""
+    """One W&B run; ``run.log(values, step=step)``, text events as string values of the same step.
+
+    A run the user passes in keeps its own step counter, which W&B lets only grow: a value logged at an
+    earlier ``step=`` is dropped with a console warning and no error, and phasescope's sinks thread runs
+    behind the user's own logging. There phasescope's values go under ``phasescope/`` with the training
+    step as a metric of their own (``phasescope/step``, their x axis through ``define_metric``)."""
 
     kind = "wandb"
+    STEP = "phasescope/step"
 
     def __init__(
         self,
@@ -147,11 +153,19 @@ class WandbSink(TrackerSink):
         self.where = {"run_id": run.id, "sync_dir": os.path.abspath(run.settings.sync_dir)}
         return run
 
-    def log_scalars(self, step: int, values: Mapping[str, float]) -> None:
-        self._opened().log(dict(values), step=step)
+    def log_scalars(self, step: int, values: Mapping[str, Any]) -> None:
+        run = self._opened()
+        if self.owned:
+            run.log(dict(values), step=step)
+            return
+        if not getattr(self, "_defined", False):
+            run.define_metric(self.STEP)
+            run.define_metric("phasescope/*", step_metric=self.STEP)
+            self._defined = True
+        run.log({self.STEP: step, **{f"phasescope/{k}": v for k, v in values.items()}})
 
     def log_text(self, step: int, tag: str, text: str) -> None:
-        self._opened().log({tag: text}, step=step)
+        self.log_scalars(step, {tag: text})
 
     def _finish(self, run: Any, status: str) -> None:
         if self.owned:

@@ -84,6 +84,10 @@ def test_quality_table_says_not_requested_for_metrics_a_run_never_asked_for(tmp_
         "status": "ok",
         "value": "not requested (off by default; rankme_raw=True records it)",
     }
+    asked = ds.copy()
+    asked.attrs["rankme_raw"] = True  # requested, yet every cell NaN: a data problem, not "not requested"
+    row = {r["check"]: r for r in quality_rows(asked)}["NaN cells in rankme_raw"]
+    assert row["status"] == "warn" and row["value"].startswith("12 / 12")
     assert rows["cka_previous"] == {
         "check": "cka_previous",
         "value": "not computed in 2 / 12 cells",

@@ -354,3 +354,27 @@ def test_readme_sinks_snippet_runs_as_written(tmp_path):
     assert [e["kind"] for e in ds.attrs["sinks"]] == ["tensorboard", "wandb", "mlflow"]
     scalars, texts = _tensorboard(tmp_path / "runs" / "tensorboard" / "sinks")
     assert len(scalars["loss"]) == 50 and "phases/summary" in texts
+
+
+def test_a_users_wandb_run_keeps_values_logged_behind_its_own_step(tmp_path, monkeypatch):
+    """A W&B run the user passes in has its own step counter (HF's WandbCallback logs without step=); W&B
+    drops a value logged at an earlier step= with only a console warning. phasescope's sinks thread is
+    behind, so in a user's run its values go under phasescope/ with phasescope/step as their x axis."""
+    wandb = pytest.importorskip("wandb")
+    from phasescope.probes.trackers import adopt
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = wandb.Settings(x_disable_stats=True, x_disable_machine_info=True, disable_git=True, console="off")
+    run = wandb.init(project="t", dir=str(tmp_path), mode="offline", settings=settings, reinit="create_new")
+    try:
+        for i in range(5):
+            run.log({"user/loss": 1.0 / (i + 1)})  # the user's own logging moves W&B's step to 5
+        sink = adopt(run)
+        sink.log_scalars(2, {"rankme/block.0": 3.0})  # training step 2, logged late
+        sink.log_text(3, "phases/summary", "collapse, then entropy-seeking")
+        summary = dict(run.summary)
+    finally:
+        run.finish()
+    assert summary["phasescope/rankme/block.0"] == 3.0 and summary["phasescope/step"] == 3
+    assert summary["phasescope/phases/summary"] == "collapse, then entropy-seeking"
+    assert summary["user/loss"] == pytest.approx(0.2)  # the user's own values are untouched

@@ -352,7 +352,8 @@ def analyze(
             if isinstance(exc, KeyboardInterrupt):
                 raise AnalyzeInterrupted(report) from None
             raise
-        writer.close()
+        with guard.critical():  # a Ctrl-C during the final trim and commit waits for them
+            writer.close()
     report.seconds = time.perf_counter() - t_start
     return report
 

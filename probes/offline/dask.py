@@ -112,7 +112,9 @@ def run_dask(
                 yield CheckpointResult(c.step, error=f"{type(exc).__name__}: {str(exc)[:300]}")
             fut.release()
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        try:
+            if client is not None:
+                client.close()
+        finally:  # the workers go even when the client's close fails (a timeout)
+            if cluster is not None:
+                cluster.close()
