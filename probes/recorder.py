@@ -47,7 +47,7 @@ from phasescope.store.lifecycle import error_for
 
 from .reduce import FLAG_BITS, FLAGS, NONFINITE_ACT, Reducer, RunSpec
 from .result import CaptureResult
-from .sinks import SinkSet, build_sinks
+from .sinks import DRAIN_TIMEOUT_S, INTERRUPTED_DRAIN_S, SinkSet, build_sinks
 
 PARAM_STATS = ("grad_norm", "update_ratio")
 SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
@@ -441,7 +441,8 @@ class Recorder:
                 w.flush()  # every row reduced, so every value handed to the sinks
         finally:
             try:
-                if sinks.drain() and error is None:
+                wait = INTERRUPTED_DRAIN_S if isinstance(error, KeyboardInterrupt) else DRAIN_TIMEOUT_S
+                if sinks.drain(wait) and error is None:
                     sinks.send_phases(self._store_path)
             finally:
                 sinks.close(status_for(error))

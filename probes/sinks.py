@@ -53,6 +53,7 @@ from .trackers import KINDS, TrackerSink, adopt, tracker_sink
 MAX_PENDING = 10_000
 #: seconds close() waits for the trackers to take what is queued before it gives up on them
 DRAIN_TIMEOUT_S = 120.0
+INTERRUPTED_DRAIN_S = 5.0  # after Ctrl-C the user is waiting: give the trackers this long, not minutes
 
 
 @runtime_checkable
