@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,3 +266,31 @@ def test_pdf_has_one_page_per_figure_naming_its_runs(runs, pages, tmp_path):
             assert (name in text) == (page.run in (None, name)), (page.kind, page.run, name)
         # vector: the layout size (CSS pixels at 96 dpi, 0.75 pt each), not multiplied by --scale
         assert float(pdf_page.mediabox.width) == pytest.approx(640 * 0.75, abs=1)
+
+
+@pytest.mark.browser
+def test_the_readme_report_commands_run_as_written(tmp_path):
+    """The README's `phasescope report` block, line by line, in a folder holding the runs it names."""
+    import os
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"\*\*Figures for papers\*\*.*?```bash\n(.*?)```", readme, flags=re.S).group(1)
+    lines = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert len(lines) == 3 and all(ln.startswith(".venv/bin/phasescope report ") for ln in lines)
+    for name in ("demo", "a", "b"):
+        write_synthetic_run(tmp_path / "runs" / f"{name}.zarr", n_steps=40, n_probes=3, rank=16, n_layers=1)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "phasescope").symlink_to(Path(sys.executable).with_name("phasescope"))
+    for line in lines:
+        res = subprocess.run(
+            line,
+            shell=True,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert res.returncode == 0, (line, res.stderr[-2000:])
+        out = tmp_path / re.search(r"--out (\S+)", line).group(1)
+        assert out.exists() and out.stat().st_size > 1000, line
