@@ -399,9 +399,12 @@ class Recorder:
         self.n_captures += 1
 
     def submit(self, res: CaptureResult) -> None:
-        """Queue a finished result for the writer thread (its drop policy applies; never raises)."""
+        """Queue a finished result for the writer thread (its drop policy applies; raises only a strict
+        failure of a sink, here on the training thread)."""
         if self.async_writer is None:
             return
+        if self.sinks is not None:
+            self.sinks.raise_failure()
         with self.failures.guard("write", f"step {res.step}"):
             self.async_writer.submit(res)
 

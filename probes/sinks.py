@@ -117,6 +117,10 @@ class _Behind(Exception):
     """Not raised: the message of a step dropped because the trackers fell behind."""
 
 
+class SinkError(PhasescopeError):
+    """A tracker sink's failure, raised into the training loop under ``strict=True``."""
+
+
 class SinkSet:
     """The sinks of one run. The Recorder's writer thread hands each reduced step to :meth:`send`, which
     queues its values for one sinks thread, so a slow tracker delays neither training nor the store;
@@ -140,9 +144,9 @@ class SinkSet:
                 call(sink)
 
     def send(self, step: StepValues, cap: CaptureValues | None) -> None:
-        """Queue the step's stored scalars and, at a capture, each probe's stored metrics (NaN/Inf left out)."""
-        if self._error is not None:
-            raise self._error
+        """Queue the step's stored scalars and, at a capture, each probe's stored metrics (NaN/Inf left out).
+        Runs on the store's writer thread: a strict failure is raised on the training thread instead
+        (:meth:`raise_failure`), so the store does not count it again as its own."""
         values = {k: float(v) for k, v in step.scalars.items() if k in self.scalars and math.isfinite(v)}
         if cap is not None:
             for metric, per_probe in cap.metrics.items():
@@ -204,9 +208,15 @@ class SinkSet:
                     ),
                 )
                 return False
-        if self._error is not None:
-            raise self._error
+        self.raise_failure()
         return True
+
+    def raise_failure(self) -> None:
+        """Under strict: raise, once, on the calling thread the sink failure the sinks thread met (as a
+        :class:`SinkError`: counted already, under "sink", so no front-end counts it again)."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise SinkError(f"a tracker sink failed (strict=True): {type(error).__name__}: {error}") from error
 
     def send_phases(self, store: Any) -> None:
         """The phases ``phasescope phases`` finds in the (flushed) run, as text at the last step sent."""

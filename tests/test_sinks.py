@@ -241,9 +241,12 @@ def test_recorder_sends_numpy_runs_too(tmp_path):
 
 
 def test_a_failing_sink_raises_under_strict(tmp_path):
+    """Raised into the training loop (or at close), counted once as the sink's: not again as the store
+    writer's own reduce, write and close failures, as when it was raised on the writer thread."""
     with pytest.raises(Exception, match="tracker unreachable"):
         _train(tmp_path / "r.zarr", [Broken()], steps=4, strict=True, write_interval=0.0)
-    assert open_run(tmp_path / "r.zarr").attrs["status"] == "failed"
+    ds = open_run(tmp_path / "r.zarr")
+    assert ds.attrs["status"] == "failed" and ds.attrs["failures"] == {"sink": 1}
 
 
 def test_sinks_are_closed_on_ctrl_c_without_phases(tmp_path):
