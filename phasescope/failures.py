@@ -68,10 +68,13 @@ class FailureLog:
 
     @contextlib.contextmanager
     def guard(self, stage: str, what: str = "") -> Iterator[None]:
-        """Run the block; an Exception inside it is recorded (see :meth:`record`) instead of raised."""
+        """Run the block; an Exception inside it is recorded (see :meth:`record`) instead of raised, unless
+        it is one already recorded and raised on purpose (``counted = True``, e.g. a strict sink failure)."""
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - the one place phasescope swallows its own failures
+        except Exception as exc:  # the one place phasescope swallows its own failures
+            if getattr(exc, "counted", False):
+                raise
             self.record(stage, exc, what=what)
 
     def attrs(self) -> dict:

@@ -503,6 +503,9 @@ class Observatory:
             try:
                 with self.failures.guard("close"):
                     self._flush_pending()
+            except BaseException as exc:  # strict: the run it ends is marked failed with it
+                error = error or exc
+                raise
             finally:  # under strict the flush may raise: the run is still closed, and says how
                 self.recorder.close(error=error)
         finally:

@@ -429,6 +429,9 @@ class Recorder:
         try:
             if self.sinks is not None:
                 self._close_sinks(w, self.sinks, error)
+        except BaseException as exc:  # strict: a sink's failure met while closing fails the run, as at a step
+            error = error or exc
+            raise
         finally:
             with self.failures.guard("close", "closing the store"):
                 if w.alive:

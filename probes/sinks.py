@@ -118,7 +118,9 @@ class _Behind(Exception):
 
 
 class SinkError(PhasescopeError):
-    """A tracker sink's failure, raised into the training loop under ``strict=True``."""
+    """A tracker sink's failure, raised into the training loop under ``strict=True`` (counted already)."""
+
+    counted = True
 
 
 class SinkSet:

@@ -249,6 +249,22 @@ def test_a_failing_sink_raises_under_strict(tmp_path):
     assert ds.attrs["status"] == "failed" and ds.attrs["failures"] == {"sink": 1}
 
 
+def test_a_sink_failing_at_the_last_step_under_strict_fails_the_run_at_close(tmp_path):
+    """The sinks thread meets it after the last obs.step: raised by close, and the run says failed."""
+
+    class LastStepFails(Collect):
+        def log_scalars(self, step, values):
+            if step == 3:
+                raise RuntimeError("tracker gone at the end")
+            super().log_scalars(step, values)
+
+    with pytest.raises(Exception, match="tracker gone at the end"):
+        _train(tmp_path / "r.zarr", [LastStepFails()], steps=4, strict=True, write_interval=0.0)
+    ds = open_run(tmp_path / "r.zarr")
+    assert ds.attrs["status"] == "failed" and ds.attrs["failures"] == {"sink": 1}
+    assert list(ds.step.values) == [0, 1, 2, 3]  # every row kept
+
+
 def test_sinks_are_closed_on_ctrl_c_without_phases(tmp_path):
     model, (x, _y) = _mlp(), _data()
     good = Collect()
