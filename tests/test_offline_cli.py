@@ -75,13 +75,8 @@ def test_revision_without_step(tmp_path, capsys):
     assert "no step number" in _err(capsys)
 
 
-@pytest.fixture(scope="module")
-def small_sweep(tiny_sweep):
-    return tiny_sweep
-
-
-def test_bad_text_and_probe_errors(small_sweep, capsys):
-    root = small_sweep
+def test_bad_text_and_probe_errors(tiny_sweep, capsys):
+    root = tiny_sweep
     assert main(["analyze", str(root / "ck"), "--text", str(root / "missing.txt"), "--out", str(root / "a.zarr")]) == 2
     assert "no such file" in _err(capsys)
     bad = root / "bad.jsonl"
@@ -108,8 +103,8 @@ def test_bad_text_and_probe_errors(small_sweep, capsys):
     assert "matches no module" in _err(capsys)
 
 
-def test_cli_sweep_then_rerun_skips(small_sweep, capsys):
-    root = small_sweep
+def test_cli_sweep_then_rerun_skips(tiny_sweep, capsys):
+    root = tiny_sweep
     args = [
         "analyze",
         str(root / "ck"),
@@ -139,12 +134,12 @@ def test_cli_sweep_then_rerun_skips(small_sweep, capsys):
 @pytest.mark.parametrize(
     ("probes_from", "expect"), [(None, "kjv mid-text: 977 windows"), ("verses", "kjv held-out verses")]
 )
-def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, probes_from, expect):
+def test_kjv_probe_set_is_mid_text_by_default_and_recorded(tiny_sweep, capsys, probes_from, expect):
     """`--text kjv` reads windows of held-out text cut at random points unless `--probes-from verses`
     (issue 21); the store names which set it read."""
     from phasescope.store import open_run
 
-    root = small_sweep
+    root = tiny_sweep
     out = root / f"kjv-{probes_from}.zarr"
     args = [
         "analyze",
@@ -170,8 +165,8 @@ def test_kjv_probe_set_is_mid_text_by_default_and_recorded(small_sweep, capsys, 
     assert ds.attrs["n_sequences"] == 48 and list(ds["capture_step"].values) == [0, 4, 8]
 
 
-def test_probes_from_is_refused_for_a_text_file(small_sweep, capsys):
-    root = small_sweep
+def test_probes_from_is_refused_for_a_text_file(tiny_sweep, capsys):
+    root = tiny_sweep
     assert (
         main(
             [

@@ -66,31 +66,17 @@ def test_accelerator_memory_and_single_checkpoint_stay_in_process():
         choose_workers(500, None, 16)  # a cluster could pay off: the rule needs a checkpoint's time
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_sweep):
-    return tiny_sweep
+def _analyze(sweep, out, *extra: str) -> int:
+    """`phasescope analyze` of the conftest's tiny sweep into ``out``."""
+    args = ["analyze", str(sweep / "ck"), "--text", str(sweep / "p.txt"), "--out", str(out), "--no-progress"]
+    return main([*args, "--fit-range", "2,12", *extra])
 
 
-def test_auto_choice_is_printed_and_recorded(tiny, capsys):
+def test_auto_choice_is_printed_and_recorded(tiny_sweep, capsys):
     from phasescope.store import open_run
 
-    out = tiny / "auto.zarr"
-    assert (
-        main(
-            [
-                "analyze",
-                str(tiny / "ck"),
-                "--text",
-                str(tiny / "p.txt"),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--fit-range",
-                "2,12",
-            ]
-        )
-        == 0
-    )
+    out = tiny_sweep / "auto.zarr"
+    assert _analyze(tiny_sweep, out) == 0
     lines = capsys.readouterr().out.splitlines()
     chosen = [ln for ln in lines if ln.startswith("workers: ")]
     assert len(chosen) == 1 and chosen[0].startswith("workers: this process (auto: "), lines
@@ -101,32 +87,15 @@ def test_auto_choice_is_printed_and_recorded(tiny, capsys):
     assert "in this process" in lines[-3] and list(ds["capture_step"].values) == [0, 4, 8]
 
 
-def test_explicit_workers_are_recorded_and_bad_values_refused(tiny, capsys):
+def test_explicit_workers_are_recorded_and_bad_values_refused(tiny_sweep, capsys):
     from phasescope.store import open_run
 
-    out = tiny / "zero.zarr"
-    assert (
-        main(
-            [
-                "analyze",
-                str(tiny / "ck"),
-                "--text",
-                str(tiny / "p.txt"),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--fit-range",
-                "2,12",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    out = tiny_sweep / "zero.zarr"
+    assert _analyze(tiny_sweep, out, "--workers", "0") == 0
     assert "workers: this process (as asked: --workers 0)" in capsys.readouterr().out
     assert open_run(out).attrs["analyze_workers"] == {"workers": 0, "reason": "as asked: --workers 0", "requested": 0}
     with pytest.raises(SystemExit) as exc:
-        main(["analyze", str(tiny / "ck"), "--text", "kjv", "--out", str(out), "--workers", "many"])
+        main(["analyze", str(tiny_sweep / "ck"), "--text", "kjv", "--out", str(out), "--workers", "many"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--workers" in err and "'many'" in err
