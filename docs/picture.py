@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import socket
 import sys
-import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("PHASESCOPE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--no-first-run",
-]
+sys.path.insert(0, str(REPO / "tests"))  # the tests' own server and browser settings, as bench/dashboard.py
+
+from browser import CHROMIUM, CHROMIUM_ARGS, AppServer  # noqa: E402
+
 #: every graph of the page drawn by plotly (its full layout computed; a panel the run has no data for is
 #: drawn empty, with its note), the first one with data, and no callback still pending
 ALL_DRAWN = """() => { const g = [...document.querySelectorAll('.js-plotly-plot')];
@@ -35,36 +28,20 @@ ALL_DRAWN = """() => { const g = [...document.querySelectorAll('.js-plotly-plot'
          && !document.querySelector('[data-dash-is-loading="true"]'); }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def screenshot(run: Path, width: int, height: int) -> bytes:
     """PNG bytes of the dashboard for ``run`` at a ``width`` × ``height`` window (top of the page)."""
     from playwright.sync_api import sync_playwright
-    from werkzeug.serving import WSGIRequestHandler, make_server
 
     from phasescope.dashboard.app import create_app
 
-    class Quiet(WSGIRequestHandler):
-        def log_request(self, *a, **k):  # no access log on the terminal
-            pass
-
-    srv = make_server("127.0.0.1", _free_port(), create_app(run).server, threaded=True, request_handler=Quiet)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"http://127.0.0.1:{srv.server_port}/")
-            page.wait_for_function(ALL_DRAWN, timeout=60_000)
-            page.wait_for_timeout(500)  # let plotly finish its last relayout
-            png = page.screenshot(full_page=False)
-            browser.close()
-    finally:
-        srv.shutdown()
+    with AppServer(create_app(run)) as srv, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(srv.url + "/")
+        page.wait_for_function(ALL_DRAWN, timeout=60_000)
+        page.wait_for_timeout(500)  # let plotly finish its last relayout
+        png = page.screenshot(full_page=False)
+        browser.close()
     return png
 
 
