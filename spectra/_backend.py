@@ -75,6 +75,41 @@ def to_float64(xp: Any, x: Any) -> Any:
     return xp.astype(x, xp.float64)
 
 
+def work_dtype(xp: Any, x: Any, products: str) -> Any:
+    """The dtype a block of `x` is centred in: float64 when `x` is float64 (or integer) or the products
+    are asked in float64, else float32 (float16/bfloat16 are widened to it); rejects non-real dtypes."""
+    dt = x.dtype
+    if xp.isdtype(dt, "complex floating") or xp.isdtype(dt, "bool"):
+        raise PhasescopeError(f"spectra needs real numbers, got dtype {dt}; pass a real floating-point array")
+    if products == "float64" or dt == xp.float64 or not xp.isdtype(dt, "real floating"):
+        return xp.float64
+    return xp.float32
+
+
+def gram(xp: Any, c: Any, *, tf32: bool = False) -> Any:
+    """cᵀc in c's dtype. numpy's `a.T @ a` is BLAS syrk (half a GEMM's work); torch has no syrk, so a
+    CPU tensor goes through numpy on the same memory; elsewhere a plain matmul (`tf32`: TensorFloat-32
+    products on CUDA for this call only)."""
+    if is_numpy(xp):
+        return c.T @ c
+    import array_api_compat
+
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        if c.device.type == "cpu":
+            a = c.numpy()
+            return torch.from_numpy(a.T @ a)
+        if tf32 and c.device.type == "cuda":
+            before = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return c.T @ c
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before
+    return xp.matmul(xp.matrix_transpose(c), c)
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A host numpy copy of any supported array (torch CUDA tensors are moved to the CPU)."""
     if isinstance(x, np.ndarray):

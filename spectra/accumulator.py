@@ -15,6 +15,17 @@ Shifted sums about a common K are plain sums, so shards merge exactly and `all_r
 `torch.distributed` gives the one-pass result: ranks agree on K (the global mean), re-express
 their state about it (S₁' = S₁ + nδ, S₂' = S₂ + δS₁ᵀ + S₁δᵀ + nδδᵀ, δ = K_old − K), then SUM.
 
+Products (issue 18). Each block of rows is shifted by K, a value exactly representable in the block's
+working dtype, before its co-moment cᵀc is formed: c = x − K is then the correctly rounded difference,
+as accurate as centring in float64 and casting, even when the mean is 1e4× the spread. The product's
+precision follows the input: float64 data get float64 products; float32 (and float16/bfloat16) data
+get float32 products (BLAS syrk on the CPU, half a GEMM's work), summed into the float64 state.
+`precision="float64"` forces float64 products, `"float32"` forces float32 ones, `"tf32"` allows
+TensorFloat-32 products on CUDA (off by default; see docs/cost.md for its measured error).
+The shift is kept while blocks stay near it (every coordinate's block mean within half its block
+standard deviation of K), so a stationary stream costs one d × d addition per block; a block that has
+drifted is centred on its own mean and merged by the pairwise update below instead.
+
 While fewer samples than dimensions have been seen, the shifted rows themselves are kept (n·d < d²
 numbers) and `compute` uses the dual N × N Gram route: the nonzero eigenvalues of XcᵀXc equal those
 of XcXcᵀ, at O(N²d + N³) instead of O(Nd² + d³).
@@ -30,6 +41,10 @@ from phasescope.errors import PhasescopeError
 from . import _backend as B
 from .summary import Spectrum
 
+PRECISIONS = ("auto", "float64", "float32", "tf32")
+#: a block is added about the kept shift K while (x̄_b − K)² ≤ DRIFT · var_b in every coordinate
+DRIFT = 0.25
+
 
 class CovarianceAccumulator:
     """Streaming, mergeable covariance of samples × dim activations (see the module docstring).
@@ -40,10 +55,12 @@ class CovarianceAccumulator:
     than two dimensions, e.g. (batch, seq, dim), are flattened to (batch·seq, dim).
     `chunk_elements` bounds the float64 working copy of a batch (rows are processed in chunks).
 
-    `precision="float32"` (opt-in) centres each chunk in float64 but forms its co-moment with a
-    float32 matrix product (~2× faster on CPUs, far more on consumer GPUs), still summed in float64:
-    eigenvalues then carry ~1e-7·λ₁ absolute error (ample for RankMe/α, not for tiny eigenvalues).
-    The default "float64" is exact to round-off.
+    `precision` (see the module docstring): "auto" (default) forms each block's co-moment in the
+    input's precision — float64 data exact to round-off; float32 data with float32 products summed in
+    float64, whose eigenvalues carry ~1e-7·λ₁ absolute error (ample for RankMe/α and the leading
+    eigenvalues, not for tiny ones) at ~2× the speed on CPUs, far more on GPUs; "float64" forces
+    float64 products, "float32" float32 ones, "tf32" TensorFloat-32 products on CUDA. With
+    `raw_singular_values`, "auto" means float64 products (σ = √eig(XᵀX) resolves only √ε·σ₁).
     """
 
     def __init__(
@@ -52,12 +69,12 @@ class CovarianceAccumulator:
         raw_singular_values: bool = False,
         *,
         chunk_elements: int = 1 << 22,
-        precision: str = "float64",
+        precision: str = "auto",
     ):
         if int(dim) != dim or dim < 1:
             raise PhasescopeError(f"dim must be a positive integer, got {dim!r}")
-        if precision not in ("float64", "float32"):
-            raise PhasescopeError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise PhasescopeError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
         self.precision = precision
         self.dim = int(dim)
         self.raw_singular_values = bool(raw_singular_values)
@@ -74,6 +91,18 @@ class CovarianceAccumulator:
         self._s1: Any = None
         self._s2: Any = None  # None while in Gram (row-keeping) mode
         self._rows: list[Any] = []
+        self._exact_in: Any = None  # the dtype the shift is exactly representable in (None: unknown)
+        self.n_recentred = 0  # blocks that had drifted from the shift and were centred on their own mean
+        # Covariance mode gathers small batches into blocks of ~chunk_rows rows before their product
+        # (syrk runs ~1.4× faster on 4,096 rows than on 4 × 1,024); `n` counts the pending rows too.
+        self._pending: list[Any] = []
+        self._pending_n = 0
+
+    @property
+    def _products(self) -> str:
+        """The products' precision rule: raw singular values come from eig(XᵀX), which resolves σ only
+        down to √ε·σ₁ of the products' ε (3e-4·σ₁ in float32), so asking for them makes "auto" float64."""
+        return "float64" if self.precision == "auto" and self.raw_singular_values else self.precision
 
     @property
     def route(self) -> str:
@@ -117,10 +146,12 @@ class CovarianceAccumulator:
 
     def _normalise(self) -> None:
         """Covariance mode keeps the centred form: shift = mean, S₁ = 0, S₂ = M₂."""
+        self._flush()
         if self._s2 is None or self.n == 0:
             return
         self._shift, self._s2 = self._centred(self._shift, self.n, self._s1, self._s2, [])
         self._s1 = self._zeros(self.dim)
+        self._exact_in = None
 
     def _fold(self) -> None:
         """Leave Gram mode: the centred M₂ from the kept rows (exactly centred, then multiplied)."""
@@ -138,10 +169,12 @@ class CovarianceAccumulator:
 
         δ = x̄_b − x̄,  n' = n + n_b,  x̄' = x̄ + δ·n_b/n',  M₂' = M₂ + M₂ᵇ + (n·n_b/n')·δδᵀ
         """
+        self._exact_in = None
         if self.n == 0:
             self._shift, self._s1, self.n = mean_b, self._zeros(self.dim), n_b
             self._add_to_s2(m2_b)
             return
+        self._normalise()
         n = self.n + n_b
         delta = mean_b - self._shift
         self._shift = self._shift + delta * (n_b / n)
@@ -164,8 +197,10 @@ class CovarianceAccumulator:
         if x.ndim > 2:
             x = xp.reshape(x, (-1, self.dim))
         with B.precise(xp):
+            wd = B.work_dtype(xp, x, self._products)
             for start in range(0, x.shape[0], self.chunk_rows):
-                self._update_chunk(B.to_float64(xp, x[start : start + self.chunk_rows]))
+                block = x[start : start + self.chunk_rows]
+                self._update_chunk(block if block.dtype == wd else xp.astype(block, wd))
         return self
 
     def _update_chunk(self, x: Any) -> None:
@@ -179,7 +214,8 @@ class CovarianceAccumulator:
             x = x[finite]
         if k == 0:
             return
-        if self._s2 is None and self.n + k < self.dim:  # Gram mode: keep the shifted rows
+        if self._s2 is None and self.n + k < self.dim:  # Gram mode: keep the shifted rows (float64)
+            x = B.to_float64(xp, x)
             if self._shift is None:
                 self._shift, self._s1 = xp.mean(x, axis=0), self._zeros(self.dim)
             c = x - self._shift
@@ -188,14 +224,76 @@ class CovarianceAccumulator:
             self._rows.append(c)
             return
         self._fold()
-        mean_b = xp.mean(x, axis=0)
-        c = x - mean_b  # each block centred on its own mean, then merged pairwise
-        if self.precision == "float32":
-            c32 = xp.astype(c, xp.float32)
-            g = xp.astype(xp.matmul(c32.T, c32), xp.float64)
+        if self._pending_n and (self._pending_n + k > self.chunk_rows or self._pending[0].dtype != x.dtype):
+            self._flush()
+        if k >= self.chunk_rows:
+            self._add_block(x)
+            return
+        # Pending rows: copied (the caller may reuse its array before the flush) into one block buffer
+        # (numpy, torch), or kept in a list (jax arrays are immutable).
+        if B.is_jax(xp):
+            self._pending.append(x)
         else:
-            g = xp.matmul(c.T, c)
-        self._chan_add(k, mean_b, g)
+            buf = self._pending[0] if self._pending else None
+            if buf is None or buf.dtype != x.dtype:
+                buf = xp.empty((self.chunk_rows, self.dim), dtype=x.dtype, device=self._device)
+                self._pending = [buf]
+            buf[self._pending_n : self._pending_n + k] = x
+        self._pending_n += k
+        self.n += k
+        if self._pending_n == self.chunk_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending rows to the state (before anything reads or moves it)."""
+        if not self._pending_n:
+            return
+        xp, k = self._xp, self._pending_n
+        if B.is_jax(xp):
+            rows = xp.concat(self._pending, axis=0) if len(self._pending) > 1 else self._pending[0]
+            self._pending = []
+        else:
+            rows = self._pending[0][:k]  # the buffer is kept for the next rows
+        self.n -= k
+        self._pending_n = 0
+        with B.precise(xp):
+            self._add_block(rows)
+
+    def _add_block(self, x: Any) -> None:
+        """Add finite rows (covariance mode) about the kept shift, or centred on their own mean if they
+        have drifted from it (see the module docstring)."""
+        xp = self._xp
+        k = x.shape[0]
+        if self.n == 0:  # the first block's mean, rounded to the working dtype, is the shift
+            self._shift = xp.astype(xp.astype(xp.sum(x, axis=0, dtype=xp.float64) / k, x.dtype), xp.float64)
+            self._s1 = self._zeros(self.dim)
+            self._exact_in = x.dtype
+        elif self._exact_in != x.dtype:  # re-express the state about a shift exact in this dtype
+            new = xp.astype(xp.astype(self._shift, x.dtype), xp.float64)
+            self._s1, self._s2, _ = self._reshift(self._shift, self.n, self._s1, self._s2, [], new)
+            self._shift, self._exact_in = new, x.dtype
+        s1, g = self._comoment(x, xp.astype(self._shift, x.dtype))
+        r = s1 / k
+        var = B.to_float64(xp, xp.linalg.diagonal(g)) / k - r * r
+        if bool(xp.all(r * r <= DRIFT * var)):  # near the shift: a plain sum about it
+            self._s1 = self._s1 + s1
+            self._add_to_s2(g)
+            self.n += k
+            return
+        # The block has drifted from the shift: centre it on its own mean and merge it pairwise.
+        self.n_recentred += 1
+        own = xp.astype(r, x.dtype) + xp.astype(self._shift, x.dtype)
+        s1, g = self._comoment(x, own)
+        self._chan_add(k, xp.astype(own, xp.float64) + s1 / k, B.to_float64(xp, g) - s1[:, None] * (s1[None, :] / k))
+
+    def _comoment(self, x: Any, shift: Any) -> tuple[Any, Any]:
+        """(Σc in float64, cᵀc in the product dtype) of c = x − shift (`shift` exact in x's dtype)."""
+        xp = self._xp
+        c = x - shift
+        s1 = xp.sum(c, axis=0, dtype=xp.float64)
+        if self.precision in ("float32", "tf32") and c.dtype != xp.float32:
+            c = xp.astype(c, xp.float32)
+        return s1, B.gram(xp, c, tf32=self.precision == "tf32")
 
     # ---------------------------------------------------------------- merge / sync
     def _reshift(self, shift: Any, n: int, s1: Any, s2: Any, rows: list[Any], new: Any) -> tuple:
@@ -220,9 +318,12 @@ class CovarianceAccumulator:
         """Add another accumulator's samples to this one (as if all were fed to one); returns self."""
         if not isinstance(other, CovarianceAccumulator) or other.dim != self.dim:
             raise PhasescopeError(f"can only merge a CovarianceAccumulator of dim {self.dim}, got {other!r}")
+        self._flush()
+        other._flush()
         self.n_nonfinite += other.n_nonfinite
         if other.n == 0:
             return self
+        self._exact_in = None
         if self._xp is None:
             self._xp, self._device = other._xp, other._device
         xp = self._xp
@@ -260,12 +361,13 @@ class CovarianceAccumulator:
         dev = self._device if self._device is not None else torch.device("cpu")
         if self._xp is None:
             self._xp, self._device = B.namespace(torch.zeros(1)), dev
+        self._flush()
         self._fold()
         counts = torch.tensor([self.n, self.n_nonfinite], dtype=torch.float64, device=dev)
         dist.all_reduce(counts, group=group)
         total = torch.zeros(self.dim, dtype=torch.float64, device=dev)
         if self.n:
-            total = self.n * self._shift  # centred form: S₁ = 0, shift = mean
+            total = self.n * self._shift + self._s1  # Σx = n·K + S₁
         dist.all_reduce(total, group=group)
         n_all = int(counts[0].item())
         if n_all == 0:
@@ -292,6 +394,7 @@ class CovarianceAccumulator:
         (n, shift, s1, s2) are shifted sums: states with equal `shift` add field by field;
         `load_state_dict` accepts any shift (it re-centres), `merge`/`all_reduce` align shifts.
         """
+        self._flush()
         rows = None
         xp = self._xp
         if self._rows:
@@ -337,6 +440,7 @@ class CovarianceAccumulator:
     # ---------------------------------------------------------------- compute
     def compute(self) -> Spectrum:
         """Eigen-decompose the current state (state is left unchanged)."""
+        self._flush()
         d = self.dim
         if self.n == 0:  # nothing (finite) seen: NaN spectrum, on the data's backend if known
             import numpy as np
@@ -363,8 +467,8 @@ class CovarianceAccumulator:
                     ev = xp.full((d,), float("nan"), dtype=xp.float64, device=self._device)
                 else:
                     m2 = self._s2 - self._s1[:, None] * (self._s1[None, :] / n)
-                    cov = (m2 + m2.T) / (2.0 * (n - 1))
-                    ev = _descending_psd(xp, xp.linalg.eigvalsh(cov))
+                    # eigvalsh reads one triangle (numpy, torch: the lower; jax symmetrises): no (M + Mᵀ)/2
+                    ev = _descending_psd(xp, xp.linalg.eigvalsh(m2)) / (n - 1)
                 if self.raw_singular_values:
                     k, s1 = self._shift, self._s1
                     xtx = self._s2 + k[:, None] * s1[None, :] + s1[:, None] * k[None, :] + n * (k[:, None] * k[None, :])

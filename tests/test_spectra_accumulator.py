@@ -21,19 +21,23 @@ def max_rel(a, b) -> float:
     return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_massive_offset_matches_two_pass(dtype):
-    """Mean 1e4 × the spread (LLM 'massive activations'): shifted sums keep 1e-6 relative."""
+@pytest.mark.parametrize(
+    ("dtype", "precision", "tol"),
+    [(np.float32, "float64", 1e-6), (np.float64, "auto", 1e-6), (np.float32, "auto", 1e-5)],
+)
+def test_massive_offset_matches_two_pass(dtype, precision, tol):
+    """Mean 1e4 × the spread (LLM 'massive activations'): shifted sums keep 1e-6 relative with float64
+    products, 1e-5 with float32 products (float32 data's default: sums of ~550 float32 products)."""
     rng = np.random.default_rng(0)
     d, n = 64, 5000
     spread = np.linspace(1.0, 3.0, d)
     x = (rng.standard_normal((n, d)) * spread + 1e4 * 3.0 * rng.choice([-1, 1], d)).astype(dtype)
-    acc = CovarianceAccumulator(d)
+    acc = CovarianceAccumulator(d, precision=precision)
     for chunk in np.array_split(x, 9):
         acc.update(chunk)
     spec = acc.compute()
     ref = two_pass(x)
-    assert max_rel(spec.eigenvalues, ref) < 1e-6
+    assert max_rel(spec.eigenvalues, ref) < tol
     # The textbook one-pass formula Σxxᵀ − nμμᵀ fails this test (so the test can fail):
     x64 = x.astype(np.float64)
     mu = x64.mean(axis=0)
@@ -147,13 +151,56 @@ def test_float32_precision_mode_is_close_and_opt_in():
     x = (rng.standard_normal((3000, 96)) * np.arange(1, 97) ** -0.5 + 1e3).astype(np.float32)
     ref = two_pass(x)
     fast = CovarianceAccumulator(96, precision="float32").update(x).compute()
-    exact = CovarianceAccumulator(96).update(x).compute()
+    exact = CovarianceAccumulator(96, precision="float64").update(x).compute()
     assert np.max(np.abs(fast.eigenvalues - ref)) < 1e-6 * ref[0]
     assert max_rel(exact.eigenvalues, ref) < 1e-10
     state = CovarianceAccumulator(96, precision="float32").state_dict()
     assert state["precision"] == "float32"
     with pytest.raises(ValueError, match="precision"):
         CovarianceAccumulator(4, precision="float16")
+
+
+def _issue18_data(n, d, offset, seed=0, drift=0.0):
+    """float32 activations with a power-law spectrum (λ_k ∝ 1/k), a mean `offset` × the largest spread,
+    and (``drift``) a mean that moves by `drift` spreads over the rows."""
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, d + 1) ** -0.5
+    x = rng.standard_normal((n, d)) * scale + offset * rng.choice([-1.0, 1.0], d)
+    x += drift * np.linspace(0, 1, n)[:, None] * rng.standard_normal(d)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize(("offset", "drift"), [(0.0, 0.0), (1e4, 0.0), (10.0, 3.0)])
+def test_float32_products_within_issue_bounds(offset, drift):
+    """Issue 18's bounds for float32 data (products in float32, the default): RankMe, α, R² and the top
+    100 eigenvalues within 1e-5 relative of a float64 two-pass reference on the same float32 data, with
+    a mean 1e4 × the spread, and with a drifting mean (blocks re-centred on their own mean)."""
+    from phasescope.spectra import spectrum_metrics
+
+    n, d = 6144, 384
+    x = _issue18_data(n, d, offset, drift=drift)
+    acc = CovarianceAccumulator(d, chunk_elements=1024 * d)
+    for chunk in np.array_split(x, 11):
+        acc.update(chunk)
+    spec = acc.compute()
+    assert (acc.n_recentred > 0) == (drift > 0)  # a drifting mean takes the re-centring path
+    ref = two_pass(x)
+    assert max_rel(spec.eigenvalues[:100], ref[:100]) < 1e-5
+    got, want = spectrum_metrics(spec), spectrum_metrics(np.clip(ref, 0, None))
+    for k in ("rankme", "alpha", "alpha_r2"):
+        assert abs(got[k] - want[k]) <= 1e-5 * abs(want[k]), k
+    # the products really were float32: float64 products agree ~1e3× more closely
+    exact = CovarianceAccumulator(d, precision="float64").update(x).compute()
+    assert max_rel(exact.eigenvalues[:100], ref[:100]) < 1e-9 < max_rel(spec.eigenvalues[:100], ref[:100])
+
+
+def test_float32_products_torch_equal_numpy():
+    """A torch CPU tensor takes numpy's syrk on the same memory: the same numbers as a numpy array."""
+    torch = pytest.importorskip("torch")
+    x = _issue18_data(3000, 96, 50.0)
+    a = CovarianceAccumulator(96).update(x).compute()
+    b = CovarianceAccumulator(96).update(torch.from_numpy(x)).compute()
+    np.testing.assert_allclose(np.asarray(a.eigenvalues), b.eigenvalues.numpy(), rtol=1e-12)
 
 
 def test_spectrum_metrics_method_and_component_cap():
@@ -206,3 +253,20 @@ def test_outlier_first_batch_pairwise_beats_plain_shift():
     s1 = c.sum(axis=0)
     shifted = np.linalg.eigvalsh((c.T @ c - np.outer(s1, s1) / len(x)) / (len(x) - 1))[::-1]
     assert max_rel(shifted, ref) > 1e-6
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_small_batches_are_gathered_safely(backend):
+    """Small batches are gathered into blocks before their product: `n` counts them at once, and a
+    caller that reuses (overwrites) its batch array after update() does not change the result."""
+    x = _issue18_data(900, 48, 5.0, seed=3)
+    acc = CovarianceAccumulator(48, chunk_elements=400 * 48)
+    buf = np.empty((100, 48), dtype=np.float32)
+    for i in range(9):
+        buf[:] = x[i * 100 : (i + 1) * 100]
+        acc.update(buf if backend == "numpy" else pytest.importorskip("torch").from_numpy(buf))
+        assert acc.n == (i + 1) * 100
+    buf[:] = np.nan  # the batch array is reused after the last update
+    spec = acc.compute()
+    assert spec.n == 900 and spec.n_nonfinite == 0
+    assert max_rel(np.asarray(spec.eigenvalues), two_pass(x)) < 1e-5
