@@ -109,7 +109,9 @@ def test_dask_two_workers_match_serial(sweep, serial_run):
     assert report.workers == 2 and report.analyzed == STEPS
     ds, ref = open_run(out), serial_run[1]
     for m in ("rankme", "alpha", "alpha_r2", "participation_ratio", "stable_rank"):
-        np.testing.assert_allclose(ds[m].values, ref[m].values, rtol=1e-10, equal_nan=True)
+        # serial_run asks for rankme_raw, which keeps float64 products; these runs get float32 products
+        # (float32 activations, issue 18): the same numbers to float32 round-off
+        np.testing.assert_allclose(ds[m].values, ref[m].values, rtol=1e-6, equal_nan=True)
     assert (ds["load_seconds"].values > 0).all() and (ds["tokens_per_second"].values > 0).all()
 
 
@@ -135,8 +137,8 @@ def test_resume_skips_stored_and_records_failures(sweep, serial_run, tmp_path):
     assert np.isnan(ds["rankme"].sel(capture_step=48).values).all()
     assert "48" in ds.attrs["checkpoint_errors"]
     keep = [s for s in STEPS if s != 48]
-    np.testing.assert_allclose(
-        ds["rankme"].sel(capture_step=keep).values, ref["rankme"].sel(capture_step=keep).values, rtol=1e-12
+    np.testing.assert_allclose(  # float32 products here, float64 in serial_run (rankme_raw): see above
+        ds["rankme"].sel(capture_step=keep).values, ref["rankme"].sel(capture_step=keep).values, rtol=1e-6
     )
     third = analyze(src, str(root / "probes.txt"), out, workers=0, fit_range=FIT, progress=False)
     assert third.analyzed == [] and third.skipped == STEPS
@@ -165,8 +167,8 @@ def test_bin_weights_load_with_weights_only(sweep, serial_run, tmp_path):
     assert report.analyzed == [8] and list(report.failed) == [16]
     assert not marker.exists()  # the pickle payload never ran
     ds = open_run(tmp_path / "run.zarr")
-    np.testing.assert_allclose(
-        ds["rankme"].sel(capture_step=8).values, serial_run[1]["rankme"].sel(capture_step=8).values, rtol=1e-12
+    np.testing.assert_allclose(  # float32 products here, float64 in serial_run (rankme_raw): see above
+        ds["rankme"].sel(capture_step=8).values, serial_run[1]["rankme"].sel(capture_step=8).values, rtol=1e-6
     )
 
 
