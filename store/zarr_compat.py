@@ -163,15 +163,41 @@ def dimension_names(array) -> tuple[str | None, ...] | None:
     return None if names is None else tuple(names)
 
 
+_GROUP_TEMPLATES: dict[int, tuple[Any, dict[str, Any], Any]] = {}
+
+
 def group_json(group, new_attrs: dict[str, Any]) -> bytes:
     """Merge ``new_attrs`` into the group's in-memory attributes; return its encoded ``zarr.json``.
 
-    The caller writes the bytes itself, as one atomic key.
+    The caller writes the bytes itself, as one atomic key. The bytes are zarr's own
+    (``GroupMetadata.to_buffer_dict``: ``json.dumps(to_dict(), indent=json_indent, allow_nan=True)``),
+    encoded without ``to_dict``'s deep copy of every attribute: the group's other fields are taken
+    once and the live attributes dict is dumped in place (a commit rewrites this file; the copy was
+    ~half of a writer batch's CPU). ``tests/test_store_zarr_compat.py`` holds the two byte-equal.
     """
     check_installed()
+    import json
+
+    from zarr import config
+
+    meta = group.metadata
+    meta.attributes.update(new_attrs)
+    cached = _GROUP_TEMPLATES.get(id(meta))
+    if cached is None or cached[0] is not meta:
+        if len(_GROUP_TEMPLATES) >= 64:  # one entry per open run writer; never an unbounded cache
+            _GROUP_TEMPLATES.clear()
+        fields = meta.to_dict()
+        fields["attributes"] = None  # a placeholder keeping zarr's key order
+        cached = (meta, fields, config.get("json_indent"))
+        _GROUP_TEMPLATES[id(meta)] = cached
+    _, fields, indent = cached
+    return json.dumps({**fields, "attributes": meta.attributes}, indent=indent, allow_nan=True).encode()
+
+
+def group_json_reference(group) -> bytes:
+    """zarr's own encoding of the group's ``zarr.json`` (what :func:`group_json` must equal)."""
     from zarr.core.buffer import default_buffer_prototype
 
-    group.metadata.attributes.update(new_attrs)
     return group.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes()
 
 

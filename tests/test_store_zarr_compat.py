@@ -117,3 +117,17 @@ def test_group_json_merges_and_drops_attributes():
     assert json.loads(blob)["attributes"] == {"a": 1, "error": "old", "b": 2}
     zarr_compat.drop_group_attrs(group, ["error", "absent"])
     assert json.loads(zarr_compat.group_json(group, {}))["attributes"] == {"a": 1, "b": 2}
+
+
+def test_group_json_equals_zarrs_own_encoding_byte_for_byte():
+    """group_json skips zarr's deep copy of the attributes but must write exactly zarr's bytes."""
+    store = zarr.storage.MemoryStore()
+    group = zarr.open_group(store, mode="w", zarr_format=3, attributes={"a": 1})
+    attrs = {"nested": {"x": [1, 2.5, None], "ü": "ß"}, "nan": float("nan"), "inf": float("-inf"), "t": True}
+    for new in ({}, attrs, {"commit": {"n_steps": 3, "updated": 1.5}}, {"commit": {"n_steps": 4}}):
+        assert zarr_compat.group_json(group, new) == zarr_compat.group_json_reference(group)
+    zarr_compat.drop_group_attrs(group, ["nan"])
+    assert zarr_compat.group_json(group, {}) == zarr_compat.group_json_reference(group)
+    with zarr.config.set({"json_indent": 0}):  # the indent is zarr's setting when the template is taken
+        other = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3, attributes=attrs)
+        assert zarr_compat.group_json(other, {"b": 2}) == zarr_compat.group_json_reference(other)
