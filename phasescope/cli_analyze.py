@@ -101,6 +101,13 @@ def add_parser(subparsers) -> None:
         help="also RankMe of the raw (uncentred) states' singular values, Garrido et al. 2023 (off by default)",
     )
     p.add_argument(
+        "--precision",
+        choices=("auto", "float64", "float32", "tf32"),
+        default="auto",
+        help="precision of the covariance products: auto follows the states (float32 states: float32 products "
+        "summed in float64, ~1e-7 of the largest eigenvalue); float64 for exact small eigenvalues",
+    )
+    p.add_argument(
         "--matrices",
         choices=("blocks", "all"),
         default="blocks",
@@ -171,6 +178,7 @@ def run(args) -> int:
         seed=args.seed,
         probes_from=args.probes_from,
         rankme_raw=args.rankme_raw,
+        spectra_precision=args.precision,
     )
     try:
         report = analyze(args.source, args.text, out, opts)

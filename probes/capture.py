@@ -91,9 +91,10 @@ def accepts(model, name: str) -> bool:
     return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def _make_acc(dim: int, raw: bool = False):
-    """A probe's accumulator; ``raw``: keep the raw singular values too (``rankme_raw``)."""
-    return CovarianceAccumulator(dim, raw_singular_values=raw)
+def _make_acc(dim: int, raw: bool = False, precision: str = "auto"):
+    """A probe's accumulator; ``raw``: keep the raw singular values too (``rankme_raw``); ``precision``:
+    of the covariance products (``spectra_precision``)."""
+    return CovarianceAccumulator(dim, raw_singular_values=raw, precision=precision)
 
 
 def _local_generator(seed: int):
@@ -114,9 +115,10 @@ class ProbeSet:
         reduction=None,
         *,
         raw: bool = False,
+        precision: str = "auto",
     ):
         self.model, self.probes, self.selection = model, list(probes), selection
-        self.raw = raw
+        self.raw, self.precision = raw, precision
         self.inputs = inputs
         self.batches: list[Batch] = list(inputs.batches)
         self.n_sequences = inputs.n
@@ -257,7 +259,7 @@ class ProbeSet:
         dims = self.dims
         if dims is None:
             raise PhasescopeError("ProbeSet.capture() needs the probes' widths: call discover_dims() first")
-        accs = [_make_acc(dims[p.name], self.raw) for p in self.probes]
+        accs = [_make_acc(dims[p.name], self.raw, self.precision) for p in self.probes]
         samplers = [GramSampler(gram_samples) for _ in self.probes]
 
         def on_rows(i, rows):
@@ -303,9 +305,10 @@ class InFlight:
         reduction=None,
         *,
         raw: bool = False,
+        precision: str = "auto",
     ):
         self.model, self.probes, self.selection = model, list(probes), selection
-        self.raw = raw
+        self.raw, self.precision = raw, precision
         self.failures = failures
         self.reduction = reduction
         self.hooks = HookSet()
@@ -369,7 +372,7 @@ class InFlight:
             if accs is None:  # disarmed (arm() sets the list before attaching the hooks)
                 return
             if accs[i] is None:
-                accs[i] = _make_acc(red.features, self.raw)
+                accs[i] = _make_acc(red.features, self.raw, self.precision)
             accs[i].update(rows)
 
         def make_hook(i: int):

@@ -34,7 +34,17 @@ def collective(step: int, what: str, rank: int, world: int, fn: Callable):
 
 
 def all_reduce_accumulators(
-    accs: list, dims: list[int], names: list[str], step: int, rank: int, world: int, device, group, *, raw: bool = False
+    accs: list,
+    dims: list[int],
+    names: list[str],
+    step: int,
+    rank: int,
+    world: int,
+    device,
+    group,
+    *,
+    raw: bool = False,
+    precision: str = "auto",
 ) -> list:
     """Exact merge of every rank's sufficient statistics before the eigendecomposition (in place); a rank
     without a probe's statistics joins with an empty accumulator (``raw``: keeping raw singular values, as
@@ -44,7 +54,7 @@ def all_reduce_accumulators(
     accs = list(accs)
     for i in range(len(accs)):
         if accs[i] is None and dims[i]:
-            accs[i] = CovarianceAccumulator(dims[i], raw_singular_values=raw)
+            accs[i] = CovarianceAccumulator(dims[i], raw_singular_values=raw, precision=precision)
             accs[i].update(torch.zeros((0, dims[i]), device=device))  # state on the model's device
         acc = accs[i]
         if acc is not None:

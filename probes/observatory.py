@@ -163,7 +163,13 @@ class Observatory:
             dims = self._setup_probe_set(probe_inputs)
         else:
             self.in_flight = InFlight(
-                model, self.probes, self.selection, failures=self.failures, reduction=o.reduction, raw=o.rankme_raw
+                model,
+                self.probes,
+                self.selection,
+                failures=self.failures,
+                reduction=o.reduction,
+                raw=o.rankme_raw,
+                precision=o.spectra_precision,
             )
         self.sharded = D.has_dtensor(self.params)
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
@@ -208,7 +214,13 @@ class Observatory:
             if per_rank != batch_size:
                 inputs = build_probe_inputs(probe_inputs, self.model, self.device, per_rank)
         self.probe_set = ProbeSet(
-            self.model, self.probes, inputs, self.selection, self.options.reduction, raw=self.options.rankme_raw
+            self.model,
+            self.probes,
+            inputs,
+            self.selection,
+            self.options.reduction,
+            raw=self.options.rankme_raw,
+            precision=self.options.spectra_precision,
         )
         if self.fsdp_roots:
             D.check_fsdp_reset(self.fsdp_roots)
@@ -239,6 +251,7 @@ class Observatory:
             probe_reductions=self.probe_set.describe() if self.probe_set else None,
             cka_samples=self.options.cka_samples if self.mode == "probe_set" else 0,
             rankme_raw=bool(self.options.rankme_raw),
+            spectra_precision=self.options.spectra_precision,
             matrix_groups={self.named_params[i][0]: matrix_group(self.named_params[i][0]) for i in self.matrix_idx},
             finished=False,
         )
@@ -419,6 +432,7 @@ class Observatory:
                 self.device,
                 self.group,
                 raw=self.options.rankme_raw,
+                precision=self.options.spectra_precision,
             )
         if self.is_writer:
             spectra = [None] * len(accs)

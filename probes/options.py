@@ -40,6 +40,7 @@ class ObservatoryOptions:
     max_rank: int | None = None  # cap on stored eigenvalues and metric components (Li et al. keep 2048)
     cka_samples: int = CKA_SAMPLES  # probe samples whose Gram is kept for linear CKA (0: no CKA)
     rankme_raw: bool = False  # also RankMe of the raw (uncentred) samples (Garrido et al. 2023): one more d×d eigvalsh per probe
+    spectra_precision: str = "auto"  # covariance products: "auto" (the activations' float32/float64) | "float64" | "float32" | "tf32" (CUDA)
     # -- mixed precision (gradients/amp.py) --
     optimizer: Any = None  # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
     grad_scaler: Any = None  # torch GradScaler: statistics of unscaled gradients, skipped steps flagged
@@ -84,9 +85,21 @@ class ObservatoryOptions:
         if opts.probe_batch_size < 1:
             raise PhasescopeError(f"probe_batch_size must be a positive integer, got {opts.probe_batch_size}")
         check_requested(opts.reduction)
+        check_precision(opts.spectra_precision)
         if opts.capture not in (None, "probe_set", "in_flight"):
             raise PhasescopeError(f"capture must be 'probe_set' or 'in_flight', got {opts.capture!r}")
         return opts
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of the accumulator's product precisions, else one clear line."""
+    from phasescope.spectra.accumulator import PRECISIONS
+
+    if precision not in PRECISIONS:
+        close = difflib.get_close_matches(str(precision), PRECISIONS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(PRECISIONS)}"
+        raise PhasescopeError(f"unknown spectra precision {precision!r}; {hint}")
+    return precision
 
 
 ObservatoryOptions.__doc__ = (

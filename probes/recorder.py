@@ -39,6 +39,7 @@ from typing import Any
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, array_norms, gradient_matrix_stats
+from phasescope.probes.options import check_precision
 from phasescope.spectra import CovarianceAccumulator
 from phasescope.spectra.similarity import CKA_SAMPLES, centered_gram
 from phasescope.statistics import names as stat_names
@@ -85,11 +86,12 @@ class HostCopier:
         return event
 
 
-def spectrum_of(value, dim: int, raw: bool = False):
+def spectrum_of(value, dim: int, raw: bool = False, precision: str = "auto"):
     """The covariance spectrum of (samples, …, dim) rows or of a filled accumulator (``raw``: with the
-    raw singular values of the rows, for ``rankme_raw``)."""
-    acc = value if isinstance(value, CovarianceAccumulator) else CovarianceAccumulator(dim, raw).update(value)
-    return acc.compute()
+    raw singular values of the rows, for ``rankme_raw``; ``precision``: of the covariance products)."""
+    if isinstance(value, CovarianceAccumulator):
+        return value.compute()
+    return CovarianceAccumulator(dim, raw, precision=precision).update(value).compute()
 
 
 def gram_of(value, max_samples: int = CKA_SAMPLES):
@@ -113,7 +115,9 @@ class Recorder:
     activations are not the same samples at every step. Queue bounds: ``queue_size`` entries and
     ``queue_captures`` captures wait at most; ``put_timeout`` seconds of waiting before the oldest
     entry is dropped (:class:`phasescope.store.AsyncRunWriter`'s drop policy). ``rankme_raw``: also
-    RankMe of the raw rows' singular values (Garrido et al. 2023; off by default). ``sinks``: trackers that
+    RankMe of the raw rows' singular values (Garrido et al. 2023; off by default). ``spectra_precision``:
+    of the covariance products ("auto": the activations' float32 or float64; "float64" | "float32" |
+    "tf32"; :class:`phasescope.spectra.CovarianceAccumulator`). ``sinks``: trackers that
     also get the stored scalars, e.g. ``["tensorboard", "wandb", "mlflow"]`` (:mod:`phasescope.probes.sinks`).
     """
 
@@ -141,6 +145,7 @@ class Recorder:
         failures: FailureLog | None = None,
         sinks: Any = (),
         rankme_raw: bool = False,
+        spectra_precision: str = "auto",
     ):
         self._store_path, self._overwrite = store, overwrite
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
@@ -163,6 +168,8 @@ class Recorder:
         self.attrs = dict(metadata or {})
         self.attrs.setdefault("rankme_raw", bool(rankme_raw))  # an Observatory's metadata says it already
         self.rankme_raw = bool(self.attrs["rankme_raw"])
+        self.attrs.setdefault("spectra_precision", check_precision(spectra_precision))
+        self.spectra_precision = str(self.attrs["spectra_precision"])
         self.failures = failures if failures is not None else FailureLog(strict=strict)
         self.is_writer = bool(rank() == 0 if writer is None else writer)
         self.async_writer: AsyncRunWriter | None = None
@@ -379,7 +386,7 @@ class Recorder:
             if v is None:
                 continue
             with self.failures.guard("capture", f"probe {self._probes[i]!r}"):
-                spectra[i] = spectrum_of(v, self.dims[i], self.rankme_raw)
+                spectra[i] = spectrum_of(v, self.dims[i], self.rankme_raw, self.spectra_precision)
                 if self.cka_samples:
                     grams[i] = gram_of(v, self.cka_samples)
                 continue

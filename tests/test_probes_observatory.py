@@ -464,3 +464,25 @@ def test_help_documents_every_parameter_and_option():
     missing = [n for n in params if f"\n    {n} : " not in doc]
     assert not missing, missing
     assert all(f"    {f.name} = " in doc for f in fields(ObservatoryOptions))
+
+
+def test_spectra_precision_option(tmp_path):
+    """Float32 activations get float32 covariance products by default (issue 18); spectra_precision=
+    "float64" asks for float64 products, is stored in the run's attributes, and a typo is one clear line."""
+    model = _gpt2(dropout=0.0).eval()
+    probe = _probe_inputs(n=48)
+    runs = {}
+    for precision in ("auto", "float64"):
+        obs = phasescope.Observatory(
+            model, store=tmp_path / f"{precision}.zarr", probe_inputs=probe, schedule=[0], spectra_precision=precision
+        )
+        obs.step(0)
+        obs.close()
+        runs[precision] = open_run(tmp_path / f"{precision}.zarr")
+        assert runs[precision].attrs["spectra_precision"] == precision
+    auto, exact = (runs[k]["eigenvalues"].isel(capture_step=0).values for k in ("auto", "float64"))
+    top = np.nanmax(exact)
+    assert np.nanmax(np.abs(auto - exact)) < 1e-5 * top  # float32 products: ~1e-7 of λ₁
+    assert np.nanmax(np.abs(auto - exact)) > 0  # and really different arithmetic
+    with pytest.raises(PhasescopeError, match=r"unknown spectra precision 'float46'; did you mean 'float64'\?"):
+        phasescope.Observatory(model, store=tmp_path / "bad.zarr", probe_inputs=probe, spectra_precision="float46")

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, select_matrices
+from phasescope.probes.options import check_precision
 from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
@@ -82,6 +83,7 @@ class AnalyzeOptions:
     gradients: bool = False  # per-matrix gradient statistics of the probe-set loss
     weights: bool = False  # per-matrix weight singular-value statistics
     rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
+    spectra_precision: str = "auto"  # covariance products: "auto" (the states' dtype) | "float64" | "float32" | "tf32"
     matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
     max_rank: int | None = None  # cap stored eigenvalues (Li et al. keep 2048)
     revisions: Sequence[str] | None = None
@@ -231,6 +233,7 @@ def analyze(
             raise PhasescopeError(f"unknown analyze option {k!r}")
         setattr(opts, k, v)
     t_start = time.perf_counter()
+    check_precision(opts.spectra_precision)
     if opts.tokens not in ("last", "all", "mean"):
         raise PhasescopeError(f"--tokens must be last, all or mean, got {opts.tokens!r}")
     if opts.batch_size < 1 or opts.max_length < 1:
@@ -281,6 +284,7 @@ def analyze(
         dtype=opts.dtype,
         trust_remote_code=opts.trust_remote_code,
         rankme_raw=opts.rankme_raw,
+        spectra_precision=opts.spectra_precision,
     )
 
     # Resume: keep what is stored, do only checkpoints after the last stored step.
@@ -321,6 +325,7 @@ def analyze(
         "analyze_options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(opts).items()},
         "seed": opts.seed,
         "rankme_raw": bool(opts.rankme_raw),
+        "spectra_precision": opts.spectra_precision,
     }
     writer = RunWriter(
         out,

@@ -62,6 +62,7 @@ class CaptureSpec:
     trust_remote_code: bool = False
     cka_samples: int = CKA_SAMPLES  # first probe samples whose Gram is kept for linear CKA
     rankme_raw: bool = False  # keep the raw rows' singular values too (rankme_raw)
+    spectra_precision: str = "auto"  # of the covariance products (CovarianceAccumulator's precision)
 
 
 @dataclass
@@ -135,7 +136,7 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     envoy = NNsight(model)
     sel = TokenSelection(spec.tokens, None, spec.seed)
     plan_all = all_tokens_plan(data, spec.max_tokens, spec.seed) if spec.tokens == "all" else None
-    accs = [CovarianceAccumulator(d, spec.rankme_raw) for d in spec.dims]
+    accs = [CovarianceAccumulator(d, spec.rankme_raw, precision=spec.spectra_precision) for d in spec.dims]
     samplers = [GramSampler(spec.cka_samples) for _ in spec.dims]  # CKA: the first rows, fixed order
     params = dict(model.named_parameters())
     mats = [params[n] for n in spec.matrices]
