@@ -91,6 +91,7 @@ class CovarianceAccumulator:
         self._s1: Any = None
         self._s2: Any = None  # None while in Gram (row-keeping) mode
         self._rows: list[Any] = []
+        self._rows_in: Any = None  # the widest working dtype of the rows kept in Gram mode
         self._exact_in: Any = None  # the dtype the shift is exactly representable in (None: unknown)
         self.n_recentred = 0  # blocks that had drifted from the shift and were centred on their own mean
         # Covariance mode gathers small batches into blocks of ~chunk_rows rows before their product
@@ -154,8 +155,18 @@ class CovarianceAccumulator:
         self._exact_in = None
 
     def _fold(self) -> None:
-        """Leave Gram mode: the centred M₂ from the kept rows (exactly centred, then multiplied)."""
+        """Leave Gram mode: the centred M₂ from the kept rows (exactly centred, then multiplied); rows
+        that all came in float32 go through the block path instead (float32 products, as they would
+        have had in covariance mode: they are recovered exactly from the float64 shifted copies)."""
         if self._s2 is not None:
+            return
+        xp = self._xp
+        if self._rows and self.n and self._rows_in is not None and self._rows_in != xp.float64:
+            r = xp.concat(self._rows, axis=0) if len(self._rows) > 1 else self._rows[0]
+            rows = xp.astype(r + self._shift, self._rows_in)  # c + K rounds back to the float32 rows given
+            self.n, self._rows, self._shift = 0, [], None
+            self._s2 = self._zeros(self.dim, self.dim)
+            self._add_block(rows)
             return
         if self._rows and self.n:
             self._shift, self._s2 = self._centred(self._shift, self.n, self._s1, None, self._rows)
@@ -215,6 +226,8 @@ class CovarianceAccumulator:
         if k == 0:
             return
         if self._s2 is None and self.n + k < self.dim:  # Gram mode: keep the shifted rows (float64)
+            # (`is None`, not `in (None, …)`: numpy's dtype == None compares with float64)
+            self._rows_in = x.dtype if self._rows_in is None or self._rows_in == x.dtype else xp.float64
             x = B.to_float64(xp, x)
             if self._shift is None:
                 self._shift, self._s1 = xp.mean(x, axis=0), self._zeros(self.dim)
@@ -334,6 +347,7 @@ class CovarianceAccumulator:
             if self.n == 0 and self._s2 is None:
                 self._shift, self._s1, self._s2 = _copy(xp, o_shift), _copy(xp, o_s1), _copy(xp, o_s2)
                 self._rows = list(o_rows)
+                self._rows_in = other._rows_in
                 self.n = other.n
                 return self
             if self._s2 is None and o_s2 is None and self.n + other.n < self.dim:
@@ -341,6 +355,8 @@ class CovarianceAccumulator:
                 self._s1 = self._s1 + o_s1
                 self.n += other.n
                 self._rows.extend(o_rows)
+                if other._rows_in != self._rows_in:  # rows of mixed origins fold in float64
+                    self._rows_in = xp.float64
                 return self
             self._fold()
             mean_b, m2_b = self._centred(o_shift, other.n, o_s1, o_s2, o_rows)

@@ -270,3 +270,24 @@ def test_small_batches_are_gathered_safely(backend):
     spec = acc.compute()
     assert spec.n == 900 and spec.n_nonfinite == 0
     assert max_rel(np.asarray(spec.eigenvalues), two_pass(x)) < 1e-5
+
+
+@pytest.mark.parametrize("first", [np.float32, np.float64])
+def test_gram_to_covariance_fold_keeps_the_products_precision(first):
+    """Rows kept while fewer than d have arrived fold in with float32 products when they all came in
+    float32 (recovered exactly from their float64 shifted copies), in float64 when any came in float64."""
+    x = _issue18_data(700, 256, 30.0, seed=5)
+    acc = CovarianceAccumulator(256)
+    acc.update(x[:100].astype(first))
+    acc.update(x[100:200])
+    assert acc.route == "gram"
+    acc.update(x[200:300])  # 300 ≥ d: the kept rows fold into the covariance state
+    assert acc.route == "covariance"
+    # white-box: a float32 fold went through the block path, whose shift is exact in float32
+    assert (acc._exact_in == np.float32) == (first is np.float32)
+    for i in range(300, 700, 100):
+        acc.update(x[i : i + 100])
+    spec = acc.compute()
+    assert spec.n == 700
+    ref = two_pass(x)
+    assert max_rel(np.asarray(spec.eigenvalues)[:100], ref[:100]) < 1e-5
