@@ -13,6 +13,8 @@ export OMP_NUM_THREADS ?= 1
 # pytest-xdist workers for `make test` (one torch thread each): the suite's longest test alone takes
 # about six minutes, so two workers halve the suite's time on a 2-core machine. 0 runs it in one process.
 # loadfile: a test module runs on one worker, so its module-scoped fixtures (a trained run) are built once.
+# --no-loadscope-reorder: pytest-xdist >= 3.7 otherwise schedules modules by test count, largest first,
+# which sent the minutes-long modules (tests/conftest.py's LONG_FIRST, few tests each) last, one worker.
 TEST_WORKERS ?= 2
 
 .PHONY: demo test check typecheck docs install browser clean
@@ -22,7 +24,7 @@ demo: $(STAMP)
 
 test: $(STAMP) browser check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The documentation site on http://127.0.0.1:8000 (rebuilt on every edit of docs/ or a docstring).
 docs: $(STAMP)
