@@ -166,7 +166,7 @@ def headline(n, d, batch, repeats):
     )
     ref_ev, ref_m = reference(n, d, batch)
     routes = [
-        ("accumulate (default)", lambda: run_accumulate(n, d, batch)),
+        ("accumulate (auto)", lambda: run_accumulate(n, d, batch)),
         ("accumulate-f64", lambda: run_accumulate(n, d, batch, "float64")),
         ("tf32-emulated", lambda: run_tf32_emulated(n, d, batch)),
         ("svd-pca (thin U,S,V)", lambda: run_svd(n, d, batch, True)),

@@ -103,7 +103,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--precision",
         choices=("auto", "float64", "float32", "tf32"),
-        default="auto",
+        default="float64",
         help="precision of the covariance products: auto follows the states (float32 states: float32 products "
         "summed in float64, ~1e-7 of the largest eigenvalue); float64 for exact small eigenvalues",
     )

@@ -17,10 +17,10 @@ their state about it (S₁' = S₁ + nδ, S₂' = S₂ + δS₁ᵀ + S₁δᵀ +
 
 Products (issue 18). Each block of rows is shifted by K, a value exactly representable in the block's
 working dtype, before its co-moment cᵀc is formed: c = x − K is then the correctly rounded difference,
-as accurate as centring in float64 and casting, even when the mean is 1e4× the spread. The product's
-precision follows the input: float64 data get float64 products; float32 (and float16/bfloat16) data
-get float32 products (BLAS syrk on the CPU, half a GEMM's work), summed into the float64 state.
-`precision="float64"` forces float64 products, `"float32"` forces float32 ones, `"tf32"` allows
+as accurate as centring in float64 and casting, even when the mean is 1e4× the spread. With
+`precision="auto"` the products follow the input: float64 data get float64 products; float32 (and
+float16/bfloat16) data get float32 products (BLAS syrk on the CPU, half a GEMM's work), summed into the
+float64 state. `precision="float64"` (the default) forces float64 products, `"float32"` float32 ones, `"tf32"` allows
 TensorFloat-32 products on CUDA (off by default; see docs/cost.md for its measured error).
 The shift is kept while blocks stay near it (every coordinate's block mean within half its block
 standard deviation of K), so a stationary stream costs one d × d addition per block; a block that has
@@ -55,7 +55,8 @@ class CovarianceAccumulator:
     than two dimensions, e.g. (batch, seq, dim), are flattened to (batch·seq, dim).
     `chunk_elements` bounds the float64 working copy of a batch (rows are processed in chunks).
 
-    `precision` (see the module docstring): "auto" (default) forms each block's co-moment in the
+    `precision` (see the module docstring): "float64" (default) forms every product in float64;
+    "auto" (opt-in, issue 18's fast route) forms each block's co-moment in the
     input's precision — float64 data exact to round-off; float32 data with float32 products summed in
     float64, whose eigenvalues carry ~1e-7·λ₁ absolute error (ample for RankMe/α and the leading
     eigenvalues, not for tiny ones) at ~2× the speed on CPUs, far more on GPUs; "float64" forces
@@ -69,7 +70,7 @@ class CovarianceAccumulator:
         raw_singular_values: bool = False,
         *,
         chunk_elements: int = 1 << 22,
-        precision: str = "auto",
+        precision: str = "float64",
     ):
         if int(dim) != dim or dim < 1:
             raise PhasescopeError(f"dim must be a positive integer, got {dim!r}")

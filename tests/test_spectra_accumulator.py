@@ -179,7 +179,7 @@ def test_float32_products_within_issue_bounds(offset, drift):
 
     n, d = 6144, 384
     x = _issue18_data(n, d, offset, drift=drift)
-    acc = CovarianceAccumulator(d, chunk_elements=1024 * d)
+    acc = CovarianceAccumulator(d, chunk_elements=1024 * d, precision="auto")
     for chunk in np.array_split(x, 11):
         acc.update(chunk)
     spec = acc.compute()
@@ -198,8 +198,8 @@ def test_float32_products_torch_equal_numpy():
     """A torch CPU tensor takes numpy's syrk on the same memory: the same numbers as a numpy array."""
     torch = pytest.importorskip("torch")
     x = _issue18_data(3000, 96, 50.0)
-    a = CovarianceAccumulator(96).update(x).compute()
-    b = CovarianceAccumulator(96).update(torch.from_numpy(x)).compute()
+    a = CovarianceAccumulator(96, precision="auto").update(x).compute()
+    b = CovarianceAccumulator(96, precision="auto").update(torch.from_numpy(x)).compute()
     np.testing.assert_allclose(np.asarray(a.eigenvalues), b.eigenvalues.numpy(), rtol=1e-12)
 
 
@@ -277,7 +277,7 @@ def test_gram_to_covariance_fold_keeps_the_products_precision(first):
     """Rows kept while fewer than d have arrived fold in with float32 products when they all came in
     float32 (recovered exactly from their float64 shifted copies), in float64 when any came in float64."""
     x = _issue18_data(700, 256, 30.0, seed=5)
-    acc = CovarianceAccumulator(256)
+    acc = CovarianceAccumulator(256, precision="auto")
     acc.update(x[:100].astype(first))
     acc.update(x[100:200])
     assert acc.route == "gram"
