@@ -372,7 +372,22 @@ def _html(pages: list[Page]) -> str:
 
 def _static(pages: list[Page], files: list[Path], style: Style) -> None:
     """Write every page with one kaleido session (``style.scale`` for PNG only: PDF and SVG are vector);
-    a missing kaleido or Chromium is one line naming the fix."""
+    a missing kaleido or Chromium is one line naming the fix. Under heavy load kaleido has returned
+    without writing a file (seen once in CI): the missing pages are exported once more, then a clear
+    error names them."""
+    _export(pages, files, style)
+    missing = [i for i, f in enumerate(files) if not f.exists()]
+    if missing:
+        _export([pages[i] for i in missing], [files[i] for i in missing], style)
+    missing = [i for i, f in enumerate(files) if not f.exists()]
+    if missing:
+        raise PhasescopeError(
+            f"the static export wrote no file for {len(missing)} of {len(files)} figure(s) (kaleido returned "
+            "without output; a busy machine can cause it): run the command again, or write --out FILE.html"
+        )
+
+
+def _export(pages: list[Page], files: list[Path], style: Style) -> None:
     try:
         import kaleido  # noqa: F401
         import plotly.io as pio
