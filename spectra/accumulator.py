@@ -20,8 +20,8 @@ working dtype, before its co-moment cᵀc is formed: c = x − K is then the cor
 as accurate as centring in float64 and casting, even when the mean is 1e4× the spread. With
 `precision="auto"` the products follow the input: float64 data get float64 products; float32 (and
 float16/bfloat16) data get float32 products (BLAS syrk on the CPU, half a GEMM's work), summed into the
-float64 state. `precision="float64"` (the default) forces float64 products, `"float32"` float32 ones, `"tf32"` allows
-TensorFloat-32 products on CUDA (off by default; see docs/cost.md for its measured error).
+float64 state. `precision="float64"` (the default) forces float64 products, `"float32"` float32
+ones, `"tf32"` allows TensorFloat-32 products on CUDA (see docs/cost.md for its measured error).
 The shift is kept while blocks stay near it (every coordinate's block mean within half its block
 standard deviation of K), so a stationary stream costs one d × d addition per block; a block that has
 drifted is centred on its own mean and merged by the pairwise update below instead.
@@ -55,12 +55,11 @@ class CovarianceAccumulator:
     than two dimensions, e.g. (batch, seq, dim), are flattened to (batch·seq, dim).
     `chunk_elements` bounds the float64 working copy of a batch (rows are processed in chunks).
 
-    `precision` (see the module docstring): "float64" (default) forms every product in float64;
-    "auto" (opt-in, issue 18's fast route) forms each block's co-moment in the
-    input's precision — float64 data exact to round-off; float32 data with float32 products summed in
-    float64, whose eigenvalues carry ~1e-7·λ₁ absolute error (ample for RankMe/α and the leading
-    eigenvalues, not for tiny ones) at ~2× the speed on CPUs, far more on GPUs; "float64" forces
-    float64 products, "float32" float32 ones, "tf32" TensorFloat-32 products on CUDA. With
+    `precision` (see the module docstring): "float64" (default) forms every product in float64, exact
+    to round-off; "auto" (opt-in, issue 18's fast route) forms each block's co-moment in the input's
+    precision — float32 data get float32 products summed in float64, whose eigenvalues carry ~1e-7·λ₁
+    absolute error (ample for RankMe/α and the leading eigenvalues, not for tiny ones) at ~2× the speed
+    on CPUs; "float32" forces float32 products, "tf32" TensorFloat-32 ones on CUDA. With
     `raw_singular_values`, "auto" means float64 products (σ = √eig(XᵀX) resolves only √ε·σ₁).
     """
 
