@@ -10,14 +10,14 @@ TORCHVISION_SPEC ?= torchvision==0.28.*
 STAMP  := $(VENV)/.installed
 # One intra-op thread: on 2 cores small models train ~10x faster than with torch's default.
 export OMP_NUM_THREADS ?= 1
-# pytest-xdist workers for `make test` (one torch thread each): the suite's longest test alone takes
-# about six minutes, so two workers halve the suite's time on a 2-core machine. 0 runs it in one process.
+# pytest-xdist workers for `make test` (one torch thread each): two workers halve the suite's time on a
+# 2-core machine. 0 runs it in one process.
 # loadfile: a test module runs on one worker, so its module-scoped fixtures (a trained run) are built once.
 # --no-loadscope-reorder: pytest-xdist >= 3.7 otherwise schedules modules by test count, largest first,
 # which sent the minutes-long modules (tests/conftest.py's LONG_FIRST, few tests each) last, one worker.
 TEST_WORKERS ?= 2
 
-.PHONY: demo test check typecheck docs install browser clean
+.PHONY: demo test test-long check typecheck docs install browser clean
 
 demo: $(STAMP)
 	$(BIN)/phasescope demo --out runs/demo.zarr --overwrite
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP) browser check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
+# make test plus the tests too long for it: the 12,000-step three-phase run live (tests/test_phases_three.py).
+test-long: $(STAMP) browser check
+	PHASESCOPE_LONG_TESTS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The documentation site on http://127.0.0.1:8000 (rebuilt on every edit of docs/ or a docstring).
 docs: $(STAMP)
