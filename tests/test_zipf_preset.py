@@ -2,7 +2,8 @@
 
 The language: seeded, its token frequencies follow the skew asked for, held-out windows are never in the
 training stream. The preset: its settings reach the run, flags override them, and its mistakes are
-one-line errors. The run itself (6-13 minutes) is `make test-long`; tests/test_phases_three.py also labels a recorded one."""
+one-line errors. The run itself (6-13 minutes) is `make test-long`; tests/test_phases_three.py also
+labels a recorded one."""
 
 from __future__ import annotations
 
