@@ -6,7 +6,7 @@
 Routes, timed side by side in one run on the same float32 data:
   * accumulate (auto): CovarianceAccumulator(precision="auto") — products in the input's float32,
     summed in float64 — fed batches of `--batch` rows, compute(), spectrum_metrics()
-  * accumulate-f64: the same with precision="float64" (float64 products, the accumulator's default)
+  * accumulate-f64: the same with precision="float64" (float64 products, opt-in)
   * tf32-emulated: the default route with each centred block rounded to TensorFloat-32 (10-bit
     mantissa, round to nearest) before its float32 product: the error a CUDA `precision="tf32"` adds
   * svd-pca: centred numpy.linalg.svd(full_matrices=False), λ = s²/(N−1) (what a PCA does)

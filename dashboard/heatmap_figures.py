@@ -54,7 +54,7 @@ def heatmap_metrics(ds) -> list[str]:
     """Variables of ``ds`` that can be drawn as a row × step heatmap (metrics, param_*, matrix_*)."""
     out = []
     for name, da in ds.data_vars.items():
-        if name in ("eigenvalues", "n_samples") or da.ndim != 2:
+        if name in ("eigenvalues", "n_samples", "eigen_floor") or da.ndim != 2:
             continue
         if _step_dim(da) and _row_dim(da):
             out.append(name)

@@ -17,11 +17,11 @@ from ._plotly import figure
 MAX_MARKERS = 200  # spectra with more points are drawn as lines only
 
 
-def _fit_alpha(eigs: np.ndarray, fit_range):
+def _fit_alpha(eigs: np.ndarray, fit_range, rtol: float | None = None):
     """α-ReQ fit on stored eigenvalues with ``phasescope.spectra.alpha_req`` (pure, fast):
     log λ_k = b − α·log k, weights 1/k, k = i + 1 for i in range(*fit_range) (Agrawal et al. 2022;
-    Li et al. 2025 fit ranks 12…100)."""
-    f = alpha_req(eigs, fit_range=fit_range)
+    Li et al. 2025 fit ranks 12…100); ``rtol``: the stored round-off floor (``eigen_floor``)."""
+    f = alpha_req(eigs, fit_range=fit_range, rtol=rtol)
     return float(f.alpha), float(f.r2), float(f.intercept), tuple(f.fit_range), f.reason
 
 
@@ -40,6 +40,15 @@ def run_fit_range(ds, default=(11, 100)):
         except (TypeError, ValueError):
             pass
     return default
+
+
+def stored_floor(ds, c: int, p: int) -> float | None:
+    """The round-off floor (λ/λ₁) the stored metrics of capture row ``c``, probe ``p`` used
+    (``eigen_floor``), or None for runs from before it was stored (float64 products: k·ε_float64)."""
+    if "eigen_floor" not in ds.data_vars:
+        return None
+    v = float(ds["eigen_floor"].variable[c, p].values)
+    return v if math.isfinite(v) and v > 0 else None
 
 
 def _reading(ds, probe: str, c: int, p: int) -> str:
@@ -93,7 +102,7 @@ def figure_spectrum(ds, probe: str, step: int | None, *, fit_range=None, uirevis
         }
     ]
     shapes, notes = [], []
-    alpha, r2, icpt, (lo, hi), reason = _fit_alpha(eigs, fit_range)
+    alpha, r2, icpt, (lo, hi), reason = _fit_alpha(eigs, fit_range, stored_floor(ds, c, p))
     if math.isfinite(alpha):
         k = np.arange(lo, hi) + 1.0
         data.append(

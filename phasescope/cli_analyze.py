@@ -103,9 +103,9 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--precision",
         choices=("auto", "float64", "float32", "tf32"),
-        default="float64",
-        help="precision of the covariance products: auto follows the states (float32 states: float32 products "
-        "summed in float64, ~1e-7 of the largest eigenvalue); float64 for exact small eigenvalues",
+        default="auto",
+        help="precision of the covariance products: auto (default) follows the states (float32 states: float32 "
+        "products summed in float64; eigenvalues below 2^-23 of the largest count as zero); float64 for tiny ones",
     )
     p.add_argument(
         "--matrices",

@@ -91,7 +91,7 @@ def accepts(model, name: str) -> bool:
     return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def _make_acc(dim: int, raw: bool = False, precision: str = "float64"):
+def _make_acc(dim: int, raw: bool = False, precision: str = "auto"):
     """A probe's accumulator; ``raw``: keep the raw singular values too (``rankme_raw``); ``precision``:
     of the covariance products (``spectra_precision``)."""
     return CovarianceAccumulator(dim, raw_singular_values=raw, precision=precision)
@@ -115,7 +115,7 @@ class ProbeSet:
         reduction=None,
         *,
         raw: bool = False,
-        precision: str = "float64",
+        precision: str = "auto",
     ):
         self.model, self.probes, self.selection = model, list(probes), selection
         self.raw, self.precision = raw, precision
@@ -305,7 +305,7 @@ class InFlight:
         reduction=None,
         *,
         raw: bool = False,
-        precision: str = "float64",
+        precision: str = "auto",
     ):
         self.model, self.probes, self.selection = model, list(probes), selection
         self.raw, self.precision = raw, precision

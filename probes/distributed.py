@@ -44,7 +44,7 @@ def all_reduce_accumulators(
     group,
     *,
     raw: bool = False,
-    precision: str = "float64",
+    precision: str = "auto",
 ) -> list:
     """Exact merge of every rank's sufficient statistics before the eigendecomposition (in place); a rank
     without a probe's statistics joins with an empty accumulator (``raw``: keeping raw singular values, as

@@ -40,7 +40,7 @@ class ObservatoryOptions:
     max_rank: int | None = None  # cap on stored eigenvalues and metric components (Li et al. keep 2048)
     cka_samples: int = CKA_SAMPLES  # probe samples whose Gram is kept for linear CKA (0: no CKA)
     rankme_raw: bool = False  # also RankMe of the raw (uncentred) samples (Garrido et al. 2023): one more d×d eigvalsh per probe
-    spectra_precision: str = "float64"  # covariance products: "auto" (the activations' float32/float64) | "float64" | "float32" | "tf32" (CUDA)
+    spectra_precision: str = "auto"  # covariance products: "auto" (the activations' float32/float64) | "float64" | "float32" | "tf32" (CUDA)
     # -- mixed precision (gradients/amp.py) --
     optimizer: Any = None  # with grad_scaler: tells whether scaler.unscale_(optimizer) already ran
     grad_scaler: Any = None  # torch GradScaler: statistics of unscaled gradients, skipped steps flagged

@@ -86,7 +86,7 @@ class HostCopier:
         return event
 
 
-def spectrum_of(value, dim: int, raw: bool = False, precision: str = "float64"):
+def spectrum_of(value, dim: int, raw: bool = False, precision: str = "auto"):
     """The covariance spectrum of (samples, …, dim) rows or of a filled accumulator (``raw``: with the
     raw singular values of the rows, for ``rankme_raw``; ``precision``: of the covariance products)."""
     if isinstance(value, CovarianceAccumulator):
@@ -145,7 +145,7 @@ class Recorder:
         failures: FailureLog | None = None,
         sinks: Any = (),
         rankme_raw: bool = False,
-        spectra_precision: str = "float64",
+        spectra_precision: str = "auto",
     ):
         self._store_path, self._overwrite = store, overwrite
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write

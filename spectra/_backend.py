@@ -50,6 +50,11 @@ def is_jax(xp: Any) -> bool:
     return array_api_compat.is_jax_namespace(xp)
 
 
+def is_cuda(a: Any) -> bool:
+    """Whether array `a` lives on a CUDA device (torch; False for numpy and host arrays)."""
+    return getattr(getattr(a, "device", None), "type", None) == "cuda"
+
+
 def is_numpy(xp: Any) -> bool:
     import array_api_compat
 

@@ -18,10 +18,13 @@ their state about it (S₁' = S₁ + nδ, S₂' = S₂ + δS₁ᵀ + S₁δᵀ +
 Products (issue 18). Each block of rows is shifted by K, a value exactly representable in the block's
 working dtype, before its co-moment cᵀc is formed: c = x − K is then the correctly rounded difference,
 as accurate as centring in float64 and casting, even when the mean is 1e4× the spread. With
-`precision="auto"` the products follow the input: float64 data get float64 products; float32 (and
-float16/bfloat16) data get float32 products (BLAS syrk on the CPU, half a GEMM's work), summed into the
-float64 state. `precision="float64"` (the default) forces float64 products, `"float32"` float32
+`precision="auto"` (the default) the products follow the input: float64 data get float64 products;
+float32 (and float16/bfloat16) data get float32 products (BLAS syrk on the CPU, half a GEMM's work),
+summed into the float64 state. `precision="float64"` forces float64 products, `"float32"` float32
 ones, `"tf32"` allows TensorFloat-32 products on CUDA (see docs/cost.md for its measured error).
+The spectrum carries the products' ε (`Spectrum.products_eps`): eigenvalues at or below
+max(d·ε_float64, ε_products)·λ₁ count as zero in the numerical rank and α's fit, so an exact zero
+(LayerNorm's mean direction, measured at 1e-10 to 1e-9·λ₁ with float32 products) stays one.
 The shift is kept while blocks stay near it (every coordinate's block mean within half its block
 standard deviation of K), so a stationary stream costs one d × d addition per block; a block that has
 drifted is centred on its own mean and merged by the pairwise update below instead.
@@ -42,6 +45,8 @@ from . import _backend as B
 from .summary import Spectrum
 
 PRECISIONS = ("auto", "float64", "float32", "tf32")
+#: machine ε of the products' arithmetic: float64, float32, and TF32 (10 explicit mantissa bits)
+EPS = {64: 2.0**-52, 32: 2.0**-23, "tf32": 2.0**-10}
 #: a block is added about the kept shift K while (x̄_b − K)² ≤ DRIFT · var_b in every coordinate
 DRIFT = 0.25
 
@@ -55,11 +60,11 @@ class CovarianceAccumulator:
     than two dimensions, e.g. (batch, seq, dim), are flattened to (batch·seq, dim).
     `chunk_elements` bounds the float64 working copy of a batch (rows are processed in chunks).
 
-    `precision` (see the module docstring): "float64" (default) forms every product in float64, exact
-    to round-off; "auto" (opt-in, issue 18's fast route) forms each block's co-moment in the input's
-    precision — float32 data get float32 products summed in float64, whose eigenvalues carry ~1e-7·λ₁
-    absolute error (ample for RankMe/α and the leading eigenvalues, not for tiny ones) at ~2× the speed
-    on CPUs; "float32" forces float32 products, "tf32" TensorFloat-32 ones on CUDA. With
+    `precision` (see the module docstring): "auto" (default) forms each block's co-moment in the
+    input's precision — float32 data get float32 products summed in float64, whose eigenvalues carry
+    at most ~ε_32·λ₁ absolute error (ample for RankMe/α and the leading eigenvalues; eigenvalues below
+    2^-23·λ₁ count as zero) at ~1.6× the speed on CPUs; "float64" forms every product in float64,
+    exact to round-off; "float32" forces float32 products, "tf32" TensorFloat-32 ones on CUDA. With
     `raw_singular_values`, "auto" means float64 products (σ = √eig(XᵀX) resolves only √ε·σ₁).
     """
 
@@ -69,7 +74,7 @@ class CovarianceAccumulator:
         raw_singular_values: bool = False,
         *,
         chunk_elements: int = 1 << 22,
-        precision: str = "float64",
+        precision: str = "auto",
     ):
         if int(dim) != dim or dim < 1:
             raise PhasescopeError(f"dim must be a positive integer, got {dim!r}")
@@ -98,6 +103,9 @@ class CovarianceAccumulator:
         # (syrk runs ~1.4× faster on 4,096 rows than on 4 × 1,024); `n` counts the pending rows too.
         self._pending: list[Any] = []
         self._pending_n = 0
+        #: machine ε of the widest-error products formed so far (float64's unless a block's co-moment was
+        #: formed in float32 or TF32): sets the round-off floor of the eigenvalues (`Spectrum.products_eps`)
+        self.products_eps = EPS[64]
 
     @property
     def _products(self) -> str:
@@ -306,6 +314,9 @@ class CovarianceAccumulator:
         s1 = xp.sum(c, axis=0, dtype=xp.float64)
         if self.precision in ("float32", "tf32") and c.dtype != xp.float32:
             c = xp.astype(c, xp.float32)
+        if c.dtype == xp.float32:
+            tf32 = self.precision == "tf32" and B.is_cuda(c)
+            self.products_eps = max(self.products_eps, EPS["tf32"] if tf32 else EPS[32])
         return s1, B.gram(xp, c, tf32=self.precision == "tf32")
 
     # ---------------------------------------------------------------- merge / sync
@@ -334,6 +345,7 @@ class CovarianceAccumulator:
         self._flush()
         other._flush()
         self.n_nonfinite += other.n_nonfinite
+        self.products_eps = max(self.products_eps, other.products_eps)
         if other.n == 0:
             return self
         self._exact_in = None
@@ -381,6 +393,9 @@ class CovarianceAccumulator:
         self._fold()
         counts = torch.tensor([self.n, self.n_nonfinite], dtype=torch.float64, device=dev)
         dist.all_reduce(counts, group=group)
+        eps = torch.tensor([self.products_eps], dtype=torch.float64, device=dev)
+        dist.all_reduce(eps, op=dist.ReduceOp.MAX, group=group)
+        self.products_eps = float(eps.item())
         total = torch.zeros(self.dim, dtype=torch.float64, device=dev)
         if self.n:
             total = self.n * self._shift + self._s1  # Σx = n·K + S₁
@@ -422,6 +437,7 @@ class CovarianceAccumulator:
             "n_nonfinite": self.n_nonfinite,
             "raw_singular_values": self.raw_singular_values,
             "precision": self.precision,
+            "products_eps": self.products_eps,
             "shift": _copy(xp, self._shift),  # the live state is updated in place: hand out copies
             "s1": _copy(xp, self._s1),
             "s2": _copy(xp, self._s2),
@@ -438,6 +454,7 @@ class CovarianceAccumulator:
         self.n, self.n_nonfinite = int(state["n"]), int(state["n_nonfinite"])
         self.raw_singular_values = bool(state.get("raw_singular_values", self.raw_singular_values))
         self.precision = str(state.get("precision", self.precision))
+        self.products_eps = float(state.get("products_eps", EPS[64]))
         if state.get("shift") is not None:
             ref = B.as_array(state["shift"])
             self._adopt(ref)
@@ -468,7 +485,14 @@ class CovarianceAccumulator:
                     return self._xp.full((d,), float("nan"), dtype=self._xp.float64, device=self._device)
 
             return Spectrum(
-                nan(), nan() if self.raw_singular_values else None, 0, nan(), self.n_nonfinite, d, self.route
+                nan(),
+                nan() if self.raw_singular_values else None,
+                0,
+                nan(),
+                self.n_nonfinite,
+                d,
+                self.route,
+                self.products_eps,
             )
         xp, n = self._xp, self.n
         with B.precise(xp):
@@ -489,7 +513,7 @@ class CovarianceAccumulator:
                     k, s1 = self._shift, self._s1
                     xtx = self._s2 + k[:, None] * s1[None, :] + s1[:, None] * k[None, :] + n * (k[:, None] * k[None, :])
                     sv = xp.sqrt(_descending_psd(xp, xp.linalg.eigvalsh((xtx + xtx.T) / 2.0)))
-        return Spectrum(ev, sv, n, mean, self.n_nonfinite, d, route)
+        return Spectrum(ev, sv, n, mean, self.n_nonfinite, d, route, self.products_eps)
 
     def _gram_spectrum(self) -> tuple[Any, Any]:
         xp, n, d = self._xp, self.n, self.dim

@@ -99,9 +99,19 @@ class AlphaFit:
         return np.exp(self.intercept - self.alpha * np.log(k))
 
 
+def floor_rtol(k: int, products_eps: float = _EPS64) -> float:
+    """The round-off floor of k covariance eigenvalues, relative to λ₁: max(k·ε_float64, products_eps).
+
+    k·ε_float64 is a float64 symmetric eigensolver's (Golub & Van Loan §8.1; numpy's `matrix_rank`
+    convention); float32 products put an exact zero (e.g. LayerNorm's mean direction) at up to ~ε_32·λ₁
+    (measured: 1e-10 to 1e-9·λ₁), far above that, so their ε (2^-23) is the floor then."""
+    return max(int(k) * _EPS64, float(products_eps))
+
+
 def numerical_rank(eigenvalues: Any, rtol: float | None = None) -> int:
     """Number of eigenvalues λ_k > rtol·λ₁; default rtol = d·ε_float64 (the round-off floor of a
-    symmetric eigensolver on a d×d matrix, Golub & Van Loan §8.1). 0 for an empty/zero spectrum."""
+    symmetric eigensolver on a d×d matrix, Golub & Van Loan §8.1; `floor_rtol` for products formed in
+    lower precision). 0 for an empty/zero spectrum."""
     xp, v = _prep(eigenvalues)
     with B.precise(xp):
         d = v.shape[0]
@@ -114,7 +124,7 @@ def numerical_rank(eigenvalues: Any, rtol: float | None = None) -> int:
         return int(xp.sum(xp.astype(v > tol, xp.int64)))
 
 
-def auto_fit_range(eigenvalues: Any) -> tuple[int, int]:
+def auto_fit_range(eigenvalues: Any, rtol: float | None = None) -> tuple[int, int]:
     """The `fit_range="auto"` rule, from the numerical rank r (see `numerical_rank`):
 
     * r ≥ 110: Li et al.'s (11, 100) unchanged;
@@ -122,16 +132,18 @@ def auto_fit_range(eigenvalues: Any) -> tuple[int, int]:
       round(r/10) … round(10·r/11) (d = 64 → (6, 58); d = 32 → (3, 29)), skipping the ~10 % head
       and the ~10 % tail, which deviate from a power law at any size.
 
-    For r < 110 the R² is taken over the fit range itself.
+    For r < 110 the R² is taken over the fit range itself. `rtol`: the round-off floor (`numerical_rank`).
     """
-    r = numerical_rank(eigenvalues)
+    r = numerical_rank(eigenvalues, rtol)
     if r >= 110:
         return DEFAULT_FIT_RANGE
     lo = max(1, round(r / 10))
     return lo, max(lo, round(10 * r / 11))
 
 
-def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_RANGE) -> AlphaFit:
+def alpha_req(
+    eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_RANGE, *, rtol: float | None = None
+) -> AlphaFit:
     """α-ReQ, the power-law decay λ_k ∝ k^(−α) of the eigenspectrum (Agrawal et al. 2022, NeurIPS).
 
     Fit exactly as Li et al. 2025 (code after Stringer et al. 2019, Nature): weighted least squares
@@ -148,15 +160,16 @@ def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_R
 
     Returns NaN fields plus a `reason` (never raises on data) when the range asks for more
     eigenvalues than there are, or holds non-finite or non-positive ones, where "non-positive"
-    includes eigenvalues at or below the round-off floor len·ε·λ₁ (see `numerical_rank`): those
-    are zeros of rank-deficient data plus noise, and a fit through them is meaningless.
+    includes eigenvalues at or below the round-off floor `rtol`·λ₁ (default len·ε_float64; see
+    `floor_rtol`, `numerical_rank`): those are zeros of rank-deficient data plus noise, and a fit
+    through them is meaningless.
     """
     xp, v = _prep(eigenvalues)
     auto = isinstance(fit_range, str)
     if auto:
         if fit_range != "auto":
             raise PhasescopeError(f"fit_range must be (start, stop) or 'auto', got {fit_range!r}")
-        fit_range = auto_fit_range(v)
+        fit_range = auto_fit_range(v, rtol)
     lo, hi = int(fit_range[0]), int(fit_range[1])
     if (lo < 0 or hi <= lo) and not auto:
         raise PhasescopeError(f"fit_range must satisfy 0 <= start < stop, got {fit_range!r}")
@@ -175,12 +188,12 @@ def alpha_req(eigenvalues: Any, fit_range: tuple[int, int] | str = DEFAULT_FIT_R
         seg = v[lo:hi]
         # Eigenvalues at or below the round-off floor d·ε·λ₁ are zeros in disguise (rank-deficient
         # data); fitting their noise would give a meaningless α, so they count as non-positive.
-        floor = n * _EPS64 * max(float(xp.max(v)), 0.0)
+        floor = (n * _EPS64 if rtol is None else float(rtol)) * max(float(xp.max(v)), 0.0)
         if not bool(xp.all(seg > floor)):
             first = lo + int(xp.sum(xp.astype(seg > floor, xp.int64)))
             return fail(
                 f"non-positive eigenvalue at index {first} inside fit range {lo}..{hi} (numerical "
-                f"rank {numerical_rank(v)}: data rank too low); use more samples or fit_range='auto'"
+                f"rank {numerical_rank(v, rtol)}: data rank too low); use more samples or fit_range='auto'"
             )
         # The 2×2 weighted normal equations, in python floats (≤ a few hundred terms).
         y = [float(t) for t in B.to_numpy(xp.log(seg))]

@@ -8,9 +8,11 @@ from typing import Any
 
 from . import _backend as B
 from .metrics import (
+    _EPS64,
     DEFAULT_FIT_RANGE,
     alpha_req,
     explained_variance,
+    floor_rtol,
     numerical_rank,
     participation_ratio,
     rankme,
@@ -26,9 +28,10 @@ METRIC_INFO: dict[str, str] = {
     "rankme_raw": "RankMe, raw singular values (Garrido et al. 2023)",
     "participation_ratio": "participation ratio (Σλ)²/Σλ²",
     "stable_rank": "stable rank Σλ/λ₁",
-    "numerical_rank": "numerical rank: #λ > d·ε·λ₁",
+    "numerical_rank": "numerical rank: #λ above the round-off floor (eigen_floor·λ₁)",
     "top1_variance": "variance fraction of the top component",
     "top10_variance": "variance fraction of the top 10 components",
+    "eigen_floor": "round-off floor: λ/λ₁ at or below which an eigenvalue counts as zero (max(k·ε₆₄, ε_products))",
 }
 METRICS: tuple[str, ...] = tuple(METRIC_INFO)
 
@@ -43,6 +46,9 @@ class Spectrum:
         (zeros past min(n, d)), or None unless `raw_singular_values=True`.
     n: samples used; n_nonfinite: rows dropped because they held NaN/Inf; mean: (dim,) mean.
     route: "covariance" (d × d eigenproblem) or "gram" (N × N, when n < dim).
+    products_eps: machine ε of the arithmetic the covariance products were formed in (float64's
+        2.2e-16 unless float32 or TF32 products were used): eigenvalues at or below
+        `floor_rtol`·λ₁ = max(k·ε_float64, products_eps)·λ₁ are zeros in disguise (see `numerical_rank`).
 
     jax results are float64 arrays made under `jax.enable_x64`; use them under x64 too.
     """
@@ -54,6 +60,12 @@ class Spectrum:
     n_nonfinite: int
     dim: int
     route: str = "covariance"
+    products_eps: float = _EPS64
+
+    def floor_rtol(self, k: int | None = None) -> float:
+        """λ/λ₁ at or below which an eigenvalue of this spectrum counts as zero: the float64 eigensolver's
+        k·ε (k eigenvalues, default min(n, dim)) or the products' ε, whichever is larger."""
+        return floor_rtol(self.n_components if k is None else k, self.products_eps)
 
     @property
     def n_components(self) -> int:
@@ -72,6 +84,7 @@ def spectrum_metrics(
     singular_values: Any = None,
     eps: float = 1e-7,
     max_components: int | None = None,
+    products_eps: float | None = None,
 ) -> dict[str, float]:
     """All of `METRICS` for a `Spectrum` or a descending eigenvalue array (NaN where undefined).
 
@@ -83,9 +96,15 @@ def spectrum_metrics(
     `fit_range` is α-ReQ's (see `alpha_req`): (11, 100) is Li et al. 2025's; "auto" keeps it when
     the numerical rank r ≥ 110 and otherwise fits indices round(r/10) … round(10r/11), e.g. (6, 58)
     for a d = 64 model (`auto_fit_range`). Trailing NaNs (store padding) are ignored.
+
+    Eigenvalues at or below the round-off floor max(k·ε_float64, products_eps)·λ₁ count as zero in the
+    numerical rank and in α's fit (`floor_rtol`); `products_eps` is the spectrum's own (float32 products:
+    2^-23), else float64's. The floor used is returned as "eigen_floor".
     """
     if isinstance(spec_or_eigenvalues, Spectrum):
         spec = spec_or_eigenvalues
+        if products_eps is None:
+            products_eps = spec.products_eps
         k = spec.n_components
         eig = spec.eigenvalues[:k]
         if singular_values is None and spec.singular_values is not None:
@@ -99,7 +118,8 @@ def spectrum_metrics(
         eig = eig[: int(max_components)]
         if singular_values is not None:
             singular_values = B.as_array(singular_values)[: int(max_components)]
-    fit = alpha_req(eig, fit_range)
+    rtol = floor_rtol(int(eig.shape[0]), _EPS64 if products_eps is None else products_eps)
+    fit = alpha_req(eig, fit_range, rtol=rtol)
     out = {
         "rankme": rankme(eig, eps),
         "alpha": fit.alpha,
@@ -107,9 +127,10 @@ def spectrum_metrics(
         "rankme_raw": rankme(singular_values, eps) if singular_values is not None else NAN,
         "participation_ratio": participation_ratio(eig),
         "stable_rank": stable_rank(eig),
-        "numerical_rank": float(numerical_rank(eig)),
+        "numerical_rank": float(numerical_rank(eig, rtol)),
         "top1_variance": explained_variance(eig, 1),
         "top10_variance": explained_variance(eig, 10),
+        "eigen_floor": rtol,
     }
     if not _all_finite(eig):
         out = dict.fromkeys(out, NAN)

@@ -395,3 +395,25 @@ def test_the_heatmap_panel_opens_on_a_metric_the_overview_does_not_draw():
     assert F.default_heatmap_metric(["rankme", "alpha", "alpha_r2", "participation_ratio"]) == "participation_ratio"
     assert F.default_heatmap_metric(["rankme", "alpha", "alpha_r2"]) == "alpha_r2"
     assert F.default_heatmap_metric(["rankme"]) == "rankme" and F.default_heatmap_metric([]) is None
+
+
+def test_spectrum_fit_uses_the_stored_round_off_floor():
+    """A run with float32 covariance products (the default) stores its round-off floor (eigen_floor): the
+    spectrum panel's α fit must use it, as the stored α did. Read on the recorded three-phase run, whose
+    final norm has LayerNorm's zero eigenvalue lifted above float64's floor by the float32 products."""
+    from pathlib import Path
+
+    from phasescope.store import open_run
+
+    run = open_run(Path(__file__).parent / "data" / "three-phases.zarr", lazy=False)
+    assert run.attrs["spectra_precision"] == "auto" and float(run["eigen_floor"].max()) == 2.0**-23
+    ev = run["eigenvalues"].sel(probe="final_norm").values
+    c = int(np.argmax(ev[:, -1] / ev[:, 0] > 1e-12))  # the first capture whose zero is not stored as 0
+    assert ev[c, -1] / ev[c, 0] < 2.0**-23
+    step = int(run["capture_step"].values[c])
+    fig = F.figure_spectrum(run, "final_norm", step)
+    stored = float(run["alpha"].sel(probe="final_norm").values[c])
+    assert fig.layout.meta["alpha"] == pytest.approx(stored, rel=1e-6)  # eigenvalues are stored in float32
+    # without the stored floor, the zero counts and the fit range (so α) moves
+    blind = F.figure_spectrum(run.drop_vars("eigen_floor"), "final_norm", step)
+    assert abs(blind.layout.meta["alpha"] - stored) > 1e-3

@@ -484,5 +484,10 @@ def test_spectra_precision_option(tmp_path):
     top = np.nanmax(exact)
     assert np.nanmax(np.abs(auto - exact)) < 1e-5 * top  # float32 products: ~1e-7 of λ₁
     assert np.nanmax(np.abs(auto - exact)) > 0  # and really different arithmetic
+    # the round-off floor each run's metrics used is stored with them: float32 products' ε, float64's k·ε
+    k = np.minimum(runs["float64"]["n_samples"].isel(capture_step=0).values, 32)  # min(n, d) eigenvalues
+    floors = {p: runs[p]["eigen_floor"].isel(capture_step=0).values for p in runs}
+    np.testing.assert_array_equal(floors["auto"], 2.0**-23)
+    np.testing.assert_array_equal(floors["float64"], k * np.finfo(np.float64).eps)
     with pytest.raises(PhasescopeError, match=r"unknown spectra precision 'float46'; did you mean 'float64'\?"):
         phasescope.Observatory(model, store=tmp_path / "bad.zarr", probe_inputs=probe, spectra_precision="float46")

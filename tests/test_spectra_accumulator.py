@@ -194,6 +194,47 @@ def test_float32_products_within_issue_bounds(offset, drift):
     assert max_rel(exact.eigenvalues[:100], ref[:100]) < 1e-9 < max_rel(spec.eigenvalues[:100], ref[:100])
 
 
+@pytest.mark.parametrize("d", [16, 64])
+def test_float32_products_keep_an_exact_zero_a_zero(d):
+    """A LayerNorm output has an exact zero eigenvalue (its mean direction). Float32 products lift it to
+    ~1e-10..1e-9·λ₁, above float64's floor d·ε; the spectrum carries the products' ε, so the numerical
+    rank, α's fit range and every metric equal those of float64 products (issue 18's 'auto' default)."""
+    torch = pytest.importorskip("torch")
+    from phasescope.spectra import spectrum_metrics
+
+    g = torch.Generator().manual_seed(d)
+    ln = torch.nn.LayerNorm(d)
+    with torch.no_grad():
+        ln.weight.copy_(torch.rand(d, generator=g) * 2 + 0.1)
+        ln.bias.copy_(torch.randn(d, generator=g))
+        x = torch.randn(6400, d, generator=g) @ (torch.randn(d, d, generator=g) / d**0.5)
+        x[:, 0] += 20 * torch.randn(6400, generator=g)  # an outlier direction, as in trained models
+        y = ln(x)
+    out = {}
+    for precision in ("auto", "float64"):
+        acc = CovarianceAccumulator(d, precision=precision)
+        for b in y.split(400):
+            acc.update(b)
+        out[precision] = acc.compute()
+    fast, exact = out["auto"], out["float64"]
+    assert fast.products_eps == 2.0**-23 and exact.products_eps == np.finfo(np.float64).eps
+    zero = float(fast.eigenvalues[-1] / fast.eigenvalues[0])
+    assert d * np.finfo(np.float64).eps < zero < fast.floor_rtol()  # lifted above float64's floor, not float32's
+    got, want = spectrum_metrics(fast, fit_range="auto"), spectrum_metrics(exact, fit_range="auto")
+    assert got["numerical_rank"] == want["numerical_rank"] == d - 1
+    for k in ("rankme", "alpha", "alpha_r2", "participation_ratio"):
+        assert abs(got[k] - want[k]) <= 1e-5 * abs(want[k]), (k, got[k], want[k])
+    # without the products' ε the zero would count, and α's range would move with it
+    blind = spectrum_metrics(fast.eigenvalues, fit_range="auto")
+    assert blind["numerical_rank"] == d and abs(blind["alpha"] - want["alpha"]) > 1e-3
+    # the ε travels with the state: merge, state_dict, load_state_dict
+    merged = CovarianceAccumulator(d, precision="float64").update(y[:100].double())
+    merged.merge(CovarianceAccumulator(d).update(y[100:]))
+    assert merged.compute().products_eps == 2.0**-23
+    again = CovarianceAccumulator(d, precision="float64").load_state_dict(merged.state_dict())
+    assert again.compute().products_eps == 2.0**-23
+
+
 def test_float32_products_torch_equal_numpy():
     """A torch CPU tensor takes numpy's syrk on the same memory: the same numbers as a numpy array."""
     torch = pytest.importorskip("torch")

@@ -83,9 +83,7 @@ class AnalyzeOptions:
     gradients: bool = False  # per-matrix gradient statistics of the probe-set loss
     weights: bool = False  # per-matrix weight singular-value statistics
     rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
-    spectra_precision: str = (
-        "float64"  # covariance products: "float64" | "auto" (the states' dtype) | "float32" | "tf32"
-    )
+    spectra_precision: str = "auto"  # covariance products: "auto" (the states' dtype) | "float64" | "float32" | "tf32"
     matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
     max_rank: int | None = None  # cap stored eigenvalues (Li et al. keep 2048)
     revisions: Sequence[str] | None = None

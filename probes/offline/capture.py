@@ -62,7 +62,7 @@ class CaptureSpec:
     trust_remote_code: bool = False
     cka_samples: int = CKA_SAMPLES  # first probe samples whose Gram is kept for linear CKA
     rankme_raw: bool = False  # keep the raw rows' singular values too (rankme_raw)
-    spectra_precision: str = "float64"  # of the covariance products (CovarianceAccumulator's precision)
+    spectra_precision: str = "auto"  # of the covariance products (CovarianceAccumulator's precision)
 
 
 @dataclass
