@@ -15,6 +15,12 @@ Timed side by side, interleaved, best of `--repeats`, CPU seconds of the process
 Agreement: the largest |Δα| between the two per matrix (phasescope's fit: two-sided KS, tails ≥ 10;
 WeightWatcher's: one-sided KS, tails ≥ 2), and the same for `esd_metrics.esd_power_law_ww` (WW's own
 fit) applied to phasescope's eigenvalues. Issue 18's target: phasescope ≥ 3× faster, same α.
+
+`--full` adds WeightWatcher's whole layer table (issue 19): `weight_spectra(fit="ww", mp=True,
+traps=True)` against `analyze(mp_fit=True, randomize=True)` — the MP fit (soft rank, spikes) and the
+correlation traps of one shuffled copy per matrix — with the largest relative difference over the
+columns alpha, log_norm, log_spectral_norm, alpha_weighted, log_alpha_norm, mp_softrank and the count of
+matrices whose num_spikes differ.
 """
 
 from __future__ import annotations
@@ -48,31 +54,59 @@ def model(layers: int, heavy: bool):
     return m
 
 
-def run_phasescope(m):
+def run_phasescope(m, full: bool = False):
     from phasescope.spectra.weights import weight_spectra
 
+    kw = {"fit": "ww", "mp": True, "traps": True} if full else {}
     t0 = time.process_time()
-    out = weight_spectra(m, select=lambda name: "wte" not in name)
+    out = weight_spectra(m, select=lambda name: "wte" not in name, **kw)
     return time.process_time() - t0, {n.removesuffix(".weight"): s for n, s in out.items()}
 
 
-def run_weightwatcher(m):
+def run_weightwatcher(m, full: bool = False):
     import weightwatcher
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+    kw = {"mp_fit": True, "randomize": True} if full else {}
     t0 = time.process_time()
-    df = weightwatcher.WeightWatcher(model=m).analyze()
+    df = weightwatcher.WeightWatcher(model=m).analyze(**kw)
     return time.process_time() - t0, df
+
+
+FULL_COLUMNS = {
+    "alpha": "alpha",
+    "log_norm": "log_norm",
+    "log_spectral_norm": "log_spectral_norm",
+    "alpha_weighted": "alpha_weighted",
+    "log_alpha_norm": "log_alpha_norm",
+    "mp_softrank": "mp_soft_rank",
+}
+
+
+def pairs(ours, df):
+    """(phasescope's WeightSpectrum, WeightWatcher's row) of every matrix both analysed."""
+    for _, row in df.iterrows():
+        s = ours.get(row["longname"])
+        if s is not None:
+            yield s, row
+
+
+def compare_full(ours, df) -> tuple[int, float, int]:
+    """(matrices, largest relative difference over FULL_COLUMNS, matrices whose num_spikes differ)."""
+    worst, spikes, k = 0.0, 0, 0
+    for s, row in pairs(ours, df):
+        k += 1
+        for col, attr in FULL_COLUMNS.items():
+            worst = max(worst, abs(getattr(s, attr) - row[col]) / max(abs(row[col]), 1e-300))
+        spikes += int(s.num_spikes != row["num_spikes"])
+    return k, worst, spikes
 
 
 def compare(ours, df) -> tuple[int, float, float]:
     from phasescope.spectra.esd_metrics import esd_power_law_ww
 
     da, dww, k = 0.0, 0.0, 0
-    for _, row in df.iterrows():
-        s = ours.get(row["longname"])
-        if s is None:
-            continue
+    for s, row in pairs(ours, df):
         k += 1
         da = max(da, abs(s.alpha - row["alpha"]) / row["alpha"])
         dww = max(dww, abs(esd_power_law_ww(s.eigenvalues).alpha - row["alpha"]) / row["alpha"])
@@ -83,6 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--layers", type=int, default=12, help="GPT-2 blocks (12 = GPT-2 small)")
+    ap.add_argument("--full", action="store_true", help="also WeightWatcher's MP fit and correlation traps")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -105,6 +140,21 @@ def main() -> None:
         label = "heavy-tail" if heavy else "init"
         print(f"{label:10s} {k:8d} {best_p:12.2f} {best_w:8.2f} {best_w / best_p:7.1f}x {da:10.1e} {dww:8.1e}")
     print(f"speed-up over WeightWatcher: {min(ratios):.1f}x (target >= 3x: {'met' if min(ratios) >= 3 else 'NOT met'})")
+    if not args.full:
+        return
+    print("\n== The whole layer table: + MP fit and correlation traps (fit='ww', mp=True, traps=True) ==")
+    print(f"{head} {'max rel Δ':>10s} {'spikes≠':>8s}")
+    for heavy in (False, True):
+        m = model(args.layers, heavy)
+        best_p, best_w, ours, df = np.inf, np.inf, None, None
+        for _ in range(args.repeats):
+            t, ours = run_phasescope(m, full=True)
+            best_p = min(best_p, t)
+            t, df = run_weightwatcher(m, full=True)
+            best_w = min(best_w, t)
+        k, worst, spikes = compare_full(ours, df)
+        label = "heavy-tail" if heavy else "init"
+        print(f"{label:10s} {k:8d} {best_p:12.2f} {best_w:8.2f} {best_w / best_p:7.1f}x {worst:10.1e} {spikes:8d}")
 
 
 if __name__ == "__main__":

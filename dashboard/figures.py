@@ -49,6 +49,7 @@ from ._common import (
     tokens_per_step,
 )
 from ._plotly import decode_array
+from .esd_figures import figure_esd
 from .gradient_figures import figure_gradients, param_block, projection_type
 from .heatmap_figures import (
     OVERVIEW_METRICS,
@@ -229,6 +230,10 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
         ns = np.asarray(ds["n_samples"].values, float)
         rows.append(_row("samples per capture (min)", f"{np.nanmin(ns):.0f}", WARN if np.nanmin(ns) < 2 else OK))
         rows += _reading_rows(ds, ns)
+    skipped = attrs.get("statistics_skipped")
+    if isinstance(skipped, dict):  # a statistic the run asked for that stored NaN, and why
+        for stat, why in skipped.items():
+            rows.append(_row(f"{stat} not computed", str(why), ERROR))
     if len(rows) == 1:
         rows.append(_row("data-quality information", "none recorded", WARN))
     return rows

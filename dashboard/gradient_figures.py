@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from phasescope.gradients import block_index
+from phasescope.statistics import REGISTRY
 
 from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
 from ._plotly import axis_name, compact_int, f32, figure, grid
@@ -55,7 +56,9 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
     panels = []
     if "param_grad_norm" in ds.data_vars:
         panels.append("grad")
-    mstats = [v for v in ds.data_vars if v.startswith("matrix_")]
+    # per-matrix statistics of the gradients (those of the weights have their registry panel)
+    other = {f"matrix_{v.name}" for s in REGISTRY.values() if "gradients" not in s.panels for v in s.variables}
+    mstats = [v for v in ds.data_vars if v.startswith("matrix_") and v not in other]
     if mstats:
         panels.append("matrix")
     ratios = [v for v in ds.data_vars if v.startswith("param_") and ("ratio" in v or "update" in v)]

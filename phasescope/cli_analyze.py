@@ -94,7 +94,19 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="per-matrix gradient statistics of the probe-set loss (response tokens only for prompt/response)",
     )
-    p.add_argument("--weights", action="store_true", help="per-matrix weight spectra (ESD alpha, stable rank, norms)")
+    p.add_argument(
+        "--weights",
+        action="store_true",
+        help="per-matrix weight spectra: ESD alpha, stable rank, norms, WeightWatcher's log norms, MP soft rank, "
+        "spikes and correlation traps",
+    )
+    p.add_argument(
+        "--weight-fit",
+        choices=("clauset", "ww"),
+        default="clauset",
+        help="the weight ESD tail's power-law fit: clauset (two-sided KS, tails of >= 10) or ww (WeightWatcher "
+        "0.7.7's own xmin and KS distance, to compare with its analyze())",
+    )
     p.add_argument(
         "--rankme-raw",
         action="store_true",
@@ -163,6 +175,7 @@ def run(args) -> int:
         fit_range=args.fit_range,
         gradients=args.gradients,
         weights=args.weights,
+        weight_fit=args.weight_fit,
         matrices=args.matrices,
         max_rank=args.max_rank,
         revisions=args.revisions,

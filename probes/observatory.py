@@ -31,6 +31,7 @@ from typing import Any
 from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import (
+    MATRIX_STATS,
     UpdateTracker,
     current_scale,
     grad_norms,
@@ -38,10 +39,14 @@ from phasescope.gradients import (
     matrix_group,
     select_matrices,
 )
+from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
 
 from . import distributed as D
 from . import schedules as S
 from .capture import InFlight, ProbeSet
+from .diagnostics import PARAM_STATS as DIAG_PARAMS
+from .diagnostics import SCALARS as DIAG_SCALARS
+from .diagnostics import Diagnostics
 from .inputs import Batch, build_probe_inputs
 from .options import ObservatoryOptions
 from .recorder import OPEN, HostCopier, Recorder
@@ -134,6 +139,22 @@ class Observatory:
         default_u = self.capture_schedule if schedule is not None else pre.schedule_for("update_ratio")
         self.matrix_schedule = S.as_schedule(o.matrix_schedule) if o.matrix_schedule is not None else default_m
         self.update_schedule = S.as_schedule(o.update_schedule) if o.update_schedule is not None else default_u
+        self.weight_schedule = (
+            S.as_schedule(o.weight_schedule) if o.weight_schedule is not None else pre.schedule_for("weight_spectra")
+        )
+        self.weights_on = self.weight_schedule.describe() != S.never().describe()
+        self.diagnostics = None
+        if o.diagnostics_batch is not None:
+            self.diagnostics = Diagnostics(
+                o.diagnostics_batch, o.diagnostics_loss, o.noise_splits, o.hessian_iters, o.hutchinson_samples, o.seed
+            )
+        pre_d = pre.schedule_for("curvature")
+        if o.diagnostics_schedule is not None:
+            self.diagnostics_schedule = S.as_schedule(o.diagnostics_schedule)
+        elif pre_d.describe() != S.never().describe():
+            self.diagnostics_schedule = pre_d
+        else:  # a batch was given under a cheaper preset: the capture schedule
+            self.diagnostics_schedule = self.capture_schedule
         self.grad_norms_on = bool(o.grad_norms and pre.grad_norms)
         self.selection = as_selection(tokens or default_tokens(model), o.max_tokens, o.seed)
         self.probes = resolve_probes(model, probes)
@@ -184,6 +205,8 @@ class Observatory:
         self._pending: CaptureResult | None = None
         self._closed = False
         self._warned_order = False
+        self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
+        self._skipped_sent = 0
         OPEN.add(self)
 
     # ------------------------------------------------------------------ set-up
@@ -241,6 +264,8 @@ class Observatory:
             schedule=self.capture_schedule.describe(),
             matrix_schedule=self.matrix_schedule.describe(),
             update_schedule=self.update_schedule.describe(),
+            weight_schedule=self.weight_schedule.describe(),
+            diagnostics_schedule=self.diagnostics_schedule.describe() if self.diagnostics else None,
             preset=self.options.preset,
             preset_statistics=self.preset.statistics(),
             capture_mode=self.mode,
@@ -282,6 +307,9 @@ class Observatory:
             params=[n for n, _ in self.named_params],
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
             matrices=[self.named_params[i][0] for i in self.matrix_idx],
+            matrix_stats=(*MATRIX_STATS, *WEIGHT_STATS) if self.weights_on else MATRIX_STATS,
+            scalars=DIAG_SCALARS if self.diagnostics else (),
+            param_stats=DIAG_PARAMS if self.diagnostics else (),
             metadata=self._attrs,
             **self._recorder_kw,
         )
@@ -389,12 +417,38 @@ class Observatory:
                 res.matrices = {k: copy(v) for k, v in stats.items()}
                 ok = True
             res.lost += not ok
+        if self.matrix_idx and self.weights_on and self.weight_schedule(step):
+            res.capture = True
+            ok = False
+            with self.failures.guard("capture", "weight spectra"), torch.no_grad():
+                names = [self.named_params[i][0] for i in self.matrix_idx]
+                res.matrices.update(weight_matrix_stats(names, [self.params[i].detach() for i in self.matrix_idx]))
+                ok = True
+            res.lost += not ok
+        if self.diagnostics is not None and self.diagnostics_schedule(step):
+            self._diagnose(res)
         if self.update_schedule(step) and self.updates.params:
             self.updates.snapshot()
         res.event = copy.event()
         self._pending = res
         if not self.updates.pending:
             self._flush_pending()
+
+    def _diagnose(self, res: CaptureResult) -> None:
+        """Curvature and gradient noise on the fixed diagnostics batch (probes/diagnostics.py)."""
+        assert self.diagnostics is not None
+        ok = False
+        with self.failures.guard("step", "curvature and gradient noise"):
+            scalars, gsnr, reasons = self.diagnostics.run(self.model, [n for n, _ in self.named_params])
+            res.scalars.update(scalars)
+            res.params["gsnr"] = gsnr
+            for k, v in reasons.items():
+                self._skipped.setdefault(k, v)  # the first reason of each statistic
+            if len(self._skipped) > self._skipped_sent and self.recorder is not None:
+                self.recorder.set_attrs(statistics_skipped=dict(self._skipped))
+                self._skipped_sent = len(self._skipped)
+            ok = True
+        res.lost += not ok
 
     def _capture(self, step: int, res: CaptureResult) -> None:
         """This step's probe capture (in-flight or probe set), all-reduced across ranks."""

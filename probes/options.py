@@ -29,6 +29,14 @@ class ObservatoryOptions:
     preset: str = "economy"  # cost preset: economy | business | full | norms (sets the default schedules)
     matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
     update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
+    weight_schedule: Any = None  # weight-spectra steps (WeightWatcher's layer metrics of the selected matrices); default: the preset's ("full" only)
+    # -- curvature and gradient noise on a fixed batch (probes/diagnostics.py) --
+    diagnostics_batch: Any = None  # one fixed batch (dict: model(**batch), tuple: model(*batch), tensor); None: off
+    diagnostics_loss: Any = None  # fn(output, batch) -> scalar loss; default output.loss (an HF model given labels)
+    diagnostics_schedule: Any = None  # steps of the Hessian λ_max/trace and GSNR/batch-size tests; default: the preset's ("full"), else the capture schedule
+    noise_splits: int = 4  # micro-batches the diagnostics batch is split into for the gradient-noise statistics
+    hessian_iters: int = 20  # most Hessian-vector products of the power iteration
+    hutchinson_samples: int = 10  # Rademacher vectors of the Hessian trace estimate
     grad_norms: bool = True  # per-parameter gradient L2 norms every step
     matrices: Any = "blocks"  # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
     # -- how probes are captured (probes/capture.py, probes/tokens.py) --

@@ -119,6 +119,8 @@ class Recorder:
     of the covariance products ("auto": the activations' float32 or float64; "float64" | "float32" |
     "tf32"; :class:`phasescope.spectra.CovarianceAccumulator`). ``sinks``: trackers that
     also get the stored scalars, e.g. ``["tensorboard", "wandb", "mlflow"]`` (:mod:`phasescope.probes.sinks`).
+    ``scalars`` / ``param_stats``: step variables stored beyond loss, lr, grad_norm and loss_scale, and
+    per-parameter ones beyond grad_norm and update_ratio (e.g. the Observatory's ``hessian_top``, ``gsnr``).
     """
 
     def __init__(
@@ -146,6 +148,8 @@ class Recorder:
         sinks: Any = (),
         rankme_raw: bool = False,
         spectra_precision: str = "auto",
+        scalars: tuple[str, ...] = (),
+        param_stats: tuple[str, ...] = (),
     ):
         self._store_path, self._overwrite = store, overwrite
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
@@ -156,6 +160,10 @@ class Recorder:
         self._dims_given = dict(dims or {})
         self._matrices = matrices
         self.matrix_stats = tuple(matrix_stats) if matrix_stats is not None else MATRIX_STATS
+        # step variables beyond loss/lr/grad_norm/loss_scale and per-parameter ones beyond the gradient
+        # norms and update ratios (the curvature and gradient-noise statistics)
+        self.scalars = (*SCALARS, *(s for s in scalars if s not in SCALARS))
+        self.param_stats = (*PARAM_STATS, *(s for s in param_stats if s not in PARAM_STATS))
         self.fit_range = fit_range
         self.max_rank_cap = max_rank
         self.cka_samples = int(cka_samples)
@@ -233,7 +241,7 @@ class Recorder:
         self.attrs.setdefault("finished", False)
         self.attrs.setdefault("flag_bits", FLAG_BITS)
         if self._sink_list:
-            self.sinks = SinkSet(self._sink_list, self.failures, SCALARS, self._probes)
+            self.sinks = SinkSet(self._sink_list, self.failures, self.scalars, self._probes)
         self.async_writer = AsyncRunWriter(
             self._store_path,
             reduce=self._rows,
@@ -244,8 +252,8 @@ class Recorder:
             params=list(self._params),
             metrics=list(spec.metrics),
             max_rank=max_rank,
-            scalars=SCALARS,
-            param_stats=PARAM_STATS,
+            scalars=list(self.scalars),
+            param_stats=list(self.param_stats),
             matrices=self.matrix_names,
             matrix_stats=list(self.matrix_stats) if self.matrix_names else [],
             flags=FLAGS,

@@ -109,6 +109,8 @@ class Reducer:
                 skipped = int("loss_scale" in scalars)
         if res.update_ratios is not None:
             params["update_ratio"] = np.asarray(to_numpy(res.update_ratios), dtype=np.float32)
+        for k, v in res.params.items():
+            params[k] = np.asarray(to_numpy(v), dtype=np.float32)
         flags = {"nonfinite": bits, "skipped": skipped, "lost": int(res.lost)}
         for k, v in res.flags.items():
             flags[k] = int(v) | (flags.get(k, 0) if k == "nonfinite" else 0)

@@ -21,6 +21,7 @@ class CaptureResult:
     grad_norms: Any = None  # (P,) ‖g_i‖₂ per parameter (NaN where absent)
     present: list | None = None  # which parameters had a gradient
     update_ratios: Any = None  # (P,) ‖Δw‖/‖w‖
+    params: dict[str, Any] = field(default_factory=dict)  # other per-parameter stats: name -> (P,)
     spectra: list | None = None  # per probe: Spectrum, or None (not captured); None = no probe capture
     grams: list | None = None  # per probe: centred Gram of the fixed probe samples (CKA), or None
     matrices: dict[str, Any] = field(default_factory=dict)  # matrix stat -> (M,)

@@ -285,13 +285,21 @@ class Preset:
     matrices: Schedule  # batched SVD of every 2-D weight gradient
     updates: Schedule  # ‖Δw‖/‖w‖ per parameter (needs one weight snapshot on those steps)
     grad_norms: bool = True  # per-parameter L2 gradient norm every step
+    weights: Schedule | None = None  # weight spectra (WeightWatcher's layer metrics); None: never
+    diagnostics: Schedule | None = None  # curvature and gradient noise on a fixed batch; None: never
 
     def schedule_for(self, stat: Statistic | str) -> Schedule:
         """The schedule of a registered statistic (by object or name) under this preset."""
         stat = get_statistic(stat) if isinstance(stat, str) else stat
         if stat.schedule == "step":
             return always() if self.grad_norms else never()
-        return {"capture": self.capture, "matrices": self.matrices, "updates": self.updates}[stat.schedule]
+        return {
+            "capture": self.capture,
+            "matrices": self.matrices,
+            "updates": self.updates,
+            "weights": self.weights or never(),
+            "diagnostics": self.diagnostics or never(),
+        }[stat.schedule]
 
     def statistics(self, where: str = "live") -> list[str]:
         """Names of the registered statistics this preset runs (a schedule that is not ``never``)."""
@@ -304,6 +312,8 @@ class Preset:
             "matrices": self.matrices.describe(),
             "updates": self.updates.describe(),
             "grad_norms": self.grad_norms,
+            "weights": (self.weights or never()).describe(),
+            "diagnostics": (self.diagnostics or never()).describe(),
             "statistics": self.statistics(),
         }
 
@@ -321,7 +331,15 @@ PRESETS: dict[str, Callable[[], Preset]] = {
         union(log_spaced(per_decade=10), every(100)),
         every(100),
     ),
-    "full": lambda: Preset("full", union(log_spaced(per_decade=20), every(100)), every(10), every(10)),
+    # full: also the weights' spectra (seconds per call on a GPT-2-small: see bench/weights.py), sparsely
+    "full": lambda: Preset(
+        "full",
+        union(log_spaced(per_decade=20), every(100)),
+        every(10),
+        every(10),
+        weights=union(log_spaced(per_decade=2), every(1000)),
+        diagnostics=union(log_spaced(per_decade=2), every(1000)),
+    ),
     # Only per-step gradient norms, loss and lr: the cheapest useful setting.
     "norms": lambda: Preset("norms", never(), never(), never()),
 }

@@ -22,7 +22,7 @@ of the same shape; the tail fit runs on the host on the (short) eigenvalue vecto
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -131,9 +131,23 @@ def esd_power_law(eigenvalues: Any, *, min_tail: int = 10, xmin: float | None = 
     return PowerLawTail(float(alphas[best]), float(lam[cand[best]]), float(ks[best]), int(n - cand[best]))
 
 
+FITS = ("clauset", "ww")
+
+
 @dataclass(frozen=True)
 class WeightSpectrum:
-    """Spectrum summary of one weight matrix (eigenvalues of WᵀW, descending, on W's device)."""
+    """Spectrum summary of one weight matrix (eigenvalues of WᵀW, descending, on W's device; a Conv2D
+    weight's pooled per-kernel-position ESD, as WeightWatcher's, on the host).
+
+    ``alpha``/``xmin``/``ks_distance``/``n_tail``: the ESD tail's power law by ``fit`` ("clauset":
+    phasescope's two-sided KS over tails of ≥ ``min_tail`` points; "ww": WeightWatcher 0.7.7's own fit,
+    `esd_metrics.esd_power_law_ww`). WeightWatcher's norm metrics of that α (`esd_metrics.esd_norm_metrics`):
+    ``alpha_weighted`` = α·log10 λ_max, ``log_norm`` = log10 Σλ, ``log_spectral_norm`` = log10 λ_max,
+    ``log_alpha_norm`` = log10 Σλ^α. Its Marchenko–Pastur fit (`esd_metrics.mp_fit`; NaN unless ``mp``):
+    ``mp_soft_rank`` = λ₊/λ_max, ``mp_bulk_max`` = λ₊, ``num_spikes`` above the Tracy–Widom edge. And
+    ``num_traps``: spikes of the element-shuffled ESD (correlation traps; NaN unless ``traps``).
+    ``reasons``: why a field is NaN, by field group ("tail", "mp", "traps").
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -145,6 +159,16 @@ class WeightSpectrum:
     stable_rank: float
     spectral_norm: float
     reason: str | None = None
+    alpha_weighted: float = NAN
+    log_norm: float = NAN
+    log_spectral_norm: float = NAN
+    log_alpha_norm: float = NAN
+    mp_soft_rank: float = NAN
+    mp_bulk_max: float = NAN
+    num_spikes: float = NAN
+    num_traps: float = NAN
+    fit: str = "clauset"
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -152,17 +176,25 @@ class WeightSpectrum:
             "stable_rank": self.stable_rank,
             "spectral_norm": self.spectral_norm,
             "ks_distance": self.ks_distance,
+            "alpha_weighted": self.alpha_weighted,
+            "log_norm": self.log_norm,
+            "log_spectral_norm": self.log_spectral_norm,
+            "log_alpha_norm": self.log_alpha_norm,
+            "mp_soft_rank": self.mp_soft_rank,
+            "num_spikes": self.num_spikes,
+            "num_traps": self.num_traps,
         }
 
 
-def _named_matrices(weights: Any) -> Iterable[tuple[str, Any]]:
+def _named_matrices(weights: Any, conv2d: bool = False) -> Iterable[tuple[str, Any]]:
+    ndims = (2, 4) if conv2d else (2,)
     if hasattr(weights, "named_parameters"):  # torch.nn.Module
         for name, p in weights.named_parameters():
-            if p.ndim == 2:
+            if p.ndim in ndims:
                 yield name, p.detach()
     elif isinstance(weights, Mapping):
         for name, p in weights.items():
-            if getattr(p, "ndim", 0) == 2:
+            if getattr(p, "ndim", 0) in ndims:
                 yield str(name), p
     else:
         raise PhasescopeError(
@@ -170,14 +202,35 @@ def _named_matrices(weights: Any) -> Iterable[tuple[str, Any]]:
         )
 
 
-def weight_spectra(weights: Any, *, min_tail: int = 10, select: Any = None) -> dict[str, WeightSpectrum]:
-    """ESD summaries of every 2-D weight of a torch module or a {name: array} mapping.
+def weight_spectra(
+    weights: Any,
+    *,
+    min_tail: int = 10,
+    select: Any = None,
+    fit: str = "clauset",
+    mp: bool = False,
+    traps: bool = False,
+    conv2d: bool = True,
+    rng: Any = 0,
+) -> dict[str, WeightSpectrum]:
+    """ESD summaries of every 2-D weight (and, with `conv2d`, every Conv2D weight) of a torch module or a
+    {name: array} mapping; see `WeightSpectrum` for the fields.
 
-    Matrices of equal shape (and backend/device) are stacked and eigendecomposed in one batched call.
-    `select(name) -> bool` filters names (default: all 2-D parameters; biases/norms are 1-D).
+    Matrices of equal shape (and backend/device) are stacked and eigendecomposed in one batched call on
+    an accelerator. `select(name) -> bool` filters names (default: all 2-D and 4-D parameters; biases and
+    norms are 1-D). `fit`: "clauset" (phasescope's) or "ww" (WeightWatcher 0.7.7's xmin and KS distance, so
+    every number compares with its `analyze()`); `mp`: the Marchenko–Pastur fit (soft rank, bulk edge,
+    spikes; WeightWatcher's `mp_fit=True`); `traps`: correlation traps from one element-shuffled copy of
+    each weight (5 when it has fewer than 100 eigenvalues; an extra SVD per matrix, seeded by `rng`), as
+    WeightWatcher's `randomize=True`. A Conv2D weight (out, in, kh, kw) is WeightWatcher's kh·kw slices scaled by √½.
     """
+    from . import esd_metrics as E
+
+    if fit not in FITS:
+        raise PhasescopeError(f"weight fit must be one of {', '.join(map(repr, FITS))}, got {fit!r}")
+    gen = E._rng(rng) if traps else None
     groups: dict[tuple, list[tuple[str, Any]]] = {}
-    for name, raw in _named_matrices(weights):
+    for name, raw in _named_matrices(weights, conv2d):
         if select is not None and not select(name):
             continue
         w = B.as_array(raw)
@@ -186,49 +239,116 @@ def weight_spectra(weights: Any, *, min_tail: int = 10, select: Any = None) -> d
     out: dict[str, WeightSpectrum] = {}
     for (shape, _, where), items in groups.items():
         xp = B.namespace(items[0][1])
-        with B.precise(xp):
-            if where == "cpu":  # LAPACK goes one matrix at a time anyway: no stacked copy
-                evs = [weight_eigenvalues(w) for _, w in items]
-            else:  # one batched call on an accelerator
-                evs = weight_eigenvalues(xp.stack([w for _, w in items], axis=0))
-        host = np.stack([np.asarray(B.to_numpy(e), dtype=np.float64) for e in evs])
-        for i, (name, _) in enumerate(items):
-            lam = host[i]
-            tail = esd_power_law(lam, min_tail=min_tail)
-            top = float(lam[0]) if lam.size else NAN
-            out[name] = WeightSpectrum(
-                name=name,
-                shape=shape,
-                eigenvalues=evs[i],
-                alpha=tail.alpha,
-                xmin=tail.xmin,
-                ks_distance=tail.ks_distance,
-                n_tail=tail.n_tail,
-                stable_rank=float(lam.sum() / top) if top > 0 else NAN,
-                spectral_norm=float(np.sqrt(top)) if top >= 0 else NAN,
-                reason=tail.reason,
-            )
-    return {name: out[name] for name, _ in _ordered(weights, out)}
+        if len(shape) == 4:  # Conv2D: WeightWatcher's pooled slices, float64 SVD on the host
+            evs = [E.pooled_eigenvalues(E.conv2d_matrices(w)) for _, w in items]
+        else:
+            with B.precise(xp):
+                if where == "cpu":  # LAPACK goes one matrix at a time anyway: no stacked copy
+                    evs = [weight_eigenvalues(w) for _, w in items]
+                else:  # one batched call on an accelerator
+                    evs = weight_eigenvalues(xp.stack([w for _, w in items], axis=0))
+        for i, (name, w) in enumerate(items):
+            lam = np.asarray(B.to_numpy(evs[i]), dtype=np.float64)
+            out[name] = _summarise(name, shape, evs[i], lam, w, fit, min_tail, mp, gen)
+    return {name: out[name] for name, _ in _ordered(weights, out, conv2d)}
 
 
-def _ordered(weights: Any, out: Mapping[str, WeightSpectrum]) -> list[tuple[str, WeightSpectrum]]:
-    return [(n, out[n]) for n, _ in _named_matrices(weights) if n in out]
+def _summarise(name: str, shape: tuple, ev: Any, lam: np.ndarray, w: Any, fit: str, min_tail: int, mp: bool, gen: Any):
+    from . import esd_metrics as E
+
+    reasons: dict[str, str] = {}
+    if fit == "ww":
+        t = E.esd_power_law_ww(lam)
+        alpha, xmin, ks, n_tail, why = t.alpha, t.xmin, t.ks_distance, t.n_tail, t.reason
+    else:
+        c = esd_power_law(lam, min_tail=min_tail)
+        alpha, xmin, ks, n_tail, why = c.alpha, c.xmin, c.ks_distance, c.n_tail, c.reason
+    if why:
+        reasons["tail"] = why
+    top = float(lam[0]) if lam.size else NAN
+    norms = E.esd_norm_metrics(lam, alpha=alpha)
+    if len(shape) == 4:
+        n, m, _rf = E.ww_conv2d_dims(shape)
+    else:
+        n, m = max(shape), min(shape)
+    extra: dict[str, Any] = {}
+    if mp:
+        f = E.mp_fit(lam, n, m)
+        extra = {"mp_soft_rank": f.mp_softrank, "mp_bulk_max": f.bulk_max, "num_spikes": float(f.num_spikes)}
+        if f.reason:
+            reasons["mp"] = f.reason
+    else:
+        reasons["mp"] = "not requested (mp=False)"
+    if gen is not None:
+        mats = E.conv2d_matrices(w) if len(shape) == 4 else E._host64(w)[None]
+        r = E.randomized_esd(mats, rng=gen, dims=(n, m))
+        extra["num_traps"] = float(r.num_traps)
+        if r.reason:
+            reasons["traps"] = r.reason
+    else:
+        reasons["traps"] = "not requested (traps=False)"
+    return WeightSpectrum(
+        name=name,
+        shape=shape,
+        eigenvalues=ev,
+        alpha=alpha,
+        xmin=xmin,
+        ks_distance=ks,
+        n_tail=n_tail,
+        stable_rank=float(lam.sum() / top) if top > 0 else NAN,
+        spectral_norm=float(np.sqrt(top)) if top >= 0 else NAN,
+        reason=why,
+        alpha_weighted=norms.alpha_weighted,
+        log_norm=norms.log_norm,
+        log_spectral_norm=norms.log_spectral_norm,
+        log_alpha_norm=norms.log_alpha_norm,
+        fit=fit,
+        reasons=reasons,
+        **extra,
+    )
 
 
-WEIGHT_STATS = ("weight_alpha", "weight_ks_distance", "weight_stable_rank", "weight_spectral", "weight_nuclear")
+def _ordered(weights: Any, out: Mapping[str, WeightSpectrum], conv2d: bool = False) -> list[tuple[str, WeightSpectrum]]:
+    return [(n, out[n]) for n, _ in _named_matrices(weights, conv2d) if n in out]
 
 
-def weight_matrix_stats(names: list[str], weights: list) -> dict[str, np.ndarray]:
-    """(M,) float32 per statistic of WEIGHT_STATS for the 2-D weights W (see module docstring): the ESD
-    power-law tail α and its KS distance, stable rank Σλ/λ₁, spectral norm σ₁, nuclear norm Σσ."""
-    spectra = weight_spectra({n: (w.detach() if hasattr(w, "detach") else w) for n, w in zip(names, weights)})
+#: stored per matrix as matrix_<name>; the WeightSpectrum field each reads (nuclear: Σσ of its eigenvalues)
+WEIGHT_FIELDS = {
+    "weight_alpha": "alpha",
+    "weight_ks_distance": "ks_distance",
+    "weight_stable_rank": "stable_rank",
+    "weight_spectral": "spectral_norm",
+    "weight_nuclear": None,
+    "weight_alpha_weighted": "alpha_weighted",
+    "weight_log_norm": "log_norm",
+    "weight_log_spectral_norm": "log_spectral_norm",
+    "weight_log_alpha_norm": "log_alpha_norm",
+    "weight_mp_soft_rank": "mp_soft_rank",
+    "weight_num_spikes": "num_spikes",
+    "weight_num_traps": "num_traps",
+}
+WEIGHT_STATS = tuple(WEIGHT_FIELDS)
+
+
+def weight_matrix_stats(
+    names: list[str], weights: list, *, fit: str = "clauset", traps: bool = True, rng: Any = 0
+) -> dict[str, np.ndarray]:
+    """(M,) float32 per statistic of WEIGHT_STATS for the weights W (see `WeightSpectrum`): the ESD
+    power-law tail α (`fit`) and its KS distance, stable rank Σλ/λ₁, spectral norm σ₁, nuclear norm Σσ,
+    WeightWatcher's norm metrics, its MP soft rank and spike count, and (`traps`) correlation traps."""
+    spectra = weight_spectra(
+        {n: (w.detach() if hasattr(w, "detach") else w) for n, w in zip(names, weights)},
+        fit=fit,
+        mp=True,
+        traps=traps,
+        rng=rng,
+    )
     out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in WEIGHT_STATS}
     for i, n in enumerate(names):
         ws = spectra[n]
-        lam = B.to_numpy(ws.eigenvalues)
-        out["weight_alpha"][i] = ws.alpha
-        out["weight_ks_distance"][i] = ws.ks_distance
-        out["weight_stable_rank"][i] = ws.stable_rank
-        out["weight_spectral"][i] = ws.spectral_norm
-        out["weight_nuclear"][i] = float(np.sqrt(np.clip(lam, 0, None)).sum())
+        for key, attr in WEIGHT_FIELDS.items():
+            if attr is None:
+                out[key][i] = float(np.sqrt(np.clip(B.to_numpy(ws.eigenvalues), 0, None)).sum())
+            else:
+                out[key][i] = getattr(ws, attr)
     return out

@@ -417,3 +417,32 @@ def test_spectrum_fit_uses_the_stored_round_off_floor():
     # without the stored floor, the zero counts and the fit range (so α) moves
     blind = F.figure_spectrum(run.drop_vars("eigen_floor"), "final_norm", step)
     assert abs(blind.layout.meta["alpha"] - stored) > 1e-3
+
+
+def test_esd_figure_draws_the_histogram_the_fitted_tail_and_the_bulk_edge():
+    """WeightWatcher's per-layer ESD plot from a weight_spectra result: the density integrates to 1, the
+    tail line is the fitted power law (slope −α on log-log axes, from λ_min), λ_min and the MP bulk edge
+    are marked; an unfitted tail says why."""
+    import plotly.graph_objects
+
+    from phasescope.dashboard.figures import figure_esd
+    from phasescope.spectra.weights import weight_spectra
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(2.5, size=(400, 200)) * 0.02  # heavy-tailed elements: a power-law ESD tail
+    for fit in ("clauset", "ww"):
+        ws = weight_spectra({"layer.w": w}, fit=fit, mp=True)["layer.w"]
+        fig = figure_esd(ws)
+        plotly.graph_objects.Figure(fig.to_dict())  # passes plotly's validator
+        hist, tail = fig.data[0], fig.data[1]
+        edges = np.geomspace(float(np.min(ws.eigenvalues)), float(np.max(ws.eigenvalues)) * (1 + 1e-9), 61)
+        widths = np.diff(edges)[np.histogram(ws.eigenvalues, edges)[0] > 0]
+        assert float(np.sum(np.asarray(hist.y) * widths)) == pytest.approx(1.0, rel=1e-9)
+        x, y = np.asarray(tail.x), np.asarray(tail.y)
+        slope = np.diff(np.log(y)) / np.diff(np.log(x))
+        np.testing.assert_allclose(slope, -ws.alpha, rtol=1e-9)
+        assert x[0] == pytest.approx(ws.xmin) and fig.layout.shapes[0].x0 == pytest.approx(ws.xmin)
+        assert fig.layout.shapes[1].x0 == pytest.approx(ws.mp_bulk_max)
+        assert fig.layout.meta["fit"] == fit and f"α={ws.alpha:.3f}" in fig.layout.title.text
+    few = weight_spectra({"tiny": rng.standard_normal((12, 4))})["tiny"]
+    assert "not fitted" in figure_esd(few).layout.title.text

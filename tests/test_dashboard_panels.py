@@ -113,3 +113,31 @@ def test_rankme_raw_when_requested_is_garrido_rankme_of_the_raw_rows_and_quality
     np.testing.assert_allclose(float(ds["rankme_raw"].sel(probe="a").values[0]), ref, rtol=1e-9)
     assert float(ds["rankme_raw"].values[0, 0]) != pytest.approx(float(ds["rankme"].values[0, 0]), rel=1e-3)
     assert "rankme_raw" not in {r["check"] for r in quality_rows(ds)}
+
+
+def test_weights_panel_draws_weightwatchers_metrics_per_projection_type(tiny_sweep, tmp_path):
+    """`analyze --weights` stores WeightWatcher's layer metrics per matrix; the registry's "weights"
+    panel draws each as one line per projection type (the mean over layers), and the gradients panel
+    keeps to the gradients' own statistics."""
+    from phasescope.dashboard.gradient_figures import figure_gradients, projection_type
+    from phasescope.probes.offline import analyze
+
+    out = tmp_path / "w.zarr"
+    analyze(tiny_sweep / "ck", str(tiny_sweep / "p.txt"), out, workers=0, weights=True, gradients=True, progress=False)
+    ds = open_run(out, lazy=False)
+    want = panel_variables("weights")
+    assert want[:2] == ["matrix_weight_alpha", "matrix_weight_ks_distance"] and "matrix_weight_num_traps" in want
+    assert all(v in ds.data_vars for v in want)
+    fig = figure_panel({"w": ds}, "weights")
+    go.Figure(fig.to_dict())
+    assert fig.layout.meta["variables"] == [v for v in want if np.isfinite(ds[v].values).any()]
+    types = sorted({projection_type(str(m)) for m in ds["matrix"].values})
+    first = [t for t in fig.data if t.yaxis == "y"]
+    assert sorted(t.name for t in first) == types  # one line per projection type
+    var = fig.layout.meta["variables"][0]
+    for t in first:
+        idx = [i for i, m in enumerate(ds["matrix"].values) if projection_type(str(m)) == t.name]
+        np.testing.assert_allclose(np.asarray(t.y, float), ds[var].values[:, idx].mean(axis=1), rtol=1e-6)
+    grads = figure_gradients(ds)
+    assert not any("weight_" in (t.name or "") for t in grads.data)
+    assert any("grad_nuclear" in (t.name or "") for t in grads.data)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from phasescope.probes.offline import analyze
+from phasescope.spectra.esd_metrics import ww_layer_metrics
 from phasescope.store import open_run
 from phasescope.testing.toy_checkpoints import train_checkpoints, write_probe_file
 
@@ -219,6 +220,18 @@ def test_gradients_and_weights_match_per_sequence_reference(sweep, tmp_path):
         w = torch.linalg.svdvals(params[name].detach().double()).numpy()
         assert float(row["matrix_weight_spectral"]) == pytest.approx(w[0], rel=1e-5)
         assert float(row["matrix_weight_stable_rank"]) == pytest.approx((w**2).sum() / w[0] ** 2, rel=1e-5)
+        # WeightWatcher's norm metrics of phasescope's α (ww_layer_metrics, held equal to WeightWatcher in
+        # test_spectra_esd_metrics, gives the norms; α here is the default clauset fit) and its MP fit
+        ref = ww_layer_metrics(params[name].detach().float().numpy(), randomize=False)
+        alpha = float(row["matrix_weight_alpha"])
+        lam = w**2
+        assert float(row["matrix_weight_log_norm"]) == pytest.approx(ref["log_norm"], rel=1e-5)
+        assert float(row["matrix_weight_log_spectral_norm"]) == pytest.approx(ref["log_spectral_norm"], rel=1e-5)
+        assert float(row["matrix_weight_alpha_weighted"]) == pytest.approx(alpha * np.log10(lam[0]), rel=1e-5)
+        assert float(row["matrix_weight_log_alpha_norm"]) == pytest.approx(np.log10((lam**alpha).sum()), rel=1e-4)
+        assert float(row["matrix_weight_mp_soft_rank"]) == pytest.approx(ref["mp_softrank"], rel=1e-4)
+        assert float(row["matrix_weight_num_spikes"]) == ref["num_spikes"]
+        assert float(row["matrix_weight_num_traps"]) >= 0
 
 
 def test_live_and_offline_metrics_agree(sweep, tmp_path):

@@ -491,3 +491,127 @@ def test_spectra_precision_option(tmp_path):
     np.testing.assert_array_equal(floors["float64"], k * np.finfo(np.float64).eps)
     with pytest.raises(PhasescopeError, match=r"unknown spectra precision 'float46'; did you mean 'float64'\?"):
         phasescope.Observatory(model, store=tmp_path / "bad.zarr", probe_inputs=probe, spectra_precision="float46")
+
+
+def test_weight_spectra_live_on_their_own_schedule(tmp_path):
+    """weight_schedule (preset "full" has one) stores WeightWatcher's layer metrics of the selected
+    matrices as they are at obs.step on those steps, NaN on other matrix rows; presets below "full" and
+    runs without the option store none."""
+    from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+
+    assert S.preset("full").schedule_for("weight_spectra")(0)
+    assert not S.preset("economy").schedule_for("weight_spectra")(0)
+    model = _gpt2(dropout=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    snap = {}
+    store = tmp_path / "w.zarr"
+    with phasescope.Observatory(
+        model, store=store, probe_inputs=_probe_inputs(n=24), schedule=[0, 1, 3], weight_schedule=[3], strict=True
+    ) as obs:
+        for step in range(4):
+            x = _batch(step)
+            loss = model(input_ids=x, labels=x).loss
+            loss.backward()
+            if step == 3:
+                snap = {n: p.detach().clone() for n, p in model.named_parameters()}
+            obs.step(step, loss=loss)
+            opt.step()
+            opt.zero_grad()
+    ds = open_run(store, lazy=False)
+    assert all(f"matrix_{k}" in ds.data_vars for k in WEIGHT_STATS)
+    mats = [str(m) for m in ds["matrix"].values]
+    want = weight_matrix_stats(mats, [snap[m] for m in mats])
+    for k in WEIGHT_STATS:
+        got = ds[f"matrix_{k}"].sel(capture_step=3).values
+        np.testing.assert_allclose(got, want[k], rtol=1e-6, equal_nan=True, err_msg=k)
+        assert np.isnan(ds[f"matrix_{k}"].sel(capture_step=1).values).all()  # not on the weight schedule
+    assert np.isfinite(ds["matrix_weight_alpha"].sel(capture_step=3).values).any()
+    assert ds.attrs["weight_schedule"] == S.explicit([3]).describe()
+    plain = tmp_path / "p.zarr"
+    with phasescope.Observatory(model, store=plain, probe_inputs=_probe_inputs(n=24), schedule=[0]) as obs:
+        obs.step(0)
+    assert not any(v.startswith("matrix_weight_") for v in open_run(plain).data_vars)
+
+
+def test_curvature_and_gradient_noise_on_a_fixed_batch(tmp_path):
+    """diagnostics_batch: on its schedule the Hessian's λ_max and trace and the gradient-noise statistics
+    of that batch's loss are stored (step scalars and per-parameter GSNR), equal to the functions of
+    phasescope.gradients on the model as it was at obs.step, NaN on other steps; training with dropout
+    stays bit-identical (the random state is forked); a loss that is not twice differentiable and a batch
+    too small to split store NaN with their reasons in statistics_skipped, and training goes on."""
+    from phasescope.gradients.curvature import hessian_top_eigenvalue, hessian_trace, model_loss_fn
+    from phasescope.gradients.noise import gradient_noise, micro_batch_gradients
+
+    x = _batch(99)
+    batch = {"input_ids": x, "labels": x}
+
+    def train(store, dropout, **kw):
+        model = _gpt2(dropout=dropout)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        losses, snap = [], None
+        with phasescope.Observatory(model, store=store, probe_inputs=_probe_inputs(n=24), schedule=[0, 2], **kw) as obs:
+            for step in range(3):
+                loss = model(input_ids=_batch(step), labels=_batch(step)).loss
+                loss.backward()
+                if step == 2:
+                    snap = {n: p.detach().clone() for n, p in model.named_parameters()}
+                obs.step(step, loss=loss)
+                losses.append(float(loss))
+                opt.step()
+                opt.zero_grad()
+        return model, losses, snap
+
+    _, _, snap = train(tmp_path / "d.zarr", 0.0, diagnostics_batch=batch, diagnostics_schedule=[2])
+    ds = open_run(tmp_path / "d.zarr", lazy=False)
+    ref = _gpt2(dropout=0.0)
+    ref.load_state_dict(snap, strict=False)  # lm_head.weight is tied to wte
+    f = model_loss_fn(ref, lambda out: out.loss, **batch)
+    params = dict(ref.named_parameters())
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):  # the attention kernel with a double backward
+        top, trace = hessian_top_eigenvalue(f, params), hessian_trace(f, params, samples=10)
+    assert math.isfinite(top.value) and math.isfinite(trace.value)
+    assert float(ds["hessian_top"].sel(step=2)) == pytest.approx(top.value, rel=1e-6)
+    assert float(ds["hessian_trace"].sel(step=2)) == pytest.approx(trace.value, rel=1e-6)
+    with sdpa_kernel([SDPBackend.MATH]):
+        noise = gradient_noise(micro_batch_gradients(ref, lambda m, b: m(**b).loss, batch, 4))
+    for k in ("gsnr", "norm_test", "inner_product_test", "orthogonality_test"):
+        assert float(ds[k].sel(step=2)) == pytest.approx(noise[k], rel=1e-5), k
+        assert np.isnan(ds[k].sel(step=1).values)
+    gsnr = ds["param_gsnr"].sel(step=2).values
+    names = [str(p) for p in ds["param"].values]
+    want = np.array([noise["groups"][n]["gsnr"] for n in names])
+    np.testing.assert_allclose(gsnr, want, rtol=1e-5)
+    assert "statistics_skipped" not in ds.attrs
+
+    # dropout on: the diagnostics' own dropout draws do not move the training's
+    store = tmp_path / "drop.zarr"
+    _, with_diag, _ = train(store, 0.1, diagnostics_batch=batch, diagnostics_schedule=[0, 1, 2])
+    _, without, _ = train(tmp_path / "plain.zarr", 0.1)
+    assert with_diag == without
+
+    # bad input: a loss that is not twice differentiable; a batch too small to split in 16
+    def relu_loss(out, b):
+        return out.logits.relu().sign().sum() * 0 + out.logits.detach().sum()
+
+    tiny = {"input_ids": x[:3], "labels": x[:3]}
+    _, _, _ = train(tmp_path / "bad.zarr", 0.0, diagnostics_batch=tiny, diagnostics_loss=relu_loss, noise_splits=16)
+    bad = open_run(tmp_path / "bad.zarr", lazy=False)
+    assert np.isnan(bad["hessian_top"].values).all() and np.isnan(bad["gsnr"].values).all()
+    skipped = bad.attrs["statistics_skipped"]
+    assert set(skipped) == {"curvature", "gradient_noise"}, skipped
+    assert bad.attrs["status"] == "finished" and int(bad["flag_lost"].values.sum()) == 0
+    from phasescope.dashboard.figures import figure_panel, quality_rows
+
+    rows = {r["check"]: r for r in quality_rows(bad)}
+    curv, noise_row = rows["curvature not computed"], rows["gradient_noise not computed"]
+    assert curv["status"] == noise_row["status"] == "error" and "identically zero" in curv["value"]
+    assert noise_row["value"] == "batch of 3 samples is smaller than splits=16"
+    # the registry's curvature and noise panels draw the stored values at their steps only
+    fig = figure_panel({"d": ds}, "curvature")
+    assert fig.layout.meta["variables"] == ["hessian_top", "hessian_trace"]
+    top = next(t for t in fig.data if t.yaxis == "y")
+    assert list(top.customdata) == [2] and float(top.y[0]) == pytest.approx(float(ds["hessian_top"].sel(step=2)))
+    noise_fig = figure_panel({"d": ds}, "noise")
+    assert "param_gsnr" in noise_fig.layout.meta["variables"]

@@ -129,13 +129,22 @@ def test_presets_read_the_statistic_registry():
     """Every registered statistic gets its steps from the schedule it names; a preset lists what it runs."""
     from phasescope.statistics import REGISTRY
 
-    eco, norms = S.preset("economy"), S.preset("norms")
+    eco, norms, full = S.preset("economy"), S.preset("norms"), S.preset("full")
     for stat in REGISTRY.values():
-        want = {"step": S.always(), "capture": eco.capture, "matrices": eco.matrices, "updates": eco.updates}[
-            stat.schedule
-        ]
+        want = {
+            "step": S.always(),
+            "capture": eco.capture,
+            "matrices": eco.matrices,
+            "updates": eco.updates,
+            "weights": S.never(),
+            "diagnostics": S.never(),
+        }[stat.schedule]
         assert eco.schedule_for(stat).steps(2000) == want.steps(2000), stat.name
     assert {"spectral_geometry", "cka", "grad_norm", "matrix_svd", "update_ratio"} <= set(eco.statistics())
-    assert "weight_spectra" not in eco.statistics()  # offline only
+    # the weights' spectra, the curvature and the gradient noise cost seconds a call: "full" only, sparsely
+    for name in ("weight_spectra", "curvature", "gradient_noise"):
+        assert name not in eco.statistics() and name in full.statistics()
+        sparse = {0, 1, 3, 10, 32, 100, 316, 1000, 3162, *range(0, 10_000, 1000)}  # 2 per decade, every 1000
+        assert full.schedule_for(name).steps(10_000) == sorted(sparse)
     assert norms.statistics() == ["grad_norm"]  # the cheapest preset: norms every step
     assert eco.describe()["statistics"] == eco.statistics()

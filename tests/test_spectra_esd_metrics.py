@@ -294,7 +294,9 @@ def _compare(rows, weights, seed):
     return ours
 
 
-def test_gpt2_layers_match_weightwatcher(weightwatcher):
+def _planted_gpt2():
+    """A d=128 GPT-2 whose first attention matrix has a heavy-tailed low-rank term and six large single
+    elements (correlation traps); returns (model, generator for further plants)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -307,6 +309,13 @@ def test_gpt2_layers_match_weightwatcher(weightwatcher):
         h.attn.c_attn.weight += (torch.randn(128, 24, generator=g) * s) @ torch.randn(24, 384, generator=g)
         flat = h.attn.c_attn.weight.view(-1)  # and six large single elements: correlation traps
         flat[torch.randperm(flat.numel(), generator=g)[:6]] = torch.tensor([1.5, -1.2, 1.0, -0.9, 0.8, 1.1])
+    return model, g
+
+
+def test_gpt2_layers_match_weightwatcher(weightwatcher):
+    model, g = _planted_gpt2()
+    h = model.transformer.h[0]
+    with torch.no_grad():
         h.attn.c_proj.weight += 0.05 * torch.randn(128, 1, generator=g) @ torch.randn(1, 128, generator=g)
         wpe = model.transformer.wpe.weight  # heavy-tailed elements, 64 eigenvalues (5 replicas)
         wpe.copy_(0.02 * torch.distributions.StudentT(2.5).sample(wpe.shape))
@@ -346,3 +355,61 @@ def test_conv2d_layers_match_weightwatcher(weightwatcher):
     assert ours[1]["num_traps"] > 0 and ours[2]["num_traps"] > 0
     assert (ours[3]["N"], ours[3]["M"]) == (8, 16)
     assert ours[4]["num_evals"] < E.SMALL_N
+
+
+def test_weight_spectra_carry_weightwatchers_columns(weightwatcher):
+    """weight_spectra(fit="ww", mp=True, traps=True), phasescope's own eigenvalue route (float32 Gram of the smaller
+    side, float64 eigvalsh, batched), gives WeightWatcher 0.7.7's analyze() columns per matrix: its tail
+    fit, norm metrics, MP fit and, on the layer with six planted large elements, its six traps."""
+    from phasescope.spectra import weights as W
+
+    model, _ = _planted_gpt2()
+    modules = dict(enumerate(model.named_modules()))
+    names = ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc", "transformer.h.1.attn.c_proj"]
+    ids = [i for i, (n, _) in modules.items() if n in names]
+    rows = _analyze(weightwatcher, model, ids, seed=7)
+    ours = W.weight_spectra(model, fit="ww", mp=True, traps=True, select=lambda n: n.removesuffix(".weight") in names)
+    assert len(ours) == len(names)
+    columns = {
+        "alpha": "alpha",
+        "xmin": "xmin",
+        "D": "ks_distance",
+        "num_pl_spikes": "n_tail",
+        "log_norm": "log_norm",
+        "log_spectral_norm": "log_spectral_norm",
+        "alpha_weighted": "alpha_weighted",
+        "log_alpha_norm": "log_alpha_norm",
+        "stable_rank": "stable_rank",
+        "mp_softrank": "mp_soft_rank",
+        "bulk_max": "mp_bulk_max",
+        "num_spikes": "num_spikes",
+    }
+    for i in ids:
+        ws = ours[f"{modules[i][0]}.weight"]
+        for col, attr in columns.items():
+            want, got = float(rows[i][col]), float(getattr(ws, attr))
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-12), (modules[i][0], col, got, want)
+    assert ours["transformer.h.0.attn.c_attn.weight"].num_traps == 6  # the planted elements, whatever the draw
+    # the default fit is phasescope's own; WeightWatcher's columns that do not depend on α stay equal
+    key = "transformer.h.0.mlp.c_fc.weight"
+    own = W.weight_spectra(model, mp=True, select=lambda n: n == key)[key]
+    assert own.fit == "clauset" and own.log_norm == ours[key].log_norm and own.mp_soft_rank == ours[key].mp_soft_rank
+    assert "traps" in own.reasons and np.isnan(own.num_traps)
+    with pytest.raises(PhasescopeError, match="weight fit must be one of 'clauset', 'ww'"):
+        W.weight_spectra(model, fit="WW")
+
+
+def test_weight_spectra_read_conv2d_weights_as_weightwatcher(weightwatcher):
+    from torch import nn
+
+    from phasescope.spectra import weights as W
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 32, 1))
+    rows = _analyze(weightwatcher, net, [1, 2], seed=3)
+    ours = W.weight_spectra(net, fit="ww", mp=True)
+    assert list(ours) == ["0.weight", "1.weight"]
+    for i, name in ((1, "0.weight"), (2, "1.weight")):
+        for col, attr in (("alpha", "alpha"), ("log_norm", "log_norm"), ("mp_softrank", "mp_soft_rank")):
+            assert getattr(ours[name], attr) == pytest.approx(float(rows[i][col]), rel=1e-9), (name, col)
+    assert W.weight_spectra(net, conv2d=False) == {}

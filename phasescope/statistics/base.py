@@ -9,9 +9,9 @@ how it is computed and where it is drawn (after Cockpit's one quantity per file,
 - ``cost``: the cheapest preset that runs it — "step" (every step, e.g. gradient norms), "capture" (a
   probe forward), "matrix" (an SVD of every 2-D gradient); presets are ordered by cost, see COSTS.
 - ``schedule``: which of a preset's schedules decides its steps ("step", "capture", "matrices",
-  "updates"; see :class:`phasescope.probes.schedules.Preset`).
+  "updates", "weights", "diagnostics"; see :class:`phasescope.probes.schedules.Preset`).
 - ``needs``: the capture-result fields ``compute`` reads ("spectrum", "gram", "grads", "matrix_grads",
-  "weights", "updates").
+  "weights", "updates"), or "loss_fn": a loss on a fixed batch the statistic evaluates itself.
 - ``variables``: what it writes; a variable's ``kind`` fixes its store dims and dtype (KINDS), so the
   run layout follows the registry (:func:`names`).
 - ``compute``: a pure function of arrays (numpy, torch or jax), shared by live, offline and JAX capture.
@@ -39,7 +39,7 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "matrix": (("capture_step", "matrix"), "float32"),
 }
 COSTS = ("step", "capture", "matrix")
-SCHEDULES = ("step", "capture", "matrices", "updates")
+SCHEDULES = ("step", "capture", "matrices", "updates", "weights", "diagnostics")
 
 
 @dataclass(frozen=True)

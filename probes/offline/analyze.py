@@ -37,6 +37,7 @@ from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.probes.options import check_precision
+from phasescope.spectra.weights import FITS as WEIGHT_FITS
 from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
@@ -82,6 +83,7 @@ class AnalyzeOptions:
     fit_range: Any = "auto"  # α-ReQ fit range: "auto" or (start, stop)
     gradients: bool = False  # per-matrix gradient statistics of the probe-set loss
     weights: bool = False  # per-matrix weight singular-value statistics
+    weight_fit: str = "clauset"  # the weight ESD tail's power-law fit: "clauset" or "ww" (WeightWatcher's xmin)
     rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
     spectra_precision: str = "auto"  # covariance products: "auto" (the states' dtype) | "float64" | "float32" | "tf32"
     matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
@@ -234,6 +236,8 @@ def analyze(
         setattr(opts, k, v)
     t_start = time.perf_counter()
     check_precision(opts.spectra_precision)
+    if opts.weight_fit not in WEIGHT_FITS:
+        raise PhasescopeError(f"unknown weight fit {opts.weight_fit!r}; choose one of {', '.join(WEIGHT_FITS)}")
     if opts.tokens not in ("last", "all", "mean"):
         raise PhasescopeError(f"--tokens must be last, all or mean, got {opts.tokens!r}")
     if opts.batch_size < 1 or opts.max_length < 1:
@@ -278,6 +282,7 @@ def analyze(
         fit_range=fit_range,
         gradients=opts.gradients,
         weights=opts.weights,
+        weight_fit=opts.weight_fit,
         matrices=tuple(matrices),
         grad_stats=tuple(MATRIX_STATS) if opts.gradients else (),
         device=opts.device,

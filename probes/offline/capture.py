@@ -14,7 +14,8 @@ Options, per checkpoint:
   (nuclear norm Σσ, spectral norm σ₁, stable rank Σσ²/σ₁², σ₁/Σσ, …; after Layer_Gradient, Li et al. 2024
   "Fast vs. slow thinking");
 - weights: spectra of the weights themselves (``weight_*``: ESD power-law α à la WeightWatcher, stable
-  rank, spectral and nuclear norms; :mod:`phasescope.spectra.weights`).
+  rank, spectral and nuclear norms, WeightWatcher's norm metrics, MP soft rank, spikes and correlation
+  traps; :mod:`phasescope.spectra.weights`).
 
 Everything returned is numpy (small): this runs inside a Dask worker and the result travels back.
 """
@@ -55,6 +56,7 @@ class CaptureSpec:
     fit_range: Any = "auto"
     gradients: bool = False
     weights: bool = False
+    weight_fit: str = "clauset"  # the weight ESD tail's fit: "clauset" (phasescope's) or "ww" (WeightWatcher's)
     matrices: tuple[str, ...] = ()  # parameter names of the 2-D weights summarised
     grad_stats: tuple[str, ...] = ()
     device: str = "cpu"
@@ -201,6 +203,6 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             p.grad = None
     if spec.weights and mats:
         with torch.no_grad():
-            cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats))
+            cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats, fit=spec.weight_fit, rng=spec.seed))
     res.capture_seconds = time.perf_counter() - t0
     return res
