@@ -40,11 +40,13 @@ PANEL_TITLES = {
     "curvature": "Curvature · Hessian λ_max (power iteration) and trace (Hutchinson) on the diagnostics batch",
     "noise": "Gradient noise · GSNR (Liu et al. 2020), batch-size tests (Byrd et al. 2012; Bollapragada et al. 2018)",
     "weights": "Weight spectra · WeightWatcher's layer metrics per projection type (Martin & Mahoney 2021)",
+    "distance": "Distance from initialisation · ‖θ − θ₀‖ of the model and of each block",
 }
 MAX_COLUMNS = 4  # subplots per row
 #: what a run needs for a panel's variables, said when none of the selected runs has them
 NEEDS = {
     "weights": "phasescope analyze --weights, or weight_schedule= / preset='full' live",
+    "distance": "distance_schedule= or preset='full' on the Observatory",
     "curvature": "diagnostics_batch= on the Observatory",
     "noise": "diagnostics_batch= on the Observatory",
 }
@@ -69,6 +71,24 @@ def panel_variables(panel: str) -> list[str]:
     return [STORED[v.kind].format(v.name) for v in panels_for(panel) if v.kind in STORED]
 
 
+def _rss(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Root of the sum of squares over ``axis``, NaN where every value is (a block's norm from its parts)."""
+    out = np.sqrt(np.nansum(a * a, axis=axis))
+    return np.where(np.isfinite(a).any(axis=axis), out, np.nan)
+
+
+COMBINE = {"mean": np.nanmean, "median": np.nanmedian, "rss": _rss}
+
+
+def _combine(name: str, kind: str) -> str:
+    """The registry's ``Variable.combine`` of the variable ``name`` of ``kind`` ("" if it declares none)."""
+    for s in REGISTRY.values():
+        for var in s.variables:
+            if var.name == name and var.kind == kind:
+                return var.combine
+    return ""
+
+
 def _grouped(vals: np.ndarray, names, key, how) -> list[tuple[str, np.ndarray]]:
     groups: dict[str, list[int]] = {}
     for i, n in enumerate(names):
@@ -87,10 +107,12 @@ def _rows(ds, v: str, probes: Sequence[str] | None) -> list[tuple[str, np.ndarra
     da = ds[v]
     if "matrix" in da.dims:
         vals = np.asarray(da.transpose("matrix", "capture_step").values, float)
-        return _grouped(vals, ds["matrix"].values, projection_type, np.nanmean)
+        how = COMBINE[_combine(v.removeprefix("matrix_"), "matrix") or "mean"]
+        return _grouped(vals, ds["matrix"].values, projection_type, how)
     if "param" in da.dims:
         vals = np.asarray(da.transpose("param", "step").values, float)
-        return _grouped(vals, ds["param"].values, param_block, np.nanmedian)
+        how = COMBINE[_combine(v.removeprefix("param_"), "param") or "median"]
+        return _grouped(vals, ds["param"].values, param_block, how)
     if "probe" not in da.dims:
         return [(label(v), np.asarray(da.values, float))]
     all_probes = [str(p) for p in ds["probe"].values] if "probe" in ds.coords else []

@@ -5,16 +5,18 @@
   weight gradient, batched SVD per shape; :func:`matrix_group` groups by block and projection kind
   (:func:`block_index`, the one parser of block numbers); :func:`select_matrices` picks the 2-D weights.
 - :class:`UpdateTracker` — ‖Δw‖/‖w‖ per parameter around an optimizer step.
+- :class:`InitDistance` — ‖θ_t − θ_0‖ per parameter (distance from initialisation).
 - :func:`current_scale` — GradScaler's loss scale (to report unscaled statistics).
 """
 
 from .amp import current_scale, scaler_enabled
 from .matrices import MATRIX_STATS, block_index, gradient_matrix_stats, matrix_group, select_matrices
 from .norms import array_norms, global_norm, grad_norms, nonfinite
-from .updates import UpdateTracker, update_ratios
+from .updates import InitDistance, UpdateTracker, update_ratios
 
 __all__ = [
     "MATRIX_STATS",
+    "InitDistance",
     "UpdateTracker",
     "array_norms",
     "block_index",

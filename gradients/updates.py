@@ -39,6 +39,26 @@ class UpdateTracker:
         self._snap = None
 
 
+class InitDistance:
+    """‖θ_t − θ_0‖₂ per parameter from one copy of the weights taken when tracking starts (Cockpit's
+    Distance quantity, Schneider, Dangel & Hennig 2021): one extra copy of the model on its device."""
+
+    def __init__(self, params: Sequence):
+        import torch
+
+        self.params = list(params)
+        with torch.no_grad():
+            self.init = [p.detach().clone() for p in self.params]
+
+    def distances(self):
+        """(P,) float32 tensor of ‖θ_now − θ_0‖₂ per parameter (fused ``_foreach`` ops, on the device)."""
+        import torch
+
+        with torch.no_grad():
+            diff = torch._foreach_sub([p.detach() for p in self.params], self.init)
+            return torch.stack([n.float() for n in torch._foreach_norm(diff)])
+
+
 def update_ratios(before: Sequence, after: Sequence):
     """(P,) float32 ‖after_i − before_i‖₂ / ‖before_i‖₂ per parameter, fused ``_foreach`` ops; NaN for a
     zero weight (e.g. a bias at init has no relative update)."""

@@ -32,6 +32,7 @@ from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import (
     MATRIX_STATS,
+    InitDistance,
     UpdateTracker,
     current_scale,
     grad_norms,
@@ -55,6 +56,8 @@ from .result import CaptureResult
 from .sinks import build_sinks
 from .tokens import as_selection
 from .vision import default_tokens
+
+DIST = ("distance_from_init",)  # the distance statistic's step scalar and per-parameter variable
 
 
 class Observatory:
@@ -143,6 +146,12 @@ class Observatory:
             S.as_schedule(o.weight_schedule) if o.weight_schedule is not None else pre.schedule_for("weight_spectra")
         )
         self.weights_on = self.weight_schedule.describe() != S.never().describe()
+        self.distance_schedule = (
+            S.as_schedule(o.distance_schedule)
+            if o.distance_schedule is not None
+            else pre.schedule_for("distance_from_init")
+        )
+        self.distance_on = self.distance_schedule.describe() != S.never().describe()
         self.diagnostics = None
         if o.diagnostics_batch is not None:
             self.diagnostics = Diagnostics(
@@ -206,6 +215,15 @@ class Observatory:
         self._closed = False
         self._warned_order = False
         self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
+        # θ₀ for the distance from initialisation: the weights as the Observatory finds them
+        self.init_distance = None
+        if self.distance_on and self.is_writer:
+            if self.sharded:  # a rank holds shards: their norms are not the parameters'
+                self._skipped["distance_from_init"] = "parameters are sharded DTensors (FSDP2): not computed"
+                self._attrs["statistics_skipped"] = dict(self._skipped)
+                self._skipped_sent = len(self._skipped)
+            else:
+                self.init_distance = InitDistance(self.params)
         self._skipped_sent = 0
         OPEN.add(self)
 
@@ -266,6 +284,7 @@ class Observatory:
             update_schedule=self.update_schedule.describe(),
             weight_schedule=self.weight_schedule.describe(),
             diagnostics_schedule=self.diagnostics_schedule.describe() if self.diagnostics else None,
+            distance_schedule=self.distance_schedule.describe(),
             preset=self.options.preset,
             preset_statistics=self.preset.statistics(),
             capture_mode=self.mode,
@@ -308,8 +327,8 @@ class Observatory:
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
             matrices=[self.named_params[i][0] for i in self.matrix_idx],
             matrix_stats=(*MATRIX_STATS, *WEIGHT_STATS) if self.weights_on else MATRIX_STATS,
-            scalars=DIAG_SCALARS if self.diagnostics else (),
-            param_stats=DIAG_PARAMS if self.diagnostics else (),
+            scalars=(*(DIAG_SCALARS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
+            param_stats=(*(DIAG_PARAMS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             metadata=self._attrs,
             **self._recorder_kw,
         )
@@ -427,6 +446,14 @@ class Observatory:
             res.lost += not ok
         if self.diagnostics is not None and self.diagnostics_schedule(step):
             self._diagnose(res)
+        if self.init_distance is not None and self.distance_schedule(step):
+            ok = False
+            with self.failures.guard("step", "distance from initialisation"):
+                d = self.init_distance.distances()
+                res.params["distance_from_init"] = copy(d)
+                res.scalars["distance_from_init"] = copy(torch.linalg.vector_norm(d.double()))
+                ok = True
+            res.lost += not ok
         if self.update_schedule(step) and self.updates.params:
             self.updates.snapshot()
         res.event = copy.event()

@@ -37,6 +37,7 @@ class ObservatoryOptions:
     noise_splits: int = 4  # micro-batches the diagnostics batch is split into for the gradient-noise statistics
     hessian_iters: int = 20  # most Hessian-vector products of the power iteration
     hutchinson_samples: int = 10  # Rademacher vectors of the Hessian trace estimate
+    distance_schedule: Any = None  # steps of ‖θ − θ₀‖ per parameter (one copy of the initial weights is kept); default: the preset's ("full" only)
     grad_norms: bool = True  # per-parameter gradient L2 norms every step
     matrices: Any = "blocks"  # which 2-D gradients get SVD statistics: "blocks" | "all" | "none" | fn(name, param)
     # -- how probes are captured (probes/capture.py, probes/tokens.py) --

@@ -287,6 +287,7 @@ class Preset:
     grad_norms: bool = True  # per-parameter L2 gradient norm every step
     weights: Schedule | None = None  # weight spectra (WeightWatcher's layer metrics); None: never
     diagnostics: Schedule | None = None  # curvature and gradient noise on a fixed batch; None: never
+    distance: Schedule | None = None  # distance from initialisation (keeps one copy of the weights); None: never
 
     def schedule_for(self, stat: Statistic | str) -> Schedule:
         """The schedule of a registered statistic (by object or name) under this preset."""
@@ -299,6 +300,7 @@ class Preset:
             "updates": self.updates,
             "weights": self.weights or never(),
             "diagnostics": self.diagnostics or never(),
+            "distance": self.distance or never(),
         }[stat.schedule]
 
     def statistics(self, where: str = "live") -> list[str]:
@@ -314,6 +316,7 @@ class Preset:
             "grad_norms": self.grad_norms,
             "weights": (self.weights or never()).describe(),
             "diagnostics": (self.diagnostics or never()).describe(),
+            "distance": (self.distance or never()).describe(),
             "statistics": self.statistics(),
         }
 
@@ -339,6 +342,7 @@ PRESETS: dict[str, Callable[[], Preset]] = {
         every(10),
         weights=union(log_spaced(per_decade=2), every(1000)),
         diagnostics=union(log_spaced(per_decade=2), every(1000)),
+        distance=union(log_spaced(per_decade=10), every(100)),
     ),
     # Only per-step gradient norms, loss and lr: the cheapest useful setting.
     "norms": lambda: Preset("norms", never(), never(), never()),

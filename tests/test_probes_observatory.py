@@ -615,3 +615,43 @@ def test_curvature_and_gradient_noise_on_a_fixed_batch(tmp_path):
     assert list(top.customdata) == [2] and float(top.y[0]) == pytest.approx(float(ds["hessian_top"].sel(step=2)))
     noise_fig = figure_panel({"d": ds}, "noise")
     assert "param_gsnr" in noise_fig.layout.meta["variables"]
+
+
+def test_distance_from_initialisation(tmp_path):
+    """distance_schedule (preset "full" has one) stores ‖θ − θ₀‖ per parameter and for the model, θ₀
+    being the weights when the Observatory was attached, computed here by hand; the registry's
+    "distance" panel draws the model's line and one line per block, each the root of its parameters'
+    sum of squares; other presets keep no copy of the weights."""
+    from phasescope.dashboard.figures import figure_panel
+
+    assert S.preset("full").schedule_for("distance_from_init")(100)
+    model = _gpt2(dropout=0.0)
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    store = tmp_path / "d.zarr"
+    with phasescope.Observatory(
+        model, store=store, probe_inputs=_probe_inputs(n=24), schedule=[0], distance_schedule=[0, 3], strict=True
+    ) as obs:
+        for step in range(4):
+            x = _batch(step)
+            model(input_ids=x, labels=x).loss.backward()
+            obs.step(step)
+            if step == 3:
+                want = {n: float((p.detach() - init[n]).norm()) for n, p in model.named_parameters()}
+            opt.step()
+            opt.zero_grad()
+    ds = open_run(store, lazy=False)
+    names = [str(p) for p in ds["param"].values]
+    got = ds["param_distance_from_init"].sel(step=3).values
+    np.testing.assert_allclose(got, [want[n] for n in names], rtol=1e-5)
+    assert np.all(ds["param_distance_from_init"].sel(step=0).values == 0)  # attached before any update
+    total = float(ds["distance_from_init"].sel(step=3))
+    assert total == pytest.approx(math.sqrt(sum(v * v for v in want.values())), rel=1e-5)
+    assert np.isnan(ds["distance_from_init"].sel(step=2).values)
+    fig = figure_panel({"d": ds}, "distance")
+    assert fig.layout.meta["variables"] == ["distance_from_init", "param_distance_from_init"]
+    block0 = next(t for t in fig.data if t.name == "block 0")
+    idx = [i for i, n in enumerate(names) if ".h.0." in n]
+    assert float(block0.y[-1]) == pytest.approx(math.sqrt(sum(float(got[i]) ** 2 for i in idx)), rel=1e-5)
+    with phasescope.Observatory(model, store=tmp_path / "e.zarr", probe_inputs=_probe_inputs(n=24)) as obs:
+        assert obs.init_distance is None  # economy: no copy of the weights

@@ -138,10 +138,12 @@ def test_presets_read_the_statistic_registry():
             "updates": eco.updates,
             "weights": S.never(),
             "diagnostics": S.never(),
+            "distance": S.never(),
         }[stat.schedule]
         assert eco.schedule_for(stat).steps(2000) == want.steps(2000), stat.name
     assert {"spectral_geometry", "cka", "grad_norm", "matrix_svd", "update_ratio"} <= set(eco.statistics())
     # the weights' spectra, the curvature and the gradient noise cost seconds a call: "full" only, sparsely
+    assert "distance_from_init" in full.statistics() and "distance_from_init" not in eco.statistics()
     for name in ("weight_spectra", "curvature", "gradient_noise"):
         assert name not in eco.statistics() and name in full.statistics()
         sparse = {0, 1, 3, 10, 32, 100, 316, 1000, 3162, *range(0, 10_000, 1000)}  # 2 per decade, every 1000

@@ -9,7 +9,7 @@ how it is computed and where it is drawn (after Cockpit's one quantity per file,
 - ``cost``: the cheapest preset that runs it — "step" (every step, e.g. gradient norms), "capture" (a
   probe forward), "matrix" (an SVD of every 2-D gradient); presets are ordered by cost, see COSTS.
 - ``schedule``: which of a preset's schedules decides its steps ("step", "capture", "matrices",
-  "updates", "weights", "diagnostics"; see :class:`phasescope.probes.schedules.Preset`).
+  "updates", "weights", "diagnostics", "distance"; see :class:`phasescope.probes.schedules.Preset`).
 - ``needs``: the capture-result fields ``compute`` reads ("spectrum", "gram", "grads", "matrix_grads",
   "weights", "updates"), or "loss_fn": a loss on a fixed batch the statistic evaluates itself.
 - ``variables``: what it writes; a variable's ``kind`` fixes its store dims and dtype (KINDS), so the
@@ -39,16 +39,19 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "matrix": (("capture_step", "matrix"), "float32"),
 }
 COSTS = ("step", "capture", "matrix")
-SCHEDULES = ("step", "capture", "matrices", "updates", "weights", "diagnostics")
+SCHEDULES = ("step", "capture", "matrices", "updates", "weights", "diagnostics", "distance")
 
 
 @dataclass(frozen=True)
 class Variable:
-    """One stored variable: its name (a metric, scalar, param stat or matrix stat), kind and meaning."""
+    """One stored variable: its name (a metric, scalar, param stat or matrix stat), kind and meaning;
+    ``combine``: how a panel joins its rows into one line per group (projection type, block): "mean",
+    "median" or "rss" (root of the sum of squares, for norms and distances)."""
 
     name: str
     kind: str
     info: str = ""
+    combine: str = ""
 
     @property
     def dims(self) -> tuple[str, ...]:

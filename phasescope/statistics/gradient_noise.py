@@ -19,7 +19,7 @@ GRADIENT_NOISE = register(
             Variable("norm_test", "scalar", "norm test θ (Byrd et al. 2012): the batch passes for θ ≥ this"),
             Variable("inner_product_test", "scalar", "inner-product test θ (Bollapragada et al. 2018)"),
             Variable("orthogonality_test", "scalar", "orthogonality test ν (Bollapragada et al. 2018)"),
-            Variable("gsnr", "param", "gradient signal-to-noise ratio of each parameter"),
+            Variable("gsnr", "param", "gradient signal-to-noise ratio of each parameter", combine="median"),
         ),
         compute=gradient_noise,
         panels=("noise",),
