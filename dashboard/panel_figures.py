@@ -41,12 +41,14 @@ PANEL_TITLES = {
     "noise": "Gradient noise · GSNR (Liu et al. 2020), batch-size tests (Byrd et al. 2012; Bollapragada et al. 2018)",
     "weights": "Weight spectra · WeightWatcher's layer metrics per projection type (Martin & Mahoney 2021)",
     "distance": "Distance from initialisation · ‖θ − θ₀‖ of the model and of each block",
+    "weight_change": "Weight change from the reference model · per projection type",
 }
 MAX_COLUMNS = 4  # subplots per row
 #: what a run needs for a panel's variables, said when none of the selected runs has them
 NEEDS = {
     "weights": "phasescope analyze --weights, or weight_schedule= / preset='full' live",
     "distance": "distance_schedule= or preset='full' on the Observatory",
+    "weight_change": "phasescope analyze --weights --reference CKPT",
     "curvature": "diagnostics_batch= on the Observatory",
     "noise": "diagnostics_batch= on the Observatory",
 }

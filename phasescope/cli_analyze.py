@@ -108,6 +108,13 @@ def add_parser(subparsers) -> None:
         "0.7.7's own xmin and KS distance, to compare with its analyze())",
     )
     p.add_argument(
+        "--reference",
+        default=None,
+        metavar="CKPT",
+        help="with --weights: compare every matrix with a base model's (a checkpoint folder or hub id, or 'first' "
+        "for the sweep's first checkpoint): relative distance, change of alpha, of sigma_1 and of the ESD",
+    )
+    p.add_argument(
         "--rankme-raw",
         action="store_true",
         help="also RankMe of the raw (uncentred) states' singular values, Garrido et al. 2023 (off by default)",
@@ -176,6 +183,7 @@ def run(args) -> int:
         gradients=args.gradients,
         weights=args.weights,
         weight_fit=args.weight_fit,
+        reference=args.reference,
         matrices=args.matrices,
         max_rank=args.max_rank,
         revisions=args.revisions,

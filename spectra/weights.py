@@ -330,6 +330,42 @@ WEIGHT_FIELDS = {
 WEIGHT_STATS = tuple(WEIGHT_FIELDS)
 
 
+#: per-matrix change against a reference (base) model, stored as matrix_<name>
+CHANGE_STATS = ("weight_distance_from_ref", "weight_alpha_change", "weight_spectral_change", "weight_esd_change")
+
+
+def weight_change_stats(
+    names: list[str], weights: list, reference: list, *, fit: str = "clauset"
+) -> dict[str, np.ndarray]:
+    """(M,) float32 per statistic of CHANGE_STATS: how each weight W moved from its reference W₀ (a base
+    model before fine-tuning, or a sweep's first checkpoint): ‖W − W₀‖_F / ‖W₀‖_F; α(W) − α(W₀) of the
+    ESD tail (`fit`); σ₁(W)/σ₁(W₀) − 1; and ‖λ − λ₀‖₂ / ‖λ₀‖₂ between the descending ESDs. NaN where a
+    reference is missing (None) or of another shape."""
+    out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in CHANGE_STATS}
+    pairs = [(i, w, r) for i, (w, r) in enumerate(zip(weights, reference)) if r is not None]
+    pairs = [(i, w, r) for i, w, r in pairs if tuple(w.shape) == tuple(r.shape)]
+    if not pairs:
+        return out
+
+    def host(a: Any) -> Any:
+        return a.detach() if hasattr(a, "detach") else a
+
+    now = weight_spectra({names[i]: host(w) for i, w, _ in pairs}, fit=fit)
+    ref = weight_spectra({names[i]: host(r) for i, _, r in pairs}, fit=fit)
+    for i, w, r in pairs:
+        a, b = now[names[i]], ref[names[i]]
+        d = np.asarray(B.to_numpy(B.as_array(host(w))), np.float64) - np.asarray(
+            B.to_numpy(B.as_array(host(r))), np.float64
+        )
+        r64 = np.asarray(B.to_numpy(B.as_array(host(r))), np.float64)
+        lam, lam0 = (np.asarray(B.to_numpy(x.eigenvalues), np.float64) for x in (a, b))
+        out["weight_distance_from_ref"][i] = np.linalg.norm(d) / np.linalg.norm(r64) if r64.any() else np.nan
+        out["weight_alpha_change"][i] = a.alpha - b.alpha
+        out["weight_spectral_change"][i] = a.spectral_norm / b.spectral_norm - 1 if b.spectral_norm > 0 else np.nan
+        out["weight_esd_change"][i] = np.linalg.norm(lam - lam0) / np.linalg.norm(lam0) if lam0.any() else np.nan
+    return out
+
+
 def weight_matrix_stats(
     names: list[str], weights: list, *, fit: str = "clauset", traps: bool = True, rng: Any = 0
 ) -> dict[str, np.ndarray]:

@@ -185,3 +185,53 @@ def test_probes_from_is_refused_for_a_text_file(tiny_sweep, capsys):
     err = _err(capsys)
     assert "--probes-from applies to a corpus" in err and "drop --probes-from" in err
     assert not (root / "x.zarr").exists()
+
+
+def test_weights_against_a_reference_model(tiny_sweep, tmp_path, capsys):
+    """analyze --weights --reference: every matrix's change from a base model (here the sweep's first
+    checkpoint, and the same folder named as a path): relative Frobenius distance, change of α, of σ₁
+    and of the ESD, checked against the checkpoints' weights read by hand; zero at the reference itself.
+    --reference without --weights, or a reference that does not exist, is one line and exit 2."""
+    import numpy as np
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from phasescope.spectra.weights import weight_spectra
+    from phasescope.store import open_run
+
+    ck = tiny_sweep / "ck"
+    text = str(tiny_sweep / "p.txt")
+    out = tmp_path / "r.zarr"
+    args = ["analyze", str(ck), "--text", text, "--out", str(out), "--weights", "--workers", "0", "--no-progress"]
+    assert main([*args, "--reference", "first"]) == 0
+    ds = open_run(out, lazy=False)
+    first, last = (GPT2LMHeadModel.from_pretrained(ck / f"checkpoint-{s}") for s in (0, 8))
+    p0, p8 = dict(first.named_parameters()), dict(last.named_parameters())
+    names = [str(m) for m in ds["matrix"].values]
+    for v in ("weight_distance_from_ref", "weight_alpha_change", "weight_spectral_change", "weight_esd_change"):
+        np.testing.assert_allclose(ds[f"matrix_{v}"].sel(capture_step=0).values, 0.0, atol=1e-6)
+    got = ds["matrix_weight_distance_from_ref"].sel(capture_step=8).values
+    want = [float((p8[n] - p0[n]).detach().norm() / p0[n].detach().norm()) for n in names]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    s8 = torch.linalg.svdvals(p8[names[0]].detach().double())
+    s0 = torch.linalg.svdvals(p0[names[0]].detach().double())
+    row = ds.sel(capture_step=8, matrix=names[0])
+    assert float(row["matrix_weight_spectral_change"]) == pytest.approx(float(s8[0] / s0[0] - 1), rel=1e-4, abs=1e-7)
+    esd = float(torch.linalg.vector_norm(s8**2 - s0**2) / torch.linalg.vector_norm(s0**2))
+    assert float(row["matrix_weight_esd_change"]) == pytest.approx(esd, rel=1e-4)
+    a8, a0 = (weight_spectra({names[0]: p[names[0]].detach()})[names[0]].alpha for p in (p8, p0))
+    assert float(row["matrix_weight_alpha_change"]) == pytest.approx(a8 - a0, rel=1e-4, abs=1e-6)
+    # the same base model named by its folder
+    out2 = tmp_path / "r2.zarr"
+    args2 = [*args[:5], str(out2), *args[6:]]
+    assert main([*args2, "--reference", str(ck / "checkpoint-0")]) == 0
+    np.testing.assert_allclose(
+        open_run(out2)["matrix_weight_distance_from_ref"].values, ds["matrix_weight_distance_from_ref"].values
+    )
+    capsys.readouterr()
+    assert main([a for a in args if a != "--weights"] + ["--reference", "first", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "--reference compares" in err and "add --weights" in err and "Traceback" not in err
+    assert main([*args, "--reference", str(tmp_path / "nowhere"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

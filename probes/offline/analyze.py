@@ -37,8 +37,8 @@ from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.probes.options import check_precision
+from phasescope.spectra.weights import CHANGE_STATS, WEIGHT_STATS
 from phasescope.spectra.weights import FITS as WEIGHT_FITS
-from phasescope.spectra.weights import WEIGHT_STATS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
 from phasescope.store.lifecycle import error_for, status_for
@@ -84,6 +84,7 @@ class AnalyzeOptions:
     gradients: bool = False  # per-matrix gradient statistics of the probe-set loss
     weights: bool = False  # per-matrix weight singular-value statistics
     weight_fit: str = "clauset"  # the weight ESD tail's power-law fit: "clauset" or "ww" (WeightWatcher's xmin)
+    reference: str | None = None  # with weights: compare each matrix to a base model ("first", a path or hub id)
     rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
     spectra_precision: str = "auto"  # covariance products: "auto" (the states' dtype) | "float64" | "float32" | "tf32"
     matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
@@ -244,9 +245,15 @@ def analyze(
         raise PhasescopeError("--batch-size and --max-length must be positive integers")
     if opts.workers not in (None, "auto") and not (isinstance(opts.workers, int) and opts.workers >= 0):
         raise PhasescopeError(f"--workers must be auto or an integer >= 0, got {opts.workers!r}")
+    if opts.reference is not None and not opts.weights:
+        raise PhasescopeError("--reference compares each checkpoint's weights with a base model's: add --weights")
     fit_range = _parse_fit_range(opts.fit_range)
     out = Path(out)
     ckpts = find_checkpoints(source, list(opts.revisions) if opts.revisions else None)
+    reference = None
+    if opts.reference is not None:
+        reference = ckpts[0] if opts.reference == "first" else Checkpoint(-1, str(opts.reference))
+        load_config(reference, opts.trust_remote_code)  # a missing or unreadable reference fails here, once
     texts = load_texts(str(text), probes_from=opts.probes_from, seed=opts.seed)
 
     config = load_config(ckpts[0], opts.trust_remote_code)
@@ -270,6 +277,7 @@ def analyze(
     if opts.max_rank is not None:
         max_rank = min(max_rank, int(opts.max_rank))
     matrix_stats = ([*MATRIX_STATS] if opts.gradients else []) + ([*WEIGHT_STATS] if opts.weights else [])
+    matrix_stats += [*CHANGE_STATS] if reference is not None else []
     spec = CaptureSpec(
         probes=tuple(probes),
         dims=tuple(dims),
@@ -283,6 +291,7 @@ def analyze(
         gradients=opts.gradients,
         weights=opts.weights,
         weight_fit=opts.weight_fit,
+        reference=reference,
         matrices=tuple(matrices),
         grad_stats=tuple(MATRIX_STATS) if opts.gradients else (),
         device=opts.device,

@@ -32,7 +32,7 @@ import numpy as np
 from phasescope.gradients import gradient_matrix_stats
 from phasescope.spectra import CovarianceAccumulator, to_numpy
 from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
-from phasescope.spectra.weights import weight_matrix_stats
+from phasescope.spectra.weights import weight_change_stats, weight_matrix_stats
 
 from ..capture import accepts, first_tensor
 from ..reduce import host_spectrum
@@ -57,6 +57,7 @@ class CaptureSpec:
     gradients: bool = False
     weights: bool = False
     weight_fit: str = "clauset"  # the weight ESD tail's fit: "clauset" (phasescope's) or "ww" (WeightWatcher's)
+    reference: Checkpoint | None = None  # with weights: the base model each matrix is compared with
     matrices: tuple[str, ...] = ()  # parameter names of the 2-D weights summarised
     grad_stats: tuple[str, ...] = ()
     device: str = "cpu"
@@ -106,6 +107,25 @@ def analyze_checkpoint(ckpt: Checkpoint, data: ProbeData, spec: CaptureSpec) -> 
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
         return CheckpointResult(ckpt.step, error=msg + where)
+
+
+_REFERENCE: dict[tuple, dict] = {}  # (location, revision, matrices) -> {name: weight}: loaded once per process
+
+
+def reference_matrices(spec: CaptureSpec) -> dict:
+    """The reference (base) model's selected weights on the host, loaded once per process."""
+    import torch
+
+    ref = spec.reference
+    assert ref is not None
+    key = (ref.location, ref.revision, spec.matrices)
+    if key not in _REFERENCE:
+        model = load_model(ref, trust_remote_code=spec.trust_remote_code)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            _REFERENCE[key] = {n: params[n].detach().float().clone() for n in spec.matrices if n in params}
+        del model
+    return _REFERENCE[key]
 
 
 def batches(data: ProbeData, batch_size: int) -> list[np.ndarray]:
@@ -204,5 +224,9 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
     if spec.weights and mats:
         with torch.no_grad():
             cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats, fit=spec.weight_fit, rng=spec.seed))
+            if spec.reference is not None:
+                ref = reference_matrices(spec)
+                refs = [ref.get(n) for n in spec.matrices]
+                cap.matrices.update(weight_change_stats(list(spec.matrices), mats, refs, fit=spec.weight_fit))
     res.capture_seconds = time.perf_counter() - t0
     return res
