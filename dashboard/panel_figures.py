@@ -44,6 +44,7 @@ PANEL_TITLES = {
     "weight_change": "Weight change from the reference model · per projection type",
 }
 MAX_COLUMNS = 4  # subplots per row
+UNIT_SCALE = ("similarity",)  # panels of similarities in [0, 1], drawn on the whole scale
 #: what a run needs for a panel's variables, said when none of the selected runs has them
 NEEDS = {
     "weights": "phasescope analyze --weights, or weight_schedule= / preset='full' live",
@@ -160,7 +161,7 @@ def figure_panel(data, panel: str, *, probes: Sequence[str] | None = None, align
             xd, csteps = display_steps(x), compact_int(steps)
             rows = _rows(ds, v, probes)
             keep = np.ones(len(steps), bool)
-            if "step" in ds[v].dims:  # step variables on a sparse schedule of their own: their steps only
+            if "probe" not in ds[v].dims:  # statistics on sparse schedules of their own: their steps only
                 keep[:] = False
                 for _, y in rows:
                     keep |= np.isfinite(y)
@@ -189,7 +190,7 @@ def figure_panel(data, panel: str, *, probes: Sequence[str] | None = None, align
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
         vals = np.concatenate([np.asarray(ds[v].values, float).ravel() for ds in runs.values() if v in ds.data_vars])
         vals = vals[np.isfinite(vals)]
-        if vals.size and vals.min() >= 0 and vals.max() <= 1:  # similarities: the whole [0, 1] scale
+        if panel in UNIT_SCALE and vals.size and vals.min() >= 0 and vals.max() <= 1:  # the whole [0, 1] scale
             layout[f"yaxis{'' if k == 1 else k}"].update(range=[0, 1.02])
     if notes:
         layout.setdefault("annotations", []).append(

@@ -82,8 +82,9 @@ class Diagnostics:
         import torch
         from torch.func import functional_call
 
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         params = dict(model.named_parameters())
+        # the CUDA devices the model lives on (none for a CPU model: no CUDA context is started)
+        devices = sorted({p.device.index for p in params.values() if p.is_cuda and p.device.index is not None})
         reasons: dict[str, str] = {}
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -41,6 +41,7 @@ from phasescope.gradients import (
     select_matrices,
 )
 from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+from phasescope.statistics import statistics as registered_statistics
 
 from . import distributed as D
 from . import schedules as S
@@ -153,7 +154,12 @@ class Observatory:
         )
         self.distance_on = self.distance_schedule.describe() != S.never().describe()
         self.diagnostics = None
-        if o.diagnostics_batch is not None:
+        self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
+        self._skipped_sent = 0
+        if o.diagnostics_batch is not None and self.world > 1:
+            why = "not computed under torch.distributed: rank 0 alone would enter the model's collectives"
+            self._skipped.update(curvature=why, gradient_noise=why)
+        elif o.diagnostics_batch is not None:
             self.diagnostics = Diagnostics(
                 o.diagnostics_batch, o.diagnostics_loss, o.noise_splits, o.hessian_iters, o.hutchinson_samples, o.seed
             )
@@ -214,17 +220,16 @@ class Observatory:
         self._pending: CaptureResult | None = None
         self._closed = False
         self._warned_order = False
-        self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
         # θ₀ for the distance from initialisation: the weights as the Observatory finds them
         self.init_distance = None
         if self.distance_on and self.is_writer:
             if self.sharded:  # a rank holds shards: their norms are not the parameters'
                 self._skipped["distance_from_init"] = "parameters are sharded DTensors (FSDP2): not computed"
-                self._attrs["statistics_skipped"] = dict(self._skipped)
-                self._skipped_sent = len(self._skipped)
             else:
                 self.init_distance = InitDistance(self.params)
-        self._skipped_sent = 0
+        if self._skipped:
+            self._attrs["statistics_skipped"] = dict(self._skipped)
+            self._skipped_sent = len(self._skipped)
         OPEN.add(self)
 
     # ------------------------------------------------------------------ set-up
@@ -286,7 +291,7 @@ class Observatory:
             diagnostics_schedule=self.diagnostics_schedule.describe() if self.diagnostics else None,
             distance_schedule=self.distance_schedule.describe(),
             preset=self.options.preset,
-            preset_statistics=self.preset.statistics(),
+            preset_statistics=self._statistics_on(),
             capture_mode=self.mode,
             tokens=self.selection.describe(),
             fit_range=list(fit_range) if isinstance(fit_range, (tuple, list)) else fit_range,
@@ -460,6 +465,19 @@ class Observatory:
         self._pending = res
         if not self.updates.pending:
             self._flush_pending()
+
+    def _statistics_on(self) -> list[str]:
+        """The registered statistics this run computes: the preset's, as the options turn them on or off
+        (weight spectra need selected matrices; curvature and noise a diagnostics batch)."""
+        on = {
+            "weight_spectra": self.weights_on and bool(self.matrix_idx),
+            "curvature": self.diagnostics is not None,
+            "gradient_noise": self.diagnostics is not None,
+            "distance_from_init": self.distance_on and not self.sharded,
+        }
+        chosen = set(self.preset.statistics()) | {k for k, v in on.items() if v}
+        chosen -= {k for k, v in on.items() if not v}
+        return [s.name for s in registered_statistics(where="live") if s.name in chosen]
 
     def _diagnose(self, res: CaptureResult) -> None:
         """Curvature and gradient noise on the fixed diagnostics batch (probes/diagnostics.py)."""

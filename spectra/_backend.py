@@ -93,8 +93,10 @@ def work_dtype(xp: Any, x: Any, products: str) -> Any:
 
 def gram(xp: Any, c: Any, *, tf32: bool = False) -> Any:
     """cᵀc in c's dtype. numpy's `a.T @ a` is BLAS syrk (half a GEMM's work); torch has no syrk, so a
-    CPU tensor goes through numpy on the same memory; elsewhere a plain matmul (`tf32`: TensorFloat-32
-    products on CUDA for this call only)."""
+    CPU tensor goes through numpy on the same memory; elsewhere a plain matmul in full precision
+    whatever the user's global setting (`torch.set_float32_matmul_precision("high")`, nanoGPT's
+    `allow_tf32 = True` and JAX's default on Ampere GPUs would otherwise round float32 inputs to
+    TensorFloat-32's 10 bits, 1e-3 of λ₁); `tf32=True` asks for TensorFloat-32 products on CUDA."""
     if is_numpy(xp):
         return c.T @ c
     import array_api_compat
@@ -105,13 +107,19 @@ def gram(xp: Any, c: Any, *, tf32: bool = False) -> Any:
         if c.device.type == "cpu":
             a = c.numpy()
             return torch.from_numpy(a.T @ a)
-        if tf32 and c.device.type == "cuda":
-            before = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = True
+        if c.device.type == "cuda":
+            before = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32)
+            torch.set_float32_matmul_precision("high" if tf32 else "highest")
+            torch.backends.cuda.matmul.allow_tf32 = tf32
             try:
                 return c.T @ c
             finally:
-                torch.backends.cuda.matmul.allow_tf32 = before
+                torch.set_float32_matmul_precision(before[0])
+                torch.backends.cuda.matmul.allow_tf32 = before[1]
+    if is_jax(xp):
+        import jax.numpy as jnp
+
+        return jnp.matmul(c.T, c, precision="highest")
     return xp.matmul(xp.matrix_transpose(c), c)
 
 

@@ -24,7 +24,7 @@ summed into the float64 state. `precision="float64"` forces float64 products, `"
 ones, `"tf32"` allows TensorFloat-32 products on CUDA (see docs/cost.md for its measured error).
 The spectrum carries the products' ε (`Spectrum.products_eps`): eigenvalues at or below
 max(d·ε_float64, ε_products)·λ₁ count as zero in the numerical rank and α's fit, so an exact zero
-(LayerNorm's mean direction, measured at 1e-10 to 1e-9·λ₁ with float32 products) stays one.
+(LayerNorm's mean direction, measured at 1e-10 to 2e-8·λ₁ with float32 products) stays one.
 The shift is kept while blocks stay near it (every coordinate's block mean within half its block
 standard deviation of K), so a stationary stream costs one d × d addition per block; a block that has
 drifted is centred on its own mean and merged by the pairwise update below instead.
@@ -454,7 +454,8 @@ class CovarianceAccumulator:
         self.n, self.n_nonfinite = int(state["n"]), int(state["n_nonfinite"])
         self.raw_singular_values = bool(state.get("raw_singular_values", self.raw_singular_values))
         self.precision = str(state.get("precision", self.precision))
-        self.products_eps = float(state.get("products_eps", EPS[64]))
+        # a state saved before products_eps was kept: float32 products unless float64 ones were forced
+        self.products_eps = float(state.get("products_eps", EPS[64] if self.precision == "float64" else EPS[32]))
         if state.get("shift") is not None:
             ref = B.as_array(state["shift"])
             self._adopt(ref)

@@ -26,6 +26,13 @@ _EPS64 = 2.220446049250313e-16
 DEFAULT_FIT_RANGE: tuple[int, int] = (11, 100)
 
 
+def _floor(spectrum: Any, v: Any, rtol: float | None) -> float | None:
+    """``rtol``, or for a `Spectrum` given without one its own round-off floor (its products' ε)."""
+    if rtol is None and hasattr(spectrum, "products_eps") and hasattr(spectrum, "n_components"):
+        return floor_rtol(int(v.shape[0]), spectrum.products_eps)
+    return rtol
+
+
 def _prep(values: Any) -> tuple[Any, Any]:
     """1-D float64 view of a spectrum (array, list or `Spectrum`), trailing NaN padding dropped."""
     if hasattr(values, "eigenvalues") and hasattr(values, "n_components"):  # a Spectrum
@@ -104,15 +111,17 @@ def floor_rtol(k: int, products_eps: float = _EPS64) -> float:
 
     k·ε_float64 is a float64 symmetric eigensolver's (Golub & Van Loan §8.1; numpy's `matrix_rank`
     convention); float32 products put an exact zero (e.g. LayerNorm's mean direction) at up to ~ε_32·λ₁
-    (measured: 1e-10 to 1e-9·λ₁), far above that, so their ε (2^-23) is the floor then."""
+    (measured: 1e-10 to 2e-8·λ₁, the larger with longer blocks), far above that, so their ε (2^-23) is
+    the floor then."""
     return max(int(k) * _EPS64, float(products_eps))
 
 
 def numerical_rank(eigenvalues: Any, rtol: float | None = None) -> int:
     """Number of eigenvalues λ_k > rtol·λ₁; default rtol = d·ε_float64 (the round-off floor of a
-    symmetric eigensolver on a d×d matrix, Golub & Van Loan §8.1; `floor_rtol` for products formed in
-    lower precision). 0 for an empty/zero spectrum."""
+    symmetric eigensolver on a d×d matrix, Golub & Van Loan §8.1), or for a `Spectrum` its own
+    `floor_rtol` (products formed in float32 have ε_32's). 0 for an empty/zero spectrum."""
     xp, v = _prep(eigenvalues)
+    rtol = _floor(eigenvalues, v, rtol)
     with B.precise(xp):
         d = v.shape[0]
         if d == 0:
@@ -134,7 +143,7 @@ def auto_fit_range(eigenvalues: Any, rtol: float | None = None) -> tuple[int, in
 
     For r < 110 the R² is taken over the fit range itself. `rtol`: the round-off floor (`numerical_rank`).
     """
-    r = numerical_rank(eigenvalues, rtol)
+    r = numerical_rank(eigenvalues, rtol)  # a Spectrum's own floor when rtol is None
     if r >= 110:
         return DEFAULT_FIT_RANGE
     lo = max(1, round(r / 10))
@@ -165,6 +174,7 @@ def alpha_req(
     through them is meaningless.
     """
     xp, v = _prep(eigenvalues)
+    rtol = _floor(eigenvalues, v, rtol)
     auto = isinstance(fit_range, str)
     if auto:
         if fit_range != "auto":

@@ -21,6 +21,7 @@ def pytest_configure(config):
 #: tests that take minutes: run first, so that under pytest-xdist (``make test`` runs 2 workers) one
 #: worker starts on them at once while the other works through the rest, instead of one of them
 #: starting last and the whole suite waiting for it
+# minutes-long modules first (test_phases_three.py only under make test-long, when it trains live)
 LONG_FIRST = ("test_phases_three.py", "test_vision_ssl.py")
 
 
