@@ -227,8 +227,15 @@ class Observatory:
                 self._skipped["distance_from_init"] = "parameters are sharded DTensors (FSDP2): not computed"
             else:
                 self.init_distance = InitDistance(self.params)
+        if self.weights_on and not self.matrix_idx:
+            why = f"no 2-D weight matrices selected (matrices={self.options.matrices!r}); pass matrices='all'"
+            if self.sharded:
+                why = "parameters are sharded DTensors (FSDP2)"
+            self._skipped["weight_spectra"] = "not computed: " + why
         if self._skipped:
             self._attrs["statistics_skipped"] = dict(self._skipped)
+            if self.recorder is not None:  # a probe set fixed the layout above: the store exists already
+                self.recorder.set_attrs(statistics_skipped=dict(self._skipped))
             self._skipped_sent = len(self._skipped)
         OPEN.add(self)
 

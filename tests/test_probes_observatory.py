@@ -655,3 +655,29 @@ def test_distance_from_initialisation(tmp_path):
     assert float(block0.y[-1]) == pytest.approx(math.sqrt(sum(float(got[i]) ** 2 for i in idx)), rel=1e-5)
     with phasescope.Observatory(model, store=tmp_path / "e.zarr", probe_inputs=_probe_inputs(n=24)) as obs:
         assert obs.init_distance is None  # economy: no copy of the weights
+
+
+def test_weight_spectra_of_a_model_without_selected_matrices_say_why(tmp_path):
+    """A model whose 2-D weights the selection leaves out (an MLP has no transformer blocks) records the
+    reason for the missing weight spectra; matrices='all' takes its Linear weights."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    x = torch.randn(32, 6)
+    for matrices, stored in (("blocks", False), ("all", True)):
+        store = tmp_path / f"{matrices}.zarr"
+        with phasescope.Observatory(
+            mlp, store=store, probe_inputs=x, schedule=[0], weight_schedule=[0], matrices=matrices
+        ) as obs:
+            mlp(x).sum().backward()
+            obs.step(0)
+            mlp.zero_grad()
+        ds = open_run(store, lazy=False)
+        skipped = ds.attrs.get("statistics_skipped", {})
+        assert ("weight_spectra" in skipped) != stored, skipped
+        if stored:
+            assert np.isfinite(ds["matrix_weight_log_norm"].values).all()
+            w = mlp[0].weight.detach().double()
+            want = np.log10(float((w**2).sum()))
+            assert float(ds["matrix_weight_log_norm"].sel(matrix="0.weight").values[0]) == pytest.approx(want, rel=1e-5)
+        else:
+            assert "pass matrices='all'" in skipped["weight_spectra"]
