@@ -108,6 +108,12 @@ def add_parser(subparsers) -> None:
         "0.7.7's own xmin and KS distance, to compare with its analyze())",
     )
     p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also the Hessian's top eigenvalue and trace and the gradient noise (GSNR, batch-size tests) of the "
+        "loss on the probe set's first --batch-size sequences, per checkpoint",
+    )
+    p.add_argument(
         "--reference",
         default=None,
         metavar="CKPT",
@@ -184,6 +190,7 @@ def run(args) -> int:
         weights=args.weights,
         weight_fit=args.weight_fit,
         reference=args.reference,
+        diagnostics=args.diagnostics,
         matrices=args.matrices,
         max_rank=args.max_rank,
         revisions=args.revisions,

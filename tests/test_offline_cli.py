@@ -235,3 +235,42 @@ def test_weights_against_a_reference_model(tiny_sweep, tmp_path, capsys):
     assert main([*args, "--reference", str(tmp_path / "nowhere"), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_curvature_and_gradient_noise_offline(tiny_sweep, tmp_path):
+    """analyze --diagnostics: per checkpoint, the Hessian's λ_max and trace and the gradient-noise
+    statistics of the loss on the probe set's first --batch-size sequences, equal to
+    phasescope.gradients' functions applied to each checkpoint on that batch."""
+    import numpy as np
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import GPT2LMHeadModel
+
+    from phasescope.gradients.curvature import hessian_top_eigenvalue, hessian_trace, model_loss_fn
+    from phasescope.gradients.noise import gradient_noise, micro_batch_gradients
+    from phasescope.probes.offline.analyze import AnalyzeOptions
+    from phasescope.probes.offline.capture import CaptureSpec, diagnostics_batch
+    from phasescope.probes.offline.sources import load_texts, load_tokenizer, tokenize
+    from phasescope.store import open_run
+
+    ck, text, out = tiny_sweep / "ck", tiny_sweep / "p.txt", tmp_path / "d.zarr"
+    args = ["analyze", str(ck), "--text", str(text), "--out", str(out), "--workers", "0", "--no-progress"]
+    assert main([*args, "--diagnostics", "--batch-size", "8"]) == 0
+    ds = open_run(out, lazy=False)
+    opts = AnalyzeOptions()
+    tok = load_tokenizer(str(ck / "checkpoint-0"))
+    n_pos = GPT2LMHeadModel.from_pretrained(ck / "checkpoint-0").config.n_positions  # analyze's cap
+    data = tokenize(load_texts(str(text)), tok, min(opts.max_length, n_pos), min_tokens=opts.min_tokens)
+    batch = diagnostics_batch(data, CaptureSpec(probes=(), dims=(), metrics=(), max_rank=0, batch_size=8))
+    for step in (0, 8):
+        model = GPT2LMHeadModel.from_pretrained(ck / f"checkpoint-{step}").eval()
+        f = model_loss_fn(model, lambda out: out.loss, **batch)
+        params = dict(model.named_parameters())
+        with sdpa_kernel([SDPBackend.MATH]):
+            top, trace = hessian_top_eigenvalue(f, params), hessian_trace(f, params, samples=10)
+            noise = gradient_noise(micro_batch_gradients(model, lambda m, b: m(**b).loss, batch, 4))
+        assert np.isfinite(top.value)
+        assert float(ds["hessian_top"].sel(step=step)) == pytest.approx(top.value, rel=1e-5)
+        assert float(ds["hessian_trace"].sel(step=step)) == pytest.approx(trace.value, rel=1e-5)
+        assert float(ds["gsnr"].sel(step=step)) == pytest.approx(noise["gsnr"], rel=1e-4)
+        assert float(ds["norm_test"].sel(step=step)) == pytest.approx(noise["norm_test"], rel=1e-4)
+    assert "statistics_skipped" not in ds.attrs

@@ -21,6 +21,5 @@ CURVATURE = register(
         compute=hessian_top_eigenvalue,
         panels=("curvature",),
         doc=__doc__ or "",
-        offline=False,
     )
 )

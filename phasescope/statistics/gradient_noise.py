@@ -24,6 +24,5 @@ GRADIENT_NOISE = register(
         compute=gradient_noise,
         panels=("noise",),
         doc=__doc__ or "",
-        offline=False,
     )
 )

@@ -44,6 +44,7 @@ from phasescope.store import RunWriter, open_run
 from phasescope.store.lifecycle import error_for, status_for
 
 from ..capture import first_tensor
+from ..diagnostics import SCALARS as DIAG_SCALARS
 from ..reduce import Reducer, RunSpec
 from ..registry import resolve_probes
 from ..result import CaptureResult
@@ -85,6 +86,7 @@ class AnalyzeOptions:
     weights: bool = False  # per-matrix weight singular-value statistics
     weight_fit: str = "clauset"  # the weight ESD tail's power-law fit: "clauset" or "ww" (WeightWatcher's xmin)
     reference: str | None = None  # with weights: compare each matrix to a base model ("first", a path or hub id)
+    diagnostics: bool = False  # Hessian λ_max and trace and the gradient noise of the first batch's loss
     rankme_raw: bool = False  # also RankMe of the raw rows' singular values (Garrido et al. 2023)
     spectra_precision: str = "auto"  # covariance products: "auto" (the states' dtype) | "float64" | "float32" | "tf32"
     matrices: Any = "blocks"  # which 2-D weights: "blocks" (as live capture), "all", "none" or fn(name, param)
@@ -112,6 +114,7 @@ class AnalyzeReport:
     skipped: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     results: list[CheckpointResult] = field(default_factory=list)
+    not_computed: dict[str, str] = field(default_factory=dict)  # statistic -> why it stored NaN (first seen)
     workers: int = 0
     seconds: float = 0.0
     choice: WorkerChoice | None = None
@@ -292,6 +295,7 @@ def analyze(
         weights=opts.weights,
         weight_fit=opts.weight_fit,
         reference=reference,
+        diagnostics=opts.diagnostics,
         matrices=tuple(matrices),
         grad_stats=tuple(MATRIX_STATS) if opts.gradients else (),
         device=opts.device,
@@ -347,7 +351,7 @@ def analyze(
         params=[],
         metrics=list(metrics),
         max_rank=max_rank,
-        scalars=SCALARS,
+        scalars=[*SCALARS, *(DIAG_SCALARS if opts.diagnostics else ())],
         param_stats=(),
         matrices=matrices,
         matrix_stats=matrix_stats,
@@ -498,6 +502,10 @@ def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeRepor
         step.flags["failed"] = 1
     writer.append_step(step.step, step.scalars, step.params, step.flags)
     writer.append_capture(row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices)
+    new = {k: f"{v} (checkpoint {res.step})" for k, v in res.skipped.items() if k not in report.not_computed}
+    if new:  # a statistic that stored NaN: its first reason, in the run's attributes
+        report.not_computed.update(new)
+        writer.set_attrs(statistics_skipped=dict(report.not_computed))
     if res.error is None:
         report.analyzed.append(res.step)
     else:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
 from phasescope.spectra.weights import weight_change_stats, weight_matrix_stats
 
 from ..capture import accepts, first_tensor
+from ..diagnostics import Diagnostics
 from ..reduce import host_spectrum
 from ..result import CaptureResult
 from ..tokens import TokenSelection, select
@@ -58,6 +59,7 @@ class CaptureSpec:
     weights: bool = False
     weight_fit: str = "clauset"  # the weight ESD tail's fit: "clauset" (phasescope's) or "ww" (WeightWatcher's)
     reference: Checkpoint | None = None  # with weights: the base model each matrix is compared with
+    diagnostics: bool = False  # the Hessian's λ_max and trace and the gradient noise on the diagnostics batch
     matrices: tuple[str, ...] = ()  # parameter names of the 2-D weights summarised
     grad_stats: tuple[str, ...] = ()
     device: str = "cpu"
@@ -80,6 +82,7 @@ class CheckpointResult:
     capture_seconds: float = float("nan")
     n_tokens: int = 0
     error: str | None = None
+    skipped: dict = field(default_factory=dict)  # statistic -> why it stored NaN at this checkpoint
 
     @property
     def ok(self) -> bool:
@@ -228,5 +231,22 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
                 ref = reference_matrices(spec)
                 refs = [ref.get(n) for n in spec.matrices]
                 cap.matrices.update(weight_change_stats(list(spec.matrices), mats, refs, fit=spec.weight_fit))
+    if spec.diagnostics:
+        with torch.enable_grad():
+            scalars, _, res.skipped = Diagnostics(diagnostics_batch(data, spec), seed=spec.seed).run(model, [])
+        cap.scalars.update(scalars)
     res.capture_seconds = time.perf_counter() - t0
     return res
+
+
+def diagnostics_batch(data: ProbeData, spec: CaptureSpec) -> dict:
+    """The fixed batch of ``analyze --diagnostics``: the probe set's first ``batch_size`` sequences, with
+    labels = the tokens whose prediction the loss counts (``loss_mask``; −100 elsewhere), on the device."""
+    import torch
+
+    n = min(len(data.input_ids), spec.batch_size)
+    width = int(data.lengths[:n].max())
+    ids = torch.as_tensor(data.input_ids[:n, :width], device=spec.device)
+    mask = torch.as_tensor(data.attention_mask[:n, :width], device=spec.device)
+    labels = torch.where(torch.as_tensor(data.loss_mask[:n, :width], device=spec.device).bool(), ids, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
