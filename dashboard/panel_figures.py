@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from phasescope.statistics import REGISTRY, panels_for
+from phasescope.statistics import variable as registered_variable
 
 from ._common import (
     RUN_DASHES,
@@ -33,6 +34,7 @@ from ._common import (
     title,
 )
 from ._plotly import axis_name, compact_int, f32, figure, grid
+from .gradient_figures import param_block, projection_type
 from .trajectory_figures import default_probes
 
 PANEL_TITLES = {
@@ -85,11 +87,8 @@ COMBINE = {"mean": np.nanmean, "median": np.nanmedian, "rss": _rss}
 
 def _combine(name: str, kind: str) -> str:
     """The registry's ``Variable.combine`` of the variable ``name`` of ``kind`` ("" if it declares none)."""
-    for s in REGISTRY.values():
-        for var in s.variables:
-            if var.name == name and var.kind == kind:
-                return var.combine
-    return ""
+    var = registered_variable(name, kind)
+    return var.combine if var is not None else ""
 
 
 def _grouped(vals: np.ndarray, names, key, how) -> list[tuple[str, np.ndarray]]:
@@ -105,8 +104,6 @@ def _rows(ds, v: str, probes: Sequence[str] | None) -> list[tuple[str, np.ndarra
     """(line name, values over the variable's steps) of ``v``: one per chosen probe; one per projection
     type (mean over its matrices) for a per-matrix variable; one per block (median over its
     parameters) for a per-parameter one; the run's one line for a step scalar."""
-    from .gradient_figures import param_block, projection_type
-
     da = ds[v]
     if "matrix" in da.dims:
         vals = np.asarray(da.transpose("matrix", "capture_step").values, float)

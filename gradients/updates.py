@@ -52,11 +52,15 @@ class InitDistance:
 
     def distances(self):
         """(P,) float32 tensor of ‖θ_now − θ_0‖₂ per parameter (fused ``_foreach`` ops, on the device)."""
-        import torch
+        return diff_norms([p.detach() for p in self.params], self.init)
 
-        with torch.no_grad():
-            diff = torch._foreach_sub([p.detach() for p in self.params], self.init)
-            return torch.stack([n.float() for n in torch._foreach_norm(diff)])
+
+def diff_norms(after: Sequence, before: Sequence):
+    """(P,) float32 ‖after_i − before_i‖₂ per parameter, with fused ``_foreach`` ops on their device."""
+    import torch
+
+    with torch.no_grad():
+        return torch.stack([n.float() for n in torch._foreach_norm(torch._foreach_sub(list(after), list(before)))])
 
 
 def update_ratios(before: Sequence, after: Sequence):
@@ -64,8 +68,7 @@ def update_ratios(before: Sequence, after: Sequence):
     zero weight (e.g. a bias at init has no relative update)."""
     import torch
 
+    num = diff_norms(after, before)
     with torch.no_grad():
-        diff = torch._foreach_sub(list(after), list(before))
-        num = torch.stack([n.float() for n in torch._foreach_norm(diff)])
         den = torch.stack([n.float() for n in torch._foreach_norm(list(before))])
     return torch.where(den > 0, num / den, torch.full_like(num, float("nan")))

@@ -22,9 +22,17 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 #: seconds between two warnings of the same stage after the first
 WARN_INTERVAL_S = 60.0
+
+
+@dataclass
+class Outcome:
+    """What a :meth:`FailureLog.guard` block did: ``failed`` once it raised and the failure was recorded."""
+
+    failed: bool = False
 
 
 class FailureLog:
@@ -67,14 +75,18 @@ class FailureLog:
             )
 
     @contextlib.contextmanager
-    def guard(self, stage: str, what: str = "") -> Iterator[None]:
+    def guard(self, stage: str, what: str = "") -> Iterator[Outcome]:
         """Run the block; an Exception inside it is recorded (see :meth:`record`) instead of raised, unless
-        it is one already recorded and raised on purpose (``counted = True``, e.g. a strict sink failure)."""
+        it is one already recorded and raised on purpose (``counted = True``, e.g. a strict sink failure).
+        Yields an :class:`Outcome` whose ``failed`` says, after the block, whether it was swallowed
+        (``with log.guard(...) as g: ...`` then ``res.lost += g.failed``)."""
+        outcome = Outcome()
         try:
-            yield
+            yield outcome
         except Exception as exc:  # the one place phasescope swallows its own failures
             if getattr(exc, "counted", False):
                 raise
+            outcome.failed = True
             self.record(stage, exc, what=what)
 
     def attrs(self) -> dict:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from phasescope.errors import PhasescopeError
-from phasescope.gradients.curvature import hessian_top_eigenvalue, hessian_trace
+from phasescope.gradients.curvature import hessian_top_eigenvalue, hessian_trace, model_loss_fn
 from phasescope.gradients.noise import NOISE_STATS, gradient_noise, micro_batch_gradients
 
 #: the step variables (scalars) and the per-parameter one the two statistics store
@@ -32,13 +32,20 @@ SCALARS = ("hessian_top", "hessian_trace", *NOISE_STATS)
 PARAM_STATS = ("gsnr",)
 
 
-def forward(model: Any, batch: Any) -> Any:
-    """The model's output on ``batch`` (mapping → keywords, tuple/list → positional, else one argument)."""
+def call_args(batch: Any) -> tuple[tuple, dict]:
+    """How a batch is passed to ``forward``: a mapping as keywords, a tuple/list as positional arguments,
+    anything else as the one argument."""
     if isinstance(batch, Mapping):
-        return model(**batch)
+        return (), dict(batch)
     if isinstance(batch, tuple | list):
-        return model(*batch)
-    return model(batch)
+        return tuple(batch), {}
+    return (batch,), {}
+
+
+def forward(model: Any, batch: Any) -> Any:
+    """The model's output on ``batch``, passed as :func:`call_args` says."""
+    args, kwargs = call_args(batch)
+    return model(*args, **kwargs)
 
 
 def default_loss(output: Any, batch: Any) -> Any:
@@ -80,7 +87,6 @@ class Diagnostics:
     def run(self, model: Any, names: list[str]) -> tuple[dict[str, float], np.ndarray, dict[str, str]]:
         """(scalars by name, GSNR per parameter in ``names`` order, reasons of NaN statistics)."""
         import torch
-        from torch.func import functional_call
 
         params = dict(model.named_parameters())
         # the CUDA devices the model lives on (none for a CPU model: no CUDA context is started)
@@ -90,13 +96,9 @@ class Diagnostics:
 
         # dropout draws leave the training's stream as it was; scaled_dot_product_attention takes its
         # math kernel, the one with a double backward (the fused CPU/flash kernels have none)
+        args, kwargs = call_args(self.batch)
+        f = model_loss_fn(model, lambda out: self._loss(out, self.batch), *args, **kwargs)
         with torch.random.fork_rng(devices=devices), sdpa_kernel([SDPBackend.MATH]):
-
-            def f(p: Mapping) -> Any:
-                buffers = {n: b.clone() for n, b in model.named_buffers()}
-                args, kwargs = _call_args(self.batch)
-                return self._loss(functional_call(model, {**buffers, **p}, args, kwargs), self.batch)
-
             top = hessian_top_eigenvalue(f, params, iters=self.hessian_iters, seed=self.seed)
             trace = hessian_trace(f, params, samples=self.hutchinson_samples, seed=self.seed)
             grads = micro_batch_gradients(model, lambda m, b: self._loss(forward(m, b), b), self.batch, self.splits)
@@ -109,12 +111,3 @@ class Diagnostics:
         per = noise.get("groups") or {}
         gsnr = np.array([float(per[n]["gsnr"]) if n in per else np.nan for n in names], dtype=np.float32)
         return scalars, gsnr, reasons
-
-
-def _call_args(batch: Any) -> tuple[tuple, dict]:
-    """(args, kwargs) for ``torch.func.functional_call``, passing the batch as :func:`forward` does."""
-    if isinstance(batch, Mapping):
-        return (), dict(batch)
-    if isinstance(batch, tuple | list):
-        return tuple(batch), {}
-    return (batch,), {}

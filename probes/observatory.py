@@ -146,19 +146,20 @@ class Observatory:
         self.weight_schedule = (
             S.as_schedule(o.weight_schedule) if o.weight_schedule is not None else pre.schedule_for("weight_spectra")
         )
-        self.weights_on = self.weight_schedule.describe() != S.never().describe()
+        self.weights_on = not S.is_never(self.weight_schedule)
         self.distance_schedule = (
             S.as_schedule(o.distance_schedule)
             if o.distance_schedule is not None
             else pre.schedule_for("distance_from_init")
         )
-        self.distance_on = self.distance_schedule.describe() != S.never().describe()
+        self.distance_on = not S.is_never(self.distance_schedule)
         self.diagnostics = None
         self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
         self._skipped_sent = 0
+        skipped: dict[str, str] = {}  # reasons known now, noted once the run's attributes exist (below)
         if o.diagnostics_batch is not None and self.world > 1:
             why = "not computed under torch.distributed: rank 0 alone would enter the model's collectives"
-            self._skipped.update(curvature=why, gradient_noise=why)
+            skipped.update(curvature=why, gradient_noise=why)
         elif o.diagnostics_batch is not None:
             self.diagnostics = Diagnostics(
                 o.diagnostics_batch, o.diagnostics_loss, o.noise_splits, o.hessian_iters, o.hutchinson_samples, o.seed
@@ -166,7 +167,7 @@ class Observatory:
         pre_d = pre.schedule_for("curvature")
         if o.diagnostics_schedule is not None:
             self.diagnostics_schedule = S.as_schedule(o.diagnostics_schedule)
-        elif pre_d.describe() != S.never().describe():
+        elif not S.is_never(pre_d):
             self.diagnostics_schedule = pre_d
         else:  # a batch was given under a cheaper preset: the capture schedule
             self.diagnostics_schedule = self.capture_schedule
@@ -224,19 +225,15 @@ class Observatory:
         self.init_distance = None
         if self.distance_on and self.is_writer:
             if self.sharded:  # a rank holds shards: their norms are not the parameters'
-                self._skipped["distance_from_init"] = "parameters are sharded DTensors (FSDP2): not computed"
+                skipped["distance_from_init"] = "parameters are sharded DTensors (FSDP2): not computed"
             else:
                 self.init_distance = InitDistance(self.params)
         if self.weights_on and not self.matrix_idx:
             why = f"no 2-D weight matrices selected (matrices={self.options.matrices!r}); pass matrices='all'"
             if self.sharded:
                 why = "parameters are sharded DTensors (FSDP2)"
-            self._skipped["weight_spectra"] = "not computed: " + why
-        if self._skipped:
-            self._attrs["statistics_skipped"] = dict(self._skipped)
-            if self.recorder is not None:  # a probe set fixed the layout above: the store exists already
-                self.recorder.set_attrs(statistics_skipped=dict(self._skipped))
-            self._skipped_sent = len(self._skipped)
+            skipped["weight_spectra"] = "not computed: " + why
+        self._note_skipped(skipped)  # a probe set may have opened the store above already
         OPEN.add(self)
 
     # ------------------------------------------------------------------ set-up
@@ -337,13 +334,18 @@ class Observatory:
             probes=[p.name for p in self.probes],
             params=[n for n, _ in self.named_params],
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
-            matrices=[self.named_params[i][0] for i in self.matrix_idx],
+            matrices=self.matrix_names,
             matrix_stats=(*MATRIX_STATS, *WEIGHT_STATS) if self.weights_on else MATRIX_STATS,
             scalars=(*(DIAG_SCALARS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             param_stats=(*(DIAG_PARAMS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             metadata=self._attrs,
             **self._recorder_kw,
         )
+
+    @property
+    def matrix_names(self) -> list[str]:
+        """Names of the 2-D weights whose gradient (and weight) statistics are stored, in store order."""
+        return [self.named_params[i][0] for i in self.matrix_idx]
 
     @property
     def writer(self):
@@ -433,39 +435,30 @@ class Observatory:
         if scale is not None:
             res.scalars["loss_scale"] = copy(scale)
         if self.grad_norms_on:
-            ok = False
-            with self.failures.guard("step", "gradient norms"):
+            with self.failures.guard("step", "gradient norms") as g:
                 if norms is None:
                     norms, res.present = grad_norms(self.params)
                 res.grad_norms = copy(norms / scale if scale is not None else norms)
-                ok = True
-            res.lost += not ok
+            res.lost += g.failed
         if self.matrix_idx and self.matrix_schedule(step):
             res.capture = True  # a capture row even when the statistics fail (NaN, flag_lost)
-            ok = False
-            with self.failures.guard("capture", "gradient matrix statistics"), torch.no_grad():
+            with self.failures.guard("capture", "gradient matrix statistics") as g, torch.no_grad():
                 stats = gradient_matrix_stats([self.params[i].grad for i in self.matrix_idx], scale=scale)
                 res.matrices = {k: copy(v) for k, v in stats.items()}
-                ok = True
-            res.lost += not ok
+            res.lost += g.failed
         if self.matrix_idx and self.weights_on and self.weight_schedule(step):
             res.capture = True
-            ok = False
-            with self.failures.guard("capture", "weight spectra"), torch.no_grad():
-                names = [self.named_params[i][0] for i in self.matrix_idx]
-                res.matrices.update(weight_matrix_stats(names, [self.params[i].detach() for i in self.matrix_idx]))
-                ok = True
-            res.lost += not ok
+            with self.failures.guard("capture", "weight spectra") as g, torch.no_grad():
+                res.matrices.update(weight_matrix_stats(self.matrix_names, [self.params[i] for i in self.matrix_idx]))
+            res.lost += g.failed
         if self.diagnostics is not None and self.diagnostics_schedule(step):
             self._diagnose(res)
         if self.init_distance is not None and self.distance_schedule(step):
-            ok = False
-            with self.failures.guard("step", "distance from initialisation"):
+            with self.failures.guard("step", "distance from initialisation") as g:
                 d = self.init_distance.distances()
                 res.params["distance_from_init"] = copy(d)
                 res.scalars["distance_from_init"] = copy(torch.linalg.vector_norm(d.double()))
-                ok = True
-            res.lost += not ok
+            res.lost += g.failed
         if self.update_schedule(step) and self.updates.params:
             self.updates.snapshot()
         res.event = copy.event()
@@ -489,18 +482,23 @@ class Observatory:
     def _diagnose(self, res: CaptureResult) -> None:
         """Curvature and gradient noise on the fixed diagnostics batch (probes/diagnostics.py)."""
         assert self.diagnostics is not None
-        ok = False
-        with self.failures.guard("step", "curvature and gradient noise"):
+        with self.failures.guard("step", "curvature and gradient noise") as g:
             scalars, gsnr, reasons = self.diagnostics.run(self.model, [n for n, _ in self.named_params])
             res.scalars.update(scalars)
             res.params["gsnr"] = gsnr
-            for k, v in reasons.items():
-                self._skipped.setdefault(k, v)  # the first reason of each statistic
-            if len(self._skipped) > self._skipped_sent and self.recorder is not None:
+            self._note_skipped(reasons)
+        res.lost += g.failed
+
+    def _note_skipped(self, reasons: dict[str, str]) -> None:
+        """Keep the first reason each statistic stored NaN, in the run's ``statistics_skipped`` attribute
+        (now if the store exists, else in the attributes it will be created with)."""
+        for k, v in reasons.items():
+            self._skipped.setdefault(k, v)
+        if len(self._skipped) > self._skipped_sent:
+            self._attrs["statistics_skipped"] = dict(self._skipped)
+            if self.recorder is not None:
                 self.recorder.set_attrs(statistics_skipped=dict(self._skipped))
-                self._skipped_sent = len(self._skipped)
-            ok = True
-        res.lost += not ok
+            self._skipped_sent = len(self._skipped)
 
     def _capture(self, step: int, res: CaptureResult) -> None:
         """This step's probe capture (in-flight or probe set), all-reduced across ranks."""

@@ -366,23 +366,19 @@ class Recorder:
         copy = HostCopier()
         res = CaptureResult(step, scalars={"loss": copy(_detached(loss)), "lr": lr}, flags=dict(flags or {}))
         if grads:
-            ok = False
-            with self.failures.guard("step", f"gradient norms at step {step}"):
+            with self.failures.guard("step", f"gradient norms at step {step}") as g:
                 norms, res.present = array_norms([grads.get(n) for n in self._params])
                 res.grad_norms = copy(norms)
-                ok = True
-            res.lost += not ok
+            res.lost += g.failed
         if activations:
             self.capture_arrays(res, [activations.get(p) for p in self._probes])
             for s in res.spectra or []:
                 copy.note(s.eigenvalues if s is not None else None)  # device spectra: the event covers them
             if self.matrix_names and grads:
-                ok = False
-                with self.failures.guard("capture", "matrix statistics"):
+                with self.failures.guard("capture", "matrix statistics") as g:
                     stats = gradient_matrix_stats([grads.get(n) for n in self.matrix_names])
                     res.matrices = {k: copy(v) for k, v in stats.items() if k in self.matrix_stats}
-                    ok = True
-                res.lost += not ok
+                res.lost += g.failed
         res.event = copy.event()
         self.submit(res)
 

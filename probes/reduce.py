@@ -138,11 +138,9 @@ class Reducer:
             for stat in self._stats:
                 per_probe = stat.per_probe
                 assert per_probe is not None  # _stats keeps the statistics that have one
-                ok = False
-                with self.failures.guard("metric", f"{stat.name} of probe {sp.probes[i]!r} at step {res.step}"):
+                with self.failures.guard("metric", f"{stat.name} of probe {sp.probes[i]!r} at step {res.step}") as done:
                     values.update(per_probe(inputs, self._state[stat.name][i]))
-                    ok = True
-                lost = lost or not ok
+                lost = lost or done.failed
             res.lost += lost
             for name, v in values.items():
                 if name in metrics:

@@ -38,6 +38,7 @@ __all__ = [
     "every",
     "explicit",
     "from_description",
+    "is_never",
     "log_spaced",
     "never",
     "preset",
@@ -211,6 +212,11 @@ def always() -> Schedule:
     return _Const(True)
 
 
+def is_never(schedule: Schedule) -> bool:
+    """Whether ``schedule`` is :func:`never` (by its description, so a rebuilt one counts too)."""
+    return schedule.describe() == never().describe()
+
+
 @dataclass(frozen=True, repr=False)
 class _Callable(Schedule):
     fn: Callable[[int], bool]
@@ -305,7 +311,7 @@ class Preset:
 
     def statistics(self, where: str = "live") -> list[str]:
         """Names of the registered statistics this preset runs (a schedule that is not ``never``)."""
-        return [s.name for s in registered(where=where) if self.schedule_for(s).describe() != never().describe()]
+        return [s.name for s in registered(where=where) if not is_never(self.schedule_for(s))]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -42,11 +42,12 @@ from typing import Any
 from phasescope.errors import PhasescopeError
 
 from . import _backend as B
+from .metrics import _EPS64
 from .summary import Spectrum
 
 PRECISIONS = ("auto", "float64", "float32", "tf32")
 #: machine ε of the products' arithmetic: float64, float32, and TF32 (10 explicit mantissa bits)
-EPS = {64: 2.0**-52, 32: 2.0**-23, "tf32": 2.0**-10}
+EPS = {64: _EPS64, 32: 2.0**-23, "tf32": 2.0**-10}
 #: a block is added about the kept shift K while (x̄_b − K)² ≤ DRIFT · var_b in every coordinate
 DRIFT = 0.25
 

@@ -30,6 +30,7 @@ import numpy as np
 from phasescope.errors import PhasescopeError
 
 from . import _backend as B
+from . import esd_metrics as E
 
 NAN = float("nan")
 
@@ -224,8 +225,6 @@ def weight_spectra(
     each weight (5 when it has fewer than 100 eigenvalues; an extra SVD per matrix, seeded by `rng`), as
     WeightWatcher's `randomize=True`. A Conv2D weight (out, in, kh, kw) is WeightWatcher's kh·kw slices scaled by √½.
     """
-    from . import esd_metrics as E
-
     if fit not in FITS:
         raise PhasescopeError(f"weight fit must be one of {', '.join(map(repr, FITS))}, got {fit!r}")
     gen = E._rng(rng) if traps else None
@@ -254,8 +253,6 @@ def weight_spectra(
 
 
 def _summarise(name: str, shape: tuple, ev: Any, lam: np.ndarray, w: Any, fit: str, min_tail: int, mp: bool, gen: Any):
-    from . import esd_metrics as E
-
     reasons: dict[str, str] = {}
     if fit == "ww":
         t = E.esd_power_law_ww(lam)
@@ -334,32 +331,37 @@ WEIGHT_STATS = tuple(WEIGHT_FIELDS)
 CHANGE_STATS = ("weight_distance_from_ref", "weight_alpha_change", "weight_spectral_change", "weight_esd_change")
 
 
+def named_weights(names: list[str], weights: list) -> dict[str, Any]:
+    """{name: weight} with torch tensors detached: what `weight_spectra` takes for parallel lists."""
+    return {n: (w.detach() if hasattr(w, "detach") else w) for n, w in zip(names, weights)}
+
+
 def weight_change_stats(
-    names: list[str], weights: list, reference: list, *, fit: str = "clauset"
+    names: list[str],
+    weights: list,
+    reference: list,
+    *,
+    fit: str = "clauset",
+    now: Mapping[str, WeightSpectrum] | None = None,
+    ref: Mapping[str, WeightSpectrum] | None = None,
 ) -> dict[str, np.ndarray]:
     """(M,) float32 per statistic of CHANGE_STATS: how each weight W moved from its reference W₀ (a base
     model before fine-tuning, or a sweep's first checkpoint): ‖W − W₀‖_F / ‖W₀‖_F; α(W) − α(W₀) of the
     ESD tail (`fit`); σ₁(W)/σ₁(W₀) − 1; and ‖λ − λ₀‖₂ / ‖λ₀‖₂ between the descending ESDs. NaN where a
-    reference is missing (None) or of another shape."""
+    reference is missing (None) or of another shape. `now` / `ref`: the two sides' `weight_spectra` (by
+    name, with the same `fit`) when the caller has them already; computed here otherwise."""
     out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in CHANGE_STATS}
-    pairs = [(i, w, r) for i, (w, r) in enumerate(zip(weights, reference)) if r is not None]
-    pairs = [(i, w, r) for i, w, r in pairs if tuple(w.shape) == tuple(r.shape)]
+    cur, base = named_weights(names, weights), named_weights(names, reference)
+    pairs = [n for n in names if base[n] is not None and tuple(cur[n].shape) == tuple(base[n].shape)]
     if not pairs:
         return out
-
-    def host(a: Any) -> Any:
-        return a.detach() if hasattr(a, "detach") else a
-
-    now = weight_spectra({names[i]: host(w) for i, w, _ in pairs}, fit=fit)
-    ref = weight_spectra({names[i]: host(r) for i, _, r in pairs}, fit=fit)
-    for i, w, r in pairs:
-        a, b = now[names[i]], ref[names[i]]
-        d = np.asarray(B.to_numpy(B.as_array(host(w))), np.float64) - np.asarray(
-            B.to_numpy(B.as_array(host(r))), np.float64
-        )
-        r64 = np.asarray(B.to_numpy(B.as_array(host(r))), np.float64)
+    now = now if now is not None else weight_spectra({n: cur[n] for n in pairs}, fit=fit)
+    ref = ref if ref is not None else weight_spectra({n: base[n] for n in pairs}, fit=fit)
+    for n in pairs:
+        i, a, b = names.index(n), now[n], ref[n]
+        w64, r64 = (np.asarray(B.to_numpy(B.as_array(x)), np.float64) for x in (cur[n], base[n]))
         lam, lam0 = (np.asarray(B.to_numpy(x.eigenvalues), np.float64) for x in (a, b))
-        out["weight_distance_from_ref"][i] = np.linalg.norm(d) / np.linalg.norm(r64) if r64.any() else np.nan
+        out["weight_distance_from_ref"][i] = np.linalg.norm(w64 - r64) / np.linalg.norm(r64) if r64.any() else np.nan
         out["weight_alpha_change"][i] = a.alpha - b.alpha
         out["weight_spectral_change"][i] = a.spectral_norm / b.spectral_norm - 1 if b.spectral_norm > 0 else np.nan
         out["weight_esd_change"][i] = np.linalg.norm(lam - lam0) / np.linalg.norm(lam0) if lam0.any() else np.nan
@@ -372,13 +374,12 @@ def weight_matrix_stats(
     """(M,) float32 per statistic of WEIGHT_STATS for the weights W (see `WeightSpectrum`): the ESD
     power-law tail α (`fit`) and its KS distance, stable rank Σλ/λ₁, spectral norm σ₁, nuclear norm Σσ,
     WeightWatcher's norm metrics, its MP soft rank and spike count, and (`traps`) correlation traps."""
-    spectra = weight_spectra(
-        {n: (w.detach() if hasattr(w, "detach") else w) for n, w in zip(names, weights)},
-        fit=fit,
-        mp=True,
-        traps=traps,
-        rng=rng,
-    )
+    spectra = weight_spectra(named_weights(names, weights), fit=fit, mp=True, traps=traps, rng=rng)
+    return weight_stats_table(names, spectra)
+
+
+def weight_stats_table(names: list[str], spectra: Mapping[str, WeightSpectrum]) -> dict[str, np.ndarray]:
+    """WEIGHT_STATS as (M,) float32 columns, in ``names`` order, of `weight_spectra` results."""
     out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in WEIGHT_STATS}
     for i, n in enumerate(names):
         ws = spectra[n]

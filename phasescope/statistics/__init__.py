@@ -22,6 +22,7 @@ from .base import (
     panels_for,
     register,
     statistics,
+    variable,
     variables,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "panels_for",
     "register",
     "statistics",
+    "variable",
     "variables",
 ]

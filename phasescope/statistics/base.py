@@ -148,13 +148,19 @@ def names(kind: str, *, where: str | None = None) -> tuple[str, ...]:
     return tuple(v.name for v in variables(kind, where=where))
 
 
-def info(name: str) -> str:
-    """The one-line meaning of a stored variable (empty when no statistic declares it)."""
+def variable(name: str, kind: str | None = None) -> Variable | None:
+    """The registered variable ``name`` (of ``kind``, when given), or None when no statistic declares it."""
     for s in REGISTRY.values():
         for v in s.variables:
-            if v.name == name:
-                return v.info
-    return ""
+            if v.name == name and kind in (None, v.kind):
+                return v
+    return None
+
+
+def info(name: str) -> str:
+    """The one-line meaning of a stored variable (empty when no statistic declares it)."""
+    v = variable(name)
+    return v.info if v is not None else ""
 
 
 def panels_for(panel: str) -> list[Variable]:

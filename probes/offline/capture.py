@@ -32,7 +32,7 @@ import numpy as np
 from phasescope.gradients import gradient_matrix_stats
 from phasescope.spectra import CovarianceAccumulator, to_numpy
 from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
-from phasescope.spectra.weights import weight_change_stats, weight_matrix_stats
+from phasescope.spectra.weights import named_weights, weight_change_stats, weight_spectra, weight_stats_table
 
 from ..capture import accepts, first_tensor
 from ..diagnostics import Diagnostics
@@ -112,22 +112,25 @@ def analyze_checkpoint(ckpt: Checkpoint, data: ProbeData, spec: CaptureSpec) -> 
         return CheckpointResult(ckpt.step, error=msg + where)
 
 
-_REFERENCE: dict[tuple, dict] = {}  # (location, revision, matrices) -> {name: weight}: loaded once per process
+#: (location, revision, matrices, fit) -> ({name: weight}, their weight_spectra): once per process
+_REFERENCE: dict[tuple, tuple[dict, dict]] = {}
 
 
-def reference_matrices(spec: CaptureSpec) -> dict:
-    """The reference (base) model's selected weights on the host, loaded once per process."""
+def reference_matrices(spec: CaptureSpec) -> tuple[dict, dict]:
+    """The reference (base) model's selected weights on the host and their `weight_spectra` (with the
+    sweep's tail fit), loaded and computed once per process."""
     import torch
 
     ref = spec.reference
     assert ref is not None
-    key = (ref.location, ref.revision, spec.matrices)
+    key = (ref.location, ref.revision, spec.matrices, spec.weight_fit)
     if key not in _REFERENCE:
         model = load_model(ref, trust_remote_code=spec.trust_remote_code)
         params = dict(model.named_parameters())
         with torch.no_grad():
-            _REFERENCE[key] = {n: params[n].detach().float().clone() for n in spec.matrices if n in params}
+            weights = {n: params[n].detach().float().clone() for n in spec.matrices if n in params}
         del model
+        _REFERENCE[key] = (weights, weight_spectra(weights, fit=spec.weight_fit))
     return _REFERENCE[key]
 
 
@@ -226,11 +229,13 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
             p.grad = None
     if spec.weights and mats:
         with torch.no_grad():
-            cap.matrices.update(weight_matrix_stats(list(spec.matrices), mats, fit=spec.weight_fit, rng=spec.seed))
-            if spec.reference is not None:
-                ref = reference_matrices(spec)
-                refs = [ref.get(n) for n in spec.matrices]
-                cap.matrices.update(weight_change_stats(list(spec.matrices), mats, refs, fit=spec.weight_fit))
+            names = list(spec.matrices)
+            now = weight_spectra(named_weights(names, mats), fit=spec.weight_fit, mp=True, traps=True, rng=spec.seed)
+            cap.matrices.update(weight_stats_table(names, now))
+            if spec.reference is not None:  # the same spectra, against the base model's (computed once)
+                base, ref = reference_matrices(spec)
+                refs = [base.get(n) for n in names]
+                cap.matrices.update(weight_change_stats(names, mats, refs, fit=spec.weight_fit, now=now, ref=ref))
     if spec.diagnostics:
         with torch.enable_grad():
             scalars, _, res.skipped = Diagnostics(diagnostics_batch(data, spec), seed=spec.seed).run(model, [])
