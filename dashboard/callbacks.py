@@ -22,7 +22,8 @@ from dash import Input, Output, State, ctx, dcc, html, no_update
 
 from . import figures as F
 from .data import PathRefused, RunSource
-from .layout import GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
+from .layout import ESD_CONTROLS, GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
+from .panel_figures import NEEDS
 
 MAX_OVERVIEW_RUNS = 4
 PLAY, PAUSE = "▶ play", "❚❚ pause"
@@ -130,6 +131,23 @@ class Views:
         """A panel the statistic registry declares (see panel_figures)."""
         runs = self.datasets(version)
         return F.figure_panel(runs, name, align=align) if runs else F.empty_figure(NO_RUN)
+
+    def esd(self, version, run=None, matrix=None, step=None):
+        """(figure, then options and value of the run, matrix and step dropdowns): the weight ESD one
+        selected run stored for one matrix at one capture; the title names the run."""
+        runs = {k: ds for k, ds in self.datasets(version).items() if F.esd_steps(ds)}
+        if not runs:
+            if not (version or {}).get("runs"):
+                return (F.empty_figure(NO_RUN), *([[], None] * 3))
+            msg = f"no selected run stores weight ESDs ({NEEDS['weights']})"
+            return (F.empty_figure(msg, title="Weight ESD"), *([[], None] * 3))
+        run = _keep(run, list(runs))
+        ds = runs[run]
+        names = [str(m) for m in ds["matrix"].values]
+        steps = F.esd_steps(ds)
+        matrix, step = _keep(matrix, names), step if step in steps else steps[-1]
+        fig = F.figure_stored_esd(ds, matrix, step, run=run)
+        return fig, list(runs), run, names, matrix, [{"label": str(s), "value": s} for s in steps], step
 
     def phases(self, version, align):
         keys = (version or {}).get("runs", [])
@@ -242,6 +260,12 @@ class Views:
         out[("trajectories", "figure")] = tr
         for p in STAT_PANELS:
             out[(f"stat-{p}", "figure")] = panel(f"stat-{p}", lambda p=p: self.stat_panel(version, p, "step"))
+        esd = panel("esd", lambda: self.esd(version))
+        if isinstance(esd, tuple):
+            esd, *choices = esd
+            for i, cid in enumerate(ESD_CONTROLS):
+                out[(cid, "options")], out[(cid, "value")] = choices[2 * i], choices[2 * i + 1]
+        out[("esd", "figure")] = esd
         try:
             meta, quality = self.table_rows(version)
         except Exception as exc:  # noqa: BLE001
@@ -343,6 +367,16 @@ def register(app, src: RunSource) -> Views:
 
     for p in STAT_PANELS:
         _register_stat_panel(app, V, p, view, later)
+
+    @app.callback(
+        Output("esd", "figure"),
+        *(Output(cid, prop) for cid in ESD_CONTROLS for prop in ("options", "value")),
+        Input("version", "data"),
+        *(Input(cid, "value") for cid in ESD_CONTROLS),
+        **later,
+    )
+    def esd(version, run, matrix, step):
+        return V.esd(version, run, matrix, step)
 
     @app.callback(
         Output("phases", "figure"),

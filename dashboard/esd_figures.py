@@ -3,7 +3,9 @@ histogram of the eigenvalues λ = σ² of WᵀW, the fitted power-law tail ρ(λ
 λ_min itself and the Marchenko–Pastur bulk edge λ₊ (Martin & Mahoney 2021).
 
 Pure: a :class:`phasescope.spectra.weights.WeightSpectrum` (what ``weight_spectra`` returns) in, a plotly
-figure out; nothing is computed but the histogram and the fitted line.
+figure out; nothing is computed but the histogram and the fitted line. On the page, the ESD a run stored
+(``weight_eigenvalues`` beside its ``matrix_weight_*`` statistics) is read back into one
+(:func:`stored_weight_spectrum`) and drawn the same way (:func:`figure_stored_esd`).
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from typing import Any
 
 import numpy as np
 
+from phasescope.spectra.weights import WeightSpectrum
+
 from ._common import empty_figure, title
 from ._plotly import figure
 
+ESD_VAR = "weight_eigenvalues"
 
-def figure_esd(ws: Any, *, bins: int = 60, uirevision: str = "esd"):
+
+def figure_esd(ws: Any, *, bins: int = 60, where: str = "", uirevision: str = "esd"):
     """ESD of ``ws`` (a WeightSpectrum): the eigenvalue density on log-spaced bins (density per unit λ,
     so a power law is a straight line of slope −α), the fitted tail's density
     n_tail/n · (α−1)/λ_min · (λ/λ_min)^(−α) for λ ≥ λ_min, and vertical lines at λ_min and at the MP bulk
     edge when they were fitted. The subtitle names the fit (phasescope's or WeightWatcher's) and its
-    numbers, or why the tail was not fitted."""
+    numbers, or why the tail was not fitted; ``where`` (e.g. "run · step 100") is added to the title."""
     lam = np.asarray(getattr(ws.eigenvalues, "cpu", lambda: ws.eigenvalues)(), dtype=np.float64).ravel()
     lam = lam[np.isfinite(lam) & (lam > 0)]
-    head = f"ESD · {ws.name} {tuple(ws.shape)}"
+    head = f"ESD · {ws.name}" + (f" {tuple(ws.shape)}" if ws.shape else "") + (f" · {where}" if where else "")
     if lam.size < 2 or lam.max() <= lam.min():
         return empty_figure(f"{lam.size} distinct positive eigenvalues: no density to draw", title=head)
     edges = np.geomspace(lam.min(), lam.max() * (1 + 1e-9), int(bins) + 1)
@@ -104,3 +110,67 @@ def _vline(x: float, colour: str) -> dict:
         "yref": "paper",
         "line": {"color": colour, "dash": "dot"},
     }
+
+
+def esd_steps(ds) -> list[int]:
+    """The capture steps at which ``ds`` stored weight ESDs (weight spectra run on their own schedule)."""
+    if ESD_VAR not in ds.data_vars or ds.sizes.get("capture_step", 0) == 0:
+        return []
+    e = np.asarray(ds[ESD_VAR].values, dtype=np.float64)
+    has = np.isfinite(e).any(axis=(1, 2))
+    return [int(s) for s in np.asarray(ds["capture_step"].values)[has]]
+
+
+def _stat(ds, name: str, c: int, m: int) -> float:
+    v = f"matrix_{name}"
+    return float(ds[v].variable[c, m].values) if v in ds.data_vars else math.nan
+
+
+def stored_weight_spectrum(ds, matrix: str, step: int) -> WeightSpectrum | str:
+    """The :class:`WeightSpectrum` of ``matrix`` at capture ``step`` as the run stored it: its eigenvalues
+    and the stored tail fit (α, λ_min, KS distance; the tail is the eigenvalues ≥ λ_min), MP bulk edge
+    λ₊ = soft rank·λ_max and spike count; or why there is none (a one-line reason)."""
+    if ESD_VAR not in ds.data_vars:
+        return "this run stores no weight ESDs (record weight spectra: analyze --weights, or weight_schedule=)"
+    names = [str(n) for n in ds["matrix"].values]
+    if matrix not in names:
+        return f"matrix {matrix!r} is not in this run"
+    hit = np.nonzero(np.asarray(ds["capture_step"].values) == step)[0]
+    if hit.size == 0:
+        return f"no capture at step {step}"
+    c, m = int(hit[-1]), names.index(matrix)
+    lam = np.asarray(ds[ESD_VAR].variable[c, m].values, dtype=np.float64)
+    lam = lam[np.isfinite(lam)]
+    if lam.size == 0:
+        return f"no weight ESD stored for {matrix} at step {step} (not on the weight schedule)"
+    alpha, xmin = _stat(ds, "weight_alpha", c, m), _stat(ds, "weight_xmin", c, m)
+    soft = _stat(ds, "weight_mp_soft_rank", c, m)
+    opts = ds.attrs.get("analyze_options")
+    fit = str(opts.get("weight_fit", "clauset")) if isinstance(opts, dict) else "clauset"
+    return WeightSpectrum(
+        name=matrix,
+        shape=(),
+        eigenvalues=lam,
+        alpha=alpha,
+        xmin=xmin,
+        ks_distance=_stat(ds, "weight_ks_distance", c, m),
+        n_tail=int((lam >= xmin).sum()) if math.isfinite(xmin) else 0,
+        stable_rank=_stat(ds, "weight_stable_rank", c, m),
+        spectral_norm=_stat(ds, "weight_spectral", c, m),
+        reason=None if math.isfinite(alpha) else "no power-law tail fitted at this capture",
+        mp_bulk_max=soft * float(lam.max()) if math.isfinite(soft) else math.nan,
+        num_spikes=_stat(ds, "weight_num_spikes", c, m),
+        fit=fit,
+    )
+
+
+def figure_stored_esd(ds, matrix: str, step: int, *, run: str = "", uirevision: str = "esd"):
+    """The per-layer ESD plot (:func:`figure_esd`) of the ESD ``ds`` stored for ``matrix`` at ``step``;
+    the title names the run (``run``) and the step, since the panel shows one run at a time."""
+    where = f"{run} · step {step}" if run else f"step {step}"
+    ws = stored_weight_spectrum(ds, matrix, step)
+    if isinstance(ws, str):
+        return empty_figure(ws, title=f"ESD · {matrix} · {where}")
+    fig = figure_esd(ws, where=where, uirevision=uirevision)
+    fig.layout.meta = {**fig.layout.meta, "run": run, "step": int(step)}
+    return fig

@@ -49,7 +49,7 @@ from ._common import (
     tokens_per_step,
 )
 from ._plotly import decode_array
-from .esd_figures import figure_esd
+from .esd_figures import esd_steps, figure_esd, figure_stored_esd
 from .gradient_figures import figure_gradients, param_block, projection_type
 from .heatmap_figures import (
     OVERVIEW_METRICS,

@@ -14,7 +14,17 @@ from .panel_figures import PANEL_TITLES, registry_panels
 
 # Panels the statistic registry declares (e.g. "similarity" for linear CKA) get graphs "stat-<panel>".
 STAT_PANELS = registry_panels()
-GRAPHS = ("overview", "heatmap", "spectrum", "trajectories", *(f"stat-{p}" for p in STAT_PANELS), "phases", "gradients")
+GRAPHS = (
+    "overview",
+    "heatmap",
+    "spectrum",
+    "trajectories",
+    *(f"stat-{p}" for p in STAT_PANELS),
+    "esd",
+    "phases",
+    "gradients",
+)
+ESD_CONTROLS = ("esd-run", "esd-matrix", "esd-step")  # run, weight matrix and capture step of the ESD panel
 TABLES = {"meta-table": ("key", "value"), "quality-table": ("check", "value", "status")}
 IMAGE_FORMATS = ("png", "svg")
 ROW_CLASSES = ("warn", "error")  # table rows styled by their status
@@ -196,6 +206,14 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
                 ],
             ),
             *(panel(PANEL_TITLES.get(p, p), f"stat-{p}") for p in STAT_PANELS),
+            panel(
+                "Weight ESD per layer · power-law tail and MP bulk edge (WeightWatcher's plot)",
+                "esd",
+                [
+                    dcc.Dropdown(id=i, options=[], value=None, clearable=False, className="dropdown", placeholder=ph)
+                    for i, ph in zip(ESD_CONTROLS, ("run", "weight matrix", "step"))
+                ],
+            ),
             panel("Phases per layer", "phases"),
             panel("Gradients", "gradients"),
             html.Div(

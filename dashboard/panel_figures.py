@@ -57,7 +57,7 @@ NEEDS = {
 }
 #: panels the page draws with builders of their own; every other panel a statistic names gets a
 #: figure_panel of its own on the page (REGISTRY_PANELS)
-BUILTIN_PANELS = ("overview", "heatmap", "trajectory", "layers", "gradients", "scalars")
+BUILTIN_PANELS = ("overview", "heatmap", "trajectory", "layers", "gradients", "scalars", "esd")
 
 
 def registry_panels() -> tuple[str, ...]:

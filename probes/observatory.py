@@ -40,7 +40,7 @@ from phasescope.gradients import (
     matrix_group,
     select_matrices,
 )
-from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+from phasescope.spectra.weights import WEIGHT_STATS, esd_size, weight_matrix_stats
 from phasescope.statistics import statistics as registered_statistics
 
 from . import distributed as D
@@ -336,6 +336,9 @@ class Observatory:
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
             matrices=self.matrix_names,
             matrix_stats=(*MATRIX_STATS, *WEIGHT_STATS) if self.weights_on else MATRIX_STATS,
+            weight_rank=max((esd_size(tuple(self.params[i].shape)) for i in self.matrix_idx), default=0)
+            if self.weights_on
+            else 0,
             scalars=(*(DIAG_SCALARS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             param_stats=(*(DIAG_PARAMS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             metadata=self._attrs,

@@ -150,6 +150,7 @@ class Recorder:
         spectra_precision: str = "auto",
         scalars: tuple[str, ...] = (),
         param_stats: tuple[str, ...] = (),
+        weight_rank: int = 0,
     ):
         self._store_path, self._overwrite = store, overwrite
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
@@ -166,6 +167,7 @@ class Recorder:
         self.param_stats = (*PARAM_STATS, *(s for s in param_stats if s not in PARAM_STATS))
         self.fit_range = fit_range
         self.max_rank_cap = max_rank
+        self.weight_rank = int(weight_rank)  # ESD length stored per weight matrix (weight spectra), 0: none
         self.cka_samples = int(cka_samples)
         self._queue: dict[str, Any] = dict(
             max_pending_steps=int(queue_size),
@@ -231,8 +233,14 @@ class Recorder:
             raise PhasescopeError(
                 f"matrices {unknown} are not among the params {self._params[:6]}…; name gradients that are recorded"
             )
+        weight_rank = self.weight_rank if self.matrix_names else 0
         spec = RunSpec(
-            tuple(self._probes), tuple(self.dims), max_rank, self.fit_range, stat_names("metric", where="live")
+            tuple(self._probes),
+            tuple(self.dims),
+            max_rank,
+            self.fit_range,
+            stat_names("metric", where="live"),
+            weight_rank=weight_rank,
         )
         self.reducer = Reducer(spec, self.failures)
         self._ready = True
@@ -256,6 +264,7 @@ class Recorder:
             param_stats=list(self.param_stats),
             matrices=self.matrix_names,
             matrix_stats=list(self.matrix_stats) if self.matrix_names else [],
+            weight_rank=weight_rank,
             flags=FLAGS,
             attrs=self.attrs,
             overwrite=self._overwrite,

@@ -28,6 +28,7 @@ import numpy as np
 from phasescope.failures import FailureLog
 from phasescope.gradients import global_norm, nonfinite
 from phasescope.spectra import Spectrum, to_numpy
+from phasescope.spectra.weights import WEIGHT_EIGENVALUES
 from phasescope.statistics import ProbeInputs, statistics
 from phasescope.statistics import names as stat_names
 
@@ -48,6 +49,7 @@ class RunSpec:
     fit_range: Any = "auto"
     metrics: tuple[str, ...] = field(default_factory=lambda: stat_names("metric"))
     flags: tuple[str, ...] = FLAGS  # the run's flag columns; other flag values are not stored
+    weight_rank: int = 0  # the run stores weight ESDs up to this many eigenvalues (0: none)
 
 
 @dataclass
@@ -65,6 +67,7 @@ class CaptureValues:
     eigenvalues: np.ndarray
     n_samples: np.ndarray
     matrices: dict[str, np.ndarray]
+    weight_eigenvalues: np.ndarray | None = None  # (M, ≤ weight_rank) ESDs, when weight spectra ran
 
 
 class Reducer:
@@ -146,7 +149,8 @@ class Reducer:
                 if name in metrics:
                     metrics[name][i] = v
         mats = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in res.matrices.items()}
-        return CaptureValues(res.step, metrics, eig, n_samples, mats)
+        esd = mats.pop(WEIGHT_EIGENVALUES, None)
+        return CaptureValues(res.step, metrics, eig, n_samples, mats, esd if self.spec.weight_rank else None)
 
 
 def host_spectrum(s: Spectrum | None) -> Spectrum | None:

@@ -313,6 +313,7 @@ def _ordered(weights: Any, out: Mapping[str, WeightSpectrum], conv2d: bool = Fal
 WEIGHT_FIELDS = {
     "weight_alpha": "alpha",
     "weight_ks_distance": "ks_distance",
+    "weight_xmin": "xmin",
     "weight_stable_rank": "stable_rank",
     "weight_spectral": "spectral_norm",
     "weight_nuclear": None,
@@ -325,6 +326,28 @@ WEIGHT_FIELDS = {
     "weight_num_traps": "num_traps",
 }
 WEIGHT_STATS = tuple(WEIGHT_FIELDS)
+#: the (M, weight_rank) ESDs stored beside WEIGHT_STATS (the per-layer ESD plot draws them)
+WEIGHT_EIGENVALUES = "weight_eigenvalues"
+
+
+def esd_size(shape: tuple[int, ...]) -> int:
+    """How many eigenvalues a weight of ``shape`` has in its ESD: min(a, b) for a matrix (a, b),
+    kh·kw·min(out, in) for a Conv2D weight (out, in, kh, kw) (WeightWatcher's pooled slices); 0 else."""
+    if len(shape) == 2:
+        return int(min(shape))
+    if len(shape) == 4:
+        return int(shape[2] * shape[3] * min(shape[0], shape[1]))
+    return 0
+
+
+def weight_eigen_table(names: list[str], spectra: Mapping[str, WeightSpectrum]) -> np.ndarray:
+    """(M, max ESD size) float32: each weight's eigenvalues λ = σ² of WᵀW, descending, NaN-padded, in
+    ``names`` order (the store's ``weight_eigenvalues`` row)."""
+    evs = [np.asarray(B.to_numpy(spectra[n].eigenvalues), dtype=np.float32).ravel() for n in names]
+    out = np.full((len(names), max((e.size for e in evs), default=0)), np.nan, dtype=np.float32)
+    for i, e in enumerate(evs):
+        out[i, : e.size] = e
+    return out
 
 
 #: per-matrix change against a reference (base) model, stored as matrix_<name>
@@ -372,15 +395,18 @@ def weight_matrix_stats(
     names: list[str], weights: list, *, fit: str = "clauset", traps: bool = True, rng: Any = 0
 ) -> dict[str, np.ndarray]:
     """(M,) float32 per statistic of WEIGHT_STATS for the weights W (see `WeightSpectrum`): the ESD
-    power-law tail α (`fit`) and its KS distance, stable rank Σλ/λ₁, spectral norm σ₁, nuclear norm Σσ,
-    WeightWatcher's norm metrics, its MP soft rank and spike count, and (`traps`) correlation traps."""
+    power-law tail α (`fit`), its KS distance and λ_min, stable rank Σλ/λ₁, spectral norm σ₁, nuclear
+    norm Σσ, WeightWatcher's norm metrics, its MP soft rank and spike count, and (`traps`) correlation
+    traps; and WEIGHT_EIGENVALUES, the (M, max ESD size) eigenvalues themselves."""
     spectra = weight_spectra(named_weights(names, weights), fit=fit, mp=True, traps=traps, rng=rng)
     return weight_stats_table(names, spectra)
 
 
 def weight_stats_table(names: list[str], spectra: Mapping[str, WeightSpectrum]) -> dict[str, np.ndarray]:
-    """WEIGHT_STATS as (M,) float32 columns, in ``names`` order, of `weight_spectra` results."""
+    """WEIGHT_STATS as (M,) float32 columns, in ``names`` order, of `weight_spectra` results, and their
+    eigenvalues as WEIGHT_EIGENVALUES (`weight_eigen_table`)."""
     out = {k: np.full(len(names), np.nan, dtype=np.float32) for k in WEIGHT_STATS}
+    out[WEIGHT_EIGENVALUES] = weight_eigen_table(names, spectra)
     for i, n in enumerate(names):
         ws = spectra[n]
         for key, attr in WEIGHT_FIELDS.items():

@@ -117,9 +117,10 @@ class AsyncRunWriter:
         n_samples: Any,
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
+        weight_eigenvalues: Any = None,
     ) -> None:
         self._check()
-        row = self.writer.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
+        row = self.writer.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
         if self.writer.accept(CAPTURE, row.step, self._last[CAPTURE]):
             self._last[CAPTURE] = row.step
             self._put("capture", row)

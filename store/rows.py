@@ -39,6 +39,7 @@ class CaptureRow:
     n_samples: np.ndarray  # (n_probes,) int64
     matrices: dict[str, np.ndarray]  # stat -> (n_matrices,)
     sketch: np.ndarray | None  # (n_probes, rows, width)
+    weight_eigenvalues: np.ndarray | None = None  # (n_matrices, weight_rank) float32, NaN-padded
 
 
 def prepare_step(
@@ -82,8 +83,10 @@ def prepare_capture(
     n_samples: Any,
     matrices: Mapping[str, Any] | None = None,
     sketch: Any = None,
+    weight_eigenvalues: Any = None,
 ) -> CaptureRow:
-    """Validate one capture's values against layout ``L`` and return the row."""
+    """Validate one capture's values against layout ``L`` and return the row. ``weight_eigenvalues``:
+    (matrices, ≤ weight_rank) eigenvalues of each weight's WᵀW, NaN-padded, or None (not computed)."""
     step = _as_step(step)
     P = len(L.probes)
     if not P:
@@ -123,7 +126,20 @@ def prepare_capture(
         if s.shape != shape:
             raise StoreError(f"sketch has shape {s.shape}, expected {shape} (probe, rows, width)")
         sk = s.astype(L.sketch.get("dtype", "float16"))
-    return CaptureRow(step, mv, eig, ns, mats, sk)
+    wev = None
+    if weight_eigenvalues is not None:
+        if not L.weight_rank:
+            raise StoreError("weight eigenvalues were given but the run stores none; pass weight_rank= to RunWriter")
+        e = np.asarray(weight_eigenvalues, dtype=np.float32)
+        M = len(L.matrices)
+        if e.ndim != 2 or e.shape[0] != M or e.shape[1] > L.weight_rank:
+            raise StoreError(
+                f"weight_eigenvalues has shape {e.shape}, expected ({M}, <= {L.weight_rank}) "
+                "(matrices x weight_rank, NaN-padded)"
+            )
+        wev = np.full((M, L.weight_rank), np.nan, dtype=np.float32)
+        wev[:, : e.shape[1]] = e
+    return CaptureRow(step, mv, eig, ns, mats, sk, wev)
 
 
 def step_blocks(L: Layout, rows: Sequence[StepRow], dropped: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -162,6 +178,14 @@ def capture_blocks(L: Layout, rows: Sequence[CaptureRow]) -> list[tuple[str, np.
             (f"matrix_{stat}", _stat_block([r.matrices for r in rows], stat, len(L.matrices)))
             for stat in L.matrix_stats
         ]
+    if L.weight_rank:
+        blank_w = np.full((len(L.matrices), L.weight_rank), np.nan, dtype=np.float32)
+        out.append(
+            (
+                "weight_eigenvalues",
+                np.stack([r.weight_eigenvalues if r.weight_eigenvalues is not None else blank_w for r in rows]),
+            )
+        )
     out.append((CAPTURE, np.array([r.step for r in rows], dtype=np.int64)))
     return out
 

@@ -23,9 +23,19 @@ COMMIT_ATTR = "phasescope_commit"
 LAYOUT_ATTR = "phasescope_layout"
 
 STEP, CAPTURE, PROBE, PARAM, RANK, MATRIX = "step", "capture_step", "probe", "param", "rank", "matrix"
+WEIGHT_RANK = "weight_rank"
 SKETCH_ROW, SKETCH_COL = "sketch_row", "sketch_col"
 COORDS = (STEP, CAPTURE, PROBE, PARAM, RANK, MATRIX)
-RESERVED = set(COORDS) | {"eigenvalues", "n_samples", "sketch", SKETCH_ROW, SKETCH_COL, "phases"}
+RESERVED = set(COORDS) | {
+    "eigenvalues",
+    "n_samples",
+    "sketch",
+    SKETCH_ROW,
+    SKETCH_COL,
+    "phases",
+    WEIGHT_RANK,
+    "weight_eigenvalues",
+}
 
 STEP_FILL = -1  # unwritten rows of the step / capture_step coordinates
 INITIAL_STEP_CAPACITY = 1024
@@ -73,6 +83,9 @@ class Layout:
     flags: list[str] = field(default_factory=list)
     sketch: dict | None = None  # {"rows": r, "width": w, "dtype": "float16", ...} or None
     eigen_dtype: str = "float32"
+    # eigenvalues of WᵀW stored per weight matrix (weight spectra's ESD, for the per-layer ESD plot);
+    # 0: none. Layouts from before it read as 0.
+    weight_rank: int = 0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -104,6 +117,10 @@ class Layout:
             raise StoreError(f"names {clash} are reserved by the run schema; rename them")
         if self.max_rank < 0:
             raise StoreError(f"max_rank must be >= 0, got {self.max_rank}")
+        if self.weight_rank < 0:
+            raise StoreError(f"weight_rank must be >= 0, got {self.weight_rank}")
+        if self.weight_rank and not self.matrices:
+            raise StoreError("weight_rank was given but matrices is empty; pass the weight matrices' names")
         if self.metrics and not self.probes:
             raise StoreError("metrics were given but probes is empty; pass the probe names")
 
@@ -165,6 +182,14 @@ class Layout:
                 ArraySpec(f"matrix_{s}", (CAPTURE, MATRIX), "float32", math.nan, (cr, M), CAPTURE)
                 for s in self.matrix_stats
             ]
+            if W := self.weight_rank:
+                out.insert(6, ArraySpec(WEIGHT_RANK, (WEIGHT_RANK,), "int32", 0, (W,), None))
+                # one capture per chunk: weight spectra run on a sparse schedule, most rows stay NaN
+                out.append(
+                    ArraySpec(
+                        "weight_eigenvalues", (CAPTURE, MATRIX, WEIGHT_RANK), "float32", math.nan, (1, M, W), CAPTURE
+                    )
+                )
         return out
 
 

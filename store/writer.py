@@ -47,6 +47,7 @@ from .schema import (
     SCHEMA_VERSION,
     STEP,
     STEP_FILL,
+    WEIGHT_RANK,
     ArraySpec,
     Layout,
     check_json,
@@ -92,6 +93,7 @@ class RunWriter:
         sketch: Mapping[str, Any] | None = None,
         eigen_dtype: str = "float32",
         capacity: tuple[int, int] = (INITIAL_STEP_CAPACITY, INITIAL_CAPTURE_CAPACITY),
+        weight_rank: int = 0,
     ) -> None:
         if overwrite and resume:
             raise StoreError("overwrite=True and resume=True contradict each other; pass only one")
@@ -107,6 +109,7 @@ class RunWriter:
             flags=list(flags),
             sketch=dict(sketch) if sketch else None,
             eigen_dtype=str(np.dtype(eigen_dtype)),
+            weight_rank=int(weight_rank),
         )
         self.layout.validate()
         user_attrs = check_json(dict(attrs or {}))
@@ -192,6 +195,8 @@ class RunWriter:
             self.arrays["matrix"][:] = np.array(L.matrices, dtype=str)
         if L.max_rank:
             self.arrays["rank"][:] = np.arange(1, L.max_rank + 1, dtype=np.int32)
+        if L.weight_rank:
+            self.arrays[WEIGHT_RANK][:] = np.arange(1, L.weight_rank + 1, dtype=np.int32)
         self.attrs: dict[str, Any] = {}
         self._setup_fast_path()
         self._update_attrs(attrs)
@@ -242,6 +247,7 @@ class RunWriter:
             "param": len(L.params),
             "matrix": len(L.matrices),
             "rank": L.max_rank,
+            WEIGHT_RANK: L.weight_rank,
         }
         if dim in sizes:
             return sizes[dim]
@@ -333,9 +339,10 @@ class RunWriter:
         n_samples: Any,
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
+        weight_eigenvalues: Any = None,
     ) -> CaptureRow:
         """Validate one capture's values and return the row (no I/O)."""
-        return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch)
+        return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
 
     def accept(self, dim: str, step: int, last_seen: int | None) -> bool:
         """True to write ``step``; False to skip it (resume replay); raise if out of order."""
@@ -379,10 +386,12 @@ class RunWriter:
         n_samples: Any,
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
+        weight_eigenvalues: Any = None,
     ) -> None:
-        """Write one spectral capture (metrics and eigenvalues per probe) and commit it."""
+        """Write one spectral capture (metrics and eigenvalues per probe, and the weight matrices'
+        statistics and eigenvalues) and commit it."""
         self._check_open()
-        row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch)
+        row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
         if self.accept(CAPTURE, row.step, self.last[CAPTURE]):
             self.write_rows([], [row])
 

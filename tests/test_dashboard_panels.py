@@ -141,3 +141,66 @@ def test_weights_panel_draws_weightwatchers_metrics_per_projection_type(tiny_swe
     grads = figure_gradients(ds)
     assert not any("weight_" in (t.name or "") for t in grads.data)
     assert any("grad_nuclear" in (t.name or "") for t in grads.data)
+
+
+def test_esd_panel_draws_the_stored_weight_esd_with_its_fit(tiny_sweep, tmp_path):
+    """`analyze --weights` stores each weight's ESD (eigenvalues of WᵀW) beside its statistics; the page's
+    ESD panel reads one back and draws WeightWatcher's per-layer plot: the stored eigenvalues equal
+    `weight_spectra` of the checkpoint, the drawn tail is the stored fit (α, λ_min, the eigenvalues above
+    it) and the MP edge is soft rank·λ_max. With two runs ticked the panel offers only the one that has
+    ESDs and names it; a run without them says how to record them."""
+    import json
+
+    from transformers import GPT2LMHeadModel
+
+    from phasescope.dashboard import create_app
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+    from phasescope.dashboard.esd_figures import esd_steps, figure_esd, stored_weight_spectrum
+    from phasescope.probes.offline import analyze
+    from phasescope.spectra.weights import weight_spectra
+
+    root = tmp_path / "runs"
+    analyze(tiny_sweep / "ck", str(tiny_sweep / "p.txt"), root / "w.zarr", workers=0, weights=True, progress=False)
+    analyze(tiny_sweep / "ck", str(tiny_sweep / "p.txt"), root / "plain.zarr", workers=0, progress=False)
+    ds = open_run(root / "w.zarr", lazy=False)
+    assert esd_steps(ds) == [0, 4, 8] and esd_steps(open_run(root / "plain.zarr")) == []
+    names = [str(m) for m in ds["matrix"].values]
+    model = GPT2LMHeadModel.from_pretrained(tiny_sweep / "ck" / "checkpoint-8")
+    params = dict(model.named_parameters())
+    want = weight_spectra({n: params[n].detach() for n in names}, mp=True)
+    assert ds["weight_eigenvalues"].shape == (3, len(names), 16)
+    for n in names:
+        got = stored_weight_spectrum(ds, n, 8)
+        assert not isinstance(got, str)
+        ref = want[n]
+        np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues.numpy(), rtol=1e-6)
+        assert got.alpha == pytest.approx(ref.alpha, rel=1e-6) and got.xmin == pytest.approx(ref.xmin, rel=1e-6)
+        assert got.n_tail == ref.n_tail
+        assert got.mp_bulk_max == pytest.approx(ref.mp_bulk_max, rel=1e-5)
+    n = names[-1]
+    drawn = figure_esd(stored_weight_spectrum(ds, n, 8))
+    direct = figure_esd(want[n])
+    for a, b in zip(drawn.data, direct.data):  # the same histogram, fit line and bulk edge
+        np.testing.assert_allclose(np.asarray(a.y, float), np.asarray(b.y, float), rtol=1e-4)
+    assert "no weight ESD" not in str(stored_weight_spectrum(ds, n, 8))
+    assert "not in this run" in stored_weight_spectrum(ds, "nope", 8)
+
+    views = Views(RunSource(root), refresh_ms=1000)
+    version = {"runs": ["plain.zarr", "w.zarr"]}
+    fig, runs, run, mats, mat, steps, step = views.esd(version)
+    assert runs == ["w.zarr"] and run == "w.zarr" and mats == names and mat == names[0] and step == 8
+    assert [s["value"] for s in steps] == [0, 4, 8]
+    assert "w.zarr · step 8" in fig.layout.title.text and fig.layout.meta["alpha"] == pytest.approx(
+        float(ds["matrix_weight_alpha"].sel(capture_step=8, matrix=names[0])), rel=1e-6
+    )
+    fig, *_, step = views.esd(version, "w.zarr", n, 4)
+    assert step == 4 and fig.layout.meta["matrix"] == n and fig.layout.meta["step"] == 4
+    empty = views.esd({"runs": ["plain.zarr"]})[0]
+    assert (
+        "no selected run stores weight ESDs" in empty.layout.meta["empty"] and "--weights" in empty.layout.meta["empty"]
+    )
+
+    client = create_app(root).server.test_client()  # the served first page holds it, drawn
+    page = json.dumps(json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=w.zarr"}).data))
+    assert '"kind": "esd"' in page and "w.zarr \\u00b7 step 8" in page

@@ -497,7 +497,7 @@ def test_weight_spectra_live_on_their_own_schedule(tmp_path):
     """weight_schedule (preset "full" has one) stores WeightWatcher's layer metrics of the selected
     matrices as they are at obs.step on those steps, NaN on other matrix rows; presets below "full" and
     runs without the option store none."""
-    from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+    from phasescope.spectra.weights import WEIGHT_EIGENVALUES, WEIGHT_STATS, weight_matrix_stats
 
     assert S.preset("full").schedule_for("weight_spectra")(0)
     assert not S.preset("economy").schedule_for("weight_spectra")(0)
@@ -526,11 +526,17 @@ def test_weight_spectra_live_on_their_own_schedule(tmp_path):
         np.testing.assert_allclose(got, want[k], rtol=1e-6, equal_nan=True, err_msg=k)
         assert np.isnan(ds[f"matrix_{k}"].sel(capture_step=1).values).all()  # not on the weight schedule
     assert np.isfinite(ds["matrix_weight_alpha"].sel(capture_step=3).values).any()
+    # the ESDs themselves, for the per-layer ESD plot: NaN-padded to the longest, NaN off the schedule
+    esd = ds["weight_eigenvalues"]
+    assert esd.dims == ("capture_step", "matrix", "weight_rank") and esd.sizes["weight_rank"] == 32
+    np.testing.assert_allclose(esd.sel(capture_step=3).values, want[WEIGHT_EIGENVALUES], rtol=1e-6, equal_nan=True)
+    assert np.isfinite(esd.sel(capture_step=3).values).all()  # every d=32 matrix has 32 eigenvalues
+    assert np.isnan(esd.sel(capture_step=1).values).all()
     assert ds.attrs["weight_schedule"] == S.explicit([3]).describe()
     plain = tmp_path / "p.zarr"
     with phasescope.Observatory(model, store=plain, probe_inputs=_probe_inputs(n=24), schedule=[0]) as obs:
         obs.step(0)
-    assert not any(v.startswith("matrix_weight_") for v in open_run(plain).data_vars)
+    assert not any(v.startswith(("matrix_weight_", "weight_")) for v in open_run(plain).data_vars)
 
 
 def test_curvature_and_gradient_noise_on_a_fixed_batch(tmp_path):

@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "scalar": (("step",), "float64"),
     "param": (("step", "param"), "float32"),
     "matrix": (("capture_step", "matrix"), "float32"),
+    "matrix_spectrum": (("capture_step", "matrix", "weight_rank"), "float32"),  # a weight's ESD
 }
 COSTS = ("step", "capture", "matrix")
 SCHEDULES = ("step", "capture", "matrices", "updates", "weights", "diagnostics", "distance")

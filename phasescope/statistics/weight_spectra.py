@@ -5,13 +5,14 @@ the Marchenko–Pastur soft rank and spike count, and correlation traps
 offline (``phasescope analyze --weights``; ``--weight-fit ww`` for WeightWatcher's own tail fit) and live
 on the preset's sparse ``weights`` schedule (``preset="full"``, or ``weight_schedule=``)."""
 
-from phasescope.spectra.weights import WEIGHT_STATS, weight_matrix_stats
+from phasescope.spectra.weights import WEIGHT_EIGENVALUES, WEIGHT_STATS, weight_matrix_stats
 
 from .base import Statistic, Variable, register
 
 _INFO = {
     "weight_alpha": "ESD power-law tail exponent α (Martin & Mahoney 2021)",
     "weight_ks_distance": "KS distance of the ESD power-law fit",
+    "weight_xmin": "λ_min where the fitted power-law tail starts",
     "weight_stable_rank": "stable rank Σλ/λ₁ of W",
     "weight_spectral": "spectral norm σ₁ of W",
     "weight_nuclear": "nuclear norm Σσ of W",
@@ -31,9 +32,12 @@ WEIGHT_SPECTRA = register(
         cost="matrix",
         schedule="weights",
         needs=("weights",),
-        variables=tuple(Variable(k, "matrix", v) for k, v in _INFO.items()),
+        variables=(
+            *(Variable(k, "matrix", v) for k, v in _INFO.items()),
+            Variable(WEIGHT_EIGENVALUES, "matrix_spectrum", "the ESD: eigenvalues λ = σ² of WᵀW, descending"),
+        ),
         compute=weight_matrix_stats,
-        panels=("weights",),
+        panels=("weights", "esd"),
         doc=__doc__ or "",
     )
 )

@@ -37,7 +37,7 @@ from phasescope.errors import PhasescopeError
 from phasescope.failures import FailureLog
 from phasescope.gradients import MATRIX_STATS, select_matrices
 from phasescope.probes.options import check_precision
-from phasescope.spectra.weights import CHANGE_STATS, WEIGHT_STATS
+from phasescope.spectra.weights import CHANGE_STATS, WEIGHT_STATS, esd_size
 from phasescope.spectra.weights import FITS as WEIGHT_FITS
 from phasescope.statistics import names as stat_names
 from phasescope.store import RunWriter, open_run
@@ -263,7 +263,9 @@ def analyze(
     meta = build_meta_model(config, opts.trust_remote_code)
     probes, dims = probe_layout(meta, opts.probes)
     named = list(meta.named_parameters()) if (opts.gradients or opts.weights) else []
-    matrices = [named[i][0] for i in select_matrices(named, opts.matrices)]
+    chosen = select_matrices(named, opts.matrices)
+    matrices = [named[i][0] for i in chosen]
+    weight_rank = max((esd_size(tuple(named[i][1].shape)) for i in chosen), default=0) if opts.weights else 0
     del meta, named
 
     n_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -355,6 +357,7 @@ def analyze(
         param_stats=(),
         matrices=matrices,
         matrix_stats=matrix_stats,
+        weight_rank=weight_rank,
         flags=FLAGS,
         attrs=attrs,
         overwrite=opts.overwrite,
@@ -365,7 +368,15 @@ def analyze(
         try:
             # CKA to the first capture needs the first checkpoint's Gram: unknown when a sweep is resumed.
             reducer = Reducer(
-                RunSpec(tuple(p for p, _ in probes), tuple(dims), max_rank, fit_range, metrics, flags=FLAGS),
+                RunSpec(
+                    tuple(p for p, _ in probes),
+                    tuple(dims),
+                    max_rank,
+                    fit_range,
+                    metrics,
+                    flags=FLAGS,
+                    weight_rank=writer.layout.weight_rank,
+                ),
                 FailureLog(),
                 fresh=not stored,
             )
@@ -501,7 +512,9 @@ def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeRepor
         )
         step.flags["failed"] = 1
     writer.append_step(step.step, step.scalars, step.params, step.flags)
-    writer.append_capture(row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices)
+    writer.append_capture(
+        row.step, row.metrics, row.eigenvalues, row.n_samples, row.matrices, weight_eigenvalues=row.weight_eigenvalues
+    )
     new = {k: f"{v} (checkpoint {res.step})" for k, v in res.skipped.items() if k not in report.not_computed}
     if new:  # a statistic that stored NaN: its first reason, in the run's attributes
         report.not_computed.update(new)
