@@ -51,7 +51,7 @@ UNIT_SCALE = ("similarity",)  # panels of similarities in [0, 1], drawn on the w
 NEEDS = {
     "weights": "phasescope analyze --weights, or weight_schedule= / preset='full' live",
     "distance": "distance_schedule= or preset='full' on the Observatory",
-    "weight_change": "phasescope analyze --weights --reference CKPT",
+    "weight_change": "phasescope analyze --weights --reference CKPT, or weight_reference= live",
     "curvature": "diagnostics_batch= on the Observatory",
     "noise": "diagnostics_batch= on the Observatory",
 }

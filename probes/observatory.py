@@ -40,7 +40,7 @@ from phasescope.gradients import (
     matrix_group,
     select_matrices,
 )
-from phasescope.spectra.weights import WEIGHT_STATS, esd_size, weight_matrix_stats
+from phasescope.spectra.weights import CHANGE_STATS, WEIGHT_STATS, WeightReference, esd_size, weight_matrix_stats
 from phasescope.statistics import statistics as registered_statistics
 
 from . import distributed as D
@@ -55,6 +55,7 @@ from .recorder import OPEN, HostCopier, Recorder
 from .registry import describe_probes, resolve_probes
 from .result import CaptureResult
 from .sinks import build_sinks
+from .stages import StageLog
 from .tokens import as_selection
 from .vision import default_tokens
 
@@ -212,6 +213,10 @@ class Observatory:
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
         if self.sharded:
             self.matrix_idx = []
+        self.stages = StageLog()
+        self.weight_reference: WeightReference | None = None  # CHANGE_STATS on the weight schedule against it
+        if self.weights_on and self.matrix_idx and o.weight_reference is not None:
+            self._set_weight_reference(o.weight_reference)
         self._attrs = self._run_attrs(model, tokens, fit_range, metadata)
         if dims:
             self._open_store(dims)
@@ -335,7 +340,11 @@ class Observatory:
             params=[n for n, _ in self.named_params],
             dims={p.name: dims.get(p.name, 0) for p in self.probes},
             matrices=self.matrix_names,
-            matrix_stats=(*MATRIX_STATS, *WEIGHT_STATS) if self.weights_on else MATRIX_STATS,
+            matrix_stats=(
+                *MATRIX_STATS,
+                *(WEIGHT_STATS if self.weights_on else ()),
+                *(CHANGE_STATS if self.weight_reference is not None else ()),
+            ),
             weight_rank=max((esd_size(tuple(self.params[i].shape)) for i in self.matrix_idx), default=0)
             if self.weights_on
             else 0,
@@ -398,6 +407,8 @@ class Observatory:
                     stacklevel=2,
                 )
             return
+        if self.stages.on_step(step):
+            self._set_attrs(stages=self.stages.to_json())
         try:
             self._step(step, loss, lr)
         except PhasescopeError:
@@ -452,7 +463,8 @@ class Observatory:
         if self.matrix_idx and self.weights_on and self.weight_schedule(step):
             res.capture = True
             with self.failures.guard("capture", "weight spectra") as g, torch.no_grad():
-                res.matrices.update(weight_matrix_stats(self.matrix_names, [self.params[i] for i in self.matrix_idx]))
+                mats = [self.params[i] for i in self.matrix_idx]
+                res.matrices.update(weight_matrix_stats(self.matrix_names, mats, reference=self.weight_reference))
             res.lost += g.failed
         if self.diagnostics is not None and self.diagnostics_schedule(step):
             self._diagnose(res)
@@ -477,6 +489,7 @@ class Observatory:
             "curvature": self.diagnostics is not None,
             "gradient_noise": self.diagnostics is not None,
             "distance_from_init": self.distance_on and not self.sharded,
+            "weight_change": self.weight_reference is not None,
         }
         chosen = set(self.preset.statistics()) | {k for k, v in on.items() if v}
         chosen -= {k for k, v in on.items() if not v}
@@ -492,15 +505,48 @@ class Observatory:
             self._note_skipped(reasons)
         res.lost += g.failed
 
+    def stage(self, name: str, *, trainer: str | None = None, **meta: Any) -> None:
+        """Start training stage ``name`` (e.g. "pretrain", "sft", "dpo", "rlvr") at the next ``step``;
+        ``trainer`` and ``meta`` (JSON values) are stored with it in the run's ``stages`` attribute
+        (:mod:`~phasescope.probes.stages`). With ``weight_reference="stage"`` the weights as they are
+        now become the reference of the weight-change statistics. A name used before, or two stages
+        with no step between them, is a PhasescopeError."""
+        self.stages.start(name, trainer=trainer, meta=meta)
+        if self.options.weight_reference == "stage" and self.weight_reference is not None:
+            self._set_weight_reference("stage")
+
+    def _set_weight_reference(self, ref: Any) -> None:
+        """The weights CHANGE_STATS compare with: the selected matrices now ("stage"), or a module's /
+        mapping's weights of the same names (a name it lacks, or of another shape, stores NaN)."""
+        import torch
+
+        if ref == "stage":
+            weights = dict(zip(self.matrix_names, (self.params[i] for i in self.matrix_idx)))
+        else:
+            named = dict(D.unwrap(ref).named_parameters()) if hasattr(ref, "named_parameters") else dict(ref)
+            weights = {n: named[n] for n in self.matrix_names if n in named}
+            missing = [n for n in self.matrix_names if n not in named]
+            if len(missing) == len(self.matrix_names):
+                raise PhasescopeError(
+                    f"weight_reference has none of the selected matrices (e.g. {self.matrix_names[0]!r}); "
+                    "pass the same architecture's model or state dict"
+                )
+        with torch.no_grad():
+            self.weight_reference = WeightReference(weights)
+
+    def _set_attrs(self, **kv: Any) -> None:
+        """Run attributes: now if the store exists, else in the attributes it will be created with."""
+        self._attrs.update(kv)
+        if self.recorder is not None:
+            self.recorder.set_attrs(**kv)
+
     def _note_skipped(self, reasons: dict[str, str]) -> None:
         """Keep the first reason each statistic stored NaN, in the run's ``statistics_skipped`` attribute
         (now if the store exists, else in the attributes it will be created with)."""
         for k, v in reasons.items():
             self._skipped.setdefault(k, v)
         if len(self._skipped) > self._skipped_sent:
-            self._attrs["statistics_skipped"] = dict(self._skipped)
-            if self.recorder is not None:
-                self.recorder.set_attrs(statistics_skipped=dict(self._skipped))
+            self._set_attrs(statistics_skipped=dict(self._skipped))
             self._skipped_sent = len(self._skipped)
 
     def _capture(self, step: int, res: CaptureResult) -> None:
@@ -621,6 +667,8 @@ class Observatory:
         try:
             if self.recorder is None:
                 return
+            if self.stages.close():
+                self._set_attrs(stages=self.stages.to_json())
             try:
                 with self.failures.guard("close"):
                     self._flush_pending()

@@ -30,6 +30,7 @@ class ObservatoryOptions:
     matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
     update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
     weight_schedule: Any = None  # weight-spectra steps (WeightWatcher's layer metrics of the selected matrices); default: the preset's ("full" only)
+    weight_reference: Any = None  # compare the weights on the weight schedule with: "stage" (the weights as each obs.stage() starts, as found before the first), a torch module or {name: tensor} (a base model); None: off
     # -- curvature and gradient noise on a fixed batch (probes/diagnostics.py) --
     diagnostics_batch: Any = None  # one fixed batch (dict: model(**batch), tuple: model(*batch), tensor); None: off
     diagnostics_loss: Any = None  # fn(output, batch) -> scalar loss; default output.loss (an HF model given labels)
@@ -95,6 +96,12 @@ class ObservatoryOptions:
             raise PhasescopeError(f"probe_batch_size must be a positive integer, got {opts.probe_batch_size}")
         check_requested(opts.reduction)
         check_precision(opts.spectra_precision)
+        ref = opts.weight_reference
+        if isinstance(ref, str) and ref != "stage":
+            raise PhasescopeError(
+                f"weight_reference={ref!r}: pass 'stage', a torch module or a {{name: tensor}} mapping "
+                "(load a checkpoint with from_pretrained first)"
+            )
         if opts.capture not in (None, "probe_set", "in_flight"):
             raise PhasescopeError(f"capture must be 'probe_set' or 'in_flight', got {opts.capture!r}")
         return opts

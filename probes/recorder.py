@@ -49,6 +49,7 @@ from phasescope.store.lifecycle import error_for
 from .reduce import FLAG_BITS, FLAGS, NONFINITE_ACT, Reducer, RunSpec
 from .result import CaptureResult
 from .sinks import DRAIN_TIMEOUT_S, INTERRUPTED_DRAIN_S, SinkSet, build_sinks
+from .stages import StageLog
 
 PARAM_STATS = ("grad_norm", "update_ratio")
 SCALARS = ("loss", "lr", "grad_norm", "loss_scale")
@@ -181,6 +182,7 @@ class Recorder:
         self.attrs.setdefault("spectra_precision", check_precision(spectra_precision))
         self.spectra_precision = str(self.attrs["spectra_precision"])
         self.failures = failures if failures is not None else FailureLog(strict=strict)
+        self.stages = StageLog()  # stages started with Recorder.stage (an Observatory keeps its own)
         self.is_writer = bool(rank() == 0 if writer is None else writer)
         self.async_writer: AsyncRunWriter | None = None
         self.reducer: Reducer | None = None
@@ -370,6 +372,8 @@ class Recorder:
             self._first_layout(step, activations, grads)
         self._check(step, activations, grads)
         self._last_step = step
+        if self.stages.on_step(step):
+            self.set_attrs(stages=self.stages.to_json())
         if not self.is_writer:
             return
         copy = HostCopier()
@@ -429,6 +433,10 @@ class Recorder:
             self.async_writer.submit(res)
 
     # ------------------------------------------------------------------ lifetime
+    def stage(self, name: str, *, trainer: str | None = None, **meta: Any) -> None:
+        """Start training stage ``name`` at the next recorded step (see ``phasescope.probes.stages``)."""
+        self.stages.start(name, trainer=trainer, meta=meta)
+
     def set_attrs(self, **kv: Any) -> None:
         """Add run attributes (before or after the store exists)."""
         self.attrs.update(kv)
@@ -443,6 +451,8 @@ class Recorder:
             return
         self._closed = True
         OPEN.discard(self)
+        if self.stages.close():
+            self.set_attrs(stages=self.stages.to_json())
         w = self.async_writer
         if w is None:
             return

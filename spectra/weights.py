@@ -391,15 +391,48 @@ def weight_change_stats(
     return out
 
 
+class WeightReference:
+    """A reference (base) model's weights for CHANGE_STATS: detached copies taken now, by name, and their
+    `weight_spectra` (with ``fit``), computed at first use and kept."""
+
+    def __init__(self, weights: Mapping[str, Any], *, fit: str = "clauset"):
+        self.weights = {str(n): _copy(w) for n, w in weights.items()}
+        self.fit = fit
+        self._spectra: dict[str, WeightSpectrum] | None = None
+
+    @property
+    def spectra(self) -> dict[str, WeightSpectrum]:
+        if self._spectra is None:
+            self._spectra = weight_spectra(self.weights, fit=self.fit)
+        return self._spectra
+
+
+def _copy(w: Any) -> Any:
+    if hasattr(w, "detach"):  # torch: a copy on its device, outside autograd
+        return w.detach().clone()
+    return np.array(B.to_numpy(B.as_array(w)), copy=True)
+
+
 def weight_matrix_stats(
-    names: list[str], weights: list, *, fit: str = "clauset", traps: bool = True, rng: Any = 0
+    names: list[str],
+    weights: list,
+    *,
+    fit: str = "clauset",
+    traps: bool = True,
+    rng: Any = 0,
+    reference: WeightReference | None = None,
 ) -> dict[str, np.ndarray]:
     """(M,) float32 per statistic of WEIGHT_STATS for the weights W (see `WeightSpectrum`): the ESD
     power-law tail α (`fit`), its KS distance and λ_min, stable rank Σλ/λ₁, spectral norm σ₁, nuclear
     norm Σσ, WeightWatcher's norm metrics, its MP soft rank and spike count, and (`traps`) correlation
-    traps; and WEIGHT_EIGENVALUES, the (M, max ESD size) eigenvalues themselves."""
-    spectra = weight_spectra(named_weights(names, weights), fit=fit, mp=True, traps=traps, rng=rng)
-    return weight_stats_table(names, spectra)
+    traps; WEIGHT_EIGENVALUES, the (M, max ESD size) eigenvalues themselves; and with a ``reference``,
+    CHANGE_STATS against it (`weight_change_stats`, from the same spectra)."""
+    now = weight_spectra(named_weights(names, weights), fit=fit, mp=True, traps=traps, rng=rng)
+    out = weight_stats_table(names, now)
+    if reference is not None:
+        base = [reference.weights.get(n) for n in names]
+        out.update(weight_change_stats(names, weights, base, fit=fit, now=now, ref=reference.spectra))
+    return out
 
 
 def weight_stats_table(names: list[str], spectra: Mapping[str, WeightSpectrum]) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "RunInfo": ".catalog",
     "status_for": ".lifecycle",
     "error_for": ".lifecycle",
+    "run_stages": ".lifecycle",
     "write_group": ".groups",
     "open_group": ".groups",
     "list_groups": ".groups",
@@ -57,6 +58,7 @@ __all__ = [
     "open_run",
     "projection_matrix",
     "run_info",
+    "run_stages",
     "status_for",
     "write_group",
 ]
@@ -75,7 +77,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs (never run)
         StoreError,
     )
     from .groups import list_groups, open_group, write_group
-    from .lifecycle import error_for, status_for
+    from .lifecycle import error_for, run_stages, status_for
     from .reader import open_run
     from .schema import SCHEMA_VERSION
     from .sketch import estimate_sketch_bytes, make_sketch, projection_matrix

@@ -12,6 +12,8 @@ without closing, e.g. SIGKILL or a machine crash), and a recent one is ``"live"`
 
 from __future__ import annotations
 
+from typing import Any
+
 RUNNING, FINISHED, INTERRUPTED, FAILED = "running", "finished", "interrupted", "failed"
 CLOSE_STATUSES = (FINISHED, INTERRUPTED, FAILED)
 LIVE, STALE = "live", "stale"
@@ -33,3 +35,15 @@ def error_for(exc: BaseException | None) -> str | None:
     if status_for(exc) != FAILED:
         return None
     return f"{type(exc).__name__}: {exc}"
+
+
+def run_stages(ds: Any) -> list[dict]:
+    """The training stages of a run (its ``stages`` attribute, see ``phasescope.probes.stages``): each
+    ``{"name", "first_step", "last_step", "trainer", "meta"}`` in order; a stage still running (or cut
+    off by a crash) ends at the run's last recorded step. ``ds``: an opened run (or its attributes)."""
+    attrs = getattr(ds, "attrs", ds)
+    stages = [dict(s) for s in attrs.get("stages") or []]
+    if stages and stages[-1].get("last_step") is None and hasattr(ds, "coords") and "step" in ds.coords:
+        steps = ds["step"].values
+        stages[-1]["last_step"] = int(steps.max()) if steps.size else stages[-1]["first_step"]
+    return stages

@@ -72,6 +72,8 @@ def test_trainer_callback_records_accumulated_steps(tmp_path):
     assert ds.step.values.tolist() == list(range(8))
     assert ds.capture_step.values.tolist() == [0, 4, 7]
     assert ds.attrs["finished"] is True and ds.attrs["gradient_accumulation_steps"] == 2
+    # the training is one stage, named after the trainer (TRL's configs name theirs: see trainer_stage)
+    assert ds.attrs["stages"] == [{"name": "train", "first_step": 0, "last_step": 7, "trainer": "Trainer", "meta": {}}]
     # Trainer logs update k as global_step k+1; loss of the accumulated batch, lr before the scheduler step.
     np.testing.assert_allclose(ds.loss.values, [logs[s + 1]["loss"] for s in range(8)], rtol=1e-5)
     np.testing.assert_allclose(ds.lr.values, [logs[s + 1]["learning_rate"] for s in range(8)], rtol=1e-6)

@@ -1,7 +1,8 @@
 """How each weight matrix moved from a base model (fine-tuning) or from a sweep's first checkpoint:
 ‖W − W₀‖_F/‖W₀‖_F, the change of the ESD tail's α, of σ₁ and of the whole ESD
 (:func:`phasescope.spectra.weights.weight_change_stats`); offline, ``phasescope analyze --weights
---reference CKPT`` (``first``: the sweep's first checkpoint)."""
+--reference CKPT`` (``first``: the sweep's first checkpoint); live, on the weight schedule with
+``weight_reference=`` ("stage": the weights as each ``obs.stage()`` starts; or a base model)."""
 
 from phasescope.spectra.weights import CHANGE_STATS, weight_change_stats
 
@@ -25,6 +26,5 @@ WEIGHT_CHANGE = register(
         compute=weight_change_stats,
         panels=("weight_change",),
         doc=__doc__ or "",
-        live=False,
     )
 )

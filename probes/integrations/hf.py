@@ -13,6 +13,11 @@ it: the model's ``loss`` output summed over micro-batches when the Trainer passe
 ``num_items_in_batch`` (each micro-batch loss is then a share of the batch mean), otherwise their mean.
 The learning rate is the optimizer's, read before ``lr_scheduler.step()`` (what Trainer logs). The
 store is closed at ``on_train_end``. Extra keyword arguments go to the Observatory.
+
+The training is one stage of the run (``Observatory.stage``), named after the trainer unless
+``stage=`` names it: the kind of its arguments tells it (TRL's ``SFTConfig`` → "sft" by ``SFTTrainer``,
+``DPOConfig`` → "dpo", ``GRPOConfig`` → "grpo"; plain ``TrainingArguments`` → "train" by ``Trainer``);
+``stage=False`` marks none.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ __all__ = ["NoOptimizerStepError", "PhasescopeCallback"]
 class PhasescopeCallback(TrainerCallback):
     """Record a ``transformers.Trainer`` run into a phasescope store (see the module docstring)."""
 
-    def __init__(self, store, probes="auto", schedule=None, probe_inputs=None, **observatory_kwargs: Any):
+    def __init__(
+        self, store, probes="auto", schedule=None, probe_inputs=None, *, stage=None, **observatory_kwargs: Any
+    ):
         self.store, self.probes, self.schedule, self.probe_inputs = store, probes, schedule, probe_inputs
+        self.stage = stage
         self.kwargs = observatory_kwargs
         self.obs: Observatory | None = None
         self._hook = None
@@ -84,6 +92,9 @@ class PhasescopeCallback(TrainerCallback):
             metadata=meta,
             **kw,
         )
+        if self.stage is not False:
+            name, trainer = trainer_stage(args)
+            self.obs.stage(self.stage or name, trainer=trainer)
         self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -115,3 +126,14 @@ class PhasescopeCallback(TrainerCallback):
             self._hook = None
         if self.obs is not None:
             self.obs.close(error=error)
+
+
+def trainer_stage(args) -> tuple[str, str]:
+    """(default stage name, trainer) for a Trainer's arguments: TRL's ``XConfig`` is ``XTrainer``'s,
+    stage "x" in lower case ("SFTConfig" → ("sft", "SFTTrainer")); ``TrainingArguments`` → ("train",
+    "Trainer")."""
+    kind = type(args).__name__
+    if kind.endswith("Config") and kind != "Config":
+        base = kind[: -len("Config")]
+        return base.lower(), f"{base}Trainer"
+    return "train", "Trainer"

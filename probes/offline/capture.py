@@ -32,7 +32,7 @@ import numpy as np
 from phasescope.gradients import gradient_matrix_stats
 from phasescope.spectra import CovarianceAccumulator, to_numpy
 from phasescope.spectra.similarity import CKA_SAMPLES, GramSampler
-from phasescope.spectra.weights import named_weights, weight_change_stats, weight_spectra, weight_stats_table
+from phasescope.spectra.weights import WeightReference, weight_matrix_stats
 
 from ..capture import accepts, first_tensor
 from ..diagnostics import Diagnostics
@@ -112,11 +112,11 @@ def analyze_checkpoint(ckpt: Checkpoint, data: ProbeData, spec: CaptureSpec) -> 
         return CheckpointResult(ckpt.step, error=msg + where)
 
 
-#: (location, revision, matrices, fit) -> ({name: weight}, their weight_spectra): once per process
-_REFERENCE: dict[tuple, tuple[dict, dict]] = {}
+#: (location, revision, matrices, fit) -> the reference's selected weights and spectra: once per process
+_REFERENCE: dict[tuple, WeightReference] = {}
 
 
-def reference_matrices(spec: CaptureSpec) -> tuple[dict, dict]:
+def reference_matrices(spec: CaptureSpec) -> WeightReference:
     """The reference (base) model's selected weights on the host and their `weight_spectra` (with the
     sweep's tail fit), loaded and computed once per process."""
     import torch
@@ -128,9 +128,10 @@ def reference_matrices(spec: CaptureSpec) -> tuple[dict, dict]:
         model = load_model(ref, trust_remote_code=spec.trust_remote_code)
         params = dict(model.named_parameters())
         with torch.no_grad():
-            weights = {n: params[n].detach().float().clone() for n in spec.matrices if n in params}
+            weights = {n: params[n].detach().float() for n in spec.matrices if n in params}
+            _REFERENCE[key] = WeightReference(weights, fit=spec.weight_fit)
+        _REFERENCE[key].spectra  # noqa: B018 - computed once, here, not inside the first checkpoint's time
         del model
-        _REFERENCE[key] = (weights, weight_spectra(weights, fit=spec.weight_fit))
     return _REFERENCE[key]
 
 
@@ -228,14 +229,10 @@ def capture_model(model, data: ProbeData, spec: CaptureSpec, step: int = 0) -> C
         for p in model.parameters():
             p.grad = None
     if spec.weights and mats:
-        with torch.no_grad():
-            names = list(spec.matrices)
-            now = weight_spectra(named_weights(names, mats), fit=spec.weight_fit, mp=True, traps=True, rng=spec.seed)
-            cap.matrices.update(weight_stats_table(names, now))
-            if spec.reference is not None:  # the same spectra, against the base model's (computed once)
-                base, ref = reference_matrices(spec)
-                refs = [base.get(n) for n in names]
-                cap.matrices.update(weight_change_stats(names, mats, refs, fit=spec.weight_fit, now=now, ref=ref))
+        with torch.no_grad():  # against the base model's spectra, computed once, when there is one
+            ref = reference_matrices(spec) if spec.reference is not None else None
+            stats = weight_matrix_stats(list(spec.matrices), mats, fit=spec.weight_fit, rng=spec.seed, reference=ref)
+            cap.matrices.update(stats)
     if spec.diagnostics:
         with torch.enable_grad():
             scalars, _, res.skipped = Diagnostics(diagnostics_batch(data, spec), seed=spec.seed).run(model, [])

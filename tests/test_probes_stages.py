@@ -1,0 +1,160 @@
+"""Training stages in one run (obs.stage / Recorder.stage), and the weight-change statistics against the
+stage's weights or a given base model, on a real GPT-2 trained on CPU."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import phasescope
+from phasescope.errors import PhasescopeError
+from phasescope.probes import Recorder
+from phasescope.spectra.weights import CHANGE_STATS, weight_change_stats
+from phasescope.store import RunWriter, open_run, run_stages
+
+V, T = 64, 12
+
+
+def _gpt2(seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=V, n_positions=T, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg)
+
+
+def _batch(step, n=8):
+    return torch.randint(0, V, (n, T), generator=torch.Generator().manual_seed(100 + step))
+
+
+def _train(obs, model, steps, stage_at, snaps=None, opt=None):
+    """Train ``steps`` steps, calling obs.stage(name, ...) before the steps in ``stage_at``; ``snaps``
+    collects the matrices' weights at each obs.step and at each stage start."""
+    opt = opt or torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for step in range(steps):
+        if step in stage_at:
+            name, kw = stage_at[step]
+            obs.stage(name, **kw)
+            if snaps is not None:
+                snaps[f"start-{name}"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        x = _batch(step)
+        model(input_ids=x, labels=x).loss.backward()
+        if snaps is not None:
+            snaps[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        obs.step(step)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_stages_are_stored_in_order_with_their_steps_trainer_and_metadata(tmp_path):
+    model = _gpt2()
+    store = tmp_path / "s.zarr"
+    with phasescope.Observatory(model, store=store, probe_inputs=_batch(99, 16), schedule=[0, 5], strict=True) as obs:
+        _train(
+            obs,
+            model,
+            9,
+            {0: ("pretrain", {}), 4: ("sft", {"trainer": "SFTTrainer", "lr": 1e-4}), 7: ("dpo", {"beta": 0.1})},
+        )
+        assert obs.stages.current == "dpo"
+        live = open_run(store).attrs["stages"]  # written as each stage begins, not only at close
+        assert [s["name"] for s in live] == ["pretrain", "sft", "dpo"] and live[-1]["last_step"] is None
+    ds = open_run(store)
+    want = [
+        {"name": "pretrain", "first_step": 0, "last_step": 3, "trainer": None, "meta": {}},
+        {"name": "sft", "first_step": 4, "last_step": 6, "trainer": "SFTTrainer", "meta": {"lr": 1e-4}},
+        {"name": "dpo", "first_step": 7, "last_step": 8, "trainer": None, "meta": {"beta": 0.1}},
+    ]
+    assert ds.attrs["stages"] == want and run_stages(ds) == want
+
+
+def test_bad_stage_calls_are_one_line_errors_and_the_run_goes_on(tmp_path):
+    model = _gpt2()
+    store = tmp_path / "bad.zarr"
+    with phasescope.Observatory(model, store=store, probe_inputs=_batch(99, 16), schedule=[0], strict=True) as obs:
+        _train(obs, model, 2, {0: ("sft", {})})
+        obs.stage("dpo")
+        with pytest.raises(PhasescopeError, match=r"stage 'rl' would start at the same step as stage 'dpo'") as e:
+            obs.stage("rl")
+        assert "\n" not in str(e.value)
+        obs.step(2)
+        with pytest.raises(PhasescopeError, match=r"stage 'sft' was already run \(steps 0–1\).*'sft-2'"):
+            obs.stage("sft")
+        with pytest.raises(PhasescopeError, match="non-empty string"):
+            obs.stage("")
+        with pytest.raises(PhasescopeError, match="JSON"):
+            obs.stage("rl", trainer="GRPOTrainer", fn=object())
+        obs.step(3)
+    ds = open_run(store)
+    assert [int(s) for s in ds["step"].values] == [0, 1, 2, 3]  # nothing committed was lost
+    assert [(s["name"], s["first_step"], s["last_step"]) for s in ds.attrs["stages"]] == [("sft", 0, 1), ("dpo", 2, 3)]
+
+
+def test_a_run_cut_off_mid_stage_ends_its_stage_at_the_last_step(tmp_path):
+    path = tmp_path / "cut.zarr"
+    stages = [{"name": "sft", "first_step": 0, "last_step": None, "trainer": None, "meta": {}}]
+    w = RunWriter(path, probes=[], params=[], metrics=[], max_rank=0, attrs={"stages": stages})
+    for step in range(5):
+        w.append_step(step, {"loss": 1.0})
+    # no close: the process died; the stage is still "running" in the attributes
+    assert run_stages(open_run(path))[0]["last_step"] == 4
+    assert open_run(path).attrs["stages"][0]["last_step"] is None
+
+
+def test_recorder_stages(tmp_path):
+    rng = np.random.default_rng(0)
+    with Recorder(str(tmp_path / "r.zarr"), write_interval=0.0, strict=True) as rec:
+        rec.stage("pretrain")
+        for step in range(3):
+            rec.record(step, activations={"a": rng.standard_normal((20, 4))}, loss=1.0)
+        rec.stage("sft", trainer="custom")
+        rec.record(10, activations={"a": rng.standard_normal((20, 4))}, loss=1.0)
+    got = [
+        (s["name"], s["first_step"], s["last_step"], s["trainer"])
+        for s in open_run(tmp_path / "r.zarr").attrs["stages"]
+    ]
+    assert got == [("pretrain", 0, 2, None), ("sft", 10, 10, "custom")]
+
+
+def test_weight_change_against_the_stage_start_and_a_base_model(tmp_path):
+    """weight_reference="stage": on the weight schedule each matrix is compared with its weights as the
+    current stage started (before any stage: as the Observatory found them); weight_reference=<module>:
+    with that model. Both equal weight_change_stats of the snapshots."""
+    model = _gpt2()
+    base = copy.deepcopy(_gpt2(seed=5))
+    snaps: dict = {"init": {n: p.detach().clone() for n, p in model.named_parameters()}}
+    store = tmp_path / "wc.zarr"
+    kw = dict(probe_inputs=_batch(99, 16), schedule=[0, 2, 6], weight_schedule=[2, 6], strict=True)
+    with phasescope.Observatory(model, store=store, weight_reference="stage", **kw) as obs:
+        _train(obs, model, 7, {4: ("sft", {})}, snaps)
+    ds = open_run(store, lazy=False)
+    assert all(f"matrix_{k}" in ds.data_vars for k in CHANGE_STATS)
+    names = [str(m) for m in ds["matrix"].values]
+    for step, ref in ((2, snaps["init"]), (6, snaps["start-sft"])):
+        want = weight_change_stats(names, [snaps[step][n] for n in names], [ref[n] for n in names])
+        for k in CHANGE_STATS:
+            np.testing.assert_allclose(
+                ds[f"matrix_{k}"].sel(capture_step=step).values, want[k], rtol=1e-5, atol=1e-7, err_msg=f"{k}@{step}"
+            )
+        assert np.isnan(ds["matrix_weight_distance_from_ref"].sel(capture_step=0).values).all()  # off schedule
+    # the stage moved the reference: at step 6 the distance is from step 4's weights, smaller than from init
+    since_init = weight_change_stats(names, [snaps[6][n] for n in names], [snaps["init"][n] for n in names])
+    assert (
+        ds["matrix_weight_distance_from_ref"].sel(capture_step=6).values < since_init["weight_distance_from_ref"]
+    ).all()
+
+    model2 = _gpt2()
+    store2 = tmp_path / "base.zarr"
+    snaps2: dict = {}
+    with phasescope.Observatory(model2, store=store2, weight_reference=base, **kw) as obs:
+        _train(obs, model2, 3, {}, snaps2)
+    ds2 = open_run(store2, lazy=False)
+    bw = dict(base.named_parameters())
+    want = weight_change_stats(names, [snaps2[2][n] for n in names], [bw[n].detach() for n in names])
+    for k in CHANGE_STATS:
+        np.testing.assert_allclose(ds2[f"matrix_{k}"].sel(capture_step=2).values, want[k], rtol=1e-5, atol=1e-7)
+    with pytest.raises(PhasescopeError, match="weight_reference='base'"):
+        phasescope.Observatory(model2, store=tmp_path / "x.zarr", weight_reference="base", **kw)
+    with pytest.raises(PhasescopeError, match="none of the selected matrices"):
+        phasescope.Observatory(model2, store=tmp_path / "y.zarr", weight_reference={"nope": torch.ones(2, 2)}, **kw)
