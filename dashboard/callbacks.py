@@ -47,6 +47,18 @@ def _keep(value, allowed):
     return value if value in allowed else (allowed[0] if allowed else None)
 
 
+def name_run(fig, run: str, n_selected: int):
+    """A panel that draws one run says which in its title (and ``meta.run``): "· run a" alone, "· run a
+    (1 of 3 selected runs)" when others are ticked and not drawn here."""
+    layout = fig.layout
+    which = f"run {run}" + (f" (1 of {n_selected} selected runs)" if n_selected > 1 else "")
+    text = (layout.title.text or "") if layout.title else ""
+    head, sep, sub = text.partition("<br>")
+    layout.title = {"text": f"{head} · {which}{sep}{sub}" if head else which}
+    layout.meta = {**(layout.meta or {}), "run": run}
+    return fig
+
+
 class Views:
     """What each panel shows for a selection: the bodies of the callbacks, also used to render the
     first page on the server (``initial``)."""
@@ -114,7 +126,13 @@ class Views:
             return F.empty_figure(NO_RUN), [], no_update
         allowed = F.heatmap_metrics(ds)
         metric = metric if metric in allowed else F.default_heatmap_metric(allowed) or "rankme"
-        return F.figure_heatmap(ds, metric, align=align), [{"label": F.label(m), "value": m} for m in allowed], metric
+        fig = self._named(F.figure_heatmap(ds, metric, align=align), version)
+        return fig, [{"label": F.label(m), "value": m} for m in allowed], metric
+
+    def _named(self, fig, version, key: str | None = None):
+        """``fig`` drawn from one selected run (``key``, default the first) names it (`name_run`)."""
+        keys = (version or {}).get("runs", [])
+        return name_run(fig, self.src.label(key or keys[0]), len(keys)) if keys else fig
 
     def trajectories(self, version, metric, probes, align):
         """(figure, metric options, metric value, probe options)."""
@@ -153,25 +171,29 @@ class Views:
         keys = (version or {}).get("runs", [])
         if not keys:
             return F.empty_figure(NO_RUN)
-        return F.figure_phase_strip(self.src.dataset(keys[0]), self.src.phases(keys[0]), align=align)
+        fig = F.figure_phase_strip(self.src.dataset(keys[0]), self.src.phases(keys[0]), align=align)
+        return self._named(fig, version)
 
     def gradients(self, version, align):
         ds = self.first(version)
-        return F.empty_figure(NO_RUN) if ds is None else F.figure_gradients(ds, align=align)
+        return F.empty_figure(NO_RUN) if ds is None else self._named(F.figure_gradients(ds, align=align), version)
 
     def table_rows(self, version):
         """(metadata rows, data-quality rows) of the first selected run; the metadata starts with
-        the run's state ("interrupted", "failed: <error>", "stale: no commit for 12 min", …)."""
+        the run's name (and how many are selected), then its state ("interrupted", "failed: <error>",
+        "stale: no commit for 12 min", …)."""
         ds = self.first(version)
         if ds is None:
             return [], []
-        key = (version or {}).get("runs", [])[0]
+        keys = (version or {}).get("runs", [])
+        which = self.src.label(keys[0]) + (f" (1 of {len(keys)} selected runs)" if len(keys) > 1 else "")
+        first = {"key": "run", "value": which}
         try:
-            run = self.src.run(key)
+            run = self.src.run(keys[0])
         except (PathRefused, OSError):
-            return F.metadata_rows(ds), F.quality_rows(ds)
+            return [first, *F.metadata_rows(ds)], F.quality_rows(ds)
         return (
-            [{"key": "state", "value": run.detail}, *F.metadata_rows(ds)],
+            [first, {"key": "state", "value": run.detail}, *F.metadata_rows(ds)],
             F.quality_rows(ds, state=run.state, detail=run.detail),
         )
 
@@ -211,7 +233,7 @@ class Views:
         if sel.get("step") is None or sel["step"] not in set(steps.tolist()):
             sel["step"] = int(steps[-1])
         idx = int(np.searchsorted(steps, sel["step"]))
-        fig = F.figure_spectrum(ds, sel["probe"], sel["step"])
+        fig = self._named(F.figure_spectrum(ds, sel["probe"], sel["step"]), version, sel["run"])
         marks_at = np.unique(np.linspace(0, len(steps) - 1, min(6, len(steps))).round().astype(int))
         marks = {int(i): str(int(steps[i])) for i in marks_at}
         return fig, idx, len(steps) - 1, marks, sel, stop, (PLAY if stop is True else no_update)

@@ -204,3 +204,27 @@ def test_esd_panel_draws_the_stored_weight_esd_with_its_fit(tiny_sweep, tmp_path
     client = create_app(root).server.test_client()  # the served first page holds it, drawn
     page = json.dumps(json.loads(client.get("/_dash-layout", headers={"Referer": "http://x/?run=w.zarr"}).data))
     assert '"kind": "esd"' in page and "w.zarr \\u00b7 step 8" in page
+
+
+def test_panels_that_draw_one_run_say_which_of_the_selected(tmp_path):
+    """The heatmap, spectrum, phases and gradients panels draw one run: their titles name it, and say
+    when other ticked runs are not drawn there (issue 16: no panel silently shows the first run)."""
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+
+    root = tmp_path / "runs"
+    _cka_run(root / "a.zarr")
+    _cka_run(root / "b.zarr")
+    views = Views(RunSource(root), refresh_ms=1000)
+    both, one = {"runs": ["a.zarr", "b.zarr"]}, {"runs": ["b.zarr"]}
+    figs = {
+        "heatmap": lambda v: views.heatmap(v, None, "step")[0],
+        "spectrum": lambda v: views.spectrum(v, None)[0],
+        "phases": lambda v: views.phases(v, "step"),
+        "gradients": lambda v: views.gradients(v, "step"),
+    }
+    for name, build in figs.items():
+        t2, t1 = build(both).layout, build(one).layout
+        assert "run a.zarr (1 of 2 selected runs)" in t2.title.text.split("<br>")[0], name
+        assert t2.meta["run"] == "a.zarr", name
+        assert "run b.zarr" in t1.title.text and "selected runs" not in t1.title.text, name

@@ -297,7 +297,12 @@ def test_dashboard_catalog_reports_each_state_and_polls_only_live_runs(ended_run
     assert not done and status.startswith("live")
     version, _, _ = views.version(["failed.zarr"])
     meta, _ = views.table_rows(version)
-    assert meta[0] == {"key": "state", "value": "failed: RuntimeError: boom at step 20"}
+    assert meta[:2] == [
+        {"key": "run", "value": "failed.zarr"},
+        {"key": "state", "value": "failed: RuntimeError: boom at step 20"},
+    ]
+    meta, _ = views.table_rows(views.version(["failed.zarr", "live.zarr"])[0])
+    assert meta[0] == {"key": "run", "value": "failed.zarr (1 of 2 selected runs)"}  # says which it shows
     labels = str(views.catalog())
     assert "failed: RuntimeError: boom at step 20" in labels and "badge interrupted" in labels
 
