@@ -215,8 +215,13 @@ class Observatory:
             self.matrix_idx = []
         self.stages = StageLog()
         self.weight_reference: WeightReference | None = None  # CHANGE_STATS on the weight schedule against it
-        if self.weights_on and self.matrix_idx and o.weight_reference is not None:
-            self._set_weight_reference(o.weight_reference)
+        # the preset that runs weight change ("full") compares with the stage's weights unless told otherwise
+        ref = o.weight_reference
+        if ref is None and not S.is_never(pre.schedule_for("weight_change")):
+            ref = "stage"
+        self._reference_kind = ref
+        if self.weights_on and self.matrix_idx and ref is not None:
+            self._set_weight_reference(ref)
         self._attrs = self._run_attrs(model, tokens, fit_range, metadata)
         if dims:
             self._open_store(dims)
@@ -512,7 +517,7 @@ class Observatory:
         now become the reference of the weight-change statistics. A name used before, or two stages
         with no step between them, is a PhasescopeError."""
         self.stages.start(name, trainer=trainer, meta=meta)
-        if self.options.weight_reference == "stage" and self.weight_reference is not None:
+        if isinstance(self._reference_kind, str) and self.weight_reference is not None:  # "stage"
             self._set_weight_reference("stage")
 
     def _set_weight_reference(self, ref: Any) -> None:

@@ -30,7 +30,7 @@ class ObservatoryOptions:
     matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
     update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
     weight_schedule: Any = None  # weight-spectra steps (WeightWatcher's layer metrics of the selected matrices); default: the preset's ("full" only)
-    weight_reference: Any = None  # compare the weights on the weight schedule with: "stage" (the weights as each obs.stage() starts, as found before the first), a torch module or {name: tensor} (a base model); None: off
+    weight_reference: Any = None  # compare the weights on the weight schedule with: "stage" (the weights as each obs.stage() starts, as found before the first), a torch module or {name: tensor} (a base model); None: "stage" under preset "full", else off
     # -- curvature and gradient noise on a fixed batch (probes/diagnostics.py) --
     diagnostics_batch: Any = None  # one fixed batch (dict: model(**batch), tuple: model(*batch), tensor); None: off
     diagnostics_loss: Any = None  # fn(output, batch) -> scalar loss; default output.loss (an HF model given labels)

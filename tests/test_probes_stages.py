@@ -158,3 +158,24 @@ def test_weight_change_against_the_stage_start_and_a_base_model(tmp_path):
         phasescope.Observatory(model2, store=tmp_path / "x.zarr", weight_reference="base", **kw)
     with pytest.raises(PhasescopeError, match="none of the selected matrices"):
         phasescope.Observatory(model2, store=tmp_path / "y.zarr", weight_reference={"nope": torch.ones(2, 2)}, **kw)
+
+
+def test_preset_full_records_weight_change_against_the_stage_by_default(tmp_path):
+    """preset="full" records every statistic it can without a user batch: the weight change too, against
+    the weights the run (or its current stage) started from, so at step 0 every change is zero."""
+    model = _gpt2()
+    store = tmp_path / "full.zarr"
+    with phasescope.Observatory(model, store=store, probe_inputs=_batch(99, 16), preset="full", strict=True) as obs:
+        _train(obs, model, 3, {})
+    ds = open_run(store, lazy=False)
+    assert "weight_change" in ds.attrs["preset_statistics"]
+    at0 = {k: ds[f"matrix_{k}"].sel(capture_step=0).values for k in CHANGE_STATS}
+    for k, v in at0.items():
+        np.testing.assert_allclose(v, 0.0, atol=1e-6, err_msg=k)
+    dist = ds["matrix_weight_distance_from_ref"].values
+    weighed = np.isfinite(dist).all(axis=1)  # the capture rows on the weight schedule
+    assert weighed.sum() >= 2 and (dist[weighed][-1] > 0).all()  # after training steps, the weights moved
+    plain = tmp_path / "economy.zarr"
+    with phasescope.Observatory(model, store=plain, probe_inputs=_batch(99, 16), strict=True) as obs:
+        obs.step(0)
+    assert "matrix_weight_distance_from_ref" not in open_run(plain).data_vars
