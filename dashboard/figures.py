@@ -230,6 +230,15 @@ def quality_rows(ds, state: str | None = None, detail: str | None = None) -> lis
         ns = np.asarray(ds["n_samples"].values, float)
         rows.append(_row("samples per capture (min)", f"{np.nanmin(ns):.0f}", WARN if np.nanmin(ns) < 2 else OK))
         rows += _reading_rows(ds, ns)
+    if attrs.get("probe_autocast"):  # the trainer's mixed precision reached the probe forward
+        rows.append(
+            _row(
+                "probe forward precision",
+                f"{attrs['probe_autocast']} autocast (the trainer's mixed precision): eigenvalues carry its "
+                "rounding, ~1e-3 of λ₁ in bfloat16",
+                WARN,
+            )
+        )
     skipped = attrs.get("statistics_skipped")
     if isinstance(skipped, dict):  # a statistic the run asked for that stored NaN, and why
         for stat, why in skipped.items():

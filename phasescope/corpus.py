@@ -47,6 +47,21 @@ def load_kjv() -> list[str]:
     return [_VERSE_PREFIX.sub("", text).strip() for (text,) in rows if text and text.strip()]
 
 
+def load_kjv_books() -> list[tuple[str, str]]:
+    """(verse, its book's short name) for all verses in canonical order, from the ``Bible`` and ``Books``
+    tables: the post-training stages' task (a verse → the name of its book) and its verifiable answer."""
+    con = sqlite3.connect(f"file:{kjv_path()}?mode=ro", uri=True)
+    try:
+        rows = con.execute(
+            "SELECT b.Passage1, k.ShortName FROM Bible b JOIN Books k "
+            "ON b.TestamentID = k.TestamentID AND b.BookID = k.BookID "
+            "ORDER BY b.TestamentID, b.BookID, b.ChapterID, b.VerseID"
+        ).fetchall()
+    finally:
+        con.close()
+    return [(_VERSE_PREFIX.sub("", text).strip(), str(book)) for text, book in rows if text and text.strip()]
+
+
 @dataclass(frozen=True)
 class Split:
     train: list[str]

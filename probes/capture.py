@@ -129,6 +129,8 @@ class ProbeSet:
         #: per batch, per probe: the fixed (rows, cols) of a sampled reduction (None elsewhere)
         self.plans: list[list] | None = None
         self.dims: dict[str, int] | None = None
+        # the autocast dtype the probe forward ran under (e.g. Accelerate's mixed-precision forward), or None
+        self.autocast: str | None = None
 
     def _run(
         self,
@@ -148,6 +150,7 @@ class ProbeSet:
             def hook(module, args, output):
                 h, source = activation(output)
                 h = h.detach()
+                self.autocast = autocast_dtype(h) or self.autocast
                 red = reductions(i, h, source) if reductions else self.reductions[name]
                 plan = state["plans"][i] if state["plans"] else None
                 on_rows(i, reduce_rows(h, red, self.selection, mask=state["mask"], plan=plan, generator=state["gen"]))
@@ -377,7 +380,8 @@ class InFlight:
 
         def make_hook(i: int):
             def hook(module, args, output):
-                if not self.model.training:
+                # training forwards only: not evaluation, nor generation (TRL's GRPO samples under no_grad)
+                if not self.model.training or not torch.is_grad_enabled():
                     return None
                 if self.failures is None:
                     return body(i, output)
@@ -406,3 +410,18 @@ class InFlight:
         self.hooks.remove()
         self.accs = None
         self._mask = None
+
+
+def autocast_dtype(h) -> str | None:
+    """The dtype torch autocast computes in on ``h``'s device ("bfloat16", "float16") while it is on, else
+    None: probe activations computed in a trainer's mixed precision (Accelerate wraps ``model.forward``)
+    carry its rounding, ~1e-3 of λ₁ in bfloat16."""
+    import torch
+
+    kind = h.device.type
+    try:
+        if not torch.is_autocast_enabled(kind):
+            return None
+        return str(torch.get_autocast_dtype(kind)).removeprefix("torch.")
+    except (TypeError, AttributeError, RuntimeError):  # torch < 2.4: no per-device query
+        return None

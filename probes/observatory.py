@@ -191,6 +191,7 @@ class Observatory:
         self.mode = mode
         self.recorder: Recorder | None = None
         self.failures = FailureLog(strict=o.strict)
+        self.stages, self.step_offset = self._continued(store, overwrite) if o.continue_run else (StageLog(), 0)
         self._make_recorder_args(store, overwrite, fit_range)
         self.probe_set: ProbeSet | None = None
         self.in_flight: InFlight | None = None
@@ -213,7 +214,6 @@ class Observatory:
         self.updates = UpdateTracker(self.params if self.is_writer and not self.sharded else [])
         if self.sharded:
             self.matrix_idx = []
-        self.stages = StageLog()
         self.weight_reference: WeightReference | None = None  # CHANGE_STATS on the weight schedule against it
         # the preset that runs weight change ("full") compares with the stage's weights unless told otherwise
         ref = o.weight_reference
@@ -229,6 +229,8 @@ class Observatory:
             self.in_flight.arm(0, dims_only=not self.capture_schedule(0))
         self._last_step: int | None = None
         self._pending: CaptureResult | None = None
+        # keep each step's row until the next step (or close) so obs.log can add values logged after it
+        self.hold_rows = False
         self._closed = False
         self._warned_order = False
         # θ₀ for the distance from initialisation: the weights as the Observatory finds them
@@ -247,12 +249,29 @@ class Observatory:
         OPEN.add(self)
 
     # ------------------------------------------------------------------ set-up
+    def _continued(self, store, overwrite: bool) -> tuple[StageLog, int]:
+        """(its stages, step offset) of the run this Observatory continues (``continue_run``): steps are
+        stored after the run's last step, so a second trainer's step 0 follows the first's last."""
+        from phasescope.store.errors import StoreError
+        from phasescope.store.reader import read_meta
+        from phasescope.store.schema import COMMIT_ATTR
+
+        if overwrite:
+            raise PhasescopeError("continue_run=True and overwrite=True contradict each other; pass only one")
+        try:
+            attrs = read_meta(store)
+        except (StoreError, OSError) as e:
+            raise PhasescopeError(f"continue_run=True needs an existing run at {store}: {e}") from None
+        last = (attrs.get(COMMIT_ATTR) or {}).get("last_step")
+        return StageLog(attrs.get("stages"), last), (int(last) + 1 if last is not None else 0)
+
     def _make_recorder_args(self, store, overwrite, fit_range) -> None:
         o = self.options
         self.fit_range = fit_range
         self._recorder_kw = dict(
             store=store,
             overwrite=overwrite,
+            resume=o.continue_run,
             fit_range=fit_range,
             max_rank=o.max_rank,
             queue_size=o.queue_size,
@@ -353,7 +372,11 @@ class Observatory:
             weight_rank=max((esd_size(tuple(self.params[i].shape)) for i in self.matrix_idx), default=0)
             if self.weights_on
             else 0,
-            scalars=(*(DIAG_SCALARS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
+            scalars=(
+                *(DIAG_SCALARS if self.diagnostics else ()),
+                *(DIST if self.distance_on else ()),
+                *self.options.log_scalars,
+            ),
             param_stats=(*(DIAG_PARAMS if self.diagnostics else ()), *(DIST if self.distance_on else ())),
             metadata=self._attrs,
             **self._recorder_kw,
@@ -412,7 +435,7 @@ class Observatory:
                     stacklevel=2,
                 )
             return
-        if self.stages.on_step(step):
+        if self.stages.on_step(step + self.step_offset):
             self._set_attrs(stages=self.stages.to_json())
         try:
             self._step(step, loss, lr)
@@ -425,7 +448,8 @@ class Observatory:
 
     def _step(self, step: int, loss, lr) -> None:
         self._flush_pending()
-        res = CaptureResult(step, scalars={"lr": None if lr is None else float(lr)})
+        # stored after the continued run's steps (step_offset); schedules keep to this process's steps
+        res = CaptureResult(step + self.step_offset, scalars={"lr": None if lr is None else float(lr)})
         copy = HostCopier()
         if loss is not None:
             if self.world > 1 and self.options.sync_loss:
@@ -483,7 +507,7 @@ class Observatory:
             self.updates.snapshot()
         res.event = copy.event()
         self._pending = res
-        if not self.updates.pending:
+        if not self.updates.pending and not self.hold_rows:
             self._flush_pending()
 
     def _statistics_on(self) -> list[str]:
@@ -509,6 +533,24 @@ class Observatory:
             res.params["gsnr"] = gsnr
             self._note_skipped(reasons)
         res.lost += g.failed
+
+    def log(self, step: int, **values: float) -> None:
+        """Add step variables declared in ``log_scalars`` to step ``step``'s row after ``obs.step(step)``
+        (a trainer's metrics logged after its optimizer step). The row must still be held
+        (``hold_rows``, set by the integrations): values for a row already written are a counted failure."""
+        unknown = sorted(set(values) - set(self.options.log_scalars) - {"loss"})
+        if unknown:
+            raise PhasescopeError(
+                f"unknown logged scalars {unknown}; declare them with log_scalars= (this run has "
+                f"{list(self.options.log_scalars)})"
+            )
+        res = self._pending
+        if res is None or res.step != int(step) + self.step_offset:
+            self.failures.record(
+                "step", PhasescopeError(f"values for step {step} arrived after its row was written (hold_rows=True)")
+            )
+            return
+        res.scalars.update({k: float(v) for k, v in values.items()})
 
     def stage(self, name: str, *, trainer: str | None = None, **meta: Any) -> None:
         """Start training stage ``name`` (e.g. "pretrain", "sft", "dpo", "rlvr") at the next ``step``;
@@ -637,6 +679,8 @@ class Observatory:
             if self._pad_batch is not None:  # set with _pad_forwards > 0 (world > 1)
                 for _ in range(self._pad_forwards):
                     probe_set.padding_forward(self._pad_batch)
+        if probe_set.autocast and self._attrs.get("probe_autocast") != probe_set.autocast:
+            self._set_attrs(probe_autocast=probe_set.autocast)  # said once, shown in data quality
         return accs, grams
 
     def _arm_next(self, step: int) -> None:

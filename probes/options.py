@@ -30,6 +30,8 @@ class ObservatoryOptions:
     matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
     update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
     weight_schedule: Any = None  # weight-spectra steps (WeightWatcher's layer metrics of the selected matrices); default: the preset's ("full" only)
+    log_scalars: tuple = ()  # extra step variables this run stores, given after obs.step with obs.log(step, name=value) (the HF callback declares the trainers' logged metrics)
+    continue_run: bool = False  # append to the run at store (an earlier stage, written by another process): steps are stored after its last one, its stages kept, its layout must match
     weight_reference: Any = None  # compare the weights on the weight schedule with: "stage" (the weights as each obs.stage() starts, as found before the first), a torch module or {name: tensor} (a base model); None: "stage" under preset "full", else off
     # -- curvature and gradient noise on a fixed batch (probes/diagnostics.py) --
     diagnostics_batch: Any = None  # one fixed batch (dict: model(**batch), tuple: model(*batch), tensor); None: off

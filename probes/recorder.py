@@ -134,6 +134,7 @@ class Recorder:
         matrices: Sequence[str] | str = (),
         metadata: dict | None = None,
         overwrite: bool = False,
+        resume: bool = False,
         fit_range="auto",
         max_rank: int | None = None,
         queue_size: int = 256,
@@ -153,7 +154,7 @@ class Recorder:
         param_stats: tuple[str, ...] = (),
         weight_rank: int = 0,
     ):
-        self._store_path, self._overwrite = store, overwrite
+        self._store_path, self._overwrite, self._resume = store, overwrite, resume
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
         self.sinks: SinkSet | None = None
         self._flush_at_exit = flush_at_exit
@@ -244,7 +245,7 @@ class Recorder:
             stat_names("metric", where="live"),
             weight_rank=weight_rank,
         )
-        self.reducer = Reducer(spec, self.failures)
+        self.reducer = Reducer(spec, self.failures, fresh=not self._resume)
         self._ready = True
         if not self.is_writer:
             return
@@ -270,6 +271,7 @@ class Recorder:
             flags=FLAGS,
             attrs=self.attrs,
             overwrite=self._overwrite,
+            resume=self._resume,
         )
         _register_exit_hook()  # after zarr is imported
         if self._flush_at_exit:

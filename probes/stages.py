@@ -20,10 +20,14 @@ from phasescope.store.schema import check_json
 class StageLog:
     """The stages one front-end has started, as the run's ``stages`` attribute (see module doc)."""
 
-    def __init__(self) -> None:
-        self.stages: list[dict] = []
+    def __init__(self, earlier: list[dict] | None = None, last_step: int | None = None) -> None:
+        """``earlier``: the stages of the run this process continues (its ``stages`` attribute), whose last
+        one ended at ``last_step``, the run's last step so far."""
+        self.stages: list[dict] = [dict(s) for s in earlier or []]
         self._pending: dict | None = None
-        self._last_step: int | None = None
+        self._last_step: int | None = last_step
+        if self.stages and self.stages[-1].get("last_step") is None:
+            self.stages[-1]["last_step"] = last_step
 
     @property
     def current(self) -> str | None:

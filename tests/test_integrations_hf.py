@@ -103,3 +103,48 @@ def test_trainer_without_optimizer_step_event_fails_clearly(tmp_path):
         trainer.train()
     ds = open_run(store)
     assert ds.sizes["step"] == 0 and ds.attrs["status"] == "failed"
+
+
+def test_a_second_trainer_continues_the_run_as_its_next_stage(tmp_path):
+    """Pretraining, then fine-tuning by a second Trainer in the same store (continue_run=True): one run,
+    one continuous step axis (the second Trainer's global_step 0 is stored after the first's last step),
+    both stages with their steps, the second stage's losses its Trainer's own. Continuing a run with
+    another layout, or a store with no run, is one line and loses nothing."""
+    from phasescope.errors import PhasescopeError
+    from phasescope.store import LayoutMismatchError, run_stages
+
+    train, pids, pmask, pad = corpus_blocks(tmp_path / "tok")
+    model = tiny_gpt2()
+    store = tmp_path / "stages.zarr"
+    probe = {"input_ids": pids, "attention_mask": pmask}
+    first = PhasescopeCallback(
+        str(store), schedule=S.explicit([0, 7]), probe_inputs=probe, stage="pretrain", strict=True
+    )
+    Trainer(model=model, args=_args(tmp_path), train_dataset=Blocks(train, pad), callbacks=[first]).train()
+    second = PhasescopeCallback(
+        str(store), schedule=S.explicit([0, 5]), probe_inputs=probe, stage="sft", continue_run=True, strict=True
+    )
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=6, learning_rate=1e-3),
+        train_dataset=Blocks(train[8:], pad),
+        callbacks=[second],
+    )
+    trainer.train()
+    ds = open_run(store)
+    assert ds.step.values.tolist() == list(range(14))
+    assert ds.capture_step.values.tolist() == [0, 7, 8, 13]  # each trainer's schedule, on the run's axis
+    stages = [(s["name"], s["first_step"], s["last_step"], s["trainer"]) for s in run_stages(ds)]
+    assert stages == [("pretrain", 0, 7, "Trainer"), ("sft", 8, 13, "Trainer")]
+    logs = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
+    np.testing.assert_allclose(ds.loss.values[8:], [logs[s + 1]["loss"] for s in range(6)], rtol=1e-5)
+    assert ds.attrs["finished"] is True and len(ds.attrs["resumed"]) == 1
+
+    with pytest.raises(PhasescopeError, match="needs an existing run"):
+        PhasescopeCallback(str(tmp_path / "none.zarr"), probe_inputs=probe, continue_run=True).on_train_begin(
+            _args(tmp_path), None, None, model=model
+        )
+    other = PhasescopeCallback(str(store), probes="final_norm", probe_inputs=probe, continue_run=True, stage="dpo")
+    with pytest.raises(LayoutMismatchError, match="cannot resume"):
+        other.on_train_begin(_args(tmp_path), None, None, model=model)
+    assert open_run(store).step.values.tolist() == list(range(14))

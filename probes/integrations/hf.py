@@ -18,6 +18,16 @@ The training is one stage of the run (``Observatory.stage``), named after the tr
 ``stage=`` names it: the kind of its arguments tells it (TRL's ``SFTConfig`` → "sft" by ``SFTTrainer``,
 ``DPOConfig`` → "dpo", ``GRPOConfig`` → "grpo"; plain ``TrainingArguments`` → "train" by ``Trainer``);
 ``stage=False`` marks none.
+
+The trainers' own metrics, logged after each optimizer step (every ``logging_steps``; TRL averages them
+over that window), are stored with the step they describe (``TRAINER_SCALARS``: DPO's reward margin,
+accuracy and rewards, GRPO's reward mean and std and KL, the completions' mean length, SFT's token
+accuracy, the policy's entropy). The stored ``loss`` is the trainer's objective: the model's loss for
+``Trainer`` and ``SFTTrainer`` (measured at each step, whatever ``logging_steps``), the loss the trainer
+logs for those that compute their objective outside the model (DPO, GRPO and TRL's others). Every run
+the callback writes declares the same variables, so a run continued by another trainer
+(``continue_run=True``, the next stage) keeps its layout. TRL's configs default to ``bf16=True``: the
+probe forward then runs in the trainer's autocast too, and the run says so (``probe_autocast``).
 """
 
 from __future__ import annotations
@@ -29,7 +39,23 @@ from transformers import TrainerCallback
 from ..observatory import Observatory
 from ._common import NoOptimizerStepError, current_lr, no_step_error
 
-__all__ = ["NoOptimizerStepError", "PhasescopeCallback"]
+__all__ = ["TRAINER_SCALARS", "NoOptimizerStepError", "PhasescopeCallback"]
+
+#: trainers whose objective is their model's own loss (others log theirs: DPO, GRPO, ...)
+MODEL_LOSS_TRAINERS = ("Trainer", "SFTTrainer")
+#: the trainers' logged metrics (Trainer's and TRL's log keys) -> the step variable they are stored as
+TRAINER_SCALARS = {
+    "rewards/margins": "dpo_reward_margin",
+    "rewards/accuracies": "dpo_reward_accuracy",
+    "rewards/chosen": "dpo_reward_chosen",
+    "rewards/rejected": "dpo_reward_rejected",
+    "reward": "reward_mean",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
+    "mean_token_accuracy": "token_accuracy",
+    "entropy": "entropy",
+}
 
 
 class PhasescopeCallback(TrainerCallback):
@@ -47,6 +73,8 @@ class PhasescopeCallback(TrainerCallback):
         self._loss_n = 0
         self._summed = False
         self._stepped = False
+        self._loss_from_log = False  # store the trainer's logged loss for the last step (see the module doc)
+        self._model_loss = True  # the trainer optimises its model's own loss (Trainer, SFTTrainer)
 
     # ------------------------------------------------------------------ loss of the accumulated batch
     def _on_forward(self, module, args, kwargs, output) -> None:
@@ -83,6 +111,7 @@ class PhasescopeCallback(TrainerCallback):
         kw = dict(self.kwargs)
         meta.update(kw.pop("metadata", None) or {})
         kw.setdefault("optimizer", optimizer)
+        kw["log_scalars"] = (*TRAINER_SCALARS.values(), *kw.get("log_scalars", ()))
         self.obs = Observatory(
             model,
             store=self.store,
@@ -92,8 +121,10 @@ class PhasescopeCallback(TrainerCallback):
             metadata=meta,
             **kw,
         )
+        self.obs.hold_rows = True  # the step's logged metrics come after it (on_log): obs.log adds them
+        name, trainer = trainer_stage(args)
+        self._model_loss = trainer in MODEL_LOSS_TRAINERS
         if self.stage is not False:
-            name, trainer = trainer_stage(args)
             self.obs.stage(self.stage or name, trainer=trainer)
         self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
 
@@ -101,7 +132,21 @@ class PhasescopeCallback(TrainerCallback):
         if self.obs is None:
             return
         self._stepped = True
-        self.obs.step(state.global_step, loss=self._take_loss(), lr=current_lr(optimizer))
+        loss = self._take_loss()
+        if not self._model_loss:
+            loss = None  # the model's output loss (if any) is not this trainer's objective
+        self._loss_from_log = loss is None
+        self.obs.step(state.global_step, loss=loss, lr=current_lr(optimizer))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """The metrics the trainer logged for the update it just made (global_step − 1 in our steps)."""
+        if self.obs is None or not logs or self.obs.closed:
+            return
+        values = {name: logs[key] for key, name in TRAINER_SCALARS.items() if _number(logs.get(key))}
+        if self._loss_from_log and _number(logs.get("loss")):
+            values["loss"] = logs["loss"]
+        if values:
+            self.obs.log(state.global_step - 1, **values)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.obs is None:
@@ -137,3 +182,7 @@ def trainer_stage(args) -> tuple[str, str]:
         base = kind[: -len("Config")]
         return base.lower(), f"{base}Trainer"
     return "train", "Trainer"
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
