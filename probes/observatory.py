@@ -450,6 +450,7 @@ class Observatory:
         self._flush_pending()
         # stored after the continued run's steps (step_offset); schedules keep to this process's steps
         res = CaptureResult(step + self.step_offset, scalars={"lr": None if lr is None else float(lr)})
+        res.stage = self.stages.seen
         copy = HostCopier()
         if loss is not None:
             if self.world > 1 and self.options.sync_loss:

@@ -380,6 +380,7 @@ class Recorder:
             return
         copy = HostCopier()
         res = CaptureResult(step, scalars={"loss": copy(_detached(loss)), "lr": lr}, flags=dict(flags or {}))
+        res.stage = self.stages.seen
         if grads:
             with self.failures.guard("step", f"gradient norms at step {step}") as g:
                 norms, res.present = array_norms([grads.get(n) for n in self._params])

@@ -135,7 +135,7 @@ class Reducer:
                 eig[i, :k] = s.eigenvalues[:k]
                 n_samples[i] = s.n
             g = None if grams[i] is None else np.asarray(to_numpy(grams[i]), dtype=np.float64)
-            inputs = ProbeInputs(s, g, sp.fit_range, R, resumed=not self._fresh)
+            inputs = ProbeInputs(s, g, sp.fit_range, R, resumed=not self._fresh, stage=res.stage)
             values: dict[str, float] = {}
             lost = False
             for stat in self._stats:

@@ -29,6 +29,7 @@ class CaptureResult:
     capture: bool = False  # write a capture row (spectra and/or matrix statistics)
     lost: int = 0  # captures/rows of this step lost to phasescope failures
     event: Any = None  # CUDA event to wait on before reading device values
+    stage: str | None = None  # the training stage this step belongs to (Observatory.stage / Recorder.stage)
 
     def release_capture(self) -> None:
         """Drop the capture payload but keep the step row (the writer's drop policy); counted as dropped."""

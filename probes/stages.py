@@ -24,6 +24,7 @@ class StageLog:
         """``earlier``: the stages of the run this process continues (its ``stages`` attribute), whose last
         one ended at ``last_step``, the run's last step so far."""
         self.stages: list[dict] = [dict(s) for s in earlier or []]
+        self._earlier = len(self.stages)  # stages begun by the process this one continues
         self._pending: dict | None = None
         self._last_step: int | None = last_step
         if self.stages and self.stages[-1].get("last_step") is None:
@@ -35,6 +36,14 @@ class StageLog:
         if self._pending is not None:
             return self._pending["name"]
         return self.stages[-1]["name"] if self.stages else None
+
+    @property
+    def seen(self) -> str | None:
+        """The current stage's name if it began in this process; "" if it began in the process this one
+        continues (its first capture is not this process's); None before any stage."""
+        if self._pending is None and len(self.stages) <= self._earlier:
+            return "" if self.stages else None
+        return self.current
 
     def start(self, name: str, *, trainer: str | None = None, meta: dict | None = None) -> None:
         """Start stage ``name`` at the next recorded step; raises PhasescopeError on a name used before

@@ -23,7 +23,7 @@ def _cka_run(path):
 
 def test_similarity_panel_draws_the_stored_cka(tmp_path):
     ds = _cka_run(tmp_path / "c.zarr")
-    assert panel_variables("similarity") == ["cka_first", "cka_previous"]
+    assert panel_variables("similarity") == ["cka_first", "cka_previous", "cka_stage"]
     fig = figure_panel({"c": ds}, "similarity")
     go.Figure(fig.to_dict())  # passes plotly's validator
     assert fig.layout.meta["variables"] == ["cka_first", "cka_previous"]
@@ -39,7 +39,7 @@ def test_panel_says_what_is_missing(tmp_path):
         w.append_step(0, {"loss": 1.0})
         w.append_capture(0, {"rankme": [1.5]}, np.ones((1, 2)), [4])
     fig = figure_panel({"old": open_run(tmp_path / "old.zarr")}, "similarity")
-    assert "cka_first, cka_previous not recorded" in fig.layout.meta["empty"]
+    assert "cka_first, cka_previous, cka_stage not recorded" in fig.layout.meta["empty"]
     assert "no run selected" in figure_panel({}, "similarity").layout.meta["empty"]
 
 

@@ -179,3 +179,41 @@ def test_preset_full_records_weight_change_against_the_stage_by_default(tmp_path
     with phasescope.Observatory(model, store=plain, probe_inputs=_batch(99, 16), strict=True) as obs:
         obs.step(0)
     assert "matrix_weight_distance_from_ref" not in open_run(plain).data_vars
+
+
+def test_cka_stage_is_the_drift_within_each_stage(tmp_path):
+    """cka_stage: linear CKA of each capture to its stage's first capture (1 there), against the CKA of
+    snapshots' final-norm representations; cka_first keeps the run's first capture. An Observatory
+    that continues a run in the stage another process began cannot know that stage's first capture:
+    NaN; a stage it begins itself starts at 1 again."""
+    from phasescope.spectra.similarity import centered_gram, linear_cka
+
+    model = _gpt2()
+    probe = _batch(99, 16)
+    store = tmp_path / "cka.zarr"
+    snaps: dict = {}
+    kw = dict(probe_inputs=probe, schedule=[0, 2, 4, 6], strict=True)
+    with phasescope.Observatory(model, store=store, **kw) as obs:
+        _train(obs, model, 7, {0: ("a", {}), 4: ("b", {})}, snaps)
+
+    def gram(step):
+        m = _gpt2()
+        m.load_state_dict(snaps[step], strict=False)  # lm_head is tied to wte
+        m.eval()
+        with torch.no_grad():
+            h = m(input_ids=probe, output_hidden_states=True).hidden_states[-1][:, -1]
+        return centered_gram(h.double().numpy())
+
+    ds = open_run(store, lazy=False)
+    got = ds["cka_stage"].sel(probe="final_norm").values
+    want = [1.0, linear_cka(gram(2), gram(0)), 1.0, linear_cka(gram(6), gram(4))]
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert abs(float(ds["cka_first"].sel(probe="final_norm", capture_step=6)) - want[3]) > 1e-3  # another reference
+
+    with phasescope.Observatory(model, store=store, continue_run=True, **kw) as obs:
+        _train(obs, model, 3, {2: ("c", {})})  # steps 7, 8 in stage b (begun elsewhere), 9 in c
+    ds = open_run(store, lazy=False)
+    cont = ds["cka_stage"].sel(probe="final_norm", capture_step=[7, 9]).values
+    assert np.isnan(cont[0]) and cont[1] == 1.0
+    assert [s["name"] for s in ds.attrs["stages"]] == ["a", "b", "c"]
+    assert ds.attrs["stages"][1]["last_step"] == 8

@@ -73,7 +73,7 @@ def test_registry_declares_statistics_and_refuses_clashes():
     assert names("metric")[:2] == ("rankme", "alpha") and {"cka_first", "cka_previous"} <= set(names("metric"))
     cka_stat = get("cka")
     assert cka_stat.cost == "capture" and cka_stat.schedule == "capture" and "similarity" in cka_stat.panels
-    assert [v.dims for v in cka_stat.variables] == [("capture_step", "probe")] * 2
+    assert [v.dims for v in cka_stat.variables] == [("capture_step", "probe")] * 3
     assert get("matrix_svd").variables[0].dtype == "float32"
     with pytest.raises(PhasescopeError, match="did you mean cka"):
         get("ckaa")

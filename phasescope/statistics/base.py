@@ -72,6 +72,7 @@ class ProbeInputs:
     fit_range: Any = "auto"  # α-ReQ fit range of the run
     max_rank: int | None = None
     resumed: bool = False  # the run's first capture was reduced by another process
+    stage: str | None = None  # this capture's training stage (``obs.stage``); None: none; "": begun unseen
 
 
 @dataclass(frozen=True)
