@@ -20,9 +20,9 @@ from typing import Any
 
 from .argtypes import csv_list, positive_number
 from .errors import PhasescopeError
-from .spectra.phases import PhaseResult, detect_phases
+from .spectra.phases import PhaseResult, detect_phases, stage_summary, stage_table
 from .spectra.phases.rules import RULES_VERSION, explain
-from .store import open_group, open_run, write_group
+from .store import open_group, open_run, run_stages, write_group
 
 GROUP = "phases"
 
@@ -71,11 +71,12 @@ def phases_for_run(
     ds = open_run(path)
     n = int(ds.sizes.get("capture_step", 0))
     settings = _settings(penalty, metrics, hmm)
+    settings["stages"] = [[st["name"], st["first_step"]] for st in run_stages(ds)]  # a new stage: recompute
     if not recompute:
         cached = _stored(path, n, settings)
         if cached is not None:
             return cached, "stored"
-    result = detect_phases(ds, metrics=metrics, penalty=penalty, hmm=hmm)
+    result = detect_phases(ds, metrics=metrics, penalty=penalty, hmm=hmm, stages=run_stages(ds))
     if not save:
         return result, "computed"
     out = result.to_dataset()
@@ -160,11 +161,19 @@ def run(args) -> int:
     if args.json:
         out = result.to_json()
         out["status"] = status
+        out["stages"] = [
+            {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in stage_summary(open_run(args.run), result)
+        ]
         print(json.dumps(out, indent=2, allow_nan=False))
         return 0
     print(result.summary(per_probe=args.per_probe))
     print()
     print(result.table())
+    rows = stage_summary(open_run(args.run), result)
+    if rows:
+        print("\nPer stage (each segmented on its own; CKA: the stage's last capture to its first)")
+        print(stage_table(rows))
     print(
         "\nconf: confidence in [0, 1] computed from each phase's fit (significance of its slopes, closeness to "
         "flat); `phasescope phases --explain` prints the rules and the formula, --json each phase's `rule`"

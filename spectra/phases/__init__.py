@@ -46,6 +46,7 @@ from .label import (
 from .result import MODEL, Event, PhaseResult
 from .rules import LABEL_TEXT, LABELS, MIN_CAPTURES, MIXED, RULES, RULES_VERSION, Rule, explain
 from .segmentation import DEFAULT_MIN_EFFECT, DEFAULT_MIN_SIZE, log_step, segment
+from .stages import stage_summary, stage_table
 
 __all__ = [
     "COLLAPSE",
@@ -76,5 +77,7 @@ __all__ = [
     "label_segments",
     "log_step",
     "segment",
+    "stage_summary",
+    "stage_table",
     "trajectory_phases",
 ]

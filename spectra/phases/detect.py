@@ -41,12 +41,14 @@ def trajectory_phases(
     tol: dict | None = None,
     z: float = DEFAULT_Z,
     loss=None,
+    risen: bool = False,
     _log_rankme: bool = False,
 ) -> list[Segment]:
     """Segment and label one trajectory (arrays over captures); the core of :func:`detect_phases`.
 
     ``rankme`` is RankMe itself (ln is taken here) unless ``_log_rankme``; ``alpha`` may hold NaN.
     Captures with non-finite RankMe are dropped; fewer than 3 left → one ``insufficient-data`` segment.
+    ``risen``: the trajectory continues a training whose RankMe already rose (a later stage): no collapse.
     """
     st = np.asarray(steps, dtype=np.float64)
     lr = np.asarray(rankme, dtype=np.float64) if _log_rankme else _transform("rankme", rankme)
@@ -66,7 +68,7 @@ def trajectory_phases(
         if fin.sum() >= MIN_POINTS and fin.mean() > 0.5:
             channels.append(np.interp(x, x[fin], v[fin]) if not fin.all() else v)
     bkps = segment(x, np.column_stack(channels), penalty=penalty, min_size=min_size, min_effect=min_effect)
-    return label_segments(probe, st.astype(np.int64), x, lr, al, bkps, tol=tol, z=z, loss=loss)
+    return label_segments(probe, st.astype(np.int64), x, lr, al, bkps, tol=tol, z=z, loss=loss, risen=risen)
 
 
 def _loss_lookup(ds, name: str = "loss"):
@@ -98,8 +100,16 @@ def detect_phases(
     tol: dict | None = None,
     z: float = DEFAULT_Z,
     hmm: bool = False,
+    stages: Sequence[Mapping] | None = None,
 ) -> PhaseResult:
     """Find and label the phases of a run's representation geometry, per probe and for the model.
+
+    In a run of several training stages (``ds.attrs["stages"]``, or ``stages``: [{"name", "first_step"},
+    …] in order) each stage is segmented and labelled on its own: a stage boundary is a forced change
+    point, a phase never spans two stages, and the log-step axis restarts at each stage's first step
+    (step − first_step), as the captures' schedule does. Each segment names its ``stage``. A stage that
+    begins after step 0 continues a training whose RankMe has risen: its falls are compression-seeking
+    (α rising) or mixed, never the warmup collapse.
 
     Parameters
     ----------
@@ -150,30 +160,27 @@ def detect_phases(
     data = {
         m: ds[m].transpose("capture_step", "probe").sel(probe=all_probes).values.astype(np.float64) for m in metrics
     }
-    opts = dict(penalty=penalty, min_size=min_size, min_effect=min_effect, tol=tol, z=z, loss=loss)
-    extra_names = [m for m in metrics if m not in ("rankme", "alpha")]
+    opts = dict(penalty=penalty, min_size=min_size, min_effect=min_effect, tol=tol, z=z)
+    parts = stage_parts(steps, ds.attrs.get("stages") if stages is None else stages)
     segments: list[Segment] = []
-    for j, p in enumerate(all_probes):
-        segments += trajectory_phases(
-            steps,
-            data["rankme"][:, j],
-            data["alpha"][:, j] if "alpha" in data else None,
-            extra={m: data[m][:, j] for m in extra_names},
-            probe=p,
-            **opts,
+    for name, first, inside in parts:
+        shifted = None if loss is None else (lambda s, f=first: loss(s + f))
+        found = _detect(
+            steps[inside] - first,
+            {m: v[inside] for m, v in data.items()},
+            all_probes,
+            model_level,
+            opts,
+            shifted,
+            risen=first > 0,
         )
-    if model_level and len(all_probes) > 1:
-        with np.errstate(all="ignore"), _quiet():
-            med_lr = _aligned_median(_transform("rankme", data["rankme"]))
-            med_a = _aligned_median(data["alpha"]) if "alpha" in data else None
-            med_x = {
-                m: np.exp(_aligned_median(_transform(m, data[m]))) if m in LOG_METRICS else _aligned_median(data[m])
-                for m in extra_names
-            }
-        model = trajectory_phases(steps, med_lr, med_a, extra=med_x, probe=MODEL, _log_rankme=True, **opts)
-        segments += _check_against_probes(model, steps, data, {**DEFAULT_TOL, **(tol or {})}, z)
-    elif model_level:
-        segments += [Segment(**{**s.to_dict(), "probe": MODEL}) for s in segments if s.probe == all_probes[0]]
+        segments += [
+            Segment(
+                **{**g.to_dict(), "start_step": g.start_step + first, "end_step": g.end_step + first, "stage": name}
+            )
+            for g in found
+        ]
+    segments = [g for p in [*all_probes, MODEL] for g in segments if g.probe == p]  # per probe, in step order
     params = {
         "method": "pelt-piecewise-linear-log1p-step",
         "metrics": metrics,
@@ -184,6 +191,7 @@ def detect_phases(
         "z": z,
         "min_captures": MIN_CAPTURES,
         "rules_version": R.RULES_VERSION,
+        "stages": [name for name, _, _ in parts if name],
     }
     fin = np.isfinite(data["rankme"]).any(axis=1)
     result = PhaseResult(
@@ -197,6 +205,53 @@ def detect_phases(
         pelt = [s.label for s in result.segments_for(MODEL) for _ in range(s.n_points)]
         result.hmm = hmm_phases(steps, data, all_probes, pelt_labels=pelt)
     return result
+
+
+def stage_parts(steps: np.ndarray, stages: Sequence[Mapping] | None) -> list[tuple[str, int, np.ndarray]]:
+    """(stage name, its first step, mask of its captures) for each stage with captures, in order; captures
+    before the first stage form a part named "" from step 0; a run without stages is one such part."""
+    steps = np.asarray(steps)
+    bounds = [(str(st["name"]), int(st["first_step"])) for st in stages or [] if st.get("first_step") is not None]
+    if not bounds:
+        return [("", 0, np.ones(steps.shape, bool))]
+    starts = np.array([f for _, f in bounds])
+    which = np.searchsorted(starts, steps, side="right") - 1  # -1: before the first stage
+    parts = [("", 0, which == -1)] if (which == -1).any() else []
+    parts += [(n, f, which == i) for i, (n, f) in enumerate(bounds) if (which == i).any()]
+    return parts
+
+
+def _detect(steps, data: dict, probes: list[str], model_level: bool, opts: dict, loss, risen=False) -> list[Segment]:
+    """Every probe's segments and the model level's, over one stage's captures (``data``: metric →
+    (captures, probes))."""
+    extra_names = [m for m in data if m not in ("rankme", "alpha")]
+    segments: list[Segment] = []
+    for j, p in enumerate(probes):
+        segments += trajectory_phases(
+            steps,
+            data["rankme"][:, j],
+            data["alpha"][:, j] if "alpha" in data else None,
+            extra={m: data[m][:, j] for m in extra_names},
+            probe=p,
+            loss=loss,
+            risen=risen,
+            **opts,
+        )
+    if model_level and len(probes) > 1:
+        with np.errstate(all="ignore"), _quiet():
+            med_lr = _aligned_median(_transform("rankme", data["rankme"]))
+            med_a = _aligned_median(data["alpha"]) if "alpha" in data else None
+            med_x = {
+                m: np.exp(_aligned_median(_transform(m, data[m]))) if m in LOG_METRICS else _aligned_median(data[m])
+                for m in extra_names
+            }
+        model = trajectory_phases(
+            steps, med_lr, med_a, extra=med_x, probe=MODEL, _log_rankme=True, loss=loss, risen=risen, **opts
+        )
+        segments += _check_against_probes(model, steps, data, {**DEFAULT_TOL, **(opts["tol"] or {})}, opts["z"])
+    elif model_level:
+        segments += [Segment(**{**s.to_dict(), "probe": MODEL}) for s in segments if s.probe == probes[0]]
+    return segments
 
 
 def _aligned_median(v: np.ndarray) -> np.ndarray:

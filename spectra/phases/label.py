@@ -88,6 +88,7 @@ class Segment:
     n_fit: int = 0  # captures the slopes are fitted over: its own + the next phase's first
     rule: str = ""  # which rule of rules.RULES decided the label, with the changes it saw
     probes_agree: float = math.nan  # model level: fraction of probes whose own slopes satisfy the rule
+    stage: str = ""  # the training stage the phase lies in (``obs.stage``); "" in runs without stages
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,10 +157,13 @@ def label_segments(
     tol: dict | None = None,
     z: float = DEFAULT_Z,
     loss: callable | None = None,
+    risen: bool = False,
 ) -> list[Segment]:
     """Label the segments [b_{j−1}, b_j) of one trajectory, then merge neighbours with equal labels.
 
     ``lr`` is ln RankMe (finite), ``al`` α (may hold NaN, or None), ``loss`` a function step → loss.
+    ``risen``: the trajectory continues a training whose RankMe has already risen (a stage after the
+    first), so no fall in it is the warmup collapse.
     """
     tol = {**DEFAULT_TOL, **(tol or {})}
     bounds = [0, *list(bkps)]
@@ -177,7 +181,7 @@ def label_segments(
             nxt = dirs[i + 1] if i + 1 < len(dirs) else 0
             prv = dirs[i - 1] if i > 0 else 0
             dirs[i] = lean if (nxt == lean or prv == lean) else 0
-    labels = _name(dirs)
+    labels = _name(dirs, risen)
     # warmup: a flat start (learning rate still tiny) followed by the collapse is part of the warmup phase
     if len(labels) > 1 and labels[0] == STABLE and labels[1] == COLLAPSE:
         labels[0] = COLLAPSE
@@ -191,7 +195,7 @@ def label_segments(
         relabel.append(STABLE if lab != STABLE and flat else lab)
     if relabel != [m[2] for m in merged]:
         dirs = [{ENTROPY: 1, STABLE: 0}.get(lab, -1) for lab in relabel]
-        labels = _name(dirs)
+        labels = _name(dirs, risen)
         if len(labels) > 1 and labels[0] == STABLE and labels[1] == COLLAPSE:
             labels[0] = COLLAPSE
         merged = _merge([(m[0], m[1]) for m in merged], labels)
@@ -199,14 +203,16 @@ def label_segments(
     spans = [(s_, e_) for s_, e_, _ in merged]
     if len(lr) < 3 * MIN_CAPTURES:  # too short for PELT to cut twice: cut where RankMe turns
         spans = sparse_spans(spans, lr, tol["rankme"])
-    spans = _refine(spans, [p[0] for p in pieces], x, lr, al, tol, z)
+    spans = _refine(spans, [p[0] for p in pieces], x, lr, al, tol, z, risen)
     return [
         _segment(probe, steps, x, lr, al, s_, e_, lab, rule, conf, loss)
-        for s_, e_, lab, rule, conf in _final_labels(spans, x, lr, al, tol, z)
+        for s_, e_, lab, rule, conf in _final_labels(spans, x, lr, al, tol, z, risen)
     ]
 
 
-def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict, z: float) -> list[tuple[int, int]]:
+def _refine(
+    spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict, z: float, risen: bool = False
+) -> list[tuple[int, int]]:
     """Split a phase at one of its inner change points when the rules name the two sides differently
     (neither side mixed or insufficient): pieces that the boundary stage merged because each trended the
     same way at half the tolerance — e.g. the end of a rise and a plateau — are told apart on the full
@@ -216,7 +222,7 @@ def _refine(spans: list[tuple[int, int]], cuts: list[int], x, lr, al, tol: dict,
     2·MIN_CAPTURES captures (the rounded bottom of a turn is not a stable phase); the cut kept is the one
     with the most confident pair of sides."""
     out: list[tuple[int, int]] = []
-    after_rise = False
+    after_rise = risen
     work = list(spans)
     while work:
         s, e = work.pop(0)
@@ -265,11 +271,11 @@ def decide_phase(f: _Fit, n_fit: int, after_rise: bool, tol: dict, z: float) -> 
     return rule.label, r_dir, a_dir, conf
 
 
-def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float):
+def _final_labels(spans: list[tuple[int, int]], x, lr, al, tol: dict, z: float, risen: bool = False):
     """Label every phase by the rules on its own (closed) fit; merge equal neighbours; repeat until stable.
     Returns [(s, e, label, rule text, confidence)]."""
     for _ in range(len(spans) + 1):
-        labs, rises, after_rise = [], [], False  # rises[i]: had RankMe risen before phase i
+        labs, rises, after_rise = [], [], risen  # rises[i]: had RankMe risen before phase i
         for s_, e_ in spans:
             f, n_fit = _phase_fit(s_, e_, x, lr, al)
             lab, r_dir, a_dir, conf = decide_phase(f, n_fit, after_rise, tol, z)
@@ -366,10 +372,11 @@ def _segment(probe, steps, x, lr, al, s: int, e: int, lab: str, rule: str, conf:
     )
 
 
-def _name(dirs: list[int]) -> list[str]:
+def _name(dirs: list[int], risen: bool = False) -> list[str]:
     """Directions → labels: rising = entropy-seeking; falling = collapse before the first entropy-seeking
-    phase, compression-seeking after it; flat = stable."""
-    out, seen_entropy = [], False
+    phase (of the training: ``risen`` when an earlier stage had one), compression-seeking after it; flat =
+    stable."""
+    out, seen_entropy = [], risen
     for d in dirs:
         if d > 0:
             seen_entropy = True

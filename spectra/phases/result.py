@@ -293,6 +293,9 @@ class PhaseResult:
             f"{'probe':<20} {'phase':<20} {'start':>8} {'end':>8} {'n':>4} {'dlnR/dlnt':>10} "
             f"{'dA/dlnt':>9} {'RankMe':>15} {'alpha':>11} {'conf':>5}"
         )
+        staged = any(s.stage for s in self.segments)
+        if staged:  # the stage each phase lies in (a phase never spans two)
+            head = f"{'stage':<12} {head}"
         rows = [head, "-" * len(head)]
 
         def f(v, fmt):
@@ -301,7 +304,8 @@ class PhaseResult:
         for s in self.segments:
             end = "on" if s.open_end else str(s.end_step)
             rows.append(
-                f"{s.probe[:20]:<20} {s.label:<20} {s.start_step:>8} {end:>8} {(s.n_fit or s.n_points):>4} "
+                (f"{s.stage[:12]:<12} " if staged else "")
+                + f"{s.probe[:20]:<20} {s.label:<20} {s.start_step:>8} {end:>8} {(s.n_fit or s.n_points):>4} "
                 f"{f(s.slope_rankme, '+.3f'):>10} {f(s.slope_alpha, '+.3f'):>9} "
                 f"{f(s.rankme_start, '.1f') + '→' + f(s.rankme_end, '.1f'):>15} "
                 f"{f(s.alpha_start, '.2f') + '→' + f(s.alpha_end, '.2f'):>11} {s.confidence:>5.2f}"

@@ -127,6 +127,13 @@ MODEL_TEXT = (
     "satisfy becomes mixed (its rule says how many probes agree)"
 )
 
+STAGES_TEXT = (
+    "stages (obs.stage: pretraining, SFT, DPO, RLVR): each stage is segmented and labelled on its own, "
+    "over ln(1 + step − its first step); a phase never spans two stages; a stage that begins after step 0 "
+    "counts as after-rise (the training's RankMe rose before it), so a fall in it is compression-seeking "
+    "or mixed, never the warmup collapse"
+)
+
 CONFIDENCE_TEXT = (
     "confidence = product over the rule's conditions of a score in [0, 1] computed from the fit:\n"
     "  moves (rises/falls):  sig(Δ) = erf(|Δ| / (√2·se(Δ)))  (0.5 when se is unknown, 1 when se = 0)\n"
@@ -251,7 +258,7 @@ def explain(tol: dict | None = None, z: float = DEFAULT_Z, min_captures: int = M
         lines += textwrap.wrap(
             f"{i}. {rule.label}{cond}: {rule.text}", 100, initial_indent="  ", subsequent_indent="     "
         )
-    for para in ("Then: " + WARMUP_TEXT + "; " + MERGE_TEXT + ".", MODEL_TEXT + "."):
+    for para in ("Then: " + WARMUP_TEXT + "; " + MERGE_TEXT + ".", MODEL_TEXT + ".", STAGES_TEXT + "."):
         lines += ["", *textwrap.wrap(para, 100)]
     lines += ["", CONFIDENCE_TEXT]
     return "\n".join(lines)
