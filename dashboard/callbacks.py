@@ -24,6 +24,7 @@ from . import figures as F
 from .data import PathRefused, RunSource
 from .layout import ESD_CONTROLS, GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
 from .panel_figures import NEEDS
+from .stage_figures import add_stage_marks, stage_rows
 
 MAX_OVERVIEW_RUNS = 4
 PLAY, PAUSE = "▶ play", "❚❚ pause"
@@ -117,7 +118,8 @@ class Views:
         return new, done, status
 
     def overview(self, version, align):
-        return F.figure_overview(self.datasets(version, MAX_OVERVIEW_RUNS), align=align)
+        runs = self.datasets(version, MAX_OVERVIEW_RUNS)
+        return add_stage_marks(F.figure_overview(runs, align=align), runs, align)
 
     def heatmap(self, version, metric, align):
         """(figure, dropdown options, dropdown value)."""
@@ -142,13 +144,14 @@ class Views:
         metric = _keep(metric, allowed) or "rankme"
         phases = {self.src.label(k): self.src.phases(k) for k in (version or {}).get("runs", [])}
         fig = F.figure_trajectories(runs, metric=metric, probes=probes or None, align=align, phases=phases)
+        fig = add_stage_marks(fig, runs, align)
         names = [str(p) for p in first["probe"].values] if first is not None and "probe" in first.coords else []
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric, names
 
     def stat_panel(self, version, name, align):
         """A panel the statistic registry declares (see panel_figures)."""
         runs = self.datasets(version)
-        return F.figure_panel(runs, name, align=align) if runs else F.empty_figure(NO_RUN)
+        return add_stage_marks(F.figure_panel(runs, name, align=align), runs, align) if runs else F.empty_figure(NO_RUN)
 
     def esd(self, version, run=None, matrix=None, step=None):
         """(figure, then options and value of the run, matrix and step dropdowns): the weight ESD one
@@ -171,12 +174,26 @@ class Views:
         keys = (version or {}).get("runs", [])
         if not keys:
             return F.empty_figure(NO_RUN)
-        fig = F.figure_phase_strip(self.src.dataset(keys[0]), self.src.phases(keys[0]), align=align)
-        return self._named(fig, version)
+        ds = self.src.dataset(keys[0])
+        fig = F.figure_phase_strip(ds, self.src.phases(keys[0]), align=align)
+        return self._named(add_stage_marks(fig, {self.src.label(keys[0]): ds}, align), version)
 
     def gradients(self, version, align):
         ds = self.first(version)
-        return F.empty_figure(NO_RUN) if ds is None else self._named(F.figure_gradients(ds, align=align), version)
+        if ds is None:
+            return F.empty_figure(NO_RUN)
+        fig = add_stage_marks(F.figure_gradients(ds, align=align), {"": ds}, align)
+        return self._named(fig, version)
+
+    def stage_rows(self, version) -> list[dict]:
+        """The per-stage table of the first selected run with stages (its stored phases), each row
+        naming the run when several are selected."""
+        for key in (version or {}).get("runs", []):
+            rows = stage_rows(self.src.dataset(key), self.src.phases(key))
+            if rows:
+                n = len(version["runs"])
+                return [{**r, "stage": f"{self.src.label(key)}: {r['stage']}"} for r in rows] if n > 1 else rows
+        return []
 
     def table_rows(self, version):
         """(metadata rows, data-quality rows) of the first selected run; the metadata starts with
@@ -297,6 +314,11 @@ class Views:
             )
         out[("meta-table", "children")] = table(TABLES["meta-table"], meta)
         out[("quality-table", "children")] = table(TABLES["quality-table"], quality)
+        try:
+            stages = self.stage_rows(version)
+        except Exception as exc:  # noqa: BLE001 - the page is still drawn; the table says why it is empty
+            stages = [{"stage": f"could not read the stages: {type(exc).__name__}: {exc}"}]
+        out[("stage-table", "children")] = table(TABLES["stage-table"], stages)
         spec = panel("spectrum", lambda: self.spectrum(version, None))
         if isinstance(spec, tuple):
             fig, idx, top, marks, sel, _, _ = spec
@@ -421,14 +443,26 @@ def register(app, src: RunSource) -> Views:
         return view(V.gradients(version, align), relayout)
 
     @app.callback(
-        Output("meta-table", "children"), Output("quality-table", "children"), Input("version", "data"), **later
+        Output("meta-table", "children"),
+        Output("quality-table", "children"),
+        Output("stage-table", "children"),
+        Input("version", "data"),
+        **later,
     )
     def tables(version):
         meta, quality = V.table_rows(version)
-        return table(TABLES["meta-table"], meta), table(TABLES["quality-table"], quality)
+        stages = V.stage_rows(version)
+        return (
+            table(TABLES["meta-table"], meta),
+            table(TABLES["quality-table"], quality),
+            table(TABLES["stage-table"], stages),
+        )
+
+    def all_tables(version):
+        return (*V.table_rows(version), V.stage_rows(version))
 
     for i, tid in enumerate(TABLES):
-        _register_table_csv(app, tid, i, V.table_rows)
+        _register_table_csv(app, tid, i, all_tables)
 
     @app.callback(
         Output("spectrum", "figure"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 from .panel_figures import PANEL_TITLES, registry_panels
+from .stage_figures import TABLE_COLUMNS as STAGE_COLUMNS
 
 # Panels the statistic registry declares (e.g. "similarity" for linear CKA) get graphs "stat-<panel>".
 STAT_PANELS = registry_panels()
@@ -25,7 +26,11 @@ GRAPHS = (
     "gradients",
 )
 ESD_CONTROLS = ("esd-run", "esd-matrix", "esd-step")  # run, weight matrix and capture step of the ESD panel
-TABLES = {"meta-table": ("key", "value"), "quality-table": ("check", "value", "status")}
+TABLES = {
+    "meta-table": ("key", "value"),
+    "quality-table": ("check", "value", "status"),
+    "stage-table": STAGE_COLUMNS,
+}
 IMAGE_FORMATS = ("png", "svg")
 ROW_CLASSES = ("warn", "error")  # table rows styled by their status
 
@@ -216,6 +221,7 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
             ),
             panel("Phases per layer", "phases"),
             panel("Gradients", "gradients"),
+            _table_panel("Stages · the phases within each training stage (obs.stage)", "stage-table"),
             html.Div(
                 className="row",
                 children=[

@@ -271,6 +271,8 @@ def phase_server(tmp_path_factory):
     write_synthetic_run(root / "ph.zarr", n_steps=300, n_probes=6, rank=128, n_layers=2)
     result, status = phases_for_run(root / "ph.zarr")
     assert status == "computed, saved"
+    _write_staged(root / "staged.zarr")
+    phases_for_run(root / "staged.zarr")
     with serve_app(create_app(root, refresh_ms=1000)) as srv:
         yield srv, root, result
 
@@ -296,6 +298,38 @@ def test_phase_strip_and_phase_shading_on_a_real_phases_group(page, phase_server
     assert [phase_text(s.label) for s in result.segments_for("model")] == shown  # every label drawn, the first too
     page.locator("#panel-trajectories").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "phases.png"), full_page=True)
+
+
+def _write_staged(path):
+    """A two-stage run (SFT then RL from step 1000), from test_phases_stages."""
+    from test_phases_stages import PROBES, _staged
+
+    from phasescope.store import RunWriter
+
+    src = _staged()
+    metrics = ["rankme", "alpha", "cka_stage"]
+    with RunWriter(
+        path, probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
+    ) as w:
+        for i, s in enumerate(src.capture_step.values):
+            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
+            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+
+
+def test_stages_are_marked_on_the_step_axes_and_tabled(page, phase_server, tmp_path):
+    srv, _root, _ = phase_server
+    page.goto(srv.url + "/?run=staged.zarr")
+    stage_line = "s => s.type == 'line' && s.line.color == '#6a3d9a'"  # dashboard.stage_figures.STAGE_COLOUR
+    wait_graph(page, "trajectories", f"gd._fullLayout.shapes.some({stage_line})")
+    xs = graph(page, "trajectories", f"gd._fullLayout.shapes.filter({stage_line}).map(s => s.x0)")
+    n_axes = graph(page, "trajectories", "Object.keys(gd._fullLayout).filter(k => /^xaxis\\d*$/.test(k)).length")
+    assert xs == pytest.approx([1000] * n_axes, rel=1e-9)  # one line on each x axis, where rl begins
+    shown = graph(page, "trajectories", "Array.from(gd.querySelectorAll('.annotation-text')).map(e => e.textContent)")
+    assert "▸ sft" in shown and "▸ rl" in shown
+    table = page.locator("#stage-table").inner_text()
+    assert "compression-seeking" in table and "entropy-seeking" in table and "1000–1999" in table
+    page.locator("#stage-table").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "stages.png"), full_page=True)
 
 
 def test_play_runs_to_the_last_capture_and_stops_there(page, phase_server):

@@ -228,3 +228,48 @@ def test_panels_that_draw_one_run_say_which_of_the_selected(tmp_path):
         assert "run a.zarr (1 of 2 selected runs)" in t2.title.text.split("<br>")[0], name
         assert t2.meta["run"] == "a.zarr", name
         assert "run b.zarr" in t1.title.text and "selected runs" not in t1.title.text, name
+
+
+def test_stage_marks_and_the_stage_table(tmp_path):
+    """A run with stages: every step-axis panel marks where a stage begins (a dotted line on each of its
+    x axes at the stage's first step) and names the stages; the stage table says phases are not computed
+    until `phasescope phases` stored them, then holds each stage's phases and RankMe/α at its ends."""
+    from test_phases_stages import PROBES, _staged
+
+    from phasescope.cli_phases import phases_for_run
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+
+    src = _staged()
+    root = tmp_path / "runs"
+    metrics = ["rankme", "alpha", "cka_stage"]
+    with RunWriter(
+        root / "s.zarr", probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
+    ) as w:
+        for i, s in enumerate(src.capture_step.values):
+            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
+            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+    views = Views(RunSource(root), refresh_ms=1000)
+    version = {"runs": ["s.zarr"]}
+    figs = {
+        "overview": views.overview(version, "step"),
+        "trajectories": views.trajectories(version, "rankme", None, "step")[0],
+        "similarity": views.stat_panel(version, "similarity", "step"),
+    }
+    for name, fig in figs.items():
+        go.Figure(fig.to_dict())  # valid plotly
+        lines = [s for s in fig.layout.shapes if s.type == "line" and s.line.dash == "dot"]
+        n_axes = sum(1 for k in fig.layout.to_plotly_json() if k.startswith("xaxis"))
+        assert len(lines) == n_axes and {s.x0 for s in lines} == {1000.0}, name  # rl begins at step 1000
+        assert fig.layout.meta["stages"] == ["sft", "rl"], name
+        assert {a.text for a in fig.layout.annotations} >= {"▸ sft", "▸ rl"}, name
+    empty = views.stat_panel(version, "curvature", "step")  # says what is missing: no axis to mark
+    assert "not recorded" in empty.layout.meta["empty"] and not empty.layout.shapes
+    rows = views.stage_rows(version)
+    assert [r["stage"] for r in rows] == ["sft", "rl"] and "not computed" in rows[0]["phases"]
+    phases_for_run(root / "s.zarr")
+    views = Views(RunSource(root), refresh_ms=1000)
+    rows = {(r["stage"], r["probe"]): r for r in views.stage_rows(version)}
+    assert rows[("sft", "model")]["phases"] == "entropy-seeking"
+    assert rows[("rl", "model")]["phases"] == "compression-seeking" and rows[("rl", "model")]["steps"] == "1000–1999"
+    assert rows[("rl", "h.0")]["CKA to stage start"] == "0.800"

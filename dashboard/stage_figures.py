@@ -1,0 +1,121 @@
+"""Training stages on the page (pretraining → SFT → DPO → RLVR; ``obs.stage``): a dotted line where each
+stage begins on every step axis, named at the top, per run (`add_stage_marks`); and the per-stage table
+(`stage_rows`): the phases found within each stage (from the run's stored ``phases`` group), RankMe and α at
+its first and last capture, and the CKA of its last capture to its first."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from phasescope.spectra.phases import MODEL, PhaseResult, stage_summary
+
+from ._common import aligned_x, display_steps
+
+STAGE_COLOUR = "#6a3d9a"
+TABLE_COLUMNS = ("stage", "steps", "trainer", "probe", "phases", "RankMe", "alpha", "CKA to stage start")
+_AXIS = re.compile(r"^xaxis(\d*)$")
+
+
+def add_stage_marks(fig, runs: dict, align: str = "step"):
+    """Mark where each selected run's stages begin (after its first step) on every x axis of ``fig`` (a
+    log step or tokens axis), with the stage names along the top (prefixed by the run when several are
+    drawn). Figures whose runs have no stages are returned unchanged."""
+    meta = fig.layout.meta
+    if isinstance(meta, dict) and meta.get("empty"):  # a panel saying what is missing has no step axis
+        return fig
+    marks = []
+    for name, ds in runs.items():
+        for st in ds.attrs.get("stages") or []:
+            first = st.get("first_step")
+            if first is None:
+                continue
+            x = float(display_steps(aligned_x(ds, [max(int(first), 0)], align)[0])[0])
+            text = f"{name}: {st['name']}" if len(runs) > 1 else str(st["name"])
+            marks.append((x, int(first), text))
+    if not marks:
+        return fig
+    layout = fig.layout
+    axes = sorted(
+        (k for k in layout.to_plotly_json() if _AXIS.match(k)), key=lambda k: int(_AXIS.match(k).group(1) or 1)
+    )
+    shapes, notes = list(layout.shapes or ()), list(layout.annotations or ())
+    axes = axes or ["xaxis"]
+    for k in axes:
+        ref = "x" + _AXIS.match(k).group(1)
+        anchor = getattr(layout[k], "anchor", None) or "y" + _AXIS.match(k).group(1)
+        yref = f"{anchor} domain" if anchor and anchor != "free" else "paper"
+        for x, first, text in marks:
+            if first > 0:
+                shapes.append(
+                    {
+                        "type": "line",
+                        "xref": ref,
+                        "yref": yref,
+                        "x0": x,
+                        "x1": x,
+                        "y0": 0,
+                        "y1": 1,
+                        "line": {"color": STAGE_COLOUR, "dash": "dot", "width": 1.5},
+                        "layer": "above",
+                    }
+                )
+            if k == axes[0]:  # the names once, along the top of the first axis
+                notes.append(
+                    {
+                        "x": math.log10(x) + 1e-7,
+                        "xref": ref,
+                        "y": 1.0,
+                        "yref": yref,
+                        "yanchor": "bottom",
+                        "xanchor": "left",
+                        "text": f"▸ {text}",
+                        "showarrow": False,
+                        "font": {"size": 10, "color": STAGE_COLOUR},
+                    }
+                )
+    fig.update_layout(shapes=shapes, annotations=notes)
+    meta = dict(layout.meta or {}) if isinstance(layout.meta, dict) else {}
+    fig.layout.meta = {**meta, "stages": [t for _, _, t in marks]}
+    return fig
+
+
+def stage_rows(ds, phases_ds) -> list[dict]:
+    """The per-stage table of one run (``TABLE_COLUMNS``): from its stored phases (``phasescope phases RUN``
+    writes them) one row per stage and probe; without them one row per stage saying so."""
+    stages = ds.attrs.get("stages") or []
+    if not stages:
+        return []
+    if phases_ds is None:
+        return [
+            {
+                "stage": st["name"],
+                "steps": _steps(st.get("first_step"), st.get("last_step")),
+                "trainer": st.get("trainer") or "",
+                "probe": MODEL,
+                "phases": "not computed: run `phasescope phases RUN`",
+            }
+            for st in stages
+        ]
+    rows = stage_summary(ds, PhaseResult.from_dataset(phases_ds))
+
+    def f(v, fmt):
+        return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "nan"
+
+    return [
+        {
+            "stage": r["stage"],
+            "steps": _steps(r["first_step"], r["last_step"]),
+            "trainer": r["trainer"] or "",
+            "probe": r["probe"],
+            "phases": " → ".join(r["phases"]),
+            "RankMe": f"{f(r['rankme_start'], '.2f')} → {f(r['rankme_end'], '.2f')}",
+            "alpha": f"{f(r['alpha_start'], '.3f')} → {f(r['alpha_end'], '.3f')}",
+            "CKA to stage start": f(r["cka_stage"], ".3f"),
+        }
+        for r in rows
+    ]
+
+
+def _steps(first, last) -> str:
+    return f"{first}–{last if last is not None else '…'}"
