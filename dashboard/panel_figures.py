@@ -44,6 +44,7 @@ PANEL_TITLES = {
     "weights": "Weight spectra · WeightWatcher's layer metrics per projection type (Martin & Mahoney 2021)",
     "distance": "Distance from initialisation · ‖θ − θ₀‖ of the model and of each block",
     "weight_change": "Weight change from the reference model · per projection type",
+    "forgetting": "Forgetting · the loss on each stage's evaluation set at every capture",
 }
 MAX_COLUMNS = 4  # subplots per row
 UNIT_SCALE = ("similarity",)  # panels of similarities in [0, 1], drawn on the whole scale
@@ -54,6 +55,7 @@ NEEDS = {
     "weight_change": "phasescope analyze --weights --reference CKPT, or weight_reference= live",
     "curvature": "diagnostics_batch= on the Observatory",
     "noise": "diagnostics_batch= on the Observatory",
+    "forgetting": "loss_sets={stage: batch} on the Observatory",
 }
 #: panels the page draws with builders of their own; every other panel a statistic names gets a
 #: figure_panel of its own on the page (REGISTRY_PANELS)
@@ -66,7 +68,7 @@ def registry_panels() -> tuple[str, ...]:
 
 
 #: how a registry variable of each kind is stored (its name in the run)
-STORED = {"metric": "{}", "matrix": "matrix_{}", "scalar": "{}", "param": "param_{}"}
+STORED = {"metric": "{}", "matrix": "matrix_{}", "scalar": "{}", "param": "param_{}", "set": "set_{}"}
 
 
 def panel_variables(panel: str) -> list[str]:
@@ -113,6 +115,9 @@ def _rows(ds, v: str, probes: Sequence[str] | None) -> list[tuple[str, np.ndarra
         vals = np.asarray(da.transpose("param", "step").values, float)
         how = COMBINE[_combine(v.removeprefix("param_"), "param") or "median"]
         return _grouped(vals, ds["param"].values, param_block, how)
+    if "loss_set" in da.dims:  # one line per evaluation set
+        vals = np.asarray(da.transpose("loss_set", "capture_step").values, float)
+        return [(f"on {n}", vals[i]) for i, n in enumerate(ds["loss_set"].values)]
     if "probe" not in da.dims:
         return [(label(v), np.asarray(da.values, float))]
     all_probes = [str(p) for p in ds["probe"].values] if "probe" in ds.coords else []

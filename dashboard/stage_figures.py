@@ -13,7 +13,17 @@ from phasescope.spectra.phases import MODEL, PhaseResult, stage_summary
 from ._common import aligned_x, display_steps
 
 STAGE_COLOUR = "#6a3d9a"
-TABLE_COLUMNS = ("stage", "steps", "trainer", "probe", "phases", "RankMe", "alpha", "CKA to stage start")
+TABLE_COLUMNS = (
+    "stage",
+    "steps",
+    "trainer",
+    "probe",
+    "phases",
+    "RankMe",
+    "alpha",
+    "CKA to stage start",
+    "loss on each set (forgetting)",
+)
 _AXIS = re.compile(r"^xaxis(\d*)$")
 
 
@@ -112,6 +122,9 @@ def stage_rows(ds, phases_ds) -> list[dict]:
             "RankMe": f"{f(r['rankme_start'], '.2f')} → {f(r['rankme_end'], '.2f')}",
             "alpha": f"{f(r['alpha_start'], '.3f')} → {f(r['alpha_end'], '.3f')}",
             "CKA to stage start": f(r["cka_stage"], ".3f"),
+            "loss on each set (forgetting)": "; ".join(
+                f"{k}: {f(a, '.3f')} → {f(b, '.3f')}" for k, (a, b) in r["set_loss"].items()
+            ),
         }
         for r in rows
     ]

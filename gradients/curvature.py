@@ -288,3 +288,28 @@ def _power_iteration(
         prev = lam
         v = [h / math.sqrt(norm2) for h in hv]
     return prev, iters, False
+
+
+def set_losses(model: Any, batches: Mapping[str, Any], loss: Callable[[Any, Any], Any]) -> list[float]:
+    """The loss ``loss(model, batch)`` of ``model`` on each batch of ``batches`` (name → a fixed batch, e.g.
+    each training stage's probe set), in order: eval mode (dropout off), no gradients, the random state
+    (CPU and the model's CUDA devices) left as it was, the model's train/eval modes restored. A batch the
+    model fails on gives NaN and the others are still measured; a ``loss`` that cannot be computed at all
+    (PhasescopeError: e.g. an output without ``.loss``) is raised."""
+    import torch
+
+    devices = sorted({p.device.index for p in model.parameters() if p.is_cuda and p.device.index is not None})
+    modes = [(m, m.training) for m in model.modules()]
+    out = []
+    try:
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            for batch in batches.values():
+                try:
+                    out.append(float(loss(model, batch)))
+                except (RuntimeError, ValueError, TypeError):
+                    out.append(math.nan)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    return out

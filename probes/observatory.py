@@ -40,6 +40,7 @@ from phasescope.gradients import (
     matrix_group,
     select_matrices,
 )
+from phasescope.gradients.curvature import set_losses
 from phasescope.spectra.weights import CHANGE_STATS, WEIGHT_STATS, WeightReference, esd_size, weight_matrix_stats
 from phasescope.statistics import statistics as registered_statistics
 
@@ -48,7 +49,7 @@ from . import schedules as S
 from .capture import InFlight, ProbeSet
 from .diagnostics import PARAM_STATS as DIAG_PARAMS
 from .diagnostics import SCALARS as DIAG_SCALARS
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, default_loss, forward
 from .inputs import Batch, build_probe_inputs
 from .options import ObservatoryOptions
 from .recorder import OPEN, HostCopier, Recorder
@@ -158,10 +159,13 @@ class Observatory:
         self._skipped: dict[str, str] = {}  # statistic -> why it stored NaN (run attribute statistics_skipped)
         self._skipped_sent = 0
         skipped: dict[str, str] = {}  # reasons known now, noted once the run's attributes exist (below)
-        if o.diagnostics_batch is not None and self.world > 1:
+        if self.world > 1:  # statistics that run the model on rank 0 alone
             why = "not computed under torch.distributed: rank 0 alone would enter the model's collectives"
-            skipped.update(curvature=why, gradient_noise=why)
-        elif o.diagnostics_batch is not None:
+            if o.diagnostics_batch is not None:
+                skipped.update(curvature=why, gradient_noise=why)
+            if o.loss_sets:
+                skipped["forgetting"] = why
+        if o.diagnostics_batch is not None and self.world == 1:
             self.diagnostics = Diagnostics(
                 o.diagnostics_batch, o.diagnostics_loss, o.noise_splits, o.hessian_iters, o.hutchinson_samples, o.seed
             )
@@ -369,6 +373,7 @@ class Observatory:
                 *(WEIGHT_STATS if self.weights_on else ()),
                 *(CHANGE_STATS if self.weight_reference is not None else ()),
             ),
+            loss_sets=list(self.options.loss_sets or ()),
             weight_rank=max((esd_size(tuple(self.params[i].shape)) for i in self.matrix_idx), default=0)
             if self.weights_on
             else 0,
@@ -498,6 +503,11 @@ class Observatory:
             res.lost += g.failed
         if self.diagnostics is not None and self.diagnostics_schedule(step):
             self._diagnose(res)
+        if self.options.loss_sets and self.world == 1 and self.capture_schedule(step):
+            res.capture = True
+            with self.failures.guard("capture", "loss on the evaluation sets") as g:
+                res.sets["loss"] = set_losses(self.model, self.options.loss_sets, self._set_loss)
+            res.lost += g.failed
         if self.init_distance is not None and self.distance_schedule(step):
             with self.failures.guard("step", "distance from initialisation") as g:
                 d = self.init_distance.distances()
@@ -520,10 +530,15 @@ class Observatory:
             "gradient_noise": self.diagnostics is not None,
             "distance_from_init": self.distance_on and not self.sharded,
             "weight_change": self.weight_reference is not None,
+            "forgetting": bool(self.options.loss_sets) and self.world == 1,
         }
         chosen = set(self.preset.statistics()) | {k for k, v in on.items() if v}
         chosen -= {k for k, v in on.items() if not v}
         return [s.name for s in registered_statistics(where="live") if s.name in chosen]
+
+    def _set_loss(self, model, batch):
+        """The loss of one evaluation set: ``diagnostics_loss(output, batch)`` or the output's ``.loss``."""
+        return (self.options.diagnostics_loss or default_loss)(forward(model, batch), batch)
 
     def _diagnose(self, res: CaptureResult) -> None:
         """Curvature and gradient noise on the fixed diagnostics batch (probes/diagnostics.py)."""

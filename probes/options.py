@@ -30,6 +30,7 @@ class ObservatoryOptions:
     matrix_schedule: Any = None  # gradient-SVD steps; default: the capture schedule if one is given, else the preset's
     update_schedule: Any = None  # ‖Δw‖/‖w‖ steps; same default rule as matrix_schedule
     weight_schedule: Any = None  # weight-spectra steps (WeightWatcher's layer metrics of the selected matrices); default: the preset's ("full" only)
+    loss_sets: Any = None  # {name: fixed batch}, e.g. one per training stage: the loss on each at every capture (set_loss; forgetting is its rise on earlier stages' sets), from diagnostics_loss or output.loss
     log_scalars: tuple = ()  # extra step variables this run stores, given after obs.step with obs.log(step, name=value) (the HF callback declares the trainers' logged metrics)
     continue_run: bool = False  # append to the run at store (an earlier stage, written by another process): steps are stored after its last one, its stages kept, its layout must match
     weight_reference: Any = None  # compare the weights on the weight schedule with: "stage" (the weights as each obs.stage() starts, as found before the first), a torch module or {name: tensor} (a base model); None: "stage" under preset "full", else off
@@ -98,6 +99,10 @@ class ObservatoryOptions:
             raise PhasescopeError(f"probe_batch_size must be a positive integer, got {opts.probe_batch_size}")
         check_requested(opts.reduction)
         check_precision(opts.spectra_precision)
+        if opts.loss_sets is not None and (not isinstance(opts.loss_sets, dict) or not opts.loss_sets):
+            raise PhasescopeError(
+                "loss_sets must be a non-empty {name: batch} dict (e.g. one fixed batch per training stage)"
+            )
         ref = opts.weight_reference
         if isinstance(ref, str) and ref != "stage":
             raise PhasescopeError(

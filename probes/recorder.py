@@ -153,6 +153,7 @@ class Recorder:
         scalars: tuple[str, ...] = (),
         param_stats: tuple[str, ...] = (),
         weight_rank: int = 0,
+        loss_sets: Sequence[str] = (),
     ):
         self._store_path, self._overwrite, self._resume = store, overwrite, resume
         self._sink_list = build_sinks(sinks, store)  # validated now, opened at their first write
@@ -170,6 +171,7 @@ class Recorder:
         self.fit_range = fit_range
         self.max_rank_cap = max_rank
         self.weight_rank = int(weight_rank)  # ESD length stored per weight matrix (weight spectra), 0: none
+        self.loss_sets = list(loss_sets)  # evaluation sets whose loss each capture stores (set_loss)
         self.cka_samples = int(cka_samples)
         self._queue: dict[str, Any] = dict(
             max_pending_steps=int(queue_size),
@@ -268,6 +270,8 @@ class Recorder:
             matrices=self.matrix_names,
             matrix_stats=list(self.matrix_stats) if self.matrix_names else [],
             weight_rank=weight_rank,
+            loss_sets=self.loss_sets,
+            set_stats=["loss"] if self.loss_sets else [],
             flags=FLAGS,
             attrs=self.attrs,
             overwrite=self._overwrite,

@@ -68,6 +68,7 @@ class CaptureValues:
     n_samples: np.ndarray
     matrices: dict[str, np.ndarray]
     weight_eigenvalues: np.ndarray | None = None  # (M, ≤ weight_rank) ESDs, when weight spectra ran
+    sets: dict[str, np.ndarray] = field(default_factory=dict)  # set stat -> (loss_sets,) float64
 
 
 class Reducer:
@@ -150,7 +151,8 @@ class Reducer:
                     metrics[name][i] = v
         mats = {k: np.asarray(to_numpy(v), dtype=np.float32) for k, v in res.matrices.items()}
         esd = mats.pop(WEIGHT_EIGENVALUES, None)
-        return CaptureValues(res.step, metrics, eig, n_samples, mats, esd if self.spec.weight_rank else None)
+        sets = {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in res.sets.items()}
+        return CaptureValues(res.step, metrics, eig, n_samples, mats, esd if self.spec.weight_rank else None, sets)
 
 
 def host_spectrum(s: Spectrum | None) -> Spectrum | None:

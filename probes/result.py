@@ -30,10 +30,12 @@ class CaptureResult:
     lost: int = 0  # captures/rows of this step lost to phasescope failures
     event: Any = None  # CUDA event to wait on before reading device values
     stage: str | None = None  # the training stage this step belongs to (Observatory.stage / Recorder.stage)
+    sets: dict[str, Any] = field(default_factory=dict)  # set stat -> (loss_sets,), e.g. the loss on each stage's set
 
     def release_capture(self) -> None:
         """Drop the capture payload but keep the step row (the writer's drop policy); counted as dropped."""
         self.spectra = self.grams = None
         self.matrices = {}
+        self.sets = {}
         self.capture = False
         self.flags["dropped"] = self.flags.get("dropped", 0) + 1

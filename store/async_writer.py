@@ -118,9 +118,12 @@ class AsyncRunWriter:
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
         weight_eigenvalues: Any = None,
+        sets: Mapping[str, Any] | None = None,
     ) -> None:
         self._check()
-        row = self.writer.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
+        row = self.writer.prepare_capture(
+            step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues, sets
+        )
         if self.writer.accept(CAPTURE, row.step, self._last[CAPTURE]):
             self._last[CAPTURE] = row.step
             self._put("capture", row)

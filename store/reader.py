@@ -19,7 +19,7 @@ import numpy as np
 from . import _io, zarr_compat
 from ._chunks import LocalArray
 from .errors import CorruptRunError, NotARunError, SchemaVersionError
-from .schema import CAPTURE, COMMIT_ATTR, LAYOUT_ATTR, SCHEMA_VERSION, STEP, WEIGHT_RANK, ArraySpec, Layout
+from .schema import CAPTURE, COMMIT_ATTR, LAYOUT_ATTR, LOSS_SET, SCHEMA_VERSION, STEP, WEIGHT_RANK, ArraySpec, Layout
 
 
 def read_meta(path: Any) -> dict:
@@ -132,6 +132,8 @@ def open_run(path: Any, *, lazy: bool = True, verify: bool = True):
     coords["param"] = ("param", np.array(layout.params, dtype=str))
     coords["matrix"] = ("matrix", np.array(layout.matrices, dtype=str))
     coords["rank"] = ("rank", np.arange(1, layout.max_rank + 1, dtype=np.int32))
+    if layout.loss_sets:
+        coords[LOSS_SET] = (LOSS_SET, np.array(layout.loss_sets, dtype=str))
     if layout.weight_rank:
         coords[WEIGHT_RANK] = (WEIGHT_RANK, np.arange(1, layout.weight_rank + 1, dtype=np.int32))
 

@@ -40,6 +40,7 @@ class CaptureRow:
     matrices: dict[str, np.ndarray]  # stat -> (n_matrices,)
     sketch: np.ndarray | None  # (n_probes, rows, width)
     weight_eigenvalues: np.ndarray | None = None  # (n_matrices, weight_rank) float32, NaN-padded
+    sets: dict[str, np.ndarray] | None = None  # set stat -> (n_loss_sets,) float64
 
 
 def prepare_step(
@@ -84,6 +85,7 @@ def prepare_capture(
     matrices: Mapping[str, Any] | None = None,
     sketch: Any = None,
     weight_eigenvalues: Any = None,
+    sets: Mapping[str, Any] | None = None,
 ) -> CaptureRow:
     """Validate one capture's values against layout ``L`` and return the row. ``weight_eigenvalues``:
     (matrices, ≤ weight_rank) eigenvalues of each weight's WᵀW, NaN-padded, or None (not computed)."""
@@ -139,7 +141,12 @@ def prepare_capture(
             )
         wev = np.full((M, L.weight_rank), np.nan, dtype=np.float32)
         wev[:, : e.shape[1]] = e
-    return CaptureRow(step, mv, eig, ns, mats, sk, wev)
+    sv: dict[str, np.ndarray] = {}
+    for stat, v in (sets or {}).items():
+        if stat not in L.set_stats:
+            raise StoreError(f"unknown set stat {stat!r}; this run stores {L.set_stats} (declare it in set_stats=)")
+        sv[stat] = _vector(v, len(L.loss_sets), f"sets[{stat!r}]", np.float64)
+    return CaptureRow(step, mv, eig, ns, mats, sk, wev, sv)
 
 
 def step_blocks(L: Layout, rows: Sequence[StepRow], dropped: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -186,6 +193,13 @@ def capture_blocks(L: Layout, rows: Sequence[CaptureRow]) -> list[tuple[str, np.
                 np.stack([r.weight_eigenvalues if r.weight_eigenvalues is not None else blank_w for r in rows]),
             )
         )
+    if L.loss_sets:
+        for stat in L.set_stats:
+            block = np.full((len(rows), len(L.loss_sets)), np.nan)
+            for i, r in enumerate(rows):
+                if r.sets and stat in r.sets:
+                    block[i] = r.sets[stat]
+            out.append((f"set_{stat}", block))
     out.append((CAPTURE, np.array([r.step for r in rows], dtype=np.int64)))
     return out
 

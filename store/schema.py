@@ -24,6 +24,7 @@ LAYOUT_ATTR = "phasescope_layout"
 
 STEP, CAPTURE, PROBE, PARAM, RANK, MATRIX = "step", "capture_step", "probe", "param", "rank", "matrix"
 WEIGHT_RANK = "weight_rank"
+LOSS_SET = "loss_set"  # the evaluation sets (one per training stage) a run measures its loss on
 SKETCH_ROW, SKETCH_COL = "sketch_row", "sketch_col"
 COORDS = (STEP, CAPTURE, PROBE, PARAM, RANK, MATRIX)
 RESERVED = set(COORDS) | {
@@ -35,6 +36,7 @@ RESERVED = set(COORDS) | {
     "phases",
     WEIGHT_RANK,
     "weight_eigenvalues",
+    LOSS_SET,
 }
 
 STEP_FILL = -1  # unwritten rows of the step / capture_step coordinates
@@ -86,6 +88,10 @@ class Layout:
     # eigenvalues of WᵀW stored per weight matrix (weight spectra's ESD, for the per-layer ESD plot);
     # 0: none. Layouts from before it read as 0.
     weight_rank: int = 0
+    # evaluation sets (e.g. each stage's probe set) and the statistics stored per set as set_<stat> over
+    # (capture_step, loss_set): forgetting is the loss on earlier stages' sets
+    loss_sets: list[str] = field(default_factory=list)
+    set_stats: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -96,7 +102,7 @@ class Layout:
 
     def validate(self) -> None:
         """Raise StoreError on names that would clash or would not round-trip as variables."""
-        for kind in ("probes", "params", "matrices"):
+        for kind in ("probes", "params", "matrices", "loss_sets"):
             names = getattr(self, kind)
             if len(set(names)) != len(names):
                 dup = sorted({n for n in names if names.count(n) > 1})
@@ -131,6 +137,7 @@ class Layout:
             + [f"flag_{f}" for f in self.flags]
             + list(self.metrics)
             + [f"matrix_{s}" for s in self.matrix_stats]
+            + [f"set_{s}" for s in self.set_stats]
         )
 
     def arrays(self) -> list[ArraySpec]:
@@ -190,6 +197,13 @@ class Layout:
                         "weight_eigenvalues", (CAPTURE, MATRIX, WEIGHT_RANK), "float32", math.nan, (1, M, W), CAPTURE
                     )
                 )
+        if S := len(self.loss_sets):
+            out.insert(6, ArraySpec(LOSS_SET, (LOSS_SET,), "str", "", (S,), None))
+            cr = _row_chunk(S, 256)
+            out += [
+                ArraySpec(f"set_{s}", (CAPTURE, LOSS_SET), "float64", math.nan, (cr, S), CAPTURE)
+                for s in self.set_stats
+            ]
         return out
 
 

@@ -44,6 +44,7 @@ from .schema import (
     INITIAL_CAPTURE_CAPACITY,
     INITIAL_STEP_CAPACITY,
     LAYOUT_ATTR,
+    LOSS_SET,
     SCHEMA_VERSION,
     STEP,
     STEP_FILL,
@@ -94,6 +95,8 @@ class RunWriter:
         eigen_dtype: str = "float32",
         capacity: tuple[int, int] = (INITIAL_STEP_CAPACITY, INITIAL_CAPTURE_CAPACITY),
         weight_rank: int = 0,
+        loss_sets: Sequence[str] = (),
+        set_stats: Sequence[str] = (),
     ) -> None:
         if overwrite and resume:
             raise StoreError("overwrite=True and resume=True contradict each other; pass only one")
@@ -110,6 +113,8 @@ class RunWriter:
             sketch=dict(sketch) if sketch else None,
             eigen_dtype=str(np.dtype(eigen_dtype)),
             weight_rank=int(weight_rank),
+            loss_sets=list(loss_sets),
+            set_stats=list(set_stats) if loss_sets else [],
         )
         self.layout.validate()
         user_attrs = check_json(dict(attrs or {}))
@@ -197,6 +202,8 @@ class RunWriter:
             self.arrays["rank"][:] = np.arange(1, L.max_rank + 1, dtype=np.int32)
         if L.weight_rank:
             self.arrays[WEIGHT_RANK][:] = np.arange(1, L.weight_rank + 1, dtype=np.int32)
+        if L.loss_sets:
+            self.arrays[LOSS_SET][:] = np.array(L.loss_sets, dtype=str)
         self.attrs: dict[str, Any] = {}
         self._setup_fast_path()
         self._update_attrs(attrs)
@@ -248,6 +255,7 @@ class RunWriter:
             "matrix": len(L.matrices),
             "rank": L.max_rank,
             WEIGHT_RANK: L.weight_rank,
+            LOSS_SET: len(L.loss_sets),
         }
         if dim in sizes:
             return sizes[dim]
@@ -340,9 +348,12 @@ class RunWriter:
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
         weight_eigenvalues: Any = None,
+        sets: Mapping[str, Any] | None = None,
     ) -> CaptureRow:
         """Validate one capture's values and return the row (no I/O)."""
-        return prepare_capture(self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
+        return prepare_capture(
+            self.layout, step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues, sets
+        )
 
     def accept(self, dim: str, step: int, last_seen: int | None) -> bool:
         """True to write ``step``; False to skip it (resume replay); raise if out of order."""
@@ -387,11 +398,12 @@ class RunWriter:
         matrices: Mapping[str, Any] | None = None,
         sketch: Any = None,
         weight_eigenvalues: Any = None,
+        sets: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write one spectral capture (metrics and eigenvalues per probe, and the weight matrices'
-        statistics and eigenvalues) and commit it."""
+        """Write one spectral capture (metrics and eigenvalues per probe, the weight matrices'
+        statistics and eigenvalues, the evaluation sets' statistics) and commit it."""
         self._check_open()
-        row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues)
+        row = self.prepare_capture(step, metrics, eigenvalues, n_samples, matrices, sketch, weight_eigenvalues, sets)
         if self.accept(CAPTURE, row.step, self.last[CAPTURE]):
             self.write_rows([], [row])
 

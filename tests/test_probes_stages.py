@@ -217,3 +217,64 @@ def test_cka_stage_is_the_drift_within_each_stage(tmp_path):
     assert np.isnan(cont[0]) and cont[1] == 1.0
     assert [s["name"] for s in ds.attrs["stages"]] == ["a", "b", "c"]
     assert ds.attrs["stages"][1]["last_step"] == 8
+
+
+def _tokens(lo, hi, step, n=8):
+    return torch.randint(lo, hi, (n, T), generator=torch.Generator().manual_seed(500 + step))
+
+
+def test_forgetting_is_the_loss_on_each_stage_set(tmp_path):
+    """loss_sets: at every capture the model's loss on each stage's fixed set (eval mode, no grad), equal
+    to the loss of the model as it was then; training on stage b's tokens (32–63) after stage a's (0–31)
+    raises the loss on a's set (forgetting) while b's falls. The training itself is unchanged (dropout's
+    random stream included), and the per-stage table carries the losses at each stage's ends."""
+    from phasescope.spectra.phases import MODEL, detect_phases, stage_summary
+
+    sets = {"a": {"input_ids": _tokens(0, 32, 900), "labels": _tokens(0, 32, 900)}}
+    sets["b"] = {"input_ids": _tokens(32, 64, 901), "labels": _tokens(32, 64, 901)}
+    losses = {}
+    for with_sets in (True, False):
+        model = _gpt2()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
+        snaps = {}
+        store = tmp_path / f"f{with_sets}.zarr"
+        kw = {"loss_sets": sets} if with_sets else {}
+        sched = [0, 5, 10, 15, 20, 25, 30, 35, 39]
+        with phasescope.Observatory(
+            model, store=store, probe_inputs=_batch(99, 16), schedule=sched, strict=True, **kw
+        ) as obs:
+            for step in range(40):
+                if step in (0, 20):
+                    obs.stage("a" if step == 0 else "b")
+                x = _tokens(0, 32, step) if step < 20 else _tokens(32, 64, step)
+                loss = model(input_ids=x, labels=x).loss
+                loss.backward()
+                snaps[step] = {n: p.detach().clone() for n, p in model.state_dict().items()}
+                obs.step(step, loss=loss)
+                opt.step()
+                opt.zero_grad()
+        losses[with_sets] = open_run(store).loss.values
+    np.testing.assert_array_equal(losses[True], losses[False])  # training untouched
+    ds = open_run(tmp_path / "fTrue.zarr", lazy=False)
+    got = ds["set_loss"].transpose("capture_step", "loss_set").values
+    assert list(ds["loss_set"].values) == ["a", "b"]
+    for i, step in enumerate(ds.capture_step.values):
+        m = _gpt2()
+        m.load_state_dict(snaps[int(step)])
+        m.eval()
+        with torch.no_grad():
+            want = [float(m(**sets[k]).loss) for k in ("a", "b")]
+        np.testing.assert_allclose(got[i], want, rtol=1e-5)
+    on_a = ds["set_loss"].sel(loss_set="a").values
+    on_b = ds["set_loss"].sel(loss_set="b").values
+    assert on_a[4] < on_a[0] - 0.3 and on_a[-1] > on_a[4] + 0.2  # learnt in a, forgotten in b (3.57 → 3.90)
+    assert on_b[-1] < on_b[4]  # while b is learnt
+    rows = {r["stage"]: r for r in stage_summary(ds, detect_phases(ds)) if r["probe"] == MODEL}
+    a0, a1 = rows["b"]["set_loss"]["a"]
+    assert (a0, a1) == (on_a[4], on_a[-1])  # stage b: loss on a's set at its first and last capture
+    from phasescope.dashboard.panel_figures import figure_panel
+
+    fig = figure_panel({"f": ds}, "forgetting")  # the registry's panel: one line per set
+    lines = {t.name: np.asarray(t.y, float) for t in fig.data}
+    assert fig.layout.meta["variables"] == ["set_loss"] and set(lines) == {"on a", "on b"}
+    np.testing.assert_allclose(lines["on a"], on_a, rtol=1e-6)

@@ -38,6 +38,7 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
     "param": (("step", "param"), "float32"),
     "matrix": (("capture_step", "matrix"), "float32"),
     "matrix_spectrum": (("capture_step", "matrix", "weight_rank"), "float32"),  # a weight's ESD
+    "set": (("capture_step", "loss_set"), "float64"),  # per evaluation set (a stage's probe set)
 }
 COSTS = ("step", "capture", "matrix")
 SCHEDULES = ("step", "capture", "matrices", "updates", "weights", "diagnostics", "distance")

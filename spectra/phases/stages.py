@@ -1,7 +1,9 @@
 """The per-stage summary of a multi-stage run (pretraining → SFT → DPO → RLVR; ``obs.stage``): for each
 stage and each probe (and the model level), the phases found within the stage, RankMe and α-ReQ at its
 first and last capture, and the linear CKA of its last capture to its first (``cka_stage``: how far the
-representation moved during the stage). The numbers are read from the phases' segments
+representation moved during the stage); and for the model, the loss on each evaluation set (``set_loss``,
+one set per stage) at the stage's first and last capture: forgetting is a rise on an earlier stage's
+set. The numbers are read from the phases' segments
 (:func:`~phasescope.spectra.phases.detect_phases` segments each stage on its own) and from the run."""
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ def stage_summary(ds: Any, result: PhaseResult) -> list[dict]:
     """One row per (stage, probe), the model level first in each stage: ``stage``, ``first_step``,
     ``last_step`` (of its captures), ``trainer``, ``probe``, ``phases`` (labels in order), ``rankme_start``,
     ``rankme_end``, ``alpha_start``, ``alpha_end``, ``cka_stage`` (at its last capture; the model level:
-    the median over probes). Empty for a run without stages."""
+    the median over probes), and on the model's rows ``set_loss``: {set: (loss at the stage's first
+    capture, at its last)} when the run measured its evaluation sets. Empty for a run without stages."""
     info = {str(s["name"]): s for s in ds.attrs.get("stages") or []}
     names = [n for n in dict.fromkeys(s.stage for s in result.segments) if n]
     steps = np.asarray(ds["capture_step"].values) if "capture_step" in ds.coords else np.array([])
@@ -42,9 +45,23 @@ def stage_summary(ds: Any, result: PhaseResult) -> list[dict]:
                     "alpha_start": segs[0].alpha_start,
                     "alpha_end": segs[-1].alpha_end,
                     "cka_stage": cka.get((name, probe), math.nan),
+                    "set_loss": _set_loss(ds, steps, segs[0].start_step, segs[-1].end_step) if probe == MODEL else {},
                 }
             )
     return rows
+
+
+def _set_loss(ds: Any, steps: np.ndarray, lo: int, hi: int) -> dict[str, tuple[float, float]]:
+    """{set: (loss at the first capture in [lo, hi] that measured it, at the last)}."""
+    if "set_loss" not in ds.data_vars or not steps.size:
+        return {}
+    vals = np.asarray(ds["set_loss"].transpose("capture_step", "loss_set").values, float)
+    out = {}
+    for j, name in enumerate(str(n) for n in ds["loss_set"].values):
+        rows = np.nonzero((steps >= lo) & (steps <= hi) & np.isfinite(vals[:, j]))[0]
+        if rows.size:
+            out[name] = (float(vals[rows[0], j]), float(vals[rows[-1], j]))
+    return out
 
 
 def _last_cka(ds: Any, steps: np.ndarray, result: PhaseResult) -> dict[tuple[str, str], float]:
@@ -81,10 +98,12 @@ def stage_table(rows: list[dict]) -> str:
     )
     out = [head, "-" * len(head)]
     for r in rows:
+        loss = "; ".join(f"{k} {f(a, '.3f')}→{f(b, '.3f')}" for k, (a, b) in r.get("set_loss", {}).items())
         out.append(
             f"{r['stage'][:12]:<12} {str(r['first_step']) + '–' + str(r['last_step']):>13} "
             f"{(r['trainer'] or '')[:13]:<13} {r['probe'][:16]:<16} {' → '.join(r['phases'])[:40]:<40} "
             f"{f(r['rankme_start'], '.1f') + '→' + f(r['rankme_end'], '.1f'):>15} "
             f"{f(r['alpha_start'], '.2f') + '→' + f(r['alpha_end'], '.2f'):>11} {f(r['cka_stage'], '.2f'):>5}"
+            + (f"  loss on {loss}" if loss else "")
         )
     return "\n".join(out)
