@@ -18,6 +18,7 @@ from .argtypes import positive_int as _positive_int
 from .corpus import PROBE_SOURCES
 from .dashboard import serve
 from .demo import CORPORA, PRESETS, SCHEDULES, DemoConfig, run_demo
+from .demo_stages import StagesConfig
 from .errors import PhasescopeError
 
 
@@ -87,6 +88,24 @@ def _add_demo(sub) -> None:
         "(NAME-checkpoints/), for `phasescope analyze`; 0 = none",
         metavar="K",
     )
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="one run through pretraining, SFT, DPO and RLVR (TRL) on the Bible's verses and its books, "
+        "with the phases and forgetting of each stage (about 15 minutes; --quick: under one)",
+    )
+    p.add_argument("--quick", action="store_true", help="with --stages: a tiny model and a few steps per stage")
+    s = StagesConfig()
+    for flag, kind, text in (
+        ("--sft-steps", _positive_int, "SFT steps"),
+        ("--dpo-steps", _positive_int, "DPO steps"),
+        ("--rl-steps", _positive_int, "RLVR (GRPO) steps"),
+        ("--post-lr", float, "learning rate of SFT, DPO and RLVR"),
+        ("--rl-beta", float, "GRPO's KL coefficient"),
+        ("--rl-generations", _positive_int, "GRPO's group size (must divide --batch-size)"),
+    ):
+        field = flag[2:].replace("-", "_")
+        p.add_argument(flag, type=kind, default=None, help=f"with --stages: {text} (default: {getattr(s, field)})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--serve", action="store_true", help="start the dashboard on 127.0.0.1 afterwards")
     p.add_argument("--port", type=_port, default=8050, help="dashboard port with --serve (default: %(default)s)")
@@ -101,6 +120,18 @@ def demo_config(args) -> DemoConfig:
 
 
 def _run_demo(args) -> int:
+    if args.quick and not args.stages:
+        raise PhasescopeError("--quick goes with --stages (phasescope demo --stages --quick)")
+    if args.stages:
+        from .demo_stages import QUICK, run_stages_demo
+
+        levers = ("seed", "threads", "sft_steps", "dpo_steps", "rl_steps", "post_lr", "rl_beta", "rl_generations")
+        kw = {k: getattr(args, k) for k in levers if getattr(args, k) is not None}
+        cfg_s = StagesConfig(**{**(QUICK if args.quick else {}), **kw})
+        out = run_stages_demo(cfg_s, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+        if args.serve:
+            serve(out.parent, host="127.0.0.1", port=args.port)
+        return 0
     cfg = demo_config(args)
     out = run_demo(cfg, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     if args.serve:

@@ -44,7 +44,16 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "source",
         metavar="SOURCE",
+        nargs="?",
         help="folder of checkpoint folders (names carry the step), or a hub model id with --revisions",
+    )
+    p.add_argument(
+        "--stage",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="instead of SOURCE: one training stage's checkpoint folder, repeated in training order "
+        "(--stage sft=ckpts/sft --stage rl=ckpts/grpo); each stage's steps follow the previous one's",
     )
     p.add_argument(
         "--text",
@@ -208,8 +217,11 @@ def run(args) -> int:
         rankme_raw=args.rankme_raw,
         spectra_precision=args.precision,
     )
+    source = _stages(args.stage) if args.stage else args.source
+    if (args.source is None) == (not args.stage):
+        raise PhasescopeError("pass either SOURCE (a folder of checkpoints) or --stage NAME=FOLDER per stage")
     try:
-        report = analyze(args.source, args.text, out, opts)
+        report = analyze(source, args.text, out, opts)
     except AnalyzeInterrupted as stop:  # Ctrl-C: the run is closed "interrupted", what was committed is kept
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the process is ending: a second Ctrl-C must not cut it short
         print(stop.report.interrupted(), file=sys.stderr)
@@ -218,3 +230,16 @@ def run(args) -> int:
     if report.failed and not report.analyzed and not report.skipped:
         return 1
     return 0
+
+
+def _stages(pairs: list[str]) -> dict[str, str]:
+    """--stage NAME=FOLDER arguments as {name: folder} in order; a malformed or repeated name is one line."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise PhasescopeError(f"--stage {pair!r}: write NAME=FOLDER, e.g. --stage sft=ckpts/sft")
+        if name in out:
+            raise PhasescopeError(f"--stage {name!r} is given twice; each stage once, in training order")
+        out[name] = folder
+    return out

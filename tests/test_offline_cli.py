@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from phasescope.cli import main
@@ -274,3 +275,31 @@ def test_curvature_and_gradient_noise_offline(tiny_sweep, tmp_path):
         assert float(ds["gsnr"].sel(step=step)) == pytest.approx(noise["gsnr"], rel=1e-4)
         assert float(ds["norm_test"].sel(step=step)) == pytest.approx(noise["norm_test"], rel=1e-4)
     assert "statistics_skipped" not in ds.attrs
+
+
+def test_stages_map_checkpoint_folders_onto_one_step_axis(tiny_sweep, tmp_path, capsys):
+    """--stage NAME=FOLDER, in training order: each folder's checkpoints follow the previous stage's last
+    step (its own numbering shifted), the run records the stages, and CKA to each stage's first capture
+    restarts at 1; mistakes are one line and exit 2."""
+    from phasescope.store import open_run, run_stages
+
+    root = tiny_sweep
+    out = tmp_path / "st.zarr"
+    args = ["analyze", "--stage", f"pre={root / 'ck'}", "--stage", f"sft={root / 'ck'}", "--text", str(root / "p.txt")]
+    assert main([*args, "--out", str(out), "--workers", "0", "--no-progress"]) == 0
+    ds = open_run(out)
+    assert ds.capture_step.values.tolist() == [0, 4, 8, 9, 13, 17]
+    stages = [(s["name"], s["first_step"], s["last_step"], s["meta"]["step_offset"]) for s in run_stages(ds)]
+    assert stages == [("pre", 0, 8, 0), ("sft", 9, 17, 9)]
+    cka = ds["cka_stage"].sel(probe=str(ds.probe.values[-1])).values
+    assert cka[0] == 1.0 and cka[3] == 1.0 and cka[1] < 1.0
+    # the second stage re-reads the same checkpoints: its spectra equal the first stage's
+    np.testing.assert_allclose(ds.rankme.values[3:], ds.rankme.values[:3], rtol=1e-6)
+    capsys.readouterr()
+    assert main(["analyze", "--stage", "nofolder", "--text", str(root / "p.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "NAME=FOLDER" in _err(capsys)
+    assert main(["analyze", str(root / "ck"), *args[1:], "--out", str(tmp_path / "y")]) == 2
+    assert "either SOURCE" in _err(capsys)
+    dup = ["analyze", "--stage", f"a={root / 'ck'}", "--stage", f"a={root / 'ck'}", "--text", str(root / "p.txt")]
+    assert main([*dup, "--out", str(tmp_path / "z")]) == 2
+    assert "given twice" in _err(capsys)

@@ -24,9 +24,10 @@ between checkpoint writes (:mod:`.interrupts`): the cluster is shut down, the ru
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,7 +253,7 @@ def analyze(
         raise PhasescopeError("--reference compares each checkpoint's weights with a base model's: add --weights")
     fit_range = _parse_fit_range(opts.fit_range)
     out = Path(out)
-    ckpts = find_checkpoints(source, list(opts.revisions) if opts.revisions else None)
+    ckpts, stages = staged_checkpoints(source, list(opts.revisions) if opts.revisions else None)
     reference = None
     if opts.reference is not None:
         reference = ckpts[0] if opts.reference == "first" else Checkpoint(-1, str(opts.reference))
@@ -329,10 +330,11 @@ def analyze(
         )
 
     attrs = {
+        **({"stages": stages} if stages else {}),
         "mode": MODE,
         "model": type_name(config),
         "model_config": _json_config(config),
-        "source": str(source),
+        "source": str(source) if not stages else {st["name"]: st["meta"]["source"] for st in stages},
         "revisions": list(opts.revisions) if opts.revisions else None,
         "checkpoints": {str(c.step): c.label for c in ckpts},
         "corpus": texts.source,
@@ -380,7 +382,8 @@ def analyze(
                 FailureLog(),
                 fresh=not stored,
             )
-            _sweep(todo, data, spec, writer, reducer, report, errors, opts, guard)
+            stage_of = _stage_lookup(stages, last)
+            _sweep(todo, data, spec, writer, reducer, report, errors, opts, guard, stage_of)
         except BaseException as exc:
             writer.close(status=status_for(exc), error=error_for(exc))
             if isinstance(exc, KeyboardInterrupt):
@@ -390,6 +393,48 @@ def analyze(
             writer.close()
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def staged_checkpoints(source: Any, revisions: list[str] | None) -> tuple[list[Checkpoint], list[dict]]:
+    """The checkpoints of ``source``, and the stages when it maps stage names to checkpoint folders in
+    training order (``{"sft": "ckpts/sft", "rl": "ckpts/grpo"}``, ``--stage sft=ckpts/sft``): each folder's
+    steps follow the previous stage's last one (its own ``checkpoint-N`` numbering shifted by an offset),
+    so the run has one step axis; each stage records its folder and offset in its metadata."""
+    if not isinstance(source, Mapping):
+        return find_checkpoints(source, revisions), []
+    if not source:
+        raise PhasescopeError("no stages given: pass --stage NAME=CHECKPOINT_FOLDER once per stage, in order")
+    out: list[Checkpoint] = []
+    stages: list[dict] = []
+    offset = 0
+    for name, folder in source.items():
+        found = find_checkpoints(folder, revisions)
+        shifted = [dataclasses.replace(c, step=c.step + offset) for c in found]
+        stages.append(
+            {
+                "name": str(name),
+                "first_step": shifted[0].step,
+                "last_step": shifted[-1].step,
+                "trainer": None,
+                "meta": {"source": str(folder), "step_offset": offset},
+            }
+        )
+        out += shifted
+        offset = shifted[-1].step + 1
+    return out, stages
+
+
+def _stage_lookup(stages: list[dict], last_stored: int) -> Callable[[int], str | None]:
+    """step → its stage's name for the reducer (CKA to the stage's first capture); "" for a stage whose
+    first checkpoint a resumed sweep stored before (its start unseen); None without stages."""
+
+    def stage_of(step: int) -> str | None:
+        for st in reversed(stages):
+            if step >= st["first_step"]:
+                return "" if st["first_step"] <= last_stored else st["name"]
+        return None
+
+    return stage_of
 
 
 def _plan(todo: list[Checkpoint], opts: AnalyzeOptions) -> WorkerChoice | None:
@@ -451,6 +496,7 @@ def _sweep(
     errors: dict[str, str],
     opts: AnalyzeOptions,
     guard: Guard,
+    stage_of: Callable[[int], str | None] = lambda step: None,
 ) -> None:
     """Run the tasks and write their results in step order as soon as each prefix is complete."""
     if not todo:
@@ -486,7 +532,7 @@ def _sweep(
                     bar.set_postfix(step=res.step, failed=True)
             while nxt < len(order) and order[nxt] in pending:
                 with guard.critical():  # a checkpoint's rows are written whole, even under Ctrl-C
-                    _write(writer, reducer, pending.pop(order[nxt]), report, errors)
+                    _write(writer, reducer, pending.pop(order[nxt]), report, errors, stage_of)
                 nxt += 1
     finally:
         report.unwritten = len(pending)
@@ -495,11 +541,19 @@ def _sweep(
             bar.close()
 
 
-def _write(writer, reducer: Reducer, res: CheckpointResult, report: AnalyzeReport, errors: dict[str, str]) -> None:
+def _write(
+    writer,
+    reducer: Reducer,
+    res: CheckpointResult,
+    report: AnalyzeReport,
+    errors: dict[str, str],
+    stage_of: Callable[[int], str | None] = lambda step: None,
+) -> None:
     """One checkpoint through the one reducer (the live path's), then into the store."""
     report.results.append(res)
     tps = res.n_tokens / res.capture_seconds if res.ok and res.capture_seconds > 0 else float("nan")
     cap = res.capture if res.ok else CaptureResult(res.step, capture=True)  # a failed checkpoint: a NaN row
+    cap.stage = stage_of(res.step)
     cap.scalars.update(
         loss=res.loss, load_seconds=res.load_seconds, capture_seconds=res.capture_seconds, tokens_per_second=tps
     )
