@@ -24,7 +24,7 @@ from . import figures as F
 from .data import PathRefused, RunSource
 from .layout import ESD_CONTROLS, GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
 from .panel_figures import NEEDS
-from .stage_figures import add_stage_marks, stage_rows
+from .stage_figures import add_stage_marks, stage_names, stage_rows, zoom_to_stage
 
 MAX_OVERVIEW_RUNS = 4
 PLAY, PAUSE = "▶ play", "❚❚ pause"
@@ -185,6 +185,17 @@ class Views:
         fig = add_stage_marks(F.figure_gradients(ds, align=align), {"": ds}, align)
         return self._named(fig, version)
 
+    def stage_options(self, version) -> list[dict]:
+        """The stage selector's choices: the selected runs' stages (none: the selector offers nothing; a
+        run that cannot be read offers none, and its panels say why)."""
+        names: list[str] = []
+        for key in (version or {}).get("runs", []):
+            try:
+                names += stage_names({key: self.src.dataset(key)})
+            except Exception:  # noqa: BLE001 - a damaged run: its own panels show the error
+                continue
+        return [{"label": n, "value": n} for n in dict.fromkeys(names)]
+
     def stage_rows(self, version) -> list[dict]:
         """The per-stage table of the first selected run with stages (its stored phases), each row
         naming the run when several are selected."""
@@ -261,6 +272,7 @@ class Views:
         chosen, notes = self.from_url(search)
         version, done, status = self.version(chosen)
         out = {
+            ("stage", "options"): self.stage_options(version),
             ("runs", "options"): self.catalog(),
             ("runs", "value"): chosen,
             ("notice", "children"): notes,
@@ -362,19 +374,27 @@ def register(app, src: RunSource) -> Views:
         new, done, status = V.version(selected)
         return (no_update if new == old else new), done, done, status
 
-    def view(fig, relayout):
-        """On a live refresh (only the version changed) keep the user's zoom."""
+    def view(fig, relayout, version=None, stage=None, align="step"):
+        """Over the chosen stage's steps (the stage selector); on a live refresh (only the version
+        changed) the user's zoom is kept."""
+        if stage:
+            fig = zoom_to_stage(fig, V.datasets(version), stage, align)
         return F.keep_view(fig, relayout) if ctx.triggered_id == "version" else fig
+
+    @app.callback(Output("stage", "options"), Input("version", "data"), **later)
+    def stages(version):
+        return V.stage_options(version)
 
     @app.callback(
         Output("overview", "figure"),
         Input("version", "data"),
         Input("align", "value"),
+        Input("stage", "value"),
         State("overview", "relayoutData"),
         **later,
     )
-    def overview(version, align, relayout):
-        return view(V.overview(version, align), relayout)
+    def overview(version, align, stage, relayout):
+        return view(V.overview(version, align), relayout, version, stage, align)
 
     # Each dropdown is filled by the callback that draws its figure (its value is both an input and an
     # output there): with a separate "options" callback Dash held the heatmap and trajectories back until
@@ -386,12 +406,13 @@ def register(app, src: RunSource) -> Views:
         Input("version", "data"),
         Input("heatmap-metric", "value"),
         Input("align", "value"),
+        Input("stage", "value"),
         State("heatmap", "relayoutData"),
         **later,
     )
-    def heatmap(version, metric, align, relayout):
+    def heatmap(version, metric, align, stage, relayout):
         fig, opts, value = V.heatmap(version, metric, align)
-        return view(fig, relayout), opts, value
+        return view(fig, relayout, version, stage, align), opts, value
 
     @app.callback(
         Output("trajectories", "figure"),
@@ -402,12 +423,13 @@ def register(app, src: RunSource) -> Views:
         Input("traj-metric", "value"),
         Input("traj-probes", "value"),
         Input("align", "value"),
+        Input("stage", "value"),
         State("trajectories", "relayoutData"),
         **later,
     )
-    def trajectories(version, metric, probes, align, relayout):
+    def trajectories(version, metric, probes, align, stage, relayout):
         fig, opts, value, names = V.trajectories(version, metric, probes, align)
-        return view(fig, relayout), opts, value, names
+        return view(fig, relayout, version, stage, align), opts, value, names
 
     for p in STAT_PANELS:
         _register_stat_panel(app, V, p, view, later)
@@ -426,21 +448,23 @@ def register(app, src: RunSource) -> Views:
         Output("phases", "figure"),
         Input("version", "data"),
         Input("align", "value"),
+        Input("stage", "value"),
         State("phases", "relayoutData"),
         **later,
     )
-    def phases(version, align, relayout):
-        return view(V.phases(version, align), relayout)
+    def phases(version, align, stage, relayout):
+        return view(V.phases(version, align), relayout, version, stage, align)
 
     @app.callback(
         Output("gradients", "figure"),
         Input("version", "data"),
         Input("align", "value"),
+        Input("stage", "value"),
         State("gradients", "relayoutData"),
         **later,
     )
-    def gradients(version, align, relayout):
-        return view(V.gradients(version, align), relayout)
+    def gradients(version, align, stage, relayout):
+        return view(V.gradients(version, align), relayout, version, stage, align)
 
     @app.callback(
         Output("meta-table", "children"),
@@ -560,11 +584,12 @@ def _register_stat_panel(app, V: Views, name: str, view, later: dict) -> None:
         Output(f"stat-{name}", "figure"),
         Input("version", "data"),
         Input("align", "value"),
+        Input("stage", "value"),
         State(f"stat-{name}", "relayoutData"),
         **later,
     )
-    def stat_panel(version, align, relayout):
-        return view(V.stat_panel(version, name, align), relayout)
+    def stat_panel(version, align, stage, relayout):
+        return view(V.stat_panel(version, name, align), relayout, version, stage, align)
 
 
 def _register_table_csv(app, tid: str, which: int, table_rows) -> None:

@@ -1,5 +1,6 @@
 """Training stages on the page (pretraining → SFT → DPO → RLVR; ``obs.stage``): a dotted line where each
-stage begins on every step axis, named at the top, per run (`add_stage_marks`); and the per-stage table
+stage begins on every step axis, named at the top, per run (`add_stage_marks`); the stage selector, which
+shows every step axis over one stage's steps (`zoom_to_stage`, `stage_names`); and the per-stage table
 (`stage_rows`): the phases found within each stage (from the run's stored ``phases`` group), RankMe and α at
 its first and last capture, and the CKA of its last capture to its first."""
 
@@ -132,3 +133,31 @@ def stage_rows(ds, phases_ds) -> list[dict]:
 
 def _steps(first, last) -> str:
     return f"{first}–{last if last is not None else '…'}"
+
+
+def stage_names(runs: dict) -> list[str]:
+    """The stages of the selected runs, in order of first appearance (the stage selector's options)."""
+    return list(dict.fromkeys(str(st["name"]) for ds in runs.values() for st in ds.attrs.get("stages") or []))
+
+
+def zoom_to_stage(fig, runs: dict, stage: str | None, align: str = "step"):
+    """Show every x axis of ``fig`` over ``stage``'s steps (of the first selected run that has it; its
+    last step is the run's last when the stage is still running); unchanged for no stage."""
+    if not stage:
+        return fig
+    for ds in runs.values():
+        st = next((x for x in ds.attrs.get("stages") or [] if str(x["name"]) == stage), None)
+        if st is None:
+            continue
+        last = st.get("last_step")
+        if last is None:
+            steps = ds["step"].values if "step" in ds.coords else []
+            last = int(steps.max()) if len(steps) else int(st["first_step"])
+        lo, hi = (float(v) for v in display_steps(aligned_x(ds, [int(st["first_step"]), int(last)], align)[0]))
+        span = [math.log10(lo) - 0.02, math.log10(max(hi, lo * 1.001)) + 0.02]  # log axes take log10 ranges
+        for k in fig.layout.to_plotly_json():
+            if _AXIS.match(k) and getattr(fig.layout[k], "type", None) == "log":
+                fig.layout[k].update(range=span, autorange=False)
+        fig.layout.meta = {**(fig.layout.meta or {}), "stage": stage}
+        return fig
+    return fig

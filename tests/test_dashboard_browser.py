@@ -330,6 +330,12 @@ def test_stages_are_marked_on_the_step_axes_and_tabled(page, phase_server, tmp_p
     assert "compression-seeking" in table and "entropy-seeking" in table and "1000–1999" in table
     page.locator("#stage-table").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "stages.png"), full_page=True)
+    page.locator("#stage").click()  # the stage selector: every step axis over the rl stage's steps
+    page.get_by_role("option", name="rl").click()
+    wait_graph(page, "trajectories", "gd._fullLayout.xaxis.range[0] > 2.9")
+    lo, hi = graph(page, "trajectories", "gd._fullLayout.xaxis.range.slice()")
+    assert lo == pytest.approx(2.98) and hi == pytest.approx(np.log10(1999) + 0.02)
+    assert graph(page, "overview", "gd._fullLayout.xaxis.range[0]") == pytest.approx(2.98)
 
 
 def test_play_runs_to_the_last_capture_and_stops_there(page, phase_server):

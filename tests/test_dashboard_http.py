@@ -59,7 +59,7 @@ def test_overview_callback_serves_the_stored_rankme_and_alpha(server, runs):
     resp = update(
         server,
         "overview.figure",
-        [(("version", "data"), version), (("align", "value"), "step")],
+        [(("version", "data"), version), (("align", "value"), "step"), (("stage", "value"), None)],
         state=[(("overview", "relayoutData"), None)],
     )
     fig = resp["overview"]["figure"]

@@ -263,6 +263,12 @@ def test_stage_marks_and_the_stage_table(tmp_path):
         assert len(lines) == n_axes and {s.x0 for s in lines} == {1000.0}, name  # rl begins at step 1000
         assert fig.layout.meta["stages"] == ["sft", "rl"], name
         assert {a.text for a in fig.layout.annotations} >= {"▸ sft", "▸ rl"}, name
+    from phasescope.dashboard.stage_figures import zoom_to_stage
+
+    assert views.stage_options(version) == [{"label": "sft", "value": "sft"}, {"label": "rl", "value": "rl"}]
+    zoomed = zoom_to_stage(figs["similarity"], views.datasets(version), "rl")  # the stage selector
+    lo, hi = zoomed.layout.xaxis.range
+    assert lo == pytest.approx(3 - 0.02) and hi == pytest.approx(np.log10(1999) + 0.02)
     empty = views.stat_panel(version, "curvature", "step")  # says what is missing: no axis to mark
     assert "not recorded" in empty.layout.meta["empty"] and not empty.layout.shapes
     rows = views.stage_rows(version)
