@@ -170,6 +170,24 @@ class Views:
         fig = F.figure_stored_esd(ds, matrix, step, run=run)
         return fig, list(runs), run, names, matrix, [{"label": str(s), "value": s} for s in steps], step
 
+    def gradient_profile(self, version, stat="grad_nuclear", step="last", per_loss=False):
+        """(figure, statistic options, step options): the gradient layer profile of the selected runs at
+        the last capture, a chosen one, or averaged over all captures ("all")."""
+        from phasescope.gradients import MATRIX_STATS
+
+        runs = self.datasets(version)
+        first = next(iter(runs.values()), None)
+        steps = (
+            [int(c) for c in first["capture_step"].values]
+            if first is not None and "capture_step" in first.coords
+            else []
+        )
+        opts = [{"label": "last capture", "value": "last"}, {"label": "mean over all captures", "value": "all"}]
+        opts += [{"label": f"step {c}", "value": str(c)} for c in steps]
+        at = None if step in (None, "last") else ((min(steps), max(steps)) if step == "all" and steps else int(step))
+        fig = F.figure_gradient_profile(runs, stat=stat or "grad_nuclear", step=at, per_loss=bool(per_loss))
+        return fig, [{"label": F.LAYER_GRADIENT_NAMES.get(m, m) + f" ({m})", "value": m} for m in MATRIX_STATS], opts
+
     def phases(self, version, align):
         keys = (version or {}).get("runs", [])
         if not keys:
@@ -311,6 +329,10 @@ class Views:
         out[("trajectories", "figure")] = tr
         for p in STAT_PANELS:
             out[(f"stat-{p}", "figure")] = panel(f"stat-{p}", lambda p=p: self.stat_panel(version, p, "step"))
+        gp = panel("gradient-profile", lambda: self.gradient_profile(version))
+        if isinstance(gp, tuple):
+            gp, out[("gp-stat", "options")], out[("gp-step", "options")] = gp
+        out[("gradient-profile", "figure")] = gp
         esd = panel("esd", lambda: self.esd(version))
         if isinstance(esd, tuple):
             esd, *choices = esd
@@ -433,6 +455,19 @@ def register(app, src: RunSource) -> Views:
 
     for p in STAT_PANELS:
         _register_stat_panel(app, V, p, view, later)
+
+    @app.callback(
+        Output("gradient-profile", "figure"),
+        Output("gp-stat", "options"),
+        Output("gp-step", "options"),
+        Input("version", "data"),
+        Input("gp-stat", "value"),
+        Input("gp-step", "value"),
+        Input("gp-per-loss", "value"),
+        **later,
+    )
+    def gradient_profile(version, stat, step, per_loss):
+        return V.gradient_profile(version, stat, step, bool(per_loss))
 
     @app.callback(
         Output("esd", "figure"),

@@ -24,6 +24,7 @@ GRAPHS = (
     "esd",
     "phases",
     "gradients",
+    "gradient-profile",
 )
 ESD_CONTROLS = ("esd-run", "esd-matrix", "esd-step")  # run, weight matrix and capture step of the ESD panel
 TABLES = {
@@ -229,6 +230,15 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
             ),
             panel("Phases per layer", "phases"),
             panel("Gradients", "gradients"),
+            panel(
+                "Gradient layer profile · a statistic per projection kind against depth (Li et al. 2024)",
+                "gradient-profile",
+                [
+                    dcc.Dropdown(id="gp-stat", options=[], value="grad_nuclear", clearable=False, className="dropdown"),
+                    dcc.Dropdown(id="gp-step", options=[], value="last", clearable=False, className="dropdown"),
+                    dcc.Checklist(id="gp-per-loss", options=[{"label": " ÷ loss", "value": "per_loss"}], value=[]),
+                ],
+            ),
             _table_panel("Stages · the phases within each training stage (obs.stage)", "stage-table"),
             html.Div(
                 className="row",
