@@ -104,7 +104,7 @@ def test_dashboard_panel_serves_the_profile_of_the_selected_runs(two_runs):
     from phasescope.dashboard.callbacks import Views
     from phasescope.dashboard.data import RunSource
 
-    runs, root = two_runs
+    _, root = two_runs
     views = Views(RunSource(root), refresh_ms=1000)
     fig, stats, steps = views.gradient_profile({"runs": ["terse.zarr", "worked.zarr"]}, "grad_spectral", "all", True)
     assert [s["value"] for s in steps] == ["last", "all", "0", "6"]
