@@ -203,6 +203,32 @@ class Views:
         fig = add_stage_marks(F.figure_gradients(ds, align=align), {"": ds}, align)
         return self._named(fig, version)
 
+    def sweep_rows(self, version) -> list[dict]:
+        """The sweep table of the selected runs (two or more), ranked by the early gradient norm, then
+        one row of Spearman correlations with the final loss over the finished runs."""
+        from phasescope.sweep import SIGNALS, compare_runs
+
+        runs = self.datasets(version)
+        if len(runs) < 2:
+            return []
+        t = compare_runs(runs)
+
+        def f(v):
+            return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "nan"
+
+        rows = [
+            {
+                "rank": i,
+                "run": r["run"],
+                "early steps": f"≤ {r['early_steps']}",
+                **{s: f(r[s]) for s in SIGNALS},
+                "final loss": f(r["final"]) if r["finished"] else "running",
+            }
+            for i, r in enumerate(t.rows, 1)
+        ]
+        rho = {s: f"ρ {f(t.spearman[s])}" for s in SIGNALS}
+        return [*rows, {"rank": "", "run": "Spearman ρ with the final loss", "early steps": "", **rho}]
+
     def stage_options(self, version) -> list[dict]:
         """The stage selector's choices: the selected runs' stages (none: the selector offers nothing; a
         run that cannot be read offers none, and its panels say why)."""
@@ -353,6 +379,11 @@ class Views:
         except Exception as exc:  # noqa: BLE001 - the page is still drawn; the table says why it is empty
             stages = [{"stage": f"could not read the stages: {type(exc).__name__}: {exc}"}]
         out[("stage-table", "children")] = table(TABLES["stage-table"], stages)
+        try:
+            sweep = self.sweep_rows(version)
+        except Exception as exc:  # noqa: BLE001 - the page is still drawn; the table says why it is empty
+            sweep = [{"run": f"could not compare the runs: {type(exc).__name__}: {exc}"}]
+        out[("sweep-table", "children")] = table(TABLES["sweep-table"], sweep)
         spec = panel("spectrum", lambda: self.spectrum(version, None))
         if isinstance(spec, tuple):
             fig, idx, top, marks, sel, _, _ = spec
@@ -505,20 +536,21 @@ def register(app, src: RunSource) -> Views:
         Output("meta-table", "children"),
         Output("quality-table", "children"),
         Output("stage-table", "children"),
+        Output("sweep-table", "children"),
         Input("version", "data"),
         **later,
     )
     def tables(version):
         meta, quality = V.table_rows(version)
-        stages = V.stage_rows(version)
         return (
             table(TABLES["meta-table"], meta),
             table(TABLES["quality-table"], quality),
-            table(TABLES["stage-table"], stages),
+            table(TABLES["stage-table"], V.stage_rows(version)),
+            table(TABLES["sweep-table"], V.sweep_rows(version)),
         )
 
     def all_tables(version):
-        return (*V.table_rows(version), V.stage_rows(version))
+        return (*V.table_rows(version), V.stage_rows(version), V.sweep_rows(version))
 
     for i, tid in enumerate(TABLES):
         _register_table_csv(app, tid, i, all_tables)

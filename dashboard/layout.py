@@ -31,6 +31,7 @@ TABLES = {
     "meta-table": ("key", "value"),
     "quality-table": ("check", "value", "status"),
     "stage-table": STAGE_COLUMNS,
+    "sweep-table": ("rank", "run", "early steps", "grad_norm", "loss", "rankme", "alpha", "final loss"),
 }
 IMAGE_FORMATS = ("png", "svg")
 ROW_CLASSES = ("warn", "error")  # table rows styled by their status
@@ -240,6 +241,11 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
                 ],
             ),
             _table_panel("Stages · the phases within each training stage (obs.stage)", "stage-table"),
+            _table_panel(
+                "Sweep · the selected runs by their early signals (first 10 % of steps), "
+                "and how each predicts the final loss (Spearman ρ over finished runs)",
+                "sweep-table",
+            ),
             html.Div(
                 className="row",
                 children=[

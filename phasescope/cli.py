@@ -1,4 +1,4 @@
-"""The `phasescope` command line: `demo`, `dashboard`, `phases`, `analyze`, `report`.
+"""The `phasescope` command line: `demo`, `dashboard`, `phases`, `analyze`, `report`, `compare`.
 
 Heavy libraries (torch, transformers, dash) are imported inside the subcommands, so `--help` is instant.
 User mistakes print one line, `error: …`, and exit with status 2; no traceback.
@@ -185,7 +185,38 @@ def build_parser() -> argparse.ArgumentParser:
     cli_phases.add_parser(sub)
     cli_analyze.add_parser(sub)
     cli_report.add_parser(sub)
+    _add_compare(sub)
     return parser
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="a sweep's runs side by side: early signals, ranked, and how they predict the final loss",
+        description="For each run: the mean gradient norm, loss, RankMe and alpha-ReQ over its first --early "
+        "fraction of steps, and its final --target; the runs ranked by --rank-by; and over the finished runs "
+        "each early signal's Spearman correlation with the final target.",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run stores (e.g. runs/lr*.zarr)")
+    p.add_argument("--early", type=float, default=0.1, help="fraction of each run's steps (default: %(default)s)")
+    p.add_argument("--target", default="loss", help="final step variable to predict (default: %(default)s)")
+    p.add_argument("--rank-by", default="grad_norm", help="early signal to rank by (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    import json
+
+    from .sweep import compare_paths
+
+    table = compare_paths(args.runs, early=args.early, target=args.target, rank_by=args.rank_by)
+    if args.json:
+        clean = json.loads(json.dumps(table.__dict__, default=str).replace("NaN", "null"))
+        print(json.dumps(clean, indent=2))
+    else:
+        print(table.text())
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
