@@ -196,12 +196,17 @@ class Views:
         fig = F.figure_phase_strip(ds, self.src.phases(keys[0]), align=align)
         return self._named(add_stage_marks(fig, {self.src.label(keys[0]): ds}, align), version)
 
-    def gradients(self, version, align):
+    def gradients(self, version, align, stat=None):
         ds = self.first(version)
         if ds is None:
             return F.empty_figure(NO_RUN)
-        fig = add_stage_marks(F.figure_gradients(ds, align=align), {"": ds}, align)
+        fig = add_stage_marks(F.figure_gradients(ds, stat=stat, align=align), {"": ds}, align)
         return self._named(fig, version)
+
+    def grad_stat_options(self, version) -> list[dict]:
+        """The gradients panel's statistic choices: the first selected run's matrix gradient statistics."""
+        ds = self.first(version)
+        return [] if ds is None else [{"label": s, "value": s} for s in F.matrix_stats_of(ds)]
 
     def sweep_rows(self, version) -> list[dict]:
         """The sweep table of the selected runs (two or more), ranked by the early gradient norm, then
@@ -335,6 +340,10 @@ class Views:
         out[("overview", "figure")] = panel("overview", lambda: self.overview(version, "step"))
         out[("phases", "figure")] = panel("phases", lambda: self.phases(version, "step"))
         out[("gradients", "figure")] = panel("gradients", lambda: self.gradients(version, "step"))
+        try:
+            out[("grad-stat", "options")] = self.grad_stat_options(version)
+        except Exception:  # noqa: BLE001 - the gradients panel says what went wrong
+            out[("grad-stat", "options")] = []
         hm = panel("heatmap", lambda: self.heatmap(version, None, "step"))
         if isinstance(hm, tuple):
             hm, hm_opts, hm_val = hm
@@ -523,14 +532,17 @@ def register(app, src: RunSource) -> Views:
 
     @app.callback(
         Output("gradients", "figure"),
+        Output("grad-stat", "options"),
         Input("version", "data"),
         Input("align", "value"),
         Input("stage", "value"),
+        Input("grad-stat", "value"),
         State("gradients", "relayoutData"),
         **later,
     )
-    def gradients(version, align, stage, relayout):
-        return view(V.gradients(version, align), relayout, version, stage, align)
+    def gradients(version, align, stage, stat, relayout):
+        fig = view(V.gradients(version, align, stat), relayout, version, stage, align)
+        return fig, V.grad_stat_options(version)
 
     @app.callback(
         Output("meta-table", "children"),

@@ -50,7 +50,7 @@ from ._common import (
 )
 from ._plotly import decode_array
 from .esd_figures import esd_steps, figure_esd, figure_stored_esd
-from .gradient_figures import figure_gradients, param_block, projection_type
+from .gradient_figures import figure_gradients, matrix_stats_of, param_block, projection_type, ratio_group
 from .gradient_profile_figures import LAYER_GRADIENT_NAMES, figure_gradient_profile, mean_absolute_difference
 from .heatmap_figures import (
     OVERVIEW_METRICS,

@@ -13,8 +13,8 @@ import numpy as np
 from phasescope.gradients import block_index
 from phasescope.statistics import REGISTRY
 
-from ._common import RUN_DASHES, aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
-from ._plotly import axis_name, compact_int, f32, figure, grid
+from ._common import aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
+from ._plotly import axis_name, colorscale, compact_int, f32, figure, grid
 
 
 def param_block(name: str) -> str:
@@ -44,39 +44,60 @@ def _groups(names, key) -> dict[str, list[int]]:
 
 TITLES = {
     "grad": "gradient norm per block",
-    "matrix": "matrix gradient statistics per projection type",
-    "ratio": "update-to-weight ratio per block",
+    "matrix": "{stat} per layer and step · {kind}",
+    "ratio": "update-to-weight ratio: weight matrices per block; biases and norm gains apart",
 }
 
 
-def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
-    """Gradient panel: per-block gradient norm ‖g_B‖ = sqrt(Σ_{p∈B} ‖g_p‖²) from ``param_grad_norm``
-    over steps; ``matrix_<stat>`` (e.g. nuclear and spectral norms) averaged per projection type over
-    capture steps; update-to-weight ratios (``param_*ratio*`` variables, median per block). Log axes."""
-    panels = []
-    if "param_grad_norm" in ds.data_vars:
-        panels.append("grad")
-    # per-matrix statistics of the gradients (those of the weights have their registry panel)
+def ratio_group(name: str) -> str:
+    """Where a parameter's update ratio is drawn: "block N" (or the module) for weight matrices, "biases"
+    and "norm gains" apart (zero-initialised biases make step 1's ratios ~1, which hid every block's)."""
+    parts = name.split(".")
+    if parts[-1] == "bias":
+        return "biases"
+    norm = any("norm" in p.lower() or p.lower().startswith("ln") for p in parts[:-1])
+    if norm and parts[-1] in ("weight", "scale", "g"):
+        return "norm gains"
+    return param_block(name)
+
+
+def matrix_stats_of(ds) -> list[str]:
+    """The gradient statistics of ``ds``'s matrices (``matrix_<stat>`` of the gradients, not the weights')."""
     other = {f"matrix_{v.name}" for s in REGISTRY.values() if "gradients" not in s.panels for v in s.variables}
-    mstats = [v for v in ds.data_vars if v.startswith("matrix_") and v not in other]
-    if mstats:
-        panels.append("matrix")
+    return [v.removeprefix("matrix_") for v in ds.data_vars if v.startswith("matrix_") and v not in other]
+
+
+def figure_gradients(ds, *, stat: str | None = None, align: str = "step", uirevision: str = "gradients"):
+    """Gradient panel: per-block gradient norm ‖g_B‖ = sqrt(Σ_{p∈B} ‖g_p‖²) from ``param_grad_norm`` over
+    steps; one matrix statistic (``stat``, default the first stored, e.g. the nuclear norm) as a layer ×
+    step heatmap per projection type (log10 colour); update-to-weight ratios (median per block over its
+    weight matrices; biases and norm gains as their own lines). Log step axes."""
+    mstats = matrix_stats_of(ds)
+    stat = stat if stat in mstats else (mstats[0] if mstats else None)
+    panels: list[tuple[str, str]] = []
+    if "param_grad_norm" in ds.data_vars:
+        panels.append(("grad", ""))
+    kinds: dict[str, list[int]] = {}
+    if stat is not None:
+        kinds = _groups(ds["matrix"].values, projection_type)
+        panels += [("matrix", k) for k in kinds]
     ratios = [v for v in ds.data_vars if v.startswith("param_") and ("ratio" in v or "update" in v)]
     if ratios:
-        panels.append("ratio")
+        panels.append(("ratio", ""))
     if not panels:
         return empty_figure(
             "no gradient statistics in this run (param_grad_norm, matrix_*, update ratios)", title="Gradients"
         )
-    layout, ks = grid(len(panels), 1, vspace=0.1, titles=[TITLES[p] for p in panels])
+    names = [TITLES[p].format(stat=stat, kind=k) for p, k in panels]
+    layout, ks = grid(len(panels), 1, vspace=0.35 / len(panels), titles=names)
     data = []
-    for (k,), panel in zip(ks, panels):
+    for (k,), (panel, kind) in zip(ks, panels):
         xa, ya = axis_name(k, "x"), axis_name(k, "y")
         if panel in ("grad", "ratio"):
             var = "param_grad_norm" if panel == "grad" else ratios[0]
             x, xtitle = aligned_x(ds, ds["step"].values, align)
             xd, steps = display_steps(x), compact_int(ds["step"].values)
-            blocks = _groups(ds["param"].values, param_block)
+            blocks = _groups(ds["param"].values, param_block if panel == "grad" else ratio_group)
             vals = np.asarray(ds[var].transpose("step", "param").values, float)
             for n, (c, (b, idx)) in enumerate(zip(probe_colours(len(blocks)), blocks.items())):
                 with np.errstate(all="ignore"), warnings.catch_warnings():
@@ -92,7 +113,7 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
                     "y": f32(y),
                     "mode": "lines",
                     "name": b,
-                    "line": {"color": c},
+                    "line": {"color": c, "dash": "dot" if b in ("biases", "norm gains") else "solid"},
                     "legendgroup": panel,
                     "customdata": steps,
                     "xaxis": xa,
@@ -102,43 +123,51 @@ def figure_gradients(ds, *, align: str = "step", uirevision: str = "gradients"):
                 if panel == "ratio":  # recorded on the update schedule only: join the recorded steps
                     tr.update(mode="lines+markers", connectgaps=True, marker={"size": 4, "color": c})
                 if n == 0:
-                    tr["legendgrouptitle"] = {"text": TITLES[panel]}
+                    tr["legendgrouptitle"] = {"text": TITLES[panel].format(stat=stat, kind="")}
                 data.append(tr)
-            ytitle = var.removeprefix("param_")
+            layout[f"yaxis{'' if k == 1 else k}"].update(type="log", title=title(var.removeprefix("param_")))
         else:
             x, xtitle = aligned_x(ds, ds["capture_step"].values, align)
             xd, steps = display_steps(x), compact_int(ds["capture_step"].values)
-            types = _groups(ds["matrix"].values, projection_type)
-            for s_i, stat in enumerate(mstats):
-                vals = np.asarray(ds[stat].transpose("capture_step", "matrix").values, float)
-                for t, idx in types.items():
-                    with np.errstate(all="ignore"), warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        y = np.nanmean(vals[:, idx], axis=1)
-                    tr = {
-                        "type": "scatter",
-                        "x": xd,
-                        "y": f32(y),
-                        "mode": "lines",
-                        "name": f"{stat.removeprefix('matrix_')} · {t}",
-                        "legendgroup": "matrix",
-                        "line": {"dash": RUN_DASHES[s_i % len(RUN_DASHES)]},
-                        "customdata": steps,
-                        "xaxis": xa,
-                        "yaxis": ya,
-                        "hovertemplate": f"{t}<br>step %{{customdata}}<br>{stat} %{{y:.4g}}<extra></extra>",
-                    }
-                    if s_i == 0 and t == next(iter(types)):
-                        tr["legendgrouptitle"] = {"text": TITLES[panel]}
-                    data.append(tr)
-            ytitle = "value (mean over layers)"
-        layout[f"yaxis{'' if k == 1 else k}"].update(type="log", title=title(ytitle))
+            idx = kinds[kind]
+            mats = [str(m) for m in ds["matrix"].values]
+            layers = [block_index(mats[i]) for i in idx]
+            order = sorted(range(len(idx)), key=lambda j: (layers[j] is None, layers[j] or 0))
+            vals = np.asarray(ds[f"matrix_{stat}"].transpose("matrix", "capture_step").values, float)
+            z = vals[[idx[j] for j in order]]
+            with np.errstate(all="ignore"):
+                zl = np.where(z > 0, np.log10(np.where(z > 0, z, 1.0)), np.nan)
+            rows = [str(layers[j]) if layers[j] is not None else mats[idx[j]] for j in order]
+            data.append(
+                {
+                    "type": "heatmap",
+                    "x": xd,
+                    "y": rows,
+                    "z": zl,
+                    "name": f"{stat} · {kind}",
+                    "customdata": np.tile(steps, (len(rows), 1)),
+                    "colorscale": colorscale("Viridis"),
+                    "showscale": False,
+                    "xaxis": xa,
+                    "yaxis": ya,
+                    "hovertemplate": (
+                        f"{kind} layer %{{y}}<br>step %{{customdata}}<br>log10 {stat} %{{z:.3f}}<extra></extra>"
+                    ),
+                }
+            )
+            layout[f"yaxis{'' if k == 1 else k}"].update(title=title("layer"), type="category")
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
     layout.update(
-        height=330 * len(panels),
+        height=max(330, 230 * len(panels)),
         uirevision=uirevision,
         title=title("Gradients"),
-        meta={"kind": "gradients", "panels": panels},
+        meta={
+            "kind": "gradients",
+            "panels": [p for p, _ in panels],
+            "stat": stat,
+            "stats": mstats,
+            "kinds": list(kinds),
+        },
         legend={"groupclick": "toggleitem"},
     )
     return figure(data, step_ticks(data, layout))

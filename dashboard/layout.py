@@ -230,7 +230,11 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
                 ],
             ),
             panel("Phases per layer", "phases"),
-            panel("Gradients", "gradients"),
+            panel(
+                "Gradients",
+                "gradients",
+                [dcc.Dropdown(id="grad-stat", options=[], value=None, placeholder="statistic", className="dropdown")],
+            ),
             panel(
                 "Gradient layer profile · a statistic per projection kind against depth (Li et al. 2024)",
                 "gradient-profile",

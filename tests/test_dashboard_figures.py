@@ -172,18 +172,40 @@ def test_default_probes_spread_from_first_to_last_layer():
     assert got[0] == "layer.00" and got[-1] == "layer.29" and len(got) == 5
 
 
-def test_gradients_per_block_norm_and_projection_types(ds):
+def test_gradients_per_block_norm_and_one_statistic_per_layer_and_step(ds):
+    """Issue 16: one matrix statistic at a time (default the first stored; ``stat`` chooses), drawn as a
+    layer × step heatmap per projection type (log10 colour, layers in order), not 24 mixed-unit lines."""
     fig = F.figure_gradients(ds)
-    assert fig.layout.meta["panels"] == ["grad", "matrix"]
+    kinds = fig.layout.meta["kinds"]
+    assert fig.layout.meta["panels"] == ["grad", *["matrix"] * len(kinds)] and fig.layout.meta["stat"] == "grad_nuclear"
     params = [str(p) for p in ds["param"].values]
     b0 = [i for i, p in enumerate(params) if p.startswith("h.0.")]
     want = np.sqrt((ds["param_grad_norm"].values[:, b0] ** 2).sum(1))
     got = next(t for t in fig.data if t.name == "block 0")
     assert np.allclose(arr(got.y), want)
-    q = next(t for t in fig.data if t.name == "grad_nuclear · attn.q")
     mats = [str(m) for m in ds["matrix"].values]
-    qi = [i for i, m in enumerate(mats) if m.endswith(".q")]
-    assert np.allclose(arr(q.y), ds["matrix_grad_nuclear"].values[:, qi].mean(1))
+    for stat in ("grad_nuclear", "grad_spectral"):
+        fig = F.figure_gradients(ds, stat=stat)
+        q = next(t for t in fig.data if t.name == f"{stat} · attn.q")
+        assert q.type == "heatmap" and list(q.y) == [str(i) for i in range(len(list(q.y)))]
+        for layer in range(len(list(q.y))):
+            m = mats.index(f"h.{layer}.attn.q")
+            np.testing.assert_allclose(arr(q.z)[layer], np.log10(ds[f"matrix_{stat}"].values[:, m]), rtol=1e-5)
+    assert F.figure_gradients(ds, stat="nope").layout.meta["stat"] == "grad_nuclear"  # unknown: the default
+
+
+@pytest.mark.parametrize(
+    ("name", "group"),
+    [
+        ("transformer.h.0.attn.c_attn.weight", "block 0"),
+        ("transformer.h.0.attn.c_attn.bias", "biases"),
+        ("transformer.h.0.ln_1.weight", "norm gains"),
+        ("model.layers.2.input_layernorm.weight", "norm gains"),
+        ("transformer.wte.weight", "wte"),
+    ],
+)
+def test_update_ratios_keep_biases_and_norm_gains_apart(name, group):
+    assert F.ratio_group(name) == group
 
 
 @pytest.mark.parametrize(
@@ -360,7 +382,7 @@ def test_sparse_update_ratios_are_joined_across_unrecorded_steps(ds):
     ratio[recorded] = 1e-3 * (1 + np.arange(len(recorded)))[:, None]
     sparse = ds.assign(param_update_ratio=(("step", "param"), ratio))
     fig = F.figure_gradients(sparse)
-    assert fig.layout.meta["panels"] == ["grad", "matrix", "ratio"]
+    assert fig.layout.meta["panels"][0] == "grad" and fig.layout.meta["panels"][-1] == "ratio"
     traces = [t for t in fig.data if t.legendgroup == "ratio"]
     assert traces and all(t.connectgaps for t in traces)
     y = arr(traces[0].y)
