@@ -267,6 +267,11 @@ class Observatory:
         except (StoreError, OSError) as e:
             raise PhasescopeError(f"continue_run=True needs an existing run at {store}: {e}") from None
         last = (attrs.get(COMMIT_ATTR) or {}).get("last_step")
+        # the earlier processes' failures stay counted (this process's attributes replace theirs)
+        for stage, n in (attrs.get("failures") or {}).items():
+            self.failures.counts[stage] = self.failures.counts.get(stage, 0) + int(n)
+        for stage, text in (attrs.get("first_failures") or {}).items():
+            self.failures.first.setdefault(stage, text)
         return StageLog(attrs.get("stages"), last), (int(last) + 1 if last is not None else 0)
 
     def _make_recorder_args(self, store, overwrite, fit_range) -> None:
@@ -560,6 +565,8 @@ class Observatory:
                 f"unknown logged scalars {unknown}; declare them with log_scalars= (this run has "
                 f"{list(self.options.log_scalars)})"
             )
+        if not self.is_writer:  # only the writing rank holds rows (the others' values are rank 0's too)
+            return
         res = self._pending
         if res is None or res.step != int(step) + self.step_offset:
             self.failures.record(

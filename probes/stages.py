@@ -82,9 +82,10 @@ class StageLog:
         return changed
 
     def close(self) -> bool:
-        """The run ends: the last stage's ``last_step`` is the last recorded step (True if it changed)."""
+        """The run ends: the last stage's ``last_step`` is the last recorded step, also when this process
+        continued a stage an earlier one began (True if it changed)."""
         self._pending = None  # a stage started after the last step has no steps: it is not a stage
-        if self.stages and self.stages[-1]["last_step"] is None and self._last_step is not None:
+        if self.stages and self._last_step is not None and self.stages[-1]["last_step"] != self._last_step:
             self.stages[-1]["last_step"] = self._last_step
             return True
         return False

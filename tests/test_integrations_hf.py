@@ -139,6 +139,15 @@ def test_a_second_trainer_continues_the_run_as_its_next_stage(tmp_path):
     logs = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
     np.testing.assert_allclose(ds.loss.values[8:], [logs[s + 1]["loss"] for s in range(6)], rtol=1e-5)
     assert ds.attrs["finished"] is True and len(ds.attrs["resumed"]) == 1
+    # unnamed, the stage is named after the trainer: a new one ("train"), then a trainer that continues
+    # in it (as a resumed Trainer does) extends it instead of failing on a name used twice
+    for _ in range(2):
+        cb = PhasescopeCallback(str(store), schedule=S.explicit([0]), probe_inputs=probe, continue_run=True)
+        Trainer(
+            model=model, args=_args(tmp_path, max_steps=2), train_dataset=Blocks(train, pad), callbacks=[cb]
+        ).train()
+    stages = [(s["name"], s["first_step"], s["last_step"]) for s in run_stages(open_run(store))]
+    assert stages[2:] == [("train", 14, 17)]
 
     with pytest.raises(PhasescopeError, match="needs an existing run"):
         PhasescopeCallback(str(tmp_path / "none.zarr"), probe_inputs=probe, continue_run=True).on_train_begin(
@@ -147,4 +156,4 @@ def test_a_second_trainer_continues_the_run_as_its_next_stage(tmp_path):
     other = PhasescopeCallback(str(store), probes="final_norm", probe_inputs=probe, continue_run=True, stage="dpo")
     with pytest.raises(LayoutMismatchError, match="cannot resume"):
         other.on_train_begin(_args(tmp_path), None, None, model=model)
-    assert open_run(store).step.values.tolist() == list(range(14))
+    assert open_run(store).step.values.tolist() == list(range(18))  # nothing committed was lost

@@ -278,3 +278,21 @@ def test_forgetting_is_the_loss_on_each_stage_set(tmp_path):
     lines = {t.name: np.asarray(t.y, float) for t in fig.data}
     assert fig.layout.meta["variables"] == ["set_loss"] and set(lines) == {"on a", "on b"}
     np.testing.assert_allclose(lines["on a"], on_a, rtol=1e-6)
+
+
+def test_continuing_a_stage_extends_it_and_keeps_earlier_failures(tmp_path):
+    """A process that continues the run in the stage another began (a resumed trainer) extends that
+    stage to its own last step, and the earlier processes' failure counts stay in the run."""
+    model = _gpt2()
+    store = tmp_path / "cont.zarr"
+    kw = dict(probe_inputs=_batch(99, 16), schedule=[0])
+    with phasescope.Observatory(model, store=store, **kw) as obs:
+        _train(obs, model, 5, {0: ("sft", {})})
+        obs.log(0, loss=1.0)  # too late: step 0's row is written -> one counted failure
+    assert open_run(store).attrs["failures"]["step"] == 1
+    with phasescope.Observatory(model, store=store, continue_run=True, **kw) as obs:
+        _train(obs, model, 5, {})  # no stage call: still sft
+    ds = open_run(store)
+    assert [(s["name"], s["first_step"], s["last_step"]) for s in run_stages(ds)] == [("sft", 0, 9)]
+    assert ds.attrs["stages"][0]["last_step"] == 9 and ds.attrs["failures"]["step"] == 1
+    assert "arrived after its row was written" in ds.attrs["first_failures"]["step"]

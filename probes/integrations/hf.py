@@ -111,7 +111,7 @@ class PhasescopeCallback(TrainerCallback):
         kw = dict(self.kwargs)
         meta.update(kw.pop("metadata", None) or {})
         kw.setdefault("optimizer", optimizer)
-        kw["log_scalars"] = (*TRAINER_SCALARS.values(), *kw.get("log_scalars", ()))
+        kw["log_scalars"] = tuple(dict.fromkeys((*TRAINER_SCALARS.values(), *kw.get("log_scalars", ()))))
         self.obs = Observatory(
             model,
             store=self.store,
@@ -124,9 +124,29 @@ class PhasescopeCallback(TrainerCallback):
         self.obs.hold_rows = True  # the step's logged metrics come after it (on_log): obs.log adds them
         name, trainer = trainer_stage(args)
         self._model_loss = trainer in MODEL_LOSS_TRAINERS
+        if kw.get("continue_run") and state is not None and state.global_step:
+            # a Trainer resumed from a checkpoint starts at its restored global_step: its first step follows
+            # the run's last stored one
+            self.obs.step_offset -= int(state.global_step)
         if self.stage is not False:
-            self.obs.stage(self.stage or name, trainer=trainer)
+            self._start_stage(self.stage, name, trainer)
         self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
+
+    def _start_stage(self, asked, default: str, trainer: str) -> None:
+        """Start the stage ``asked`` (a name given by the user: used as is), else one named after the
+        trainer: the run's current stage when a continued run is in it already (a resumed trainer), else
+        the first of "sft", "sft-2", … not yet used (a second SFT phase)."""
+        assert self.obs is not None
+        if asked:
+            self.obs.stage(asked, trainer=trainer)
+            return
+        used = [s["name"] for s in self.obs.stages.stages]
+        if used and used[-1] == default:
+            return  # continues the stage it is in
+        name, k = default, 2
+        while name in used:
+            name, k = f"{default}-{k}", k + 1
+        self.obs.stage(name, trainer=trainer)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.obs is None:
