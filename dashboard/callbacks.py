@@ -128,7 +128,8 @@ class Views:
             return F.empty_figure(NO_RUN), [], no_update
         allowed = F.heatmap_metrics(ds)
         metric = metric if metric in allowed else F.default_heatmap_metric(allowed) or "rankme"
-        fig = self._named(F.figure_heatmap(ds, metric, align=align), version)
+        fig = F.figure_heatmap(ds, metric, align=align)
+        fig = self._named(add_stage_marks(fig, {self.src.label(version["runs"][0]): ds}, align), version)
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric
 
     def _named(self, fig, version, key: str | None = None):
@@ -184,7 +185,7 @@ class Views:
         )
         opts = [{"label": "last capture", "value": "last"}, {"label": "mean over all captures", "value": "all"}]
         opts += [{"label": f"step {c}", "value": str(c)} for c in steps]
-        at = None if step in (None, "last") else ((min(steps), max(steps)) if step == "all" and steps else int(step))
+        at = None if step in (None, "last") else ("all" if step == "all" else int(step))
         fig = F.figure_gradient_profile(runs, stat=stat or "grad_nuclear", step=at, per_loss=bool(per_loss))
         return fig, [{"label": F.LAYER_GRADIENT_NAMES.get(m, m) + f" ({m})", "value": m} for m in MATRIX_STATS], opts
 
@@ -233,6 +234,17 @@ class Views:
         ]
         rho = {s: f"ρ {f(t.spearman[s])}" for s in SIGNALS}
         return [*rows, {"rank": "", "run": "Spearman ρ with the final loss", "early steps": "", **rho}]
+
+    def table(self, tid: str, version) -> list[dict]:
+        """The rows of table ``tid``, each table on its own: one that cannot be computed (e.g. a sweep of
+        runs with no steps yet) says why in a row and the others are still filled."""
+        try:
+            if tid in ("meta-table", "quality-table"):
+                return self.table_rows(version)[tid == "quality-table"]
+            return self.stage_rows(version) if tid == "stage-table" else self.sweep_rows(version)
+        except Exception as exc:  # noqa: BLE001 - one table's failure must not blank the others
+            first = TABLES[tid][0] if tid != "sweep-table" else "run"
+            return [{first: f"could not fill this table: {type(exc).__name__}: {exc}"}]
 
     def stage_options(self, version) -> list[dict]:
         """The stage selector's choices: the selected runs' stages (none: the selector offers nothing; a
@@ -383,16 +395,8 @@ class Views:
             )
         out[("meta-table", "children")] = table(TABLES["meta-table"], meta)
         out[("quality-table", "children")] = table(TABLES["quality-table"], quality)
-        try:
-            stages = self.stage_rows(version)
-        except Exception as exc:  # noqa: BLE001 - the page is still drawn; the table says why it is empty
-            stages = [{"stage": f"could not read the stages: {type(exc).__name__}: {exc}"}]
-        out[("stage-table", "children")] = table(TABLES["stage-table"], stages)
-        try:
-            sweep = self.sweep_rows(version)
-        except Exception as exc:  # noqa: BLE001 - the page is still drawn; the table says why it is empty
-            sweep = [{"run": f"could not compare the runs: {type(exc).__name__}: {exc}"}]
-        out[("sweep-table", "children")] = table(TABLES["sweep-table"], sweep)
+        for tid in ("stage-table", "sweep-table"):
+            out[(tid, "children")] = table(TABLES[tid], self.table(tid, version))
         spec = panel("spectrum", lambda: self.spectrum(version, None))
         if isinstance(spec, tuple):
             fig, idx, top, marks, sel, _, _ = spec
@@ -553,19 +557,10 @@ def register(app, src: RunSource) -> Views:
         **later,
     )
     def tables(version):
-        meta, quality = V.table_rows(version)
-        return (
-            table(TABLES["meta-table"], meta),
-            table(TABLES["quality-table"], quality),
-            table(TABLES["stage-table"], V.stage_rows(version)),
-            table(TABLES["sweep-table"], V.sweep_rows(version)),
-        )
+        return tuple(table(TABLES[tid], V.table(tid, version)) for tid in TABLES)
 
-    def all_tables(version):
-        return (*V.table_rows(version), V.stage_rows(version), V.sweep_rows(version))
-
-    for i, tid in enumerate(TABLES):
-        _register_table_csv(app, tid, i, all_tables)
+    for tid in TABLES:
+        _register_table_csv(app, tid, V.table)
 
     @app.callback(
         Output("spectrum", "figure"),
@@ -671,7 +666,7 @@ def _register_stat_panel(app, V: Views, name: str, view, later: dict) -> None:
         return view(V.stat_panel(version, name, align), relayout, version, stage, align)
 
 
-def _register_table_csv(app, tid: str, which: int, table_rows) -> None:
+def _register_table_csv(app, tid: str, rows_of) -> None:
     @app.callback(
         Output(f"{tid}-dl", "data"),
         Input(f"{tid}-csv", "n_clicks"),
@@ -681,7 +676,7 @@ def _register_table_csv(app, tid: str, which: int, table_rows) -> None:
     def table_csv(_n, version):
         import pandas as pd
 
-        rows = table_rows(version)[which]
+        rows = rows_of(tid, version)
         return dcc.send_data_frame(pd.DataFrame(rows, columns=list(TABLES[tid])).to_csv, f"{tid}.csv", index=False)
 
 

@@ -116,8 +116,11 @@ def esd_steps(ds) -> list[int]:
     """The capture steps at which ``ds`` stored weight ESDs (weight spectra run on their own schedule)."""
     if ESD_VAR not in ds.data_vars or ds.sizes.get("capture_step", 0) == 0:
         return []
-    e = np.asarray(ds[ESD_VAR].values, dtype=np.float64)
-    has = np.isfinite(e).any(axis=(1, 2))
+    # read from the per-capture spectral norm beside the ESDs, not the (captures × matrices × rank) ESDs
+    if "matrix_weight_spectral" in ds.data_vars:
+        has = np.isfinite(np.asarray(ds["matrix_weight_spectral"].values, dtype=np.float64)).any(axis=1)
+    else:
+        has = np.isfinite(np.asarray(ds[ESD_VAR].values, dtype=np.float64)).any(axis=(1, 2))
     return [int(s) for s in np.asarray(ds["capture_step"].values)[has]]
 
 

@@ -35,15 +35,19 @@ def mean_absolute_difference(values: Sequence[float]) -> float:
     return float(np.mean(np.abs(np.diff(v)))) if v.size >= 2 else float("nan")
 
 
-def _rows(ds, step) -> tuple[np.ndarray, str]:
-    """Capture rows of ``step``: an int (that capture), a (lo, hi) range (its captures, averaged) or None
-    (the last capture with gradient statistics); and the text saying which."""
-    steps = np.asarray(ds["capture_step"].values)
+def _rows(ds, var: str, step) -> tuple[np.ndarray, str]:
+    """Capture rows of ``step``: an int (that capture), a (lo, hi) range (its captures, averaged), "all"
+    (every capture of this run, averaged) or None (the last capture with ``var``); and the text saying which."""
+    steps = np.asarray(ds["capture_step"].values) if "capture_step" in ds.coords else np.array([], int)
+    if step == "all":
+        step = (int(steps.min()), int(steps.max())) if steps.size else None
     if isinstance(step, (tuple, list)):
         lo, hi = int(step[0]), int(step[1])
         return np.nonzero((steps >= lo) & (steps <= hi))[0], f"mean over steps {lo}–{hi}"
     if step is None:
-        have = np.isfinite(np.asarray(ds["matrix_grad_nuclear"].values, float)).any(axis=1)
+        if var not in ds.data_vars:
+            return np.array([], int), "no capture"
+        have = np.isfinite(np.asarray(ds[var].values, float)).any(axis=1)
         rows = np.nonzero(have)[0][-1:]
         return rows, (f"step {int(steps[rows[0]])}" if rows.size else "no capture")
     return np.nonzero(steps == int(step))[0][-1:], f"step {int(step)}"
@@ -53,7 +57,7 @@ def profile_curves(ds, stat: str = "grad_nuclear", step=None, *, per_loss: bool 
     """{kind: (layer indices, values)} of ``matrix_<stat>`` in run ``ds`` (see the module doc), and which
     steps they are of. Matrices outside the blocks (embeddings, the head) are left out."""
     var = f"matrix_{stat}"
-    rows, where = _rows(ds, step)
+    rows, where = _rows(ds, var, step)
     if var not in ds.data_vars or not rows.size:
         return {}, where
     vals = np.asarray(ds[var].transpose("capture_step", "matrix").values, float)[rows]
@@ -75,8 +79,8 @@ def profile_curves(ds, stat: str = "grad_nuclear", step=None, *, per_loss: bool 
 def figure_gradient_profile(data, *, stat: str = "grad_nuclear", step=None, per_loss: bool = False):
     """The gradient layer profile of every selected run (see the module doc): x = layer index, one line per
     projection kind and run (runs told apart by dash and named), MAD in each line's name and in
-    ``meta.mad`` ({run: {kind: MAD}}). ``step``: an int, a (lo, hi) range, or None (each run's last
-    capture with gradient statistics)."""
+    ``meta.mad`` ({run: {kind: MAD}}). ``step``: an int, a (lo, hi) range, "all" (each run's captures,
+    averaged) or None (each run's last capture with gradient statistics)."""
     runs = as_runs(data)
     label = LAYER_GRADIENT_NAMES.get(stat, stat) + ("/loss" if per_loss else "")
     head = f"Gradient layer profile · {stat}{' / loss' if per_loss else ''} ({label} in Layer_Gradient)"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
+
 from phasescope.spectra.phases import MODEL, PhaseResult, stage_summary
 
 from ._common import aligned_x, display_steps
@@ -41,7 +43,7 @@ def add_stage_marks(fig, runs: dict, align: str = "step"):
             first = st.get("first_step")
             if first is None:
                 continue
-            x = float(display_steps(aligned_x(ds, [max(int(first), 0)], align)[0])[0])
+            x = float(_x(ds, [max(int(first), 0)], align)[0])
             text = f"{name}: {st['name']}" if len(runs) > 1 else str(st["name"])
             marks.append((x, int(first), text))
     if not marks:
@@ -108,7 +110,21 @@ def stage_rows(ds, phases_ds) -> list[dict]:
             }
             for st in stages
         ]
-    rows = stage_summary(ds, PhaseResult.from_dataset(phases_ds))
+    result = PhaseResult.from_dataset(phases_ds)
+    have = {s.stage for s in result.segments}
+    stale = [st for st in stages if st["name"] not in have]
+    if stale:  # phases computed before these stages existed (or before they began)
+        return [
+            {
+                "stage": st["name"],
+                "steps": _steps(st.get("first_step"), st.get("last_step")),
+                "trainer": st.get("trainer") or "",
+                "probe": MODEL,
+                "phases": "phases out of date: run `phasescope phases RUN` again",
+            }
+            for st in stages
+        ]
+    rows = stage_summary(ds, result)
 
     def f(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "nan"
@@ -153,7 +169,7 @@ def zoom_to_stage(fig, runs: dict, stage: str | None, align: str = "step"):
         if last is None:
             steps = ds["step"].values if "step" in ds.coords else []
             last = int(steps.max()) if len(steps) else int(st["first_step"])
-        lo, hi = (float(v) for v in display_steps(aligned_x(ds, [int(st["first_step"]), int(last)], align)[0]))
+        lo, hi = (float(v) for v in _x(ds, [int(st["first_step"]), int(last)], align))
         span = [math.log10(lo) - 0.02, math.log10(max(hi, lo * 1.001)) + 0.02]  # log axes take log10 ranges
         for k in fig.layout.to_plotly_json():
             if _AXIS.match(k) and getattr(fig.layout[k], "type", None) == "log":
@@ -161,3 +177,11 @@ def zoom_to_stage(fig, runs: dict, stage: str | None, align: str = "step"):
         fig.layout.meta = {**(fig.layout.meta or {}), "stage": stage}
         return fig
     return fig
+
+
+def _x(ds, steps, align: str) -> np.ndarray:
+    """Where the figures draw ``steps`` of run ``ds`` on a log axis: step 0 at half the run's smallest
+    positive step (as ``display_steps`` places it for the run's own steps)."""
+    own = np.asarray(ds["step"].values if "step" in ds.coords else [], float)
+    pos = aligned_x(ds, own[own > 0], align)[0]
+    return display_steps(aligned_x(ds, steps, align)[0], float(pos.min()) / 2 if pos.size else None)

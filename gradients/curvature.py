@@ -290,12 +290,18 @@ def _power_iteration(
     return prev, iters, False
 
 
-def set_losses(model: Any, batches: Mapping[str, Any], loss: Callable[[Any, Any], Any]) -> list[float]:
+def set_losses(
+    model: Any,
+    batches: Mapping[str, Any],
+    loss: Callable[[Any, Any], Any],
+    on_error: Callable[[str, BaseException], None] | None = None,
+) -> list[float]:
     """The loss ``loss(model, batch)`` of ``model`` on each batch of ``batches`` (name → a fixed batch, e.g.
     each training stage's probe set), in order: eval mode (dropout off), no gradients, the random state
     (CPU and the model's CUDA devices) left as it was, the model's train/eval modes restored. A batch the
-    model fails on gives NaN and the others are still measured; a ``loss`` that cannot be computed at all
-    (PhasescopeError: e.g. an output without ``.loss``) is raised."""
+    model fails on gives NaN, is reported to ``on_error(name, exception)``, and the others are still
+    measured; a ``loss`` that cannot be computed at all (PhasescopeError: e.g. an output without ``.loss``)
+    is raised."""
     import torch
 
     devices = sorted({p.device.index for p in model.parameters() if p.is_cuda and p.device.index is not None})
@@ -304,11 +310,13 @@ def set_losses(model: Any, batches: Mapping[str, Any], loss: Callable[[Any, Any]
     try:
         model.eval()
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            for batch in batches.values():
+            for name, batch in batches.items():
                 try:
                     out.append(float(loss(model, batch)))
-                except (RuntimeError, ValueError, TypeError):
+                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                     out.append(math.nan)
+                    if on_error is not None:
+                        on_error(str(name), exc)
     finally:
         for m, mode in modes:
             m.training = mode

@@ -146,5 +146,21 @@ def compare_paths(paths: list[str | Path], **kw: Any) -> SweepTable:
         path = Path(p)
         if not path.exists():
             raise PhasescopeError(f"{path} does not exist; pass run stores (e.g. runs/*.zarr)")
-        runs[path.name.removesuffix(".zarr") if path.name not in runs else str(path)] = open_run(path)
+        name = path.name.removesuffix(".zarr")
+        runs[name if name not in runs else str(path)] = open_run(path)  # same folder names: the paths
     return compare_runs(runs, **kw)
+
+
+def to_json(table: SweepTable) -> dict:
+    """The table as JSON-ready data: every NaN a null (and no text touched)."""
+
+    def clean(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    return clean(dict(table.__dict__))

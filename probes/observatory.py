@@ -511,7 +511,7 @@ class Observatory:
         if self.options.loss_sets and self.world == 1 and self.capture_schedule(step):
             res.capture = True
             with self.failures.guard("capture", "loss on the evaluation sets") as g:
-                res.sets["loss"] = set_losses(self.model, self.options.loss_sets, self._set_loss)
+                res.sets["loss"] = set_losses(self.model, self.options.loss_sets, self._set_loss, self._set_failed)
             res.lost += g.failed
         if self.init_distance is not None and self.distance_schedule(step):
             with self.failures.guard("step", "distance from initialisation") as g:
@@ -540,6 +540,12 @@ class Observatory:
         chosen = set(self.preset.statistics()) | {k for k, v in on.items() if v}
         chosen -= {k for k, v in on.items() if not v}
         return [s.name for s in registered_statistics(where="live") if s.name in chosen]
+
+    def _set_failed(self, name: str, exc: BaseException) -> None:
+        """One evaluation set the model failed on: counted and warned (its loss is NaN), and the first
+        reason kept in statistics_skipped (e.g. a batch on another device than the model)."""
+        self.failures.record("capture", exc, what=f"loss on the evaluation set {name!r}")
+        self._note_skipped({"forgetting": f"loss on {name!r} not computed: {type(exc).__name__}: {exc}"})
 
     def _set_loss(self, model, batch):
         """The loss of one evaluation set: ``diagnostics_loss(output, batch)`` or the output's ``.loss``."""

@@ -269,6 +269,8 @@ def test_stage_marks_and_the_stage_table(tmp_path):
     zoomed = zoom_to_stage(figs["similarity"], views.datasets(version), "rl")  # the stage selector
     lo, hi = zoomed.layout.xaxis.range
     assert lo == pytest.approx(3 - 0.02) and hi == pytest.approx(np.log10(1999) + 0.02)
+    lo, hi = zoom_to_stage(figs["similarity"], views.datasets(version), "sft").layout.xaxis.range
+    assert lo == pytest.approx(np.log10(0.5) - 0.02) and hi == pytest.approx(np.log10(999) + 0.02)  # step 0 too
     empty = views.stat_panel(version, "curvature", "step")  # says what is missing: no axis to mark
     assert "not recorded" in empty.layout.meta["empty"] and not empty.layout.shapes
     rows = views.stage_rows(version)

@@ -112,3 +112,15 @@ def test_dashboard_panel_serves_the_profile_of_the_selected_runs(two_runs):
     assert fig.layout.meta["stat"] == "grad_spectral" and fig.layout.meta["per_loss"] is True
     assert set(fig.layout.meta["mad"]) == {"terse.zarr", "worked.zarr"}
     assert "mean over steps 0–6" in fig.layout.title.text
+
+
+def test_a_run_without_gradient_statistics_says_so(tmp_path):
+    from phasescope.store import RunWriter
+
+    with RunWriter(tmp_path / "w.zarr", probes=["p"], params=[], metrics=["rankme"], max_rank=2) as w:
+        w.append_step(0, {"loss": 1.0})
+        w.append_capture(0, {"rankme": [1.5]}, np.ones((1, 2)), [4])
+    ds = open_run(tmp_path / "w.zarr")
+    for step in (None, "all", 0):
+        fig = figure_gradient_profile({"w": ds}, step=step)
+        assert "no grad_nuclear" in fig.layout.meta["empty"] and "analyze --gradients" in fig.layout.meta["empty"]

@@ -296,3 +296,21 @@ def test_continuing_a_stage_extends_it_and_keeps_earlier_failures(tmp_path):
     assert [(s["name"], s["first_step"], s["last_step"]) for s in run_stages(ds)] == [("sft", 0, 9)]
     assert ds.attrs["stages"][0]["last_step"] == 9 and ds.attrs["failures"]["step"] == 1
     assert "arrived after its row was written" in ds.attrs["first_failures"]["step"]
+
+
+def test_an_evaluation_set_the_model_fails_on_is_counted_and_said(tmp_path):
+    """A loss set the model cannot run (token ids past the vocabulary) stores NaN for that set only; the
+    failure is counted and its reason kept in statistics_skipped, the other set is still measured."""
+    good = {"input_ids": _tokens(0, 32, 1), "labels": _tokens(0, 32, 1)}
+    bad = {"input_ids": _tokens(V, V + 8, 2), "labels": _tokens(V, V + 8, 2)}
+    model = _gpt2()
+    store = tmp_path / "bad.zarr"
+    with phasescope.Observatory(
+        model, store=store, probe_inputs=_batch(99, 16), schedule=[0, 1], loss_sets={"good": good, "bad": bad}
+    ) as obs:
+        with pytest.warns(RuntimeWarning, match="evaluation set 'bad'"):
+            _train(obs, model, 2, {})
+    ds = open_run(store)
+    loss = ds["set_loss"].transpose("capture_step", "loss_set").values
+    assert np.isfinite(loss[:, 0]).all() and np.isnan(loss[:, 1]).all()
+    assert ds.attrs["failures"]["capture"] == 2 and "'bad'" in ds.attrs["statistics_skipped"]["forgetting"]

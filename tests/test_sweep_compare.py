@@ -105,3 +105,28 @@ def test_dashboard_sweep_table_ranks_the_selected_runs(sweep):
     assert [r["run"] for r in rows[:-1]] == [r["run"] + ".zarr" for r in table.rows]  # the picker's names
     assert rows[-1]["run"].startswith("Spearman") and rows[-1]["loss"] == f"ρ {table.spearman['loss']:.4g}"
     assert views.sweep_rows({"runs": keys[:1]}) == []  # one run: no sweep
+
+
+def test_same_folder_names_stay_apart_and_json_is_clean(sweep, tmp_path, capsys):
+    import json
+    import shutil
+
+    for d in ("a", "b"):
+        shutil.copytree(sweep[0], tmp_path / d / "run.zarr")
+    table = compare_paths([tmp_path / "a" / "run.zarr", tmp_path / "b" / "run.zarr"], target="no_such")
+    assert len(table.rows) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "a" / "run.zarr"),
+                str(tmp_path / "b" / "run.zarr"),
+                "--target",
+                "nope",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"][0]["final"] is None and "the correlations are NaN" in out["notes"][-1]
