@@ -275,6 +275,12 @@ def test_stage_marks_and_the_stage_table(tmp_path):
     assert "not recorded" in empty.layout.meta["empty"] and not empty.layout.shapes
     rows = views.stage_rows(version)
     assert [r["stage"] for r in rows] == ["sft", "rl"] and "not computed" in rows[0]["phases"]
+    from phasescope.spectra.phases import detect_phases
+    from phasescope.store import write_group
+
+    stale = detect_phases(open_run(root / "s.zarr"), stages=[]).to_dataset()  # phases from before the stages
+    write_group(root / "s.zarr", "phases", stale)
+    assert "out of date" in Views(RunSource(root), refresh_ms=1000).stage_rows(version)[0]["phases"]
     phases_for_run(root / "s.zarr")
     views = Views(RunSource(root), refresh_ms=1000)
     rows = {(r["stage"], r["probe"]): r for r in views.stage_rows(version)}
