@@ -99,28 +99,17 @@ def stage_rows(ds, phases_ds) -> list[dict]:
     stages = ds.attrs.get("stages") or []
     if not stages:
         return []
-    if phases_ds is None:
+    result = PhaseResult.from_dataset(phases_ds) if phases_ds is not None else None
+    have = {s.stage for s in result.segments} if result is not None else set()
+    if result is None or any(st["name"] not in have for st in stages):  # none yet, or from before a stage
+        why = "not computed" if result is None else "phases out of date"
         return [
             {
                 "stage": st["name"],
                 "steps": _steps(st.get("first_step"), st.get("last_step")),
                 "trainer": st.get("trainer") or "",
                 "probe": MODEL,
-                "phases": "not computed: run `phasescope phases RUN`",
-            }
-            for st in stages
-        ]
-    result = PhaseResult.from_dataset(phases_ds)
-    have = {s.stage for s in result.segments}
-    stale = [st for st in stages if st["name"] not in have]
-    if stale:  # phases computed before these stages existed (or before they began)
-        return [
-            {
-                "stage": st["name"],
-                "steps": _steps(st.get("first_step"), st.get("last_step")),
-                "trainer": st.get("trainer") or "",
-                "probe": MODEL,
-                "phases": "phases out of date: run `phasescope phases RUN` again",
+                "phases": f"{why}: run `phasescope phases RUN`",
             }
             for st in stages
         ]
