@@ -135,3 +135,58 @@ def decode_array(v):
             arr = arr.reshape(shp)
         return arr
     return v
+
+
+def small_multiples(figs: dict, heading: str, *, height: int = 300, shared_z: bool = True) -> go.Figure:
+    """One-subplot figures (each drawn on axes x/y, one per run) stacked as rows of one figure, each
+    row titled with its run's name: how a single-run panel shows several runs (issue 16). Shapes and
+    annotations follow their subplot; heatmaps share one colour range (``shared_z``) and one colour bar,
+    so the runs read on the same scale. ``meta.runs`` lists the runs in row order."""
+    names = list(figs)
+    layout, ks = grid(
+        len(names),
+        1,
+        vspace=0.12 / max(len(names) - 1, 1) if len(names) > 1 else 0.0,
+        titles=[f"run {n}" for n in names],
+    )
+    data, shapes, notes = [], [], list(layout.pop("annotations", []))
+    zs = [np.asarray(t.z, float) for f in figs.values() for t in f.data if t.type == "heatmap" and t.z is not None]
+    fin = [z[np.isfinite(z)] for z in zs if np.isfinite(z).any()]
+    zrange = (float(min(v.min() for v in fin)), float(max(v.max() for v in fin))) if fin and shared_z else None
+    for (k,), (name, fig) in zip(ks, figs.items()):
+        xa, ya = axis_name(k, "x"), axis_name(k, "y")
+        lay = fig.layout.to_plotly_json()
+        for axis, ref in (("xaxis", xa), ("yaxis", ya)):
+            own = {key: v for key, v in (lay.get(axis) or {}).items() if key not in ("domain", "anchor")}
+            layout[f"{axis}{ref[1:]}"].update(own)
+        for t in fig.data:
+            tr = t.to_plotly_json()
+            tr.update(xaxis=xa, yaxis=ya, legendgroup=name, name=f"{tr.get('name') or ''} · {name}".strip(" ·"))
+            if tr.get("type") == "heatmap":
+                if zrange is not None and tr.get("zmin") is None:
+                    tr.update(zmin=zrange[0], zmax=zrange[1])
+                tr["showscale"] = k == 1 and tr.get("showscale", True)
+            data.append(tr)
+        for shape in lay.get("shapes") or []:
+            sh = dict(shape)
+            sh["xref"] = xa if sh.get("xref", "x") == "x" else sh.get("xref")
+            yref = sh.get("yref")
+            sh["yref"] = f"{ya} domain" if yref in ("paper", None) else (ya if yref == "y" else yref)
+            shapes.append(sh)
+        for note in lay.get("annotations") or []:
+            if note.get("xref") == "x" or note.get("yref") == "y":  # the subplot's own, not its title
+                an = dict(note)
+                an["xref"] = xa if an.get("xref") == "x" else an.get("xref")
+                an["yref"] = ya if an.get("yref") == "y" else f"{ya} domain"
+                notes.append(an)
+    first = next(iter(figs.values())).layout
+    meta = dict(first.meta) if isinstance(first.meta, dict) else {}
+    layout.update(
+        title={"text": heading},
+        height=max(320, height * len(names)),
+        shapes=shapes,
+        annotations=notes,
+        uirevision=first.uirevision,
+        meta={**meta, "runs": names},
+    )
+    return figure(data, layout)

@@ -128,9 +128,23 @@ class Views:
             return F.empty_figure(NO_RUN), [], no_update
         allowed = F.heatmap_metrics(ds)
         metric = metric if metric in allowed else F.default_heatmap_metric(allowed) or "rankme"
-        fig = F.figure_heatmap(ds, metric, align=align)
-        fig = self._named(add_stage_marks(fig, {self.src.label(version["runs"][0]): ds}, align), version)
+
+        def one(name, run):
+            return add_stage_marks(F.figure_heatmap(run, metric, align=align), {name: run}, align)
+
+        fig = self._per_run(version, one, f"{F.label(metric)} per layer")
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric
+
+    def _per_run(self, version, build, heading: str):
+        """``build(name, ds)`` of the selected run, or of each of the first MAX_OVERVIEW_RUNS as small
+        multiples (a row per run, named; the figure says when more are ticked than drawn)."""
+        keys = (version or {}).get("runs", [])
+        if len(keys) == 1:
+            return self._named(build(self.src.label(keys[0]), self.src.dataset(keys[0])), version)
+        shown = keys[:MAX_OVERVIEW_RUNS]
+        figs = {self.src.label(k): build(self.src.label(k), self.src.dataset(k)) for k in shown}
+        more = f" (the first {len(shown)} of {len(keys)} selected runs)" if len(keys) > len(shown) else ""
+        return F.small_multiples(figs, f"{heading} · {len(shown)} runs{more}")
 
     def _named(self, fig, version, key: str | None = None):
         """``fig`` drawn from one selected run (``key``, default the first) names it (`name_run`)."""
@@ -193,9 +207,13 @@ class Views:
         keys = (version or {}).get("runs", [])
         if not keys:
             return F.empty_figure(NO_RUN)
-        ds = self.src.dataset(keys[0])
-        fig = F.figure_phase_strip(ds, self.src.phases(keys[0]), align=align)
-        return self._named(add_stage_marks(fig, {self.src.label(keys[0]): ds}, align), version)
+        phases = {self.src.label(k): k for k in keys}
+
+        def one(name, run):
+            fig = F.figure_phase_strip(run, self.src.phases(phases[name]), align=align)
+            return add_stage_marks(fig, {name: run}, align)
+
+        return self._per_run(version, one, "Phases per layer")
 
     def gradients(self, version, align, stat=None):
         ds = self.first(version)
@@ -300,10 +318,12 @@ class Views:
             run = runs[min(curve // len(F.OVERVIEW_METRICS), len(runs) - 1)]
             if hit := F.decode_click(click_o, src.dataset(run)["capture_step"].values):
                 sel = {"run": run, "probe": hit["row"], "step": hit["step"]}
-        elif trig == "heatmap" and click_h:
-            ds0 = src.dataset(runs[0])
+        elif trig == "heatmap" and click_h and click_h.get("points"):
+            # small multiples: one heatmap per run, in the selected runs' order
+            run = runs[min(int(click_h["points"][0].get("curveNumber", 0)), len(runs) - 1, MAX_OVERVIEW_RUNS - 1)]
+            ds0 = src.dataset(run)
             if hm_metric in F.capture_metrics(ds0) and (hit := F.decode_click(click_h, ds0["capture_step"].values)):
-                sel = {"run": runs[0], "probe": hit["row"], "step": hit["step"]}
+                sel = {"run": run, "probe": hit["row"], "step": hit["step"]}
         ds = src.dataset(sel["run"])
         if "capture_step" not in ds.coords or ds.sizes.get("capture_step", 0) == 0:
             return F.empty_figure("no captures in this run yet"), 0, 0, None, sel, no_update, no_update
@@ -322,10 +342,45 @@ class Views:
         if sel.get("step") is None or sel["step"] not in set(steps.tolist()):
             sel["step"] = int(steps[-1])
         idx = int(np.searchsorted(steps, sel["step"]))
-        fig = self._named(F.figure_spectrum(ds, sel["probe"], sel["step"]), version, sel["run"])
+        fig = F.figure_spectrum(ds, sel["probe"], sel["step"])
+        fig = self._overlay_spectra(fig, runs, sel) if len(runs) > 1 else self._named(fig, version, sel["run"])
         marks_at = np.unique(np.linspace(0, len(steps) - 1, min(6, len(steps))).round().astype(int))
         marks = {int(i): str(int(steps[i])) for i in marks_at}
         return fig, idx, len(steps) - 1, marks, sel, stop, (PLAY if stop is True else no_update)
+
+    def _overlay_spectra(self, fig, runs: list[str], sel: dict):
+        """The other selected runs' spectra of the same probe, each at its last capture at or before the
+        chosen step, drawn over the chosen run's (whose α fit the figure shows); the title names them."""
+        from ._common import RUN_DASHES
+
+        if not fig.data:
+            return self._named(fig, {"runs": runs}, sel["run"])
+        main = self.src.label(sel["run"])
+        fig.data[0].name = f"{main} · step {sel['step']}"
+        drawn = [main]
+        for i, key in enumerate([k for k in runs if k != sel["run"]][: MAX_OVERVIEW_RUNS - 1], 1):
+            other = self.src.dataset(key)
+            caps = other["capture_step"].values if "capture_step" in other.coords else []
+            if sel["probe"] not in [str(p) for p in other["probe"].values] or not len(caps):
+                continue
+            before = caps[caps <= sel["step"]]
+            step = int(before[-1] if before.size else caps[0])
+            sub = F.figure_spectrum(other, sel["probe"], step)
+            if not sub.data:
+                continue
+            trace = sub.data[0].to_plotly_json()
+            trace.update(
+                name=f"{self.src.label(key)} · step {step}",
+                mode="lines",
+                line={"dash": RUN_DASHES[i % len(RUN_DASHES)]},
+            )
+            fig.add_trace(trace)
+            drawn.append(self.src.label(key))
+        head, sep, sub_title = (fig.layout.title.text or "").partition("<br>")
+        runs_text = f" · runs {', '.join(drawn)} (α fit: {main})"
+        fig.layout.title = {"text": f"{head}{runs_text}{sep}{sub_title}"}
+        fig.layout.meta = {**(fig.layout.meta or {}), "run": main, "runs": drawn}
+        return fig
 
     def initial(self, search: str | None = None) -> dict[tuple[str, str], object]:
         """Every (component id, property) → value of the first page for a URL query ``search``. A panel

@@ -48,7 +48,7 @@ from ._common import (
     title,
     tokens_per_step,
 )
-from ._plotly import decode_array
+from ._plotly import decode_array, small_multiples
 from .esd_figures import esd_steps, figure_esd, figure_stored_esd
 from .gradient_figures import figure_gradients, matrix_stats_of, param_block, projection_type, ratio_group
 from .gradient_profile_figures import LAYER_GRADIENT_NAMES, figure_gradient_profile, mean_absolute_difference

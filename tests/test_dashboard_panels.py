@@ -207,8 +207,9 @@ def test_esd_panel_draws_the_stored_weight_esd_with_its_fit(tiny_sweep, tmp_path
 
 
 def test_panels_that_draw_one_run_say_which_of_the_selected(tmp_path):
-    """The heatmap, spectrum, phases and gradients panels draw one run: their titles name it, and say
-    when other ticked runs are not drawn there (issue 16: no panel silently shows the first run)."""
+    """Issue 16: no panel silently shows the first run. The heatmap and the phase strip draw each ticked
+    run as a row of its own; the spectrum and gradients panels draw one run, and their titles name it and
+    say when other ticked runs are not drawn there."""
     from phasescope.dashboard.callbacks import Views
     from phasescope.dashboard.data import RunSource
 
@@ -217,12 +218,27 @@ def test_panels_that_draw_one_run_say_which_of_the_selected(tmp_path):
     _cka_run(root / "b.zarr")
     views = Views(RunSource(root), refresh_ms=1000)
     both, one = {"runs": ["a.zarr", "b.zarr"]}, {"runs": ["b.zarr"]}
-    figs = {
-        "heatmap": lambda v: views.heatmap(v, None, "step")[0],
-        "spectrum": lambda v: views.spectrum(v, None)[0],
-        "phases": lambda v: views.phases(v, "step"),
-        "gradients": lambda v: views.gradients(v, "step"),
-    }
+    # the heatmap and the phase strip draw every selected run (a row each, named, one colour scale)
+
+    hm = views.heatmap(both, "rankme", "step")[0]
+    go.Figure(hm.to_dict())
+    assert hm.layout.meta["runs"] == ["a.zarr", "b.zarr"]
+    assert [a.text for a in hm.layout.annotations][:2] == ["run a.zarr", "run b.zarr"]
+    traces = [t for t in hm.data if t.type == "heatmap"]
+    assert [t.yaxis for t in traces] == ["y", "y2"] and traces[0].zmin == traces[1].zmin
+    b = open_run(tmp_path / "runs" / "b.zarr")
+    np.testing.assert_allclose(
+        np.asarray(traces[1].z, float), b.rankme.transpose("probe", "capture_step").values, rtol=1e-6
+    )
+    assert views.phases(both, "step").layout.meta["runs"] == ["a.zarr", "b.zarr"]
+    spec = views.spectrum(both, None)[0]  # every ticked run's spectrum of the probe, the α fit of the chosen
+    assert spec.layout.meta["runs"] == ["a.zarr", "b.zarr"] and "α fit: a.zarr" in spec.layout.title.text
+    lines = {t.name: np.asarray(t.y, float) for t in spec.data if "step" in (t.name or "")}
+    last = int(b.capture_step.values[-1])
+    ev = b.eigenvalues.sel(capture_step=last, probe=spec.layout.meta["probe"]).values
+    np.testing.assert_allclose(lines[f"b.zarr · step {last}"], ev[np.isfinite(ev) & (ev > 0)], rtol=1e-6)
+    assert "run b.zarr" in views.spectrum(one, None)[0].layout.title.text  # one run: named
+    figs = {"gradients": lambda v: views.gradients(v, "step")}
     for name, build in figs.items():
         t2, t1 = build(both).layout, build(one).layout
         assert "run a.zarr (1 of 2 selected runs)" in t2.title.text.split("<br>")[0], name
