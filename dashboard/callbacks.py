@@ -216,11 +216,18 @@ class Views:
         return self._per_run(version, one, "Phases per layer")
 
     def gradients(self, version, align, stat=None):
-        ds = self.first(version)
-        if ds is None:
+        """One run's gradient panel (named), or the first MAX_OVERVIEW_RUNS selected runs' overlaid (lines)
+        and stacked (the heatmaps, a row per run and projection type)."""
+        runs = self.datasets(version, MAX_OVERVIEW_RUNS)
+        if not runs:
             return F.empty_figure(NO_RUN)
-        fig = add_stage_marks(F.figure_gradients(ds, stat=stat, align=align), {"": ds}, align)
-        return self._named(fig, version)
+        fig = add_stage_marks(F.figure_gradients(runs, stat=stat, align=align), runs, align)
+        if len(runs) == 1:
+            return self._named(fig, version)
+        n = len((version or {}).get("runs", []))
+        more = f" (the first {len(runs)} of {n} selected runs)" if n > len(runs) else ""
+        fig.layout.title = {"text": f"Gradients · runs {', '.join(runs)}{more}"}
+        return fig
 
     def grad_stat_options(self, version) -> list[dict]:
         """The gradients panel's statistic choices: the first selected run's matrix gradient statistics."""

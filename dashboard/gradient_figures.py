@@ -13,7 +13,7 @@ import numpy as np
 from phasescope.gradients import block_index
 from phasescope.statistics import REGISTRY
 
-from ._common import aligned_x, display_steps, empty_figure, probe_colours, step_ticks, title
+from ._common import RUN_DASHES, aligned_x, as_runs, display_steps, empty_figure, probe_colours, step_ticks, title
 from ._plotly import axis_name, colorscale, compact_int, f32, figure, grid
 
 
@@ -67,69 +67,50 @@ def matrix_stats_of(ds) -> list[str]:
     return [v.removeprefix("matrix_") for v in ds.data_vars if v.startswith("matrix_") and v not in other]
 
 
-def figure_gradients(ds, *, stat: str | None = None, align: str = "step", uirevision: str = "gradients"):
-    """Gradient panel: per-block gradient norm ‖g_B‖ = sqrt(Σ_{p∈B} ‖g_p‖²) from ``param_grad_norm`` over
-    steps; one matrix statistic (``stat``, default the first stored, e.g. the nuclear norm) as a layer ×
-    step heatmap per projection type (log10 colour); update-to-weight ratios (median per block over its
-    weight matrices; biases and norm gains as their own lines). Log step axes."""
-    mstats = matrix_stats_of(ds)
+def figure_gradients(data, *, stat: str | None = None, align: str = "step", uirevision: str = "gradients"):
+    """Gradient panel of one run or several (a Dataset or {name: Dataset}): per-block gradient norm
+    ‖g_B‖ = sqrt(Σ_{p∈B} ‖g_p‖²) from ``param_grad_norm`` over steps; one matrix statistic (``stat``,
+    default the first stored, e.g. the nuclear norm) as a layer × step heatmap per projection type (log10
+    colour), a row of them per run; update-to-weight ratios (median per block over its weight matrices;
+    biases and norm gains as their own lines). Several runs: lines overlaid, told apart by dash and named.
+    Log step axes."""
+    runs = as_runs(data)
+    multi = len(runs) > 1
+    mstats = list(dict.fromkeys(s for ds in runs.values() for s in matrix_stats_of(ds)))
     stat = stat if stat in mstats else (mstats[0] if mstats else None)
-    panels: list[tuple[str, str]] = []
-    if "param_grad_norm" in ds.data_vars:
-        panels.append(("grad", ""))
-    kinds: dict[str, list[int]] = {}
-    if stat is not None:
-        kinds = _groups(ds["matrix"].values, projection_type)
-        panels += [("matrix", k) for k in kinds]
-    ratios = [v for v in ds.data_vars if v.startswith("param_") and ("ratio" in v or "update" in v)]
+    panels: list[tuple[str, str, str]] = []
+    if any("param_grad_norm" in ds.data_vars for ds in runs.values()):
+        panels.append(("grad", "", ""))
+    for name, ds in runs.items():
+        if stat is not None and f"matrix_{stat}" in ds.data_vars:
+            panels += [("matrix", k, name) for k in _groups(ds["matrix"].values, projection_type)]
+    ratios = sorted(
+        {v for ds in runs.values() for v in ds.data_vars if v.startswith("param_") and ("ratio" in v or "update" in v)}
+    )
     if ratios:
-        panels.append(("ratio", ""))
+        panels.append(("ratio", "", ""))
     if not panels:
         return empty_figure(
             "no gradient statistics in this run (param_grad_norm, matrix_*, update ratios)", title="Gradients"
         )
-    names = [TITLES[p].format(stat=stat, kind=k) for p, k in panels]
+    names = [TITLES[p].format(stat=stat, kind=k) + (f" · {r}" if multi and r else "") for p, k, r in panels]
     layout, ks = grid(len(panels), 1, vspace=0.35 / len(panels), titles=names)
     data = []
-    for (k,), (panel, kind) in zip(ks, panels):
+    for (k,), (panel, kind, run) in zip(ks, panels):
         xa, ya = axis_name(k, "x"), axis_name(k, "y")
+        xtitle = "step"
         if panel in ("grad", "ratio"):
             var = "param_grad_norm" if panel == "grad" else ratios[0]
-            x, xtitle = aligned_x(ds, ds["step"].values, align)
-            xd, steps = display_steps(x), compact_int(ds["step"].values)
-            blocks = _groups(ds["param"].values, param_block if panel == "grad" else ratio_group)
-            vals = np.asarray(ds[var].transpose("step", "param").values, float)
-            for n, (c, (b, idx)) in enumerate(zip(probe_colours(len(blocks)), blocks.items())):
-                with np.errstate(all="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps (not recorded there)
-                    y = (
-                        np.sqrt(np.nansum(vals[:, idx] ** 2, axis=1))
-                        if panel == "grad"
-                        else np.nanmedian(vals[:, idx], axis=1)
-                    )
-                tr = {
-                    "type": "scatter",
-                    "x": xd,
-                    "y": f32(y),
-                    "mode": "lines",
-                    "name": b,
-                    "line": {"color": c, "dash": "dot" if b in ("biases", "norm gains") else "solid"},
-                    "legendgroup": panel,
-                    "customdata": steps,
-                    "xaxis": xa,
-                    "yaxis": ya,
-                    "hovertemplate": f"{b}<br>step %{{customdata}}<br>{var} %{{y:.4g}}<extra></extra>",
-                }
-                if panel == "ratio":  # recorded on the update schedule only: join the recorded steps
-                    tr.update(mode="lines+markers", connectgaps=True, marker={"size": 4, "color": c})
-                if n == 0:
-                    tr["legendgrouptitle"] = {"text": TITLES[panel].format(stat=stat, kind="")}
-                data.append(tr)
+            for r_i, (name, ds) in enumerate(runs.items()):
+                if var in ds.data_vars:
+                    x, xtitle = aligned_x(ds, ds["step"].values, align)
+                    data += _block_lines(ds, var, panel, display_steps(x), xa, ya, name if multi else "", r_i)
             layout[f"yaxis{'' if k == 1 else k}"].update(type="log", title=title(var.removeprefix("param_")))
         else:
+            ds = runs[run]
             x, xtitle = aligned_x(ds, ds["capture_step"].values, align)
             xd, steps = display_steps(x), compact_int(ds["capture_step"].values)
-            idx = kinds[kind]
+            idx = _groups(ds["matrix"].values, projection_type)[kind]
             mats = [str(m) for m in ds["matrix"].values]
             layers = [block_index(mats[i]) for i in idx]
             order = sorted(range(len(idx)), key=lambda j: (layers[j] is None, layers[j] or 0))
@@ -144,7 +125,7 @@ def figure_gradients(ds, *, stat: str | None = None, align: str = "step", uirevi
                     "x": xd,
                     "y": rows,
                     "z": zl,
-                    "name": f"{stat} · {kind}",
+                    "name": f"{stat} · {kind}" + (f" · {run}" if multi else ""),
                     "customdata": np.tile(steps, (len(rows), 1)),
                     "colorscale": colorscale("Viridis"),
                     "showscale": False,
@@ -163,11 +144,46 @@ def figure_gradients(ds, *, stat: str | None = None, align: str = "step", uirevi
         title=title("Gradients"),
         meta={
             "kind": "gradients",
-            "panels": [p for p, _ in panels],
+            "panels": [p for p, _, _ in panels],
             "stat": stat,
             "stats": mstats,
-            "kinds": list(kinds),
+            "kinds": [k for p, k, _ in panels if p == "matrix"],
+            "runs": list(runs),
         },
         legend={"groupclick": "toggleitem"},
     )
     return figure(data, step_ticks(data, layout))
+
+
+def _block_lines(ds, var: str, panel: str, xd, xa: str, ya: str, run: str, r_i: int) -> list[dict]:
+    """One line per block of ``var`` in run ``ds``: the block's gradient norm (root of the sum of its
+    parameters' squares) or its median update ratio (biases and norm gains apart); ``run`` names the
+    lines when several runs are drawn (dash ``r_i``)."""
+    steps = compact_int(ds["step"].values)
+    blocks = _groups(ds["param"].values, param_block if panel == "grad" else ratio_group)
+    vals = np.asarray(ds[var].transpose("step", "param").values, float)
+    out = []
+    for n, (c, (b, idx)) in enumerate(zip(probe_colours(len(blocks)), blocks.items())):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps (not recorded there)
+            y = np.sqrt(np.nansum(vals[:, idx] ** 2, axis=1)) if panel == "grad" else np.nanmedian(vals[:, idx], axis=1)
+        apart = b in ("biases", "norm gains")
+        tr = {
+            "type": "scatter",
+            "x": xd,
+            "y": f32(y),
+            "mode": "lines",
+            "name": b + (f" · {run}" if run else ""),
+            "line": {"color": c, "dash": "dot" if apart else RUN_DASHES[r_i % len(RUN_DASHES)]},
+            "legendgroup": panel,
+            "customdata": steps,
+            "xaxis": xa,
+            "yaxis": ya,
+            "hovertemplate": f"{run} {b}<br>step %{{customdata}}<br>{var} %{{y:.4g}}<extra></extra>",
+        }
+        if panel == "ratio":  # recorded on the update schedule only: join the recorded steps
+            tr.update(mode="lines+markers", connectgaps=True, marker={"size": 4, "color": c})
+        if n == 0 and r_i == 0:
+            tr["legendgrouptitle"] = {"text": TITLES[panel].format(stat="", kind="")}
+        out.append(tr)
+    return out

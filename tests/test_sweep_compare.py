@@ -130,3 +130,29 @@ def test_same_folder_names_stay_apart_and_json_is_clean(sweep, tmp_path, capsys)
     )
     out = json.loads(capsys.readouterr().out)
     assert out["rows"][0]["final"] is None and "the correlations are NaN" in out["notes"][-1]
+
+
+def test_gradient_panel_draws_every_ticked_run(sweep):
+    """Issue 16: the gradients panel with several runs overlays their block norms (named, one dash per
+    run) and stacks their layer x step heatmaps, a row per run and projection type."""
+    import plotly.graph_objects as go
+
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+
+    views = Views(RunSource(sweep[0].parent), refresh_ms=1000)
+    keys = [sweep[0].name, sweep[-1].name]
+    fig = views.gradients({"runs": keys}, "step")
+    go.Figure(fig.to_dict())
+    assert fig.layout.meta["runs"] == keys and "runs " + ", ".join(keys) in fig.layout.title.text
+    lines = {t.name: t for t in fig.data if t.type == "scatter" and t.legendgroup == "grad"}
+    a, b = lines[f"block 0 · {keys[0]}"], lines[f"block 0 · {keys[1]}"]
+    assert a.line.dash != b.line.dash
+    ds = open_run(sweep[-1])
+    blocks = [i for i, p in enumerate(ds["param"].values) if ".h.0." in str(p)]
+    want = np.sqrt((ds["param_grad_norm"].values[:, blocks] ** 2).sum(1))
+    from phasescope.dashboard._plotly import decode_array
+
+    np.testing.assert_allclose(np.asarray(decode_array(b.y), float), want, rtol=1e-5)
+    heat = [t.name for t in fig.data if t.type == "heatmap"]
+    assert any(n.endswith(keys[0]) for n in heat) and any(n.endswith(keys[1]) for n in heat)
