@@ -158,6 +158,10 @@ class Views:
         allowed = F.capture_metrics(first) if first is not None else []
         metric = _keep(metric, allowed) or "rankme"
         phases = {self.src.label(k): self.src.phases(k) for k in (version or {}).get("runs", [])}
+        if not probes and len(runs) > MAX_OVERVIEW_RUNS and first is not None and "probe" in first.coords:
+            # a sweep: each run's deepest probe (its layers are a click away in the dropdown), not a spread
+            # of layers per run (20 runs × 9 lines drew 180 traces, 300 kB, most of the page's time)
+            probes = [str(first["probe"].values[-1])]
         fig = F.figure_trajectories(runs, metric=metric, probes=probes or None, align=align, phases=phases)
         fig = add_stage_marks(fig, runs, align)
         names = [str(p) for p in first["probe"].values] if first is not None and "probe" in first.coords else []

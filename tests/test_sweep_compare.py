@@ -156,3 +156,19 @@ def test_gradient_panel_draws_every_ticked_run(sweep):
     np.testing.assert_allclose(np.asarray(decode_array(b.y), float), want, rtol=1e-5)
     heat = [t.name for t in fig.data if t.type == "heatmap"]
     assert any(n.endswith(keys[0]) for n in heat) and any(n.endswith(keys[1]) for n in heat)
+
+
+def test_trajectories_of_a_sweep_draw_each_runs_deepest_probe(sweep):
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+
+    views = Views(RunSource(sweep[0].parent), refresh_ms=1000)
+    keys = [p.name for p in sweep]
+    fig = views.trajectories({"runs": keys}, "rankme", None, "step")[0]
+    drawn = {t.name for t in fig.data if t.yaxis in (None, "y") and "loss" not in (t.name or "")}
+    deepest = str(open_run(sweep[0]).probe.values[-1])
+    assert len(drawn) == 8 and all(deepest in n for n in drawn)  # one line per run, not a spread of layers
+    picked = views.trajectories({"runs": keys}, "rankme", ["block.0"], "step")[0]  # the dropdown still chooses
+    assert all(
+        "block.0" in (t.name or "") for t in picked.data if t.yaxis in (None, "y") and "loss" not in (t.name or "")
+    )
