@@ -230,7 +230,10 @@ class Views:
             return self._named(fig, version)
         n = len((version or {}).get("runs", []))
         more = f" (the first {len(runs)} of {n} selected runs)" if n > len(runs) else ""
-        fig.layout.title = {"text": f"Gradients · runs {', '.join(runs)}{more}"}
+        meta = fig.layout.meta if isinstance(fig.layout.meta, dict) else {}
+        heat = meta.get("heatmap_runs") or []
+        heat_text = f"; heatmaps of {', '.join(heat)}" if heat and len(heat) < len(runs) else ""
+        fig.layout.title = {"text": f"Gradients · runs {', '.join(runs)}{more}{heat_text}"}
         return fig
 
     def grad_stat_options(self, version) -> list[dict]:

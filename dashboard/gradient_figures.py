@@ -42,6 +42,7 @@ def _groups(names, key) -> dict[str, list[int]]:
     return out
 
 
+HEATMAP_RUNS = 2  # runs whose layer x step heatmaps are drawn (each adds a subplot per projection type)
 TITLES = {
     "grad": "gradient norm per block",
     "matrix": "{stat} per layer and step · {kind}",
@@ -71,9 +72,9 @@ def figure_gradients(data, *, stat: str | None = None, align: str = "step", uire
     """Gradient panel of one run or several (a Dataset or {name: Dataset}): per-block gradient norm
     ‖g_B‖ = sqrt(Σ_{p∈B} ‖g_p‖²) from ``param_grad_norm`` over steps; one matrix statistic (``stat``,
     default the first stored, e.g. the nuclear norm) as a layer × step heatmap per projection type (log10
-    colour), a row of them per run; update-to-weight ratios (median per block over its weight matrices;
-    biases and norm gains as their own lines). Several runs: lines overlaid, told apart by dash and named.
-    Log step axes."""
+    colour), a row of them per run (the first HEATMAP_RUNS runs'); update-to-weight ratios (median per
+    block over its weight matrices; biases and norm gains as their own lines). Several runs: lines
+    overlaid, told apart by dash and named. Log step axes."""
     runs = as_runs(data)
     multi = len(runs) > 1
     mstats = list(dict.fromkeys(s for ds in runs.values() for s in matrix_stats_of(ds)))
@@ -81,9 +82,9 @@ def figure_gradients(data, *, stat: str | None = None, align: str = "step", uire
     panels: list[tuple[str, str, str]] = []
     if any("param_grad_norm" in ds.data_vars for ds in runs.values()):
         panels.append(("grad", "", ""))
-    for name, ds in runs.items():
-        if stat is not None and f"matrix_{stat}" in ds.data_vars:
-            panels += [("matrix", k, name) for k in _groups(ds["matrix"].values, projection_type)]
+    with_stat = [name for name, ds in runs.items() if stat is not None and f"matrix_{stat}" in ds.data_vars]
+    for name in with_stat[:HEATMAP_RUNS]:  # a heatmap per projection type and run: the first runs' only
+        panels += [("matrix", k, name) for k in _groups(runs[name]["matrix"].values, projection_type)]
     ratios = sorted(
         {v for ds in runs.values() for v in ds.data_vars if v.startswith("param_") and ("ratio" in v or "update" in v)}
     )
@@ -149,6 +150,7 @@ def figure_gradients(data, *, stat: str | None = None, align: str = "step", uire
             "stats": mstats,
             "kinds": [k for p, k, _ in panels if p == "matrix"],
             "runs": list(runs),
+            "heatmap_runs": with_stat[:HEATMAP_RUNS],
         },
         legend={"groupclick": "toggleitem"},
     )

@@ -172,3 +172,15 @@ def test_trajectories_of_a_sweep_draw_each_runs_deepest_probe(sweep):
     assert all(
         "block.0" in (t.name or "") for t in picked.data if t.yaxis in (None, "y") and "loss" not in (t.name or "")
     )
+
+
+def test_gradient_heatmaps_of_many_runs_are_the_first_ones_and_said(sweep):
+    from phasescope.dashboard.callbacks import Views
+    from phasescope.dashboard.data import RunSource
+
+    views = Views(RunSource(sweep[0].parent), refresh_ms=1000)
+    keys = [p.name for p in sweep[:3]]
+    fig = views.gradients({"runs": keys}, "step")
+    assert fig.layout.meta["heatmap_runs"] == keys[:2] and f"heatmaps of {keys[0]}, {keys[1]}" in fig.layout.title.text
+    assert {t.name.split(" · ")[-1] for t in fig.data if t.type == "heatmap"} == set(keys[:2])
+    assert any(t.name.endswith(keys[2]) for t in fig.data if t.type == "scatter")  # its lines are drawn
