@@ -241,15 +241,15 @@ class Views:
         ds = self.first(version)
         return [] if ds is None else [{"label": s, "value": s} for s in F.matrix_stats_of(ds)]
 
-    def sweep_rows(self, version) -> list[dict]:
-        """The sweep table of the selected runs (two or more), ranked by the early gradient norm, then
-        one row of Spearman correlations with the final loss over the finished runs."""
+    def sweep_rows(self, version, rank_by: str | None = None) -> list[dict]:
+        """The sweep table of the selected runs (two or more), ranked by ``rank_by`` (default the early
+        gradient norm), then one row of Spearman correlations with the final loss over the finished runs."""
         from phasescope.sweep import SIGNALS, compare_runs
 
         runs = self.datasets(version)
         if len(runs) < 2:
             return []
-        t = compare_runs(runs)
+        t = compare_runs(runs, rank_by=rank_by if rank_by in SIGNALS else "grad_norm")
 
         def f(v):
             return f"{v:.4g}" if isinstance(v, float) and np.isfinite(v) else "nan"
@@ -267,13 +267,13 @@ class Views:
         rho = {s: f"ρ {f(t.spearman[s])}" for s in SIGNALS}
         return [*rows, {"rank": "", "run": "Spearman ρ with the final loss", "early steps": "", **rho}]
 
-    def table(self, tid: str, version) -> list[dict]:
+    def table(self, tid: str, version, rank_by: str | None = None) -> list[dict]:
         """The rows of table ``tid``, each table on its own: one that cannot be computed (e.g. a sweep of
         runs with no steps yet) says why in a row and the others are still filled."""
         try:
             if tid in ("meta-table", "quality-table"):
                 return self.table_rows(version)[tid == "quality-table"]
-            return self.stage_rows(version) if tid == "stage-table" else self.sweep_rows(version)
+            return self.stage_rows(version) if tid == "stage-table" else self.sweep_rows(version, rank_by)
         except Exception as exc:  # noqa: BLE001 - one table's failure must not blank the others
             first = TABLES[tid][0] if tid != "sweep-table" else "run"
             return [{first: f"could not fill this table: {type(exc).__name__}: {exc}"}]
@@ -623,10 +623,11 @@ def register(app, src: RunSource) -> Views:
         Output("stage-table", "children"),
         Output("sweep-table", "children"),
         Input("version", "data"),
+        Input("sweep-rank", "value"),
         **later,
     )
-    def tables(version):
-        return tuple(table(TABLES[tid], V.table(tid, version)) for tid in TABLES)
+    def tables(version, rank_by):
+        return tuple(table(TABLES[tid], V.table(tid, version, rank_by)) for tid in TABLES)
 
     for tid in TABLES:
         _register_table_csv(app, tid, V.table)
@@ -740,12 +741,13 @@ def _register_table_csv(app, tid: str, rows_of) -> None:
         Output(f"{tid}-dl", "data"),
         Input(f"{tid}-csv", "n_clicks"),
         State("version", "data"),
+        State("sweep-rank", "value"),
         prevent_initial_call=True,
     )
-    def table_csv(_n, version):
+    def table_csv(_n, version, rank_by):
         import pandas as pd
 
-        rows = rows_of(tid, version)
+        rows = rows_of(tid, version, rank_by)
         return dcc.send_data_frame(pd.DataFrame(rows, columns=list(TABLES[tid])).to_csv, f"{tid}.csv", index=False)
 
 

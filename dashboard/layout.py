@@ -86,7 +86,7 @@ def table(columns, rows: list[dict]) -> html.Table:
     return html.Table([head, body], className="data-table")
 
 
-def _table_panel(heading: str, tid: str) -> html.Section:
+def _table_panel(heading: str, tid: str, controls: list | None = None) -> html.Section:
     return html.Section(
         className="panel",
         children=[
@@ -94,6 +94,7 @@ def _table_panel(heading: str, tid: str) -> html.Section:
                 className="panel-head",
                 children=[
                     html.H3(heading),
+                    *(controls or []),
                     html.Div(
                         className="exports",
                         children=[
@@ -249,6 +250,17 @@ def build_layout(root: str, refresh_ms: int) -> html.Div:
                 "Sweep · the selected runs by their early signals (first 10 % of steps), "
                 "and how each predicts the final loss (Spearman ρ over finished runs)",
                 "sweep-table",
+                [
+                    dcc.Dropdown(
+                        id="sweep-rank",
+                        options=[
+                            {"label": f"rank by {s}", "value": s} for s in ("grad_norm", "loss", "rankme", "alpha")
+                        ],
+                        value="grad_norm",
+                        clearable=False,
+                        className="dropdown",
+                    )
+                ],
             ),
             html.Div(
                 className="row",

@@ -105,6 +105,8 @@ def test_dashboard_sweep_table_ranks_the_selected_runs(sweep):
     assert [r["run"] for r in rows[:-1]] == [r["run"] + ".zarr" for r in table.rows]  # the picker's names
     assert rows[-1]["run"].startswith("Spearman") and rows[-1]["loss"] == f"ρ {table.spearman['loss']:.4g}"
     assert views.sweep_rows({"runs": keys[:1]}) == []  # one run: no sweep
+    by_loss = views.sweep_rows({"runs": keys}, "loss")  # the table's rank-by choice
+    assert [r["run"] for r in by_loss[:-1]] == [r["run"] + ".zarr" for r in compare_paths(sweep, rank_by="loss").rows]
 
 
 def test_same_folder_names_stay_apart_and_json_is_clean(sweep, tmp_path, capsys):
