@@ -137,56 +137,73 @@ def decode_array(v):
     return v
 
 
+def _ref(ref: str | None, axis: str, own: str) -> str:
+    """A subplot's reference for one of a one-subplot figure's (``axis`` "x" or "y"): its own axis for
+    "x"/"y", its domain for "x domain"/"y domain" and the paper (which is the subplot here)."""
+    if ref == axis:
+        return own
+    if ref in (f"{axis} domain", "paper", None):
+        return f"{own} domain"
+    return ref
+
+
 def small_multiples(figs: dict, heading: str, *, height: int = 300, shared_z: bool = True) -> go.Figure:
     """One-subplot figures (each drawn on axes x/y, one per run) stacked as rows of one figure, each
     row titled with its run's name: how a single-run panel shows several runs (issue 16). Shapes and
-    annotations follow their subplot; heatmaps share one colour range (``shared_z``) and one colour bar,
-    so the runs read on the same scale. ``meta.runs`` lists the runs in row order."""
+    annotations follow their subplot (an empty row keeps its message); heatmaps share one colour range
+    (``shared_z``) and the first drawn heatmap's colour bar, so the runs read on the same scale; the
+    x axis is titled on the bottom row only; legend entries are shown once and toggle every row.
+    ``meta.runs`` lists the runs in row order, ``meta.trace_runs`` the run of each trace."""
     names = list(figs)
     layout, ks = grid(
         len(names),
         1,
-        vspace=0.12 / max(len(names) - 1, 1) if len(names) > 1 else 0.0,
+        vspace=0.18 / max(len(names) - 1, 1) if len(names) > 1 else 0.0,
         titles=[f"run {n}" for n in names],
     )
-    data, shapes, notes = [], [], list(layout.pop("annotations", []))
+    data, shapes, notes, trace_runs = [], [], list(layout.pop("annotations", [])), []
     zs = [np.asarray(t.z, float) for f in figs.values() for t in f.data if t.type == "heatmap" and t.z is not None]
     fin = [z[np.isfinite(z)] for z in zs if np.isfinite(z).any()]
     zrange = (float(min(v.min() for v in fin)), float(max(v.max() for v in fin))) if fin and shared_z else None
+    scale_shown, legend_seen = False, set()
     for (k,), (name, fig) in zip(ks, figs.items()):
         xa, ya = axis_name(k, "x"), axis_name(k, "y")
         lay = fig.layout.to_plotly_json()
         for axis, ref in (("xaxis", xa), ("yaxis", ya)):
             own = {key: v for key, v in (lay.get(axis) or {}).items() if key not in ("domain", "anchor")}
+            if axis == "xaxis" and k != len(names):
+                own.pop("title", None)  # one x title, under the bottom row: it would cover the next row's name
             layout[f"{axis}{ref[1:]}"].update(own)
         for t in fig.data:
             tr = t.to_plotly_json()
-            tr.update(xaxis=xa, yaxis=ya, legendgroup=name, name=f"{tr.get('name') or ''} · {name}".strip(" ·"))
+            group = tr.get("legendgroup") or tr.get("name") or ""
+            tr.update(xaxis=xa, yaxis=ya, legendgroup=group)
+            if tr.get("showlegend", True) is not False:
+                tr["showlegend"] = group not in legend_seen
+                legend_seen.add(group)
             if tr.get("type") == "heatmap":
                 if zrange is not None and tr.get("zmin") is None:
                     tr.update(zmin=zrange[0], zmax=zrange[1])
-                tr["showscale"] = k == 1 and tr.get("showscale", True)
+                tr["showscale"] = not scale_shown and tr.get("showscale", True) is not False
+                scale_shown = scale_shown or tr["showscale"]
             data.append(tr)
+            trace_runs.append(name)
         for shape in lay.get("shapes") or []:
             sh = dict(shape)
-            sh["xref"] = xa if sh.get("xref", "x") == "x" else sh.get("xref")
-            yref = sh.get("yref")
-            sh["yref"] = f"{ya} domain" if yref in ("paper", None) else (ya if yref == "y" else yref)
+            sh["xref"], sh["yref"] = _ref(sh.get("xref"), "x", xa), _ref(sh.get("yref"), "y", ya)
             shapes.append(sh)
         for note in lay.get("annotations") or []:
-            if note.get("xref") == "x" or note.get("yref") == "y":  # the subplot's own, not its title
-                an = dict(note)
-                an["xref"] = xa if an.get("xref") == "x" else an.get("xref")
-                an["yref"] = ya if an.get("yref") == "y" else f"{ya} domain"
-                notes.append(an)
-    first = next(iter(figs.values())).layout
-    meta = dict(first.meta) if isinstance(first.meta, dict) else {}
+            an = dict(note)
+            an["xref"], an["yref"] = _ref(an.get("xref"), "x", xa), _ref(an.get("yref"), "y", ya)
+            notes.append(an)
+    drawn = [f.layout for f in figs.values() if f.data] or [next(iter(figs.values())).layout]
+    meta = {k: v for k, v in (drawn[0].meta or {}).items() if k != "empty"} if isinstance(drawn[0].meta, dict) else {}
     layout.update(
         title={"text": heading},
         height=max(320, height * len(names)),
         shapes=shapes,
         annotations=notes,
-        uirevision=first.uirevision,
-        meta={**meta, "runs": names},
+        uirevision=drawn[0].uirevision,
+        meta={**meta, "runs": names, "trace_runs": trace_runs},
     )
     return figure(data, layout)

@@ -158,11 +158,12 @@ class Views:
         allowed = F.capture_metrics(first) if first is not None else []
         metric = _keep(metric, allowed) or "rankme"
         phases = {self.src.label(k): self.src.phases(k) for k in (version or {}).get("runs", [])}
-        if not probes and len(runs) > MAX_OVERVIEW_RUNS and first is not None and "probe" in first.coords:
-            # a sweep: each run's deepest probe (its layers are a click away in the dropdown), not a spread
-            # of layers per run (20 runs × 9 lines drew 180 traces, 300 kB, most of the page's time)
-            probes = [str(first["probe"].values[-1])]
-        fig = F.figure_trajectories(runs, metric=metric, probes=probes or None, align=align, phases=phases)
+        # a sweep: each run's deepest probe (its layers are a click away in the dropdown), not a spread of
+        # layers per run (20 runs × 9 lines drew 180 traces, 300 kB, most of the page's time)
+        deepest = not probes and len(runs) > MAX_OVERVIEW_RUNS
+        fig = F.figure_trajectories(
+            runs, metric=metric, probes=probes or None, align=align, phases=phases, deepest=deepest
+        )
         fig = add_stage_marks(fig, runs, align)
         names = [str(p) for p in first["probe"].values] if first is not None and "probe" in first.coords else []
         return fig, [{"label": F.label(m), "value": m} for m in allowed], metric, names
@@ -238,8 +239,9 @@ class Views:
 
     def grad_stat_options(self, version) -> list[dict]:
         """The gradients panel's statistic choices: the first selected run's matrix gradient statistics."""
-        ds = self.first(version)
-        return [] if ds is None else [{"label": s, "value": s} for s in F.matrix_stats_of(ds)]
+        runs = self.datasets(version, MAX_OVERVIEW_RUNS)  # the runs the panel draws
+        stats = dict.fromkeys(s for ds in runs.values() for s in F.matrix_stats_of(ds))
+        return [{"label": s, "value": s} for s in stats]
 
     def sweep_rows(self, version, rank_by: str | None = None) -> list[dict]:
         """The sweep table of the selected runs (two or more), ranked by ``rank_by`` (default the early
@@ -333,8 +335,9 @@ class Views:
             if hit := F.decode_click(click_o, src.dataset(run)["capture_step"].values):
                 sel = {"run": run, "probe": hit["row"], "step": hit["step"]}
         elif trig == "heatmap" and click_h and click_h.get("points"):
-            # small multiples: one heatmap per run, in the selected runs' order
-            run = runs[min(int(click_h["points"][0].get("curveNumber", 0)), len(runs) - 1, MAX_OVERVIEW_RUNS - 1)]
+            # small multiples: the clicked trace's run (a run with no heatmap of the metric has no trace)
+            drawn = [k for k in runs[:MAX_OVERVIEW_RUNS] if F.heatmap_rows(src.dataset(k), hm_metric)]
+            run = drawn[min(int(click_h["points"][0].get("curveNumber", 0)), len(drawn) - 1)] if drawn else runs[0]
             ds0 = src.dataset(run)
             if hm_metric in F.capture_metrics(ds0) and (hit := F.decode_click(click_h, ds0["capture_step"].values)):
                 sel = {"run": run, "probe": hit["row"], "step": hit["step"]}

@@ -60,6 +60,7 @@ from .heatmap_figures import (
     figure_heatmap,
     figure_overview,
     heatmap_metrics,
+    heatmap_rows,
     heatmap_trace,
 )
 from .panel_figures import figure_panel, registry_panels

@@ -105,7 +105,12 @@ def figure_gradients(data, *, stat: str | None = None, align: str = "step", uire
             for r_i, (name, ds) in enumerate(runs.items()):
                 if var in ds.data_vars:
                     x, xtitle = aligned_x(ds, ds["step"].values, align)
-                    data += _block_lines(ds, var, panel, display_steps(x), xa, ya, name if multi else "", r_i)
+                    titled = any(t.get("legendgroup") == panel for t in data)
+                    lines = _block_lines(ds, var, panel, display_steps(x), xa, ya, name if multi else "", r_i)
+                    if titled:  # the group's title is on the first run's lines drawn
+                        for t in lines:
+                            t.pop("legendgrouptitle", None)
+                    data += lines
             layout[f"yaxis{'' if k == 1 else k}"].update(type="log", title=title(var.removeprefix("param_")))
         else:
             ds = runs[run]
@@ -139,6 +144,7 @@ def figure_gradients(data, *, stat: str | None = None, align: str = "step", uire
             )
             layout[f"yaxis{'' if k == 1 else k}"].update(title=title("layer"), type="category")
         layout[f"xaxis{'' if k == 1 else k}"].update(type="log", title=title(f"{xtitle} (log)"))
+    _share_colour_range([t for t in data if t.get("type") == "heatmap"])
     layout.update(
         height=max(330, 230 * len(panels)),
         uirevision=uirevision,
@@ -185,7 +191,20 @@ def _block_lines(ds, var: str, panel: str, xd, xa: str, ya: str, run: str, r_i: 
         }
         if panel == "ratio":  # recorded on the update schedule only: join the recorded steps
             tr.update(mode="lines+markers", connectgaps=True, marker={"size": 4, "color": c})
-        if n == 0 and r_i == 0:
+        if n == 0:
             tr["legendgrouptitle"] = {"text": TITLES[panel].format(stat="", kind="")}
         out.append(tr)
     return out
+
+
+def _share_colour_range(heatmaps: list[dict]) -> None:
+    """One colour range per projection type across the runs' heatmaps, so their rows compare."""
+    kinds: dict[str, list[dict]] = {}
+    for t in heatmaps:
+        kinds.setdefault(t["name"].split(" · ")[1], []).append(t)
+    for group in kinds.values():
+        z = np.concatenate([np.asarray(t["z"], float).ravel() for t in group])
+        z = z[np.isfinite(z)]
+        if z.size:
+            for t in group:
+                t.update(zmin=float(z.min()), zmax=float(z.max()))

@@ -77,6 +77,13 @@ def default_heatmap_metric(allowed: Sequence[str]) -> str | None:
     )
 
 
+def heatmap_rows(ds, metric: str) -> bool:
+    """Whether run ``ds`` draws a heatmap of ``metric`` (it holds finite values of it)."""
+    if metric not in ds.data_vars:
+        return False
+    return bool(np.isfinite(np.asarray(ds[metric].values, dtype=float)).any())
+
+
 def heatmap_trace(
     ds, metric: str, align: str = "step", *, colorbar_x: float | None = None, showscale: bool = True
 ) -> tuple[dict | None, str, str]:

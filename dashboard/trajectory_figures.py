@@ -45,6 +45,7 @@ def figure_trajectories(
     phases: Mapping | None = None,
     show_loss: bool = True,
     uirevision: str | None = None,
+    deepest: bool = False,
 ):
     """``metric`` per layer over capture steps (log x), one line per (run, probe); colour = layer
     depth, dash = run. The training loss is drawn on a twin y axis. Detected phases (``phases`` maps
@@ -52,7 +53,8 @@ def figure_trajectories(
     their phase colour, dotted lines mark the model-level phase changes, and diamonds on each drawn
     layer's line mark that layer's own phase changes. With several runs each run's phases get a strip
     of their own above the plot, labelled with the run's name (shading one run's phases behind
-    another run's lines would claim them for both)."""
+    another run's lines would claim them for both). ``deepest`` (without ``probes``): each run's own
+    deepest probe only, the view of a sweep."""
     runs = as_runs(data)
     if not runs:
         return empty_figure("no run selected: tick a run in the run picker", title="Trajectories")
@@ -67,7 +69,8 @@ def figure_trajectories(
             notes.append(f"{name}: {label(metric)} not recorded")
             continue
         all_probes = [str(p) for p in ds["probe"].values]
-        chosen = [p for p in (probes or default_probes(ds)) if p in set(all_probes)]
+        own = all_probes[-1:] if deepest and not probes else default_probes(ds)
+        chosen = [p for p in (probes or own) if p in set(all_probes)]
         colours = dict(zip(all_probes, probe_colours(len(all_probes))))
         caps = ds["capture_step"].values
         x, xtitle = aligned_x(ds, caps, align)

@@ -300,3 +300,50 @@ def test_stage_marks_and_the_stage_table(tmp_path):
     assert rows[("sft", "model")]["phases"] == "entropy-seeking"
     assert rows[("rl", "model")]["phases"] == "compression-seeking" and rows[("rl", "model")]["steps"] == "1000–1999"
     assert rows[("rl", "h.0")]["CKA to stage start"] == "0.800"
+
+
+def _run(path, metrics, probes=("p0", "p1"), steps=(0, 2, 4)):
+    with RunWriter(path, probes=list(probes), params=[], metrics=list(metrics), max_rank=2) as w:
+        for i, s in enumerate(steps):
+            w.append_step(s, {"loss": 1.0 / (1 + i)})
+            w.append_capture(
+                s, {m: np.full(len(probes), 1.0 + i) for m in metrics}, np.ones((len(probes), 2)), [8] * len(probes)
+            )
+    return path
+
+
+def test_several_runs_on_single_run_panels_keep_their_runs_apart(tmp_path):
+    """Review of issue 16's panels: a heatmap click opens the clicked row's run even when a ticked run
+    drew no heatmap; stacked rows keep their stage lines and an empty row its message; a sweep's
+    trajectories draw each run's own deepest probe."""
+    from phasescope.dashboard._plotly import small_multiples
+    from phasescope.dashboard.callbacks import MAX_OVERVIEW_RUNS, Views
+    from phasescope.dashboard.data import RunSource
+    from phasescope.dashboard.figures import empty_figure, figure_heatmap
+
+    root = tmp_path / "runs"
+    _run(root / "a.zarr", ["rankme"])
+    _run(root / "b.zarr", ["alpha"])  # no rankme: no heatmap row of it
+    _run(root / "c.zarr", ["rankme"], steps=(0, 3, 5))
+    views = Views(RunSource(root), refresh_ms=1000)
+    version = {"runs": ["a.zarr", "b.zarr", "c.zarr"]}
+    hm = views.heatmap(version, "rankme", "step")[0]
+    assert [t.name for t in hm.data if t.type == "heatmap"] and hm.layout.meta["trace_runs"][-1] == "c.zarr"
+    click = {"points": [{"curveNumber": 1, "y": "p1", "customdata": 3, "x": 3}]}  # the second heatmap: c's
+    sel = views.spectrum(version, None, trig="heatmap", click_h=click, hm_metric="rankme")[4]
+    assert sel == {"run": "c.zarr", "probe": "p1", "step": 3}
+
+    one = figure_heatmap(open_run(root / "a.zarr"), "rankme")
+    one.add_shape(type="line", xref="x", yref="y domain", x0=2, x1=2, y0=0, y1=1)
+    stacked = small_multiples({"a": one, "gone": empty_figure("nothing here"), "a2": one}, "h")
+    assert [(s.xref, s.yref) for s in stacked.layout.shapes] == [("x", "y domain"), ("x3", "y3 domain")]
+    msg = next(a for a in stacked.layout.annotations if a.text == "nothing here")
+    assert (msg.xref, msg.yref) == ("x2 domain", "y2 domain")  # the empty row says why, in its own row
+    assert sum(bool(t.showscale) for t in stacked.data) == 1
+
+    for i in range(MAX_OVERVIEW_RUNS + 1):  # a sweep of runs with 2 or 3 probes
+        _run(root / f"s{i}.zarr", ["rankme"], probes=("p0", "p1", "p2")[: 2 + i % 2])
+    keys = [f"s{i}.zarr" for i in range(MAX_OVERVIEW_RUNS + 1)]
+    fig = views.trajectories({"runs": keys}, "rankme", None, "step")[0]
+    drawn = sorted(t.name for t in fig.data if t.yaxis in (None, "y") and "loss" not in (t.name or ""))
+    assert drawn == sorted(f"{'p2' if i % 2 else 'p1'} · s{i}.zarr" for i in range(MAX_OVERVIEW_RUNS + 1))
