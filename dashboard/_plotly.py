@@ -192,9 +192,16 @@ def small_multiples(figs: dict, heading: str, *, height: int = 300, shared_z: bo
             sh = dict(shape)
             sh["xref"], sh["yref"] = _ref(sh.get("xref"), "x", xa), _ref(sh.get("yref"), "y", ya)
             shapes.append(sh)
+        xd, yd = layout[f"xaxis{xa[1:]}"]["domain"], layout[f"yaxis{ya[1:]}"]["domain"]
         for note in lay.get("annotations") or []:
             an = dict(note)
-            an["xref"], an["yref"] = _ref(an.get("xref"), "x", xa), _ref(an.get("yref"), "y", ya)
+            for axis, own, dom in (("x", xa, xd), ("y", ya, yd)):
+                ref = an.get(f"{axis}ref")
+                if ref == axis:
+                    an[f"{axis}ref"] = own
+                elif ref in (f"{axis} domain", "paper", None):  # the row's share of the paper: a hidden axis
+                    an[f"{axis}ref"] = "paper"  # (an empty row) places no "domain" annotation
+                    an[axis] = dom[0] + float(an.get(axis, 0.5)) * (dom[1] - dom[0])
             notes.append(an)
     drawn = [f.layout for f in figs.values() if f.data] or [next(iter(figs.values())).layout]
     meta = {k: v for k, v in (drawn[0].meta or {}).items() if k != "empty"} if isinstance(drawn[0].meta, dict) else {}
