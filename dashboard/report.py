@@ -27,6 +27,7 @@ import difflib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -370,14 +371,20 @@ def _html(pages: list[Page]) -> str:
     )
 
 
+EXPORT_TRIES = 3
+
+
 def _static(pages: list[Page], files: list[Path], style: Style) -> None:
     """Write every page with one kaleido session (``style.scale`` for PNG only: PDF and SVG are vector);
     a missing kaleido or Chromium is one line naming the fix. Under heavy load kaleido has returned
-    without writing a file (seen once in CI): the missing pages are exported once more, then a clear
-    error names them."""
+    without writing a file (seen in CI, and with four processes on two cores here): the missing pages are
+    exported up to EXPORT_TRIES times in all, a little later each time, then a clear error names them."""
     _export(pages, files, style)
-    missing = [i for i, f in enumerate(files) if not f.exists()]
-    if missing:
+    for attempt in range(1, EXPORT_TRIES):
+        missing = [i for i, f in enumerate(files) if not f.exists()]
+        if not missing:
+            break
+        time.sleep(0.5 * attempt)
         _export([pages[i] for i in missing], [files[i] for i in missing], style)
     missing = [i for i, f in enumerate(files) if not f.exists()]
     if missing:
