@@ -10,8 +10,9 @@ the metric per layer over steps with the loss and the detected phases), the laye
 (``figure_profile``). Trajectories and profiles overlay the runs, each named in the legend; heatmaps
 and spectra get one page per run, titled with the run's name. Phases come from the run's stored
 ``phases`` group when it covers every capture, else they are detected in memory (a report never writes
-into a run); with several runs each run's phases get a strip of their own. Training stages are not
-recorded by phasescope yet, so no figure draws any.
+into a run); with several runs each run's phases get a strip of their own. A run's training stages
+(``obs.stage``) are marked on the trajectories and heatmaps as on the dashboard: a dotted line where each
+begins, named along the top.
 
 Static formats go through kaleido, which drives a Chromium (the system's); every figure of a report is
 written in one kaleido session (a Chromium start costs 2-4 s). A PDF of several figures is merged page
@@ -192,6 +193,7 @@ def report_figures(
     from .heatmap_figures import figure_heatmap
     from .profile_figures import figure_profile, last_capture
     from .spectrum_figures import figure_spectrum
+    from .stage_figures import add_stage_marks
     from .trajectory_figures import figure_trajectories
 
     kinds = _kinds(figure)
@@ -206,7 +208,7 @@ def report_figures(
     for kind in kinds:
         if kind == "trajectories":
             ph = {n: run_phases(ds, paths[n]) for n, ds in data.items()} if phases else {}
-            fig = figure_trajectories(data, metric=metric, probes=probes or None, phases=ph)
+            fig = add_stage_marks(figure_trajectories(data, metric=metric, probes=probes or None, phases=ph), data)
             if not phases:
                 _drop_note(fig, "phases not computed")  # not asked for is not "not computed"
             pages.append(Page(kind, None, fig))
@@ -215,7 +217,7 @@ def report_figures(
         for name in names if kind in PER_RUN else ():
             ds = data[name]
             if kind == "heatmap":
-                fig = figure_heatmap(ds, metric)
+                fig = add_stage_marks(figure_heatmap(ds, metric), {name: ds})
             else:
                 probe = probes[0] if probes else str(ds["probe"].values[-1])
                 fig = figure_spectrum(ds, probe, int(step) if step is not None else last_capture(ds))
