@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 from browser import chromium, graph_js, serve_app  # noqa: F401  (chromium is a fixture)
+from test_phases_stages import write_staged
 
 from phasescope.dashboard import create_app
 from phasescope.store import open_run
@@ -271,7 +272,7 @@ def phase_server(tmp_path_factory):
     write_synthetic_run(root / "ph.zarr", n_steps=300, n_probes=6, rank=128, n_layers=2)
     result, status = phases_for_run(root / "ph.zarr")
     assert status == "computed, saved"
-    _write_staged(root / "staged.zarr")
+    write_staged(root / "staged.zarr")
     phases_for_run(root / "staged.zarr")
     with serve_app(create_app(root, refresh_ms=1000)) as srv:
         yield srv, root, result
@@ -298,22 +299,6 @@ def test_phase_strip_and_phase_shading_on_a_real_phases_group(page, phase_server
     assert [phase_text(s.label) for s in result.segments_for("model")] == shown  # every label drawn, the first too
     page.locator("#panel-trajectories").scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "phases.png"), full_page=True)
-
-
-def _write_staged(path):
-    """A two-stage run (SFT then RL from step 1000), from test_phases_stages."""
-    from test_phases_stages import PROBES, _staged
-
-    from phasescope.store import RunWriter
-
-    src = _staged()
-    metrics = ["rankme", "alpha", "cka_stage"]
-    with RunWriter(
-        path, probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
-    ) as w:
-        for i, s in enumerate(src.capture_step.values):
-            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
-            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
 
 
 def test_stages_are_marked_on_the_step_axes_and_tabled(page, phase_server, tmp_path):

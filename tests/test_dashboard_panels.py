@@ -247,21 +247,14 @@ def test_stage_marks_and_the_stage_table(tmp_path):
     """A run with stages: every step-axis panel marks where a stage begins (a dotted line on each of its
     x axes at the stage's first step) and names the stages; the stage table says phases are not computed
     until `phasescope phases` stored them, then holds each stage's phases and RankMe/α at its ends."""
-    from test_phases_stages import PROBES, _staged
+    from test_phases_stages import write_staged
 
     from phasescope.cli_phases import phases_for_run
     from phasescope.dashboard.callbacks import Views
     from phasescope.dashboard.data import RunSource
 
-    src = _staged()
     root = tmp_path / "runs"
-    metrics = ["rankme", "alpha", "cka_stage"]
-    with RunWriter(
-        root / "s.zarr", probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
-    ) as w:
-        for i, s in enumerate(src.capture_step.values):
-            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
-            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+    write_staged(root / "s.zarr")
     views = Views(RunSource(root), refresh_ms=1000)
     version = {"runs": ["s.zarr"]}
     figs = {

@@ -45,6 +45,21 @@ def _staged(noise=0.02, seed=0):
     return ds
 
 
+def write_staged(path, metrics=("rankme", "alpha", "cka_stage")):
+    """`_staged` written to a real run store with RunWriter (its stages in the run's attributes)."""
+    from phasescope.store import RunWriter
+
+    src = _staged()
+    metrics = list(metrics)
+    with RunWriter(
+        path, probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
+    ) as w:
+        for i, s in enumerate(src.capture_step.values):
+            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
+            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+    return path
+
+
 def test_each_stage_is_segmented_and_labelled_on_its_own():
     ds = _staged()
     res = detect_phases(ds)
@@ -102,17 +117,7 @@ def test_phases_cli_prints_the_per_stage_table_of_a_stored_run(tmp_path):
     import sys
     from pathlib import Path
 
-    from phasescope.store import RunWriter
-
-    ds = _staged()
-    path = tmp_path / "staged.zarr"
-    metrics = ["rankme", "alpha", "cka_stage"]
-    with RunWriter(
-        path, probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": ds.attrs["stages"]}
-    ) as w:
-        for i, s in enumerate(ds.capture_step.values):
-            w.append_step(int(s), {"loss": 1.0})
-            w.append_capture(int(s), {m: ds[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+    path = write_staged(tmp_path / "staged.zarr")
     cmd = [str(Path(sys.executable).with_name("phasescope")), "phases", str(path)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert "Per stage" in out

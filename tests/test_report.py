@@ -299,20 +299,11 @@ def test_the_readme_report_commands_run_as_written(tmp_path):
 def test_training_stages_are_marked_on_the_report_figures(tmp_path):
     """A run with stages: its trajectories and heatmap pages mark where each stage begins (the dashboard's
     dotted line on every x axis, named), as the README says."""
-    from test_phases_stages import PROBES, _staged
+    from test_phases_stages import write_staged
 
     from phasescope.dashboard.stage_figures import STAGE_COLOUR
-    from phasescope.store import RunWriter
 
-    src = _staged()
-    path = tmp_path / "staged.zarr"
-    metrics = ["rankme", "alpha"]
-    with RunWriter(
-        path, probes=PROBES, params=[], metrics=metrics, max_rank=2, attrs={"stages": src.attrs["stages"]}
-    ) as w:
-        for i, s in enumerate(src.capture_step.values):
-            w.append_step(int(s), {"loss": 1.0 / (1 + i)})
-            w.append_capture(int(s), {m: src[m].values[i] for m in metrics}, np.ones((3, 2)), [8, 8, 8])
+    path = write_staged(tmp_path / "staged.zarr", metrics=("rankme", "alpha"))
     got, _ = report_figures([path], figure=["trajectories", "heatmap"], phases=False)
     for page in got:
         marks = [s for s in page.figure.layout.shapes if s.type == "line" and s.line.color == STAGE_COLOUR]
