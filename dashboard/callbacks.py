@@ -20,7 +20,11 @@ from urllib.parse import parse_qs
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
+from phasescope.gradients import MATRIX_STATS
+from phasescope.sweep import SIGNALS, compare_runs
+
 from . import figures as F
+from ._common import RUN_DASHES
 from .data import PathRefused, RunSource
 from .layout import ESD_CONTROLS, GRAPHS, IMAGE_FORMATS, STAT_PANELS, TABLES, graph_config, table
 from .panel_figures import NEEDS
@@ -176,7 +180,8 @@ class Views:
     def esd(self, version, run=None, matrix=None, step=None):
         """(figure, then options and value of the run, matrix and step dropdowns): the weight ESD one
         selected run stored for one matrix at one capture; the title names the run."""
-        runs = {k: ds for k, ds in self.datasets(version).items() if F.esd_steps(ds)}
+        esd = {k: (ds, F.esd_steps(ds)) for k, ds in self.datasets(version).items()}
+        runs = {k: ds for k, (ds, steps) in esd.items() if steps}
         if not runs:
             if not (version or {}).get("runs"):
                 return (F.empty_figure(NO_RUN), *([[], None] * 3))
@@ -185,7 +190,7 @@ class Views:
         run = _keep(run, list(runs))
         ds = runs[run]
         names = [str(m) for m in ds["matrix"].values]
-        steps = F.esd_steps(ds)
+        steps = esd[run][1]
         matrix, step = _keep(matrix, names), step if step in steps else steps[-1]
         fig = F.figure_stored_esd(ds, matrix, step, run=run)
         return fig, list(runs), run, names, matrix, [{"label": str(s), "value": s} for s in steps], step
@@ -193,8 +198,6 @@ class Views:
     def gradient_profile(self, version, stat="grad_nuclear", step="last", per_loss=False):
         """(figure, statistic options, step options): the gradient layer profile of the selected runs at
         the last capture, a chosen one, or averaged over all captures ("all")."""
-        from phasescope.gradients import MATRIX_STATS
-
         runs = self.datasets(version)
         first = next(iter(runs.values()), None)
         steps = (
@@ -246,8 +249,6 @@ class Views:
     def sweep_rows(self, version, rank_by: str | None = None) -> list[dict]:
         """The sweep table of the selected runs (two or more), ranked by ``rank_by`` (default the early
         gradient norm), then one row of Spearman correlations with the final loss over the finished runs."""
-        from phasescope.sweep import SIGNALS, compare_runs
-
         runs = self.datasets(version)
         if len(runs) < 2:
             return []
@@ -368,8 +369,6 @@ class Views:
     def _overlay_spectra(self, fig, runs: list[str], sel: dict):
         """The other selected runs' spectra of the same probe, each at its last capture at or before the
         chosen step, drawn over the chosen run's (whose α fit the figure shows); the title names them."""
-        from ._common import RUN_DASHES
-
         if not fig.data:
             return self._named(fig, {"runs": runs}, sel["run"])
         main = self.src.label(sel["run"])
