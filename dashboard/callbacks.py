@@ -377,19 +377,16 @@ class Views:
         for i, key in enumerate([k for k in runs if k != sel["run"]][: MAX_OVERVIEW_RUNS - 1], 1):
             other = self.src.dataset(key)
             caps = other["capture_step"].values if "capture_step" in other.coords else []
-            if sel["probe"] not in [str(p) for p in other["probe"].values] or not len(caps):
+            probes = [str(p) for p in other["probe"].values]
+            if sel["probe"] not in probes or not len(caps) or "eigenvalues" not in other.data_vars:
                 continue
-            before = caps[caps <= sel["step"]]
-            step = int(before[-1] if before.size else caps[0])
-            sub = F.figure_spectrum(other, sel["probe"], step)
-            if not sub.data:
+            c = int(np.searchsorted(caps, sel["step"], side="right")) - 1 if caps[0] <= sel["step"] else 0
+            step = int(caps[c])  # its last capture at or before the chosen step (else its first)
+            eigs = np.asarray(other["eigenvalues"].variable[c, probes.index(sel["probe"])].values, float)
+            trace = F.eigen_trace(eigs, f"{self.src.label(key)} · step {step}")
+            if trace is None:
                 continue
-            trace = sub.data[0].to_plotly_json()
-            trace.update(
-                name=f"{self.src.label(key)} · step {step}",
-                mode="lines",
-                line={"dash": RUN_DASHES[i % len(RUN_DASHES)]},
-            )
+            trace.update(mode="lines", line={"dash": RUN_DASHES[i % len(RUN_DASHES)]})
             fig.add_trace(trace)
             drawn.append(self.src.label(key))
         head, sep, sub_title = (fig.layout.title.text or "").partition("<br>")

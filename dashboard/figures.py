@@ -76,7 +76,7 @@ from .phase_figures import (
     trajectory_overlays,
 )
 from .profile_figures import figure_profile
-from .spectrum_figures import MAX_MARKERS, figure_spectrum, run_fit_range
+from .spectrum_figures import MAX_MARKERS, eigen_trace, figure_spectrum, run_fit_range
 from .trajectory_figures import MAX_TRAJ_PROBES, default_probes, figure_trajectories
 
 _VIEW_KEY = re.compile(r"^([xy]axis\d*)\.(range\[[01]\]|range|autorange)$")

@@ -66,6 +66,25 @@ def _reading(ds, probe: str, c: int, p: int) -> str:
     return text
 
 
+def eigen_trace(eigs: np.ndarray, name: str = "eigenvalues") -> dict | None:
+    """The scatter trace of stored eigenvalues λ_k against rank k (their positive values), or None when
+    none is positive."""
+    ok = np.isfinite(eigs) & (eigs > 0)
+    if not ok.any():
+        return None
+    rank = np.arange(1, eigs.size + 1)
+    # markers only on short spectra: 1,024 SVG markers cost ~90 ms of drawing per click in the browser
+    return {
+        "type": "scatter",
+        "x": rank[ok],
+        "y": eigs[ok],
+        "mode": "lines+markers" if ok.sum() <= MAX_MARKERS else "lines",
+        "name": name,
+        "marker": {"size": 4},
+        "hovertemplate": "k=%{x}<br>λ=%{y:.4g}<extra></extra>",
+    }
+
+
 def figure_spectrum(ds, probe: str, step: int | None, *, fit_range=None, uirevision: str = "spectrum"):
     """Eigenvalues λ_k of ``probe`` at capture ``step`` against rank k on log-log axes, with the
     α-ReQ power-law fit λ_k ≈ exp(b)·k^(−α) drawn over its fit range (shaded); ``fit_range`` defaults to
@@ -84,23 +103,10 @@ def figure_spectrum(ds, probe: str, step: int | None, *, fit_range=None, uirevis
         return empty_figure(f"no capture at step {step}", title=head)
     c, p = int(hit[-1]), probes.index(probe)
     eigs = np.asarray(ds["eigenvalues"].variable[c, p].values, float)
-    ok = np.isfinite(eigs) & (eigs > 0)
-    if not ok.any():
+    trace = eigen_trace(eigs)
+    if trace is None:
         return empty_figure(f"no positive eigenvalues stored for {probe} at step {step}", title=head)
-    rank = np.arange(1, eigs.size + 1)
-    # markers only on short spectra: 1,024 SVG markers cost ~90 ms of drawing per click in the browser
-    mode = "lines+markers" if ok.sum() <= MAX_MARKERS else "lines"
-    data = [
-        {
-            "type": "scatter",
-            "x": rank[ok],
-            "y": eigs[ok],
-            "mode": mode,
-            "name": "eigenvalues",
-            "marker": {"size": 4},
-            "hovertemplate": "k=%{x}<br>λ=%{y:.4g}<extra></extra>",
-        }
-    ]
+    data = [trace]
     shapes, notes = [], []
     alpha, r2, icpt, (lo, hi), reason = _fit_alpha(eigs, fit_range, stored_floor(ds, c, p))
     if math.isfinite(alpha):
